@@ -1,0 +1,313 @@
+// CPU driver: validation, the fixed item partition, threads, deterministic reduction, aggregation.
+#include "bandpo/cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "cpu_kernels.h"
+
+namespace bandpo {
+namespace {
+
+using detail::KernelTable;
+using detail::SegmentSums;
+
+const KernelTable& kernels() {
+  static const KernelTable& table = []() -> const KernelTable& {
+#if defined(BANDPO_HAVE_X86_ISA_VARIANTS)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+      return detail::kernel_table_avx512();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return detail::kernel_table_avx2();
+#endif
+    return detail::kernel_table_baseline();
+  }();
+  return table;
+}
+
+void run_parallel(const ParallelFor& parallel_for, int64_t n_items, const std::function<void(int64_t, int64_t)>& body) {
+  if (n_items <= 0) return;
+  if (parallel_for) {
+    parallel_for(n_items, body);
+    return;
+  }
+  const int64_t n_threads = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), n_items);
+  if (n_threads <= 1) {
+    body(0, n_items);
+    return;
+  }
+  std::vector<std::thread> threads;
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  const int64_t per_thread = (n_items + n_threads - 1) / n_threads;
+  for (int64_t t = 1; t < n_threads; ++t) {
+    const int64_t b = t * per_thread, e = std::min(n_items, b + per_thread);
+    if (b >= e) break;
+    threads.emplace_back([&, b, e] {
+      try {
+        body(b, e);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    });
+  }
+  body(0, std::min(n_items, per_thread));
+  for (auto& th : threads) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+// The fixed partition of a [rows, cols] problem into items of at most kItemTokens tokens: whole rows when
+// rows are short, otherwise chunks of one row. It depends only on the shape, never on the thread count.
+struct Partition {
+  int64_t rows, cols;
+  int64_t rows_per_item;   // > 0: items are groups of whole rows
+  int64_t chunks_per_row;  // > 0: items are chunks of one row
+  int64_t n_items;
+
+  Partition(int64_t rows_, int64_t cols_) : rows(rows_), cols(cols_) {
+    if (cols <= kItemTokens) {
+      rows_per_item = cols > 0 ? std::max<int64_t>(1, kItemTokens / cols) : std::max<int64_t>(rows, 1);
+      chunks_per_row = 0;
+      n_items = rows > 0 ? (rows + rows_per_item - 1) / rows_per_item : 0;
+    } else {
+      rows_per_item = 0;
+      chunks_per_row = (cols + kItemTokens - 1) / kItemTokens;
+      n_items = rows * chunks_per_row;
+    }
+  }
+  bool whole_rows() const { return rows_per_item > 0; }
+
+  // Calls f(row, begin, end) for the segments of item `item`, in order.
+  template <class F>
+  void for_each_segment(int64_t item, F&& f) const {
+    if (whole_rows()) {
+      const int64_t r_end = std::min(rows, (item + 1) * rows_per_item);
+      for (int64_t r = item * rows_per_item; r < r_end; ++r) f(r, r * cols, (r + 1) * cols);
+    } else {
+      const int64_t r = item / chunks_per_row, c = item % chunks_per_row;
+      f(r, r * cols + c * kItemTokens, r * cols + std::min(cols, (c + 1) * kItemTokens));
+    }
+  }
+};
+
+// Per item: the sums over its tokens, and for whole-row items the sum over its rows of the per-row means
+// (seq-mean-token-mean).
+struct ItemSums {
+  SegmentSums tokens;
+  double row_mean_loss = 0;
+  double row_mean_pg = 0;
+};
+
+void check_inputs(const LossInputs& in, const LossOptions& options) {
+  if (in.rows < 0 || in.cols < 0) throw std::invalid_argument("rows and cols must be >= 0");
+  const int64_t n = in.rows * in.cols;
+  if (n > 0 && (!in.logp || !in.old_logp || !in.advantages))
+    throw std::invalid_argument("logp, old_logp and advantages must not be null");
+  if (in.mask_kind != MaskKind::none && n > 0 && !in.mask)
+    throw std::invalid_argument("mask is null but mask_kind is not none");
+  if (options.kl_coef != 0.0 && !in.ref_logp) throw std::invalid_argument("kl_coef != 0 needs ref_logp");
+}
+
+// Throws std::invalid_argument for the first bad value at a valid position in [begin, end), if any.
+void throw_if_invalid(const LossInputs& in, int64_t begin, int64_t end) {
+  auto value = [&](const void* p, int64_t i) -> double {
+    switch (in.dtype) {
+      case DType::float32: return load<double>(static_cast<const float*>(p), i);
+      case DType::float64: return load<double>(static_cast<const double*>(p), i);
+      case DType::bfloat16: return load<double>(static_cast<const bfloat16*>(p), i);
+      case DType::float16: return load<double>(static_cast<const float16*>(p), i);
+    }
+    return 0.0;
+  };
+  for (int64_t i = begin; i < end; ++i) {
+    double w = 1.0;
+    if (in.mask_kind == MaskKind::boolean) w = static_cast<const uint8_t*>(in.mask)[i] ? 1.0 : 0.0;
+    if (in.mask_kind == MaskKind::values) w = value(in.mask, i);
+    if (w == 0.0) continue;
+    std::ostringstream msg;
+    msg << "band_loss: ";
+    const double old_logp = value(in.old_logp, i);
+    const double adv = value(in.advantages, in.advantages_per_row ? i / std::max<int64_t>(in.cols, 1) : i);
+    if (std::isnan(w)) msg << "mask[" << i << "] is NaN";
+    else if (std::isnan(value(in.logp, i))) msg << "logp[" << i << "] is NaN at a valid (mask != 0) position";
+    else if (std::isnan(old_logp)) msg << "old_logp[" << i << "] is NaN at a valid (mask != 0) position";
+    else if (old_logp > kOldLogpTolerance)
+      msg << "old_logp[" << i << "] = " << old_logp << " > 0 is not a log-probability";
+    else if (!std::isfinite(adv))
+      msg << "advantages[" << (in.advantages_per_row ? i / std::max<int64_t>(in.cols, 1) : i) << "] = " << adv
+          << " is not finite at a valid (mask != 0) position";
+    else if (in.ref_logp && std::isnan(value(in.ref_logp, i)))
+      msg << "ref_logp[" << i << "] is NaN at a valid (mask != 0) position";
+    else
+      continue;
+    throw std::invalid_argument(msg.str());
+  }
+}
+
+double row_mean(double sum, double weight) { return weight != 0.0 ? sum / weight : 0.0; }
+
+}  // namespace
+
+const char* cpu_kernel_isa() { return kernels().isa; }
+
+void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                     void* upper, const ParallelFor& parallel_for) {
+  validate(options);
+  if (n <= 0) return;
+  const KernelTable& k = kernels();
+  const int64_t n_items = (n + kItemTokens - 1) / kItemTokens;
+  run_parallel(parallel_for, n_items, [&](int64_t b, int64_t e) {
+    k.bounds(dtype, old_logp, b * kItemTokens, std::min(n, e * kItemTokens), options, lower, upper);
+  });
+}
+
+LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& options, const ParallelFor& parallel_for) {
+  validate(options);
+  check_inputs(in, options);
+  const KernelTable& k = kernels();
+  const Partition part(in.rows, in.cols);
+  std::vector<ItemSums> items(static_cast<size_t>(part.n_items));
+  run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      ItemSums& acc = items[static_cast<size_t>(item)];
+      part.for_each_segment(item, [&](int64_t row, int64_t begin, int64_t end) {
+        const SegmentSums s = k.loss_segment(in, options, row, begin, end);
+        acc.tokens.add(s);
+        if (part.whole_rows()) {
+          acc.row_mean_loss += row_mean(s.loss, s.weight);
+          acc.row_mean_pg += row_mean(s.pg, s.weight);
+        }
+      });
+    }
+  });
+
+  // Combine in item order: the same additions in the same order for any thread count.
+  SegmentSums total;
+  double row_mean_loss = 0, row_mean_pg = 0;
+  SegmentSums row;  // running sums of the row being assembled from chunks
+  for (int64_t item = 0; item < part.n_items; ++item) {
+    const ItemSums& it = items[static_cast<size_t>(item)];
+    if (it.tokens.invalid > 0)
+      part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) { throw_if_invalid(in, begin, end); });
+    total.add(it.tokens);
+    if (part.whole_rows()) {
+      row_mean_loss += it.row_mean_loss;
+      row_mean_pg += it.row_mean_pg;
+    } else {
+      row.add(it.tokens);
+      if ((item + 1) % part.chunks_per_row == 0) {
+        row_mean_loss += row_mean(row.loss, row.weight);
+        row_mean_pg += row_mean(row.pg, row.weight);
+        row = SegmentSums();
+      }
+    }
+  }
+
+  const bool has_normalizer = !std::isnan(options.normalizer);
+  const double batch = static_cast<double>(in.rows);
+  double denominator = 0, loss_sum = total.loss, pg_sum = total.pg;
+  switch (options.agg) {
+    case Aggregation::token_mean: denominator = total.weight; break;
+    case Aggregation::seq_mean_token_sum: denominator = batch; break;
+    case Aggregation::seq_mean_token_sum_norm: denominator = batch * static_cast<double>(in.cols); break;
+    case Aggregation::seq_mean_token_mean:
+      denominator = batch;
+      loss_sum = row_mean_loss;
+      pg_sum = row_mean_pg;
+      break;
+  }
+  if (has_normalizer) denominator = options.normalizer;
+
+  LossResult result;
+  result.loss = denominator != 0.0 ? loss_sum / denominator : 0.0;
+  const double pg_loss = denominator != 0.0 ? pg_sum / denominator : 0.0;
+  const double w = total.weight;
+  auto mean = [w](double s) { return static_cast<float>(w != 0.0 ? s / w : 0.0); };
+  result.metrics[kPgClipfrac] = mean(total.clip_upper + total.clip_lower);
+  result.metrics[kClipfracUpper] = mean(total.clip_upper);
+  result.metrics[kClipfracLower] = mean(total.clip_lower);
+  result.metrics[kDualClipfrac] = mean(total.dual);
+  result.metrics[kPpoKl] = mean(total.ppo_kl);
+  result.metrics[kRatioMean] = mean(total.ratio);
+  result.metrics[kRefKl] = mean(total.ref_kl);
+  result.metrics[kPgLoss] = static_cast<float>(pg_loss);
+  return result;
+}
+
+void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, double grad_loss, void* grad_logp,
+                            const ParallelFor& parallel_for) {
+  validate(options);
+  check_inputs(in, options);
+  const KernelTable& k = kernels();
+  const Partition part(in.rows, in.cols);
+  const int64_t n = in.rows * in.cols;
+  if (n == 0) return;
+  const bool has_normalizer = !std::isnan(options.normalizer);
+  const double batch = static_cast<double>(in.rows);
+
+  // Per-token weight of the gradient for the token-sum modes; per row for seq-mean-token-mean.
+  double denominator = 0;
+  switch (options.agg) {
+    case Aggregation::token_mean:
+      if (has_normalizer) {
+        denominator = options.normalizer;
+      } else if (in.mask_kind == MaskKind::none) {
+        denominator = static_cast<double>(n);
+      } else {
+        std::vector<double> partial(static_cast<size_t>(part.n_items));
+        run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+          for (int64_t item = b; item < e; ++item)
+            part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
+              partial[static_cast<size_t>(item)] += k.weight_sum(in, begin, end);
+            });
+        });
+        for (double p : partial) denominator += p;
+      }
+      break;
+    case Aggregation::seq_mean_token_sum:
+    case Aggregation::seq_mean_token_mean: denominator = has_normalizer ? options.normalizer : batch; break;
+    case Aggregation::seq_mean_token_sum_norm:
+      denominator = has_normalizer ? options.normalizer : batch * static_cast<double>(in.cols);
+      break;
+  }
+  const double token_scale = denominator != 0.0 ? grad_loss / denominator : 0.0;
+  const bool per_row_mean = options.agg == Aggregation::seq_mean_token_mean;
+
+  // Rows longer than an item need their total weight before any of their chunks can be scaled.
+  std::vector<double> row_weight;
+  if (per_row_mean && !part.whole_rows()) {
+    std::vector<double> chunk_weight(static_cast<size_t>(part.n_items));
+    run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+      for (int64_t item = b; item < e; ++item)
+        part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
+          chunk_weight[static_cast<size_t>(item)] = k.weight_sum(in, begin, end);
+        });
+    });
+    row_weight.assign(static_cast<size_t>(in.rows), 0.0);
+    for (int64_t item = 0; item < part.n_items; ++item)
+      row_weight[static_cast<size_t>(item / part.chunks_per_row)] += chunk_weight[static_cast<size_t>(item)];
+  }
+
+  run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      part.for_each_segment(item, [&](int64_t row, int64_t begin, int64_t end) {
+        double scale = token_scale;
+        if (per_row_mean) {
+          const double w = part.whole_rows() ? k.weight_sum(in, begin, end) : row_weight[static_cast<size_t>(row)];
+          scale = w != 0.0 ? token_scale / w : 0.0;
+        }
+        k.grad_segment(in, options, row, begin, end, scale, grad_logp);
+      });
+    }
+  });
+}
+
+}  // namespace bandpo

@@ -1,0 +1,17 @@
+// Compiler glue shared by every translation unit of the core library.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define BANDPO_HD __host__ __device__ __forceinline__
+#else
+#if defined(__GNUC__) || defined(__clang__)
+#define BANDPO_HD inline __attribute__((always_inline))
+#else
+#define BANDPO_HD inline
+#endif
+#endif
+
+#define BANDPO_VERSION_MAJOR 0
+#define BANDPO_VERSION_MINOR 1
+#define BANDPO_VERSION_PATCH 0
+#define BANDPO_VERSION_STRING "0.1.0"

@@ -1,0 +1,61 @@
+// CPU entry points of the core library on raw, contiguous, row-major buffers. No torch, no Python.
+//
+// Threads: work is split into fixed items (at most kItemTokens tokens, independent of the thread count)
+// whose partial sums are combined in item order, so results are bitwise identical for any number of
+// threads. By default items run on std::threads (one per hardware thread); pass a ParallelFor to run
+// them on your own pool (the torch bindings pass at::parallel_for).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "bandpo/dtypes.h"
+#include "bandpo/options.h"
+
+namespace bandpo {
+
+// Calls body(begin, end) over disjoint ranges covering [0, n_items), possibly concurrently.
+using ParallelFor = std::function<void(int64_t n_items, const std::function<void(int64_t, int64_t)>& body)>;
+
+constexpr int64_t kItemTokens = 4096;
+
+enum class MaskKind : int { none = 0, boolean = 1, values = 2 };  // values: same dtype as the inputs
+
+// Inputs of band_loss. All value buffers have `dtype` and shape [rows, cols] (a 1-D input is one row),
+// except advantages, which may hold one value per row.
+struct LossInputs {
+  DType dtype = DType::float32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const void* logp = nullptr;
+  const void* old_logp = nullptr;
+  const void* advantages = nullptr;
+  bool advantages_per_row = false;
+  const void* mask = nullptr;  // uint8/bool 0-1 (MaskKind::boolean) or weights of `dtype` (values)
+  MaskKind mask_kind = MaskKind::none;
+  const void* ref_logp = nullptr;  // required when kl_coef != 0
+};
+
+struct LossResult {
+  double loss = 0.0;
+  float metrics[kNumMetrics] = {};
+};
+
+// lower/upper[i] = Band bounds of old_logp[i]; n tokens of `dtype`.
+void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                     void* upper, const ParallelFor& parallel_for = {});
+
+// Forward: the aggregated loss and the metrics. Throws std::invalid_argument for bad options, and for NaN
+// in logp/old_logp/advantages/ref_logp/mask, an infinite advantage, or old_logp > 1e-6 at a valid
+// (mask != 0) position, naming the argument and the flat index.
+LossResult band_loss_forward_cpu(const LossInputs& inputs, const LossOptions& options,
+                                 const ParallelFor& parallel_for = {});
+
+// Backward: grad_logp (dtype of the inputs, rows * cols) = grad_loss * d loss / d logp.
+void band_loss_backward_cpu(const LossInputs& inputs, const LossOptions& options, double grad_loss, void* grad_logp,
+                            const ParallelFor& parallel_for = {});
+
+// Instruction set the CPU kernels were dispatched to on this machine ("avx512", "avx2" or "baseline").
+const char* cpu_kernel_isa();
+
+}  // namespace bandpo

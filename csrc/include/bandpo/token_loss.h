@@ -1,0 +1,150 @@
+// Per-token BandPO loss and its derivative with respect to the new log-probability.
+//
+//   r = exp(clamp(logp - old_logp, -20, 20))
+//   L = max(-A r, -A clamp(r, lower, upper)),  and for A < 0 with dual-clip c:  L = min(L, -A c)
+//
+// For A >= 0 this is -A min(r, upper); for A < 0 it is -A min(max(r, lower), c). So a token only ever meets
+// one of its bounds, and whether it does (r beyond the bound) needs one evaluation of the divergence at r,
+// not the bound itself: g_f(p, r) is monotone on each side of r = 1. The bound value is needed only for the
+// loss value of clipped tokens (their gradient is 0), which the callers compute with clipped_pg_loss().
+#pragma once
+
+#include "bandpo/bounds.h"
+#include "bandpo/config.h"
+#include "bandpo/math.h"
+
+namespace bandpo {
+
+enum class KlEstimator : int { k1 = 0, k2 = 1, k3 = 2 };
+
+template <class C>
+struct LossParams {
+  BoundParams<C> bounds;
+  C dual_clip;  // +inf when off
+  C kl_coef;
+  KlEstimator kl_estimator;
+};
+
+constexpr double kLogRatioClamp = 20.0;
+
+template <class C>
+struct PolicyTerms {
+  C ratio;
+  C pg_loss;       // the unweighted policy-gradient loss; for clipped tokens see clipped_pg_loss()
+  C pg_grad;       // d pg_loss / d logp
+  bool clipped_upper;  // A > 0 and r above the upper bound: gradient 0
+  bool clipped_lower;  // A < 0 and r below the lower bound: gradient 0
+  bool dual_clipped;   // A < 0 and max(r, lower) above dual_clip: gradient 0
+};
+
+namespace detail {
+
+// KL(pi_old || pi_new) at ratio r = exp(log_ratio) with the rest of the mass rescaled:
+// -p log r - q log(1 - p (r - 1) / q). Returns +inf where p r > 1 (outside the simplex).
+template <class C>
+BANDPO_HD C kl_at_ratio(C p, C q, C log_ratio) {
+  const C arg = -p * math::expm1(log_ratio) / q;
+  const C rest = math::select(q > C(0) && arg < C(INFINITY), q * math::log1p(math::max(arg, C(-1))), C(0));
+  return -p * log_ratio - rest;
+}
+
+template <class C>
+BANDPO_HD bool beyond_divergence_upper(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+  if (prm.divergence == Divergence::kl) {
+    return r * p > C(1) || kl_at_ratio(p, q, log_ratio) > prm.delta;
+  }
+  return r > divergence_bounds(p, q, prm).upper;
+}
+
+template <class C>
+BANDPO_HD bool beyond_divergence_lower(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+  if (prm.divergence == Divergence::kl) {
+    return kl_at_ratio(p, q, log_ratio) > prm.delta;
+  }
+  return r < divergence_bounds(p, q, prm).lower;
+}
+
+}  // namespace detail
+
+// r > upper, with upper = clamp(max(band upper, relax ? 1 + eps_high : -inf), 1, ratio_max), decided
+// without solving for the band upper bound.
+template <class C>
+BANDPO_HD bool above_upper_bound(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+  if (!(r > C(1))) return false;
+  if (r > prm.ratio_max) return true;
+  if (prm.relax_high_p && !(r > prm.clip_upper)) return false;
+  return detail::beyond_divergence_upper(p, q, r, log_ratio, prm);
+}
+
+// r < lower, with lower = clamp(min(band lower, relax ? 1 - eps_low : inf), 0, 1).
+template <class C>
+BANDPO_HD bool below_lower_bound(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+  if (!(r < C(1))) return false;
+  if (prm.relax_high_p && !(r < prm.clip_lower)) return false;
+  return detail::beyond_divergence_lower(p, q, r, log_ratio, prm);
+}
+
+// Everything about one token's policy-gradient term except the loss value of a clipped token.
+template <class C>
+BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const LossParams<C>& prm) {
+  const C lp = sanitize_old_logp(old_logp);
+  const C log_ratio_raw = logp - lp;
+  const C log_ratio = math::min(math::max(log_ratio_raw, C(-kLogRatioClamp)), C(kLogRatioClamp));
+  // torch.clamp passes the gradient on the closed interval; so do we.
+  const bool ratio_live = log_ratio_raw >= C(-kLogRatioClamp) && log_ratio_raw <= C(kLogRatioClamp);
+  const C r = math::exp(log_ratio);
+  const C p = math::exp(lp);
+  const C q = -math::expm1(lp);
+
+  PolicyTerms<C> t;
+  t.ratio = r;
+  t.clipped_upper = advantage > C(0) && above_upper_bound(p, q, r, log_ratio, prm.bounds);
+  t.clipped_lower = advantage < C(0) && below_lower_bound(p, q, r, log_ratio, prm.bounds);
+  t.dual_clipped = advantage < C(0) && !t.clipped_lower && r > prm.dual_clip;
+  const bool live = !(t.clipped_upper || t.clipped_lower || t.dual_clipped);
+  t.pg_loss = -advantage * math::select(t.dual_clipped, prm.dual_clip, r);
+  t.pg_grad = math::select(live && ratio_live, -advantage * r, C(0));
+  return t;
+}
+
+// Loss value of a token that policy_terms() reported clipped at its upper or lower bound.
+template <class C>
+BANDPO_HD C clipped_pg_loss(C old_logp, C advantage, const LossParams<C>& prm) {
+  const RatioBounds<C> b = band_bounds(old_logp, prm.bounds);
+  return -advantage * math::select(advantage > C(0), b.upper, b.lower);
+}
+
+template <class C>
+struct KlPenalty {
+  C value;
+  C grad;  // d value / d logp
+};
+
+// Per-token estimate of KL(pi_new || pi_ref) from samples of pi_new, as verl defines them:
+// k1 = logp - ref, k2 = (logp - ref)^2 / 2, k3 ("low_var_kl") = e^d - d - 1 with d = clamp(ref - logp, +-20),
+// clamped to [-10, 10].
+template <class C>
+BANDPO_HD KlPenalty<C> kl_penalty(C logp, C ref_logp, KlEstimator estimator) {
+  KlPenalty<C> k;
+  const C diff = logp - ref_logp;
+  if (estimator == KlEstimator::k1) {
+    k.value = diff;
+    k.grad = C(1);
+  } else if (estimator == KlEstimator::k2) {
+    k.value = C(0.5) * diff * diff;
+    k.grad = diff;
+  } else {
+    const C d_raw = -diff;
+    const C d = math::min(math::max(d_raw, C(-20)), C(20));
+    const bool d_live = d_raw >= C(-20) && d_raw <= C(20);
+    const C em = math::expm1(d);
+    const C raw = em - d;  // e^d - d - 1, computed without cancellation near d = 0
+    k.value = math::min(math::max(raw, C(-10)), C(10));
+    const bool value_live = raw >= C(-10) && raw <= C(10);
+    // d/dlogp (e^d - d - 1) = -(e^d - 1)
+    k.grad = math::select(d_live && value_live, -em, C(0));
+  }
+  return k;
+}
+
+}  // namespace bandpo

@@ -1,0 +1,177 @@
+"""Plain-PyTorch implementation of BandPO: the test oracle of the compiled ops and their documented fallback.
+
+Everything here is ordinary differentiable torch code that runs on any device and dtype; it computes in
+float64 and returns the input dtype. It is slower than ``torch.ops.bandpo`` (many kernels, N-sized
+temporaries) but has no compiled parts, so it serves where the extension cannot be built.
+
+The math is the same as csrc/include/bandpo/bounds.h and token_loss.h (see there for the derivation); the
+KL solve uses torch's own expm1/log1p and one more Halley step than the compiled float64 path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .config import AGGREGATIONS, BandConfig
+
+OLD_LOGP_TOLERANCE = 1e-6
+LOG_RATIO_CLAMP = 20.0
+METRIC_NAMES = ("pg_clipfrac", "clipfrac_upper", "clipfrac_lower", "dual_clipfrac", "ppo_kl", "ratio_mean", "ref_kl",
+                "pg_loss")
+_HALLEY_STEPS = 4
+
+
+def _kl_shrink_log_ratio(a: Tensor, b: Tensor, delta: float) -> Tensor:
+    """Root w < 0 of -a w - b log1p(-(a/b) expm1(w)) = delta (a + b = 1), elementwise, float64."""
+    with torch.no_grad():
+        w = torch.minimum(-torch.sqrt(2 * delta * (b / a)), -delta / a).clamp(min=-750.0)
+        for _ in range(_HALLEY_STEPS):
+            em = torch.expm1(w)
+            den = b - a * em
+            z = a * -em / b
+            rest = torch.where((b > 0) & torch.isfinite(z), b * torch.log1p(z), torch.zeros_like(z))
+            f = -a * w - rest
+            newton = (f - delta) * den / (a * em)
+            half_curvature = b * (1 + em) / (2 * em * den)
+            shrink = 1 - newton * half_curvature
+            shrink = torch.where(shrink < 0.5, torch.ones_like(shrink), shrink)
+            w = torch.clamp(w - newton / shrink, max=0.0)
+        return w
+
+
+def divergence_bounds(p: Tensor, q: Tensor, divergence: str, delta: float, eps_low: float, eps_high: float):
+    """Band bounds of the ratio before relax and caps, for p and q = 1 - p (float64 tensors)."""
+    if divergence == "kl":
+        w_lower = _kl_shrink_log_ratio(p, q, delta)
+        w_upper = _kl_shrink_log_ratio(q, p, delta)
+        lower = torch.where(p > 0, torch.exp(w_lower), torch.zeros_like(p))
+        upper = torch.where(q > 0, 1 - (q / p) * torch.expm1(w_upper), torch.ones_like(p))
+        upper = torch.where(p > 0, upper, torch.full_like(p, float("inf")))
+        return lower, upper
+    if divergence == "clip":
+        return torch.full_like(p, 1 - eps_low), torch.full_like(p, 1 + eps_high)
+    if divergence == "tv":
+        half_width = delta / p
+    elif divergence == "chi2":
+        half_width = torch.sqrt(delta * q / p)
+    else:
+        raise ValueError(f"divergence must be one of 'kl', 'tv', 'chi2', 'clip'; got {divergence!r}")
+    return (1 - half_width).clamp(min=0), torch.minimum(1 + half_width, 1 / p)
+
+
+def band_bounds(old_logp: Tensor, *, divergence: str = "kl", delta: float = 0.05, eps_low: float = 0.2,
+                eps_high: float = 0.28, relax_high_p: bool = False, ratio_max: float = 10.0):
+    """Reference of ``torch.ops.bandpo.band_bounds``: (lower, upper) ratio bounds, shaped and typed like old_logp."""
+    BandConfig(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, relax_high_p=relax_high_p,
+               ratio_max=ratio_max)
+    with torch.no_grad():
+        lp = old_logp.detach().double()
+        lp = torch.where(lp > OLD_LOGP_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
+        p, q = torch.exp(lp), -torch.expm1(lp)
+        lower, upper = divergence_bounds(p, q, divergence, delta, eps_low, eps_high)
+        if relax_high_p:
+            lower = torch.minimum(lower, torch.full_like(lower, 1 - eps_low))
+            upper = torch.maximum(upper, torch.full_like(upper, 1 + eps_high))
+        lower = lower.clamp(0, 1)
+        upper = upper.clamp(max=ratio_max).clamp(min=1)
+        nan = torch.isnan(lp)
+        lower = torch.where(nan, lp, lower)
+        upper = torch.where(nan, lp, upper)
+        return lower.to(old_logp.dtype), upper.to(old_logp.dtype)
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
+    """Per-token KL estimate to the reference policy, as verl's kl_penalty ("k3" = low_var_kl)."""
+    if estimator == "k1":
+        return logp - ref_logp
+    if estimator == "k2":
+        return 0.5 * (logp - ref_logp) ** 2
+    if estimator == "k3":
+        d = torch.clamp(ref_logp - logp, -20, 20)
+        return torch.clamp(torch.expm1(d) - d, -10, 10)
+    raise ValueError(f"kl_estimator must be one of 'k1', 'k2', 'k3'; got {estimator!r}")
+
+
+def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional[Tensor] = None, *,
+              divergence: str = "kl", delta: float = 0.05, eps_low: float = 0.2, eps_high: float = 0.28,
+              relax_high_p: bool = False, ratio_max: float = 10.0, dual_clip: Optional[float] = None,
+              agg: str = "token-mean", normalizer: Optional[float] = None, ref_logp: Optional[Tensor] = None,
+              kl_coef: float = 0.0, kl_estimator: str = "k3"):
+    """Reference of ``torch.ops.bandpo.band_loss``: (loss in logp's dtype, float32 metrics in METRIC_NAMES order).
+
+    Differentiable w.r.t. ``logp`` through ordinary autograd.
+    """
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"agg must be one of {AGGREGATIONS}; got {agg!r}")
+    if agg != "token-mean" and logp.dim() != 2:
+        raise ValueError(f"agg={agg!r} needs 2-D [batch, tokens] inputs; got logp of shape {tuple(logp.shape)}")
+    out_dtype = logp.dtype
+    x = logp.double()
+    old_raw = old_logp.detach().double()
+    adv = advantages.detach().double()
+    if adv.shape != x.shape:
+        adv = adv.reshape(-1, 1).expand_as(x)
+    weight = torch.ones_like(x) if mask is None else mask.detach().double()
+    valid = weight != 0
+
+    # Masked positions may hold NaN/inf: replace them before any arithmetic so they reach neither the loss
+    # nor the gradient.
+    zero = torch.zeros_like(x)
+    x = torch.where(valid, x, zero)
+    old_raw = torch.where(valid, old_raw, zero)
+    old = old_raw.clamp(max=0)
+    adv = torch.where(valid, adv, zero)
+
+    ratio = torch.exp(torch.clamp(x - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    lower, upper = band_bounds(old, divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high,
+                               relax_high_p=relax_high_p, ratio_max=ratio_max)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, lower, upper)
+    pg = torch.maximum(unclipped, clipped)
+    clip_upper = (adv > 0) & (ratio > upper)
+    clip_lower = (adv < 0) & (ratio < lower)
+    dual = torch.zeros_like(valid)
+    if dual_clip is not None:
+        cap = -adv * dual_clip
+        dual = (adv < 0) & (pg > cap)
+        pg = torch.where(adv < 0, torch.minimum(pg, cap), pg)
+    total = pg
+    ref_kl = zero
+    if ref_logp is not None:
+        ref = torch.where(valid, ref_logp.detach().double(), zero)
+        ref_kl = kl_penalty(x, ref, kl_estimator)
+        total = pg + kl_coef * ref_kl
+    elif kl_coef != 0:
+        raise ValueError(f"kl_coef = {kl_coef} needs ref_logp")
+
+    weighted = torch.where(valid, weight, zero)
+    n_tokens = weighted.sum()
+
+    def aggregate(per_token: Tensor) -> Tensor:
+        s = per_token * weighted
+        if agg == "seq-mean-token-mean":
+            row_weight = weighted.sum(-1)
+            row_mean = torch.where(row_weight != 0, s.sum(-1) / torch.where(row_weight != 0, row_weight, 1.0), 0.0)
+            num, den = row_mean.sum(), float(x.shape[0])
+        else:
+            num = s.sum()
+            den = {"token-mean": n_tokens, "seq-mean-token-sum": float(x.shape[0]),
+                   "seq-mean-token-sum-norm": float(x.shape[0] * x.shape[-1]) if x.dim() == 2 else 0.0}[agg]
+        if normalizer is not None:
+            den = normalizer
+        den = torch.as_tensor(den, dtype=torch.float64)
+        return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), torch.zeros_like(num))
+
+    loss = aggregate(total)
+    with torch.no_grad():
+        def mean(v: Tensor) -> Tensor:
+            return torch.where(n_tokens != 0, (v.double() * weighted).sum() / n_tokens.clamp(min=1e-300), 0.0)
+
+        metrics = torch.stack([
+            mean(clip_upper | clip_lower), mean(clip_upper), mean(clip_lower), mean(dual),
+            mean(old_raw - x), mean(ratio), mean(ref_kl), aggregate(pg),
+        ]).float()
+    return loss.to(out_dtype), metrics

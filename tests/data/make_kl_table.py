@@ -1,0 +1,81 @@
+"""Regenerate kl_bounds_mpmath.csv: exact Band-KL ratio bounds from a 50-digit bisection (mpmath).
+
+    python tests/data/make_kl_table.py        # about half a minute
+
+The condition is solved in its original form, p log(p/s) + (1-p) log((1-p)/(1-s)) = delta with s = p r,
+by bisection on log r, independently of the library's reparametrised Halley solver. Grid values of old_logp
+and delta are float32-representable, so one table checks both the float64 and the float32 paths.
+Lower bounds below e^-100 are written as 0 (tests compare them with an absolute tolerance).
+"""
+
+import csv
+import os
+
+import mpmath as mp
+import numpy as np
+
+mp.mp.dps = 50
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def kl(p, q, s):
+    return p * mp.log(p / s) + q * mp.log(q / (1 - s))
+
+
+def bounds(old_logp: float, delta: float):
+    lp = mp.mpf(old_logp)
+    d = mp.mpf(delta)
+    p = mp.exp(lp)
+    q = -mp.expm1(lp)
+    if q == 0:
+        return mp.exp(-d), mp.mpf(1)
+    # upper: x = log r in [0, -lp], g increasing
+    lo, hi = mp.mpf(0), -lp
+    if kl(p, q, mp.exp(lp + hi) * (1 - mp.mpf(10) ** -45)) <= d:
+        upper = 1 / p
+    else:
+        for _ in range(220):
+            mid = (lo + hi) / 2
+            if kl(p, q, mp.exp(lp + mid)) > d:
+                hi = mid
+            else:
+                lo = mid
+        upper = mp.exp((lo + hi) / 2)
+    # lower: x in [-100, 0], g decreasing; below e^-100 the bound is written as 0
+    lo, hi = mp.mpf(-100), mp.mpf(0)
+    if kl(p, q, mp.exp(lp + lo)) <= d:
+        return mp.mpf(0), upper
+    for _ in range(220):
+        mid = (lo + hi) / 2
+        if kl(p, q, mp.exp(lp + mid)) > d:
+            lo = mid
+        else:
+            hi = mid
+    return mp.exp((lo + hi) / 2), upper
+
+
+def grid():
+    neg = -np.exp(np.linspace(np.log(1e-7), np.log(700.0), 110))
+    old_logps = np.concatenate([[0.0, -1e-12, -1e-9], neg, [-700.0, -80.0, -30.0, np.log(0.01), np.log(0.08),
+                                                            np.log(0.5), np.log(0.99)]])
+    deltas = np.concatenate([np.exp(np.linspace(np.log(1e-3), 0.0, 11)), [0.05]])
+    return np.unique(old_logps.astype(np.float32)).astype(float), np.unique(deltas.astype(np.float32)).astype(float)
+
+
+def main():
+    old_logps, deltas = grid()
+    rows = []
+    for lp in old_logps:
+        for d in deltas:
+            lower, upper = bounds(lp, d)
+            rows.append((repr(float(lp)), repr(float(d)), mp.nstr(lower, 20, min_fixed=-1, max_fixed=-1),
+                         mp.nstr(upper, 20, min_fixed=-1, max_fixed=-1)))
+    with open(os.path.join(HERE, "kl_bounds_mpmath.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["old_logp", "delta", "lower", "upper"])
+        w.writerows(rows)
+    print(f"wrote {len(rows)} rows")
+
+
+if __name__ == "__main__":
+    main()
