@@ -153,11 +153,10 @@ LossArgs loss_args(const at::Tensor& logp, const at::Tensor& old_logp, const at:
   return a;
 }
 
-ParallelFor torch_parallel_for() {
-  return [](int64_t n_items, const std::function<void(int64_t, int64_t)>& body) {
-    at::parallel_for(0, n_items, 1, body);
-  };
-}
+// torch.set_num_threads() decides the thread count. The items run on the core library's pool, not on
+// at::parallel_for: that is an inline OpenMP region, serial in a translation unit built without -fopenmp,
+// and building with it would load a second OpenMP runtime beside torch's.
+ParallelFor torch_parallel_for() { return thread_pool_parallel_for(at::get_num_threads()); }
 
 std::tuple<at::Tensor, at::Tensor> band_bounds_cpu_op(const at::Tensor& old_logp, std::string divergence, double delta,
                                                       double eps_low, double eps_high, bool relax_high_p,

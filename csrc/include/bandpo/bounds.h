@@ -30,9 +30,12 @@ template <class C>
 struct BoundParams {
   Divergence divergence;
   C delta;
-  C clip_lower;  // 1 - eps_low: the fixed PPO interval, used by "clip" and by relax_high_p
+  C clip_lower;  // 1 - eps_low: the fixed PPO interval of "clip"
   C clip_upper;  // 1 + eps_high
-  bool relax_high_p;
+  // relax_high_p as numbers, so that no branch is left in the token loops: the interval the bounds are
+  // united with, [1 - eps_low, 1 + eps_high] when on, the empty [+inf, -inf] when off.
+  C relax_lower;
+  C relax_upper;
   C ratio_max;  // cap on the upper bound (may be +inf)
 };
 
@@ -56,26 +59,31 @@ struct KlSteps<float> {
 };
 
 // Root w < 0 of F(w) = delta for weights a, b (a + b = 1, both > 0).
+//
+// The Halley step N / (1 - N H), with N = (F - delta) / F' and H = F'' / (2 F'), written over one division:
+//   g = F - delta,  step = 2 g (b - a em) em / (2 a em^2 - g b e^w);
+// where that denominator falls below a em^2 (Halley would more than double the Newton step, far from the
+// root) the Newton step is taken instead (denominator 2 a em^2).
 template <class C>
 BANDPO_HD C kl_shrink_log_ratio(C a, C b, C delta) {
   using math::max;
   using math::min;
   using math::select;
-  C w = min(-math::sqrt(C(2) * delta * (b / a)), -delta / a);
+  const C a_over_b = a / b;
+  C w = min(-math::sqrt(C(2) * delta / a_over_b), -delta / a);
   // Past exp's underflow the ratio is 0 either way; a finite start keeps the steps free of inf - inf.
   w = max(w, math::FloatTraits<C>::kExpMin);
+  // b log1p(z) -> 0 as b -> 0 (z ~ 1/b): taken as 0 where z is no longer finite (b = +-0 or subnormal).
+  const bool b_term_live = (b > C(0)) & (a_over_b < C(INFINITY));
+  BANDPO_UNROLL
   for (int step = 0; step < KlSteps<C>::kHalleySteps; ++step) {
     const C em = math::expm1(w);
-    const C den = b - a * em;  // = 1 - a e^w > 0
-    // b log1p(z) -> 0 as b -> 0 (z ~ 1/b): taken as 0 where z is no longer finite (b = +-0 or subnormal).
-    const C z = a * -em / b;
-    const C f = -a * w - select(b > C(0) && z < C(INFINITY), b * math::log1p(z), C(0));
-    const C newton = (f - delta) * den / (a * em);
-    const C half_curvature = b * (C(1) + em) / (C(2) * em * den);  // F'' / (2 F')
-    C shrink = C(1) - newton * half_curvature;
-    // Far from the root a Halley denominator near 0 would overshoot; fall back to Newton there.
-    shrink = select(shrink < C(0.5), C(1), shrink);
-    w = min(w - newton / shrink, C(0));
+    const C z = a_over_b * -em;
+    const C g = -a * w - select(b_term_live, b * math::log1p(z), C(0)) - delta;
+    const C a_em2 = a * em * em;
+    const C g_b_e = g * b * (C(1) + em);
+    const C den = select(a_em2 < g_b_e, C(2) * a_em2, C(2) * a_em2 - g_b_e);
+    w = min(w - C(2) * g * (b - a * em) * em / den, C(0));
   }
   return w;
 }
@@ -86,14 +94,20 @@ BANDPO_HD C kl_shrink_log_ratio(C a, C b, C delta) {
 // At p = 0 and q = 0 the formulas meet 0 * inf; the selects return their exact limits (0/inf and
 // e^-delta-solution/1), which is also where the continuous formulas tend.
 template <class C>
+BANDPO_HD C kl_lower_from_root(C p, C w_lower) {
+  return math::select(p > C(0), math::exp(w_lower), C(0));
+}
+
+template <class C>
+BANDPO_HD C kl_upper_from_root(C p, C q, C w_upper) {
+  const C upper = math::select(q > C(0), C(1) - (q / p) * math::expm1(w_upper), C(1));
+  return math::select(p > C(0), upper, C(INFINITY));
+}
+
+template <class C>
 BANDPO_HD RatioBounds<C> kl_bounds(C p, C q, C delta) {
-  const C w_lower = detail::kl_shrink_log_ratio(p, q, delta);
-  const C w_upper = detail::kl_shrink_log_ratio(q, p, delta);
-  RatioBounds<C> b;
-  b.lower = math::select(p > C(0), math::exp(w_lower), C(0));
-  b.upper = math::select(q > C(0), C(1) - (q / p) * math::expm1(w_upper), C(1));
-  b.upper = math::select(p > C(0), b.upper, C(INFINITY));
-  return b;
+  return RatioBounds<C>{kl_lower_from_root(p, detail::kl_shrink_log_ratio(p, q, delta)),
+                        kl_upper_from_root(p, q, detail::kl_shrink_log_ratio(q, p, delta))};
 }
 
 // Raw Band bounds before relax and caps, clamped to the simplex r in [0, 1/p].
@@ -134,24 +148,41 @@ BANDPO_HD C sanitize_old_logp(C old_logp) {
   return math::select(old_logp > C(kOldLogpTolerance), C(NAN), math::min(old_logp, C(0)));
 }
 
-// The bounds band_bounds returns: divergence bounds, optionally united with the fixed interval, then
-// lower in [0, 1] and upper in [1, ratio_max].
+// Divergence bounds -> the bounds band_bounds returns: united with the relax interval, then lower in [0, 1]
+// and upper in [1, ratio_max]; NaN log-probabilities stay NaN.
 template <class C>
-BANDPO_HD RatioBounds<C> band_bounds(C old_logp, const BoundParams<C>& prm) {
-  const C lp = sanitize_old_logp(old_logp);
-  const C p = math::exp(lp);
-  const C q = -math::expm1(lp);
-  RatioBounds<C> b = divergence_bounds(p, q, prm);
-  if (prm.relax_high_p) {
-    b.lower = math::min(b.lower, prm.clip_lower);
-    b.upper = math::max(b.upper, prm.clip_upper);
-  }
+BANDPO_HD RatioBounds<C> finish_bounds(RatioBounds<C> b, C lp, const BoundParams<C>& prm) {
+  b.lower = math::min(b.lower, prm.relax_lower);
+  b.upper = math::max(b.upper, prm.relax_upper);
   b.lower = math::min(math::max(b.lower, C(0)), C(1));
   b.upper = math::max(math::min(b.upper, prm.ratio_max), C(1));
-  // NaN input stays NaN (min/max above would otherwise turn it into a finite bound).
   b.lower = math::select(math::isnan(lp), lp, b.lower);
   b.upper = math::select(math::isnan(lp), lp, b.upper);
   return b;
+}
+
+template <class C>
+BANDPO_HD RatioBounds<C> band_bounds(C old_logp, const BoundParams<C>& prm) {
+  const C lp = sanitize_old_logp(old_logp);
+  return finish_bounds(divergence_bounds(math::exp(lp), -math::expm1(lp), prm), lp, prm);
+}
+
+// Only the upper (or only the lower) bound: for KL this is one root-finding instead of two.
+template <class C>
+BANDPO_HD C band_bound(C old_logp, bool upper_side, const BoundParams<C>& prm) {
+  const C lp = sanitize_old_logp(old_logp);
+  const C p = math::exp(lp);
+  const C q = -math::expm1(lp);
+  RatioBounds<C> b;
+  if (prm.divergence == Divergence::kl) {
+    const C w = detail::kl_shrink_log_ratio(math::select(upper_side, q, p), math::select(upper_side, p, q), prm.delta);
+    b.lower = kl_lower_from_root(p, w);
+    b.upper = kl_upper_from_root(p, q, w);
+  } else {
+    b = divergence_bounds(p, q, prm);
+  }
+  b = finish_bounds(b, lp, prm);
+  return math::select(upper_side, b.upper, b.lower);
 }
 
 }  // namespace bandpo

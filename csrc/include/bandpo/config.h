@@ -11,6 +11,15 @@
 #endif
 #endif
 
+// Fixed-count inner loops must be fully unrolled for the outer token loop to vectorise.
+#if defined(__CUDACC__) || defined(__clang__)
+#define BANDPO_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define BANDPO_UNROLL _Pragma("GCC unroll 8")
+#else
+#define BANDPO_UNROLL
+#endif
+
 #define BANDPO_VERSION_MAJOR 0
 #define BANDPO_VERSION_MINOR 1
 #define BANDPO_VERSION_PATCH 0

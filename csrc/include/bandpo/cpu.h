@@ -2,8 +2,8 @@
 //
 // Threads: work is split into fixed items (at most kItemTokens tokens, independent of the thread count)
 // whose partial sums are combined in item order, so results are bitwise identical for any number of
-// threads. By default items run on std::threads (one per hardware thread); pass a ParallelFor to run
-// them on your own pool (the torch bindings pass at::parallel_for).
+// threads. By default items run on the library's thread pool (one thread per hardware thread); pass a
+// ParallelFor to run them on your own pool or with fewer threads.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +54,10 @@ LossResult band_loss_forward_cpu(const LossInputs& inputs, const LossOptions& op
 // Backward: grad_logp (dtype of the inputs, rows * cols) = grad_loss * d loss / d logp.
 void band_loss_backward_cpu(const LossInputs& inputs, const LossOptions& options, double grad_loss, void* grad_logp,
                             const ParallelFor& parallel_for = {});
+
+// Runs items on the library's own persistent thread pool (one thread per hardware thread), using at most
+// num_threads threads including the caller. This is the default when no ParallelFor is given.
+ParallelFor thread_pool_parallel_for(int num_threads);
 
 // Instruction set the CPU kernels were dispatched to on this machine ("avx512", "avx2" or "baseline").
 const char* cpu_kernel_isa();

@@ -66,11 +66,14 @@ void validate(const LossOptions& options);
 
 template <class C>
 BoundParams<C> to_params(const BoundOptions& o) {
+  const C clip_lower = static_cast<C>(1.0 - o.eps_low);
+  const C clip_upper = static_cast<C>(1.0 + o.eps_high);
   return BoundParams<C>{o.divergence,
                         static_cast<C>(o.delta),
-                        static_cast<C>(1.0 - o.eps_low),
-                        static_cast<C>(1.0 + o.eps_high),
-                        o.relax_high_p,
+                        clip_lower,
+                        clip_upper,
+                        o.relax_high_p ? clip_lower : C(INFINITY),
+                        o.relax_high_p ? clip_upper : -C(INFINITY),
                         static_cast<C>(o.ratio_max)};
 }
 

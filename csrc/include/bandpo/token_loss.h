@@ -27,31 +27,38 @@ struct LossParams {
 
 constexpr double kLogRatioClamp = 20.0;
 
+// The three flags are 0 or 1 in the compute type rather than bool: a struct of floats stays in registers
+// inside a vectorised loop, while bool members made GCC keep it in memory and give up vectorising.
 template <class C>
 struct PolicyTerms {
   C ratio;
-  C pg_loss;       // the unweighted policy-gradient loss; for clipped tokens see clipped_pg_loss()
-  C pg_grad;       // d pg_loss / d logp
-  bool clipped_upper;  // A > 0 and r above the upper bound: gradient 0
-  bool clipped_lower;  // A < 0 and r below the lower bound: gradient 0
-  bool dual_clipped;   // A < 0 and max(r, lower) above dual_clip: gradient 0
+  C pg_loss;        // the unweighted policy-gradient loss; for clipped tokens see clipped_pg_loss()
+  C pg_grad;        // d pg_loss / d logp
+  C clipped_upper;  // 1 if A > 0 and r above the upper bound (gradient 0), else 0
+  C clipped_lower;  // 1 if A < 0 and r below the lower bound (gradient 0), else 0
+  C dual_clipped;   // 1 if A < 0 and max(r, lower) above dual_clip (gradient 0), else 0
 };
 
 namespace detail {
 
 // KL(pi_old || pi_new) at ratio r = exp(log_ratio) with the rest of the mass rescaled:
-// -p log r - q log(1 - p (r - 1) / q). Returns +inf where p r > 1 (outside the simplex).
+// -p log r - q log(1 - p (r - 1) / q); +inf where p r >= 1 (outside the simplex).
 template <class C>
 BANDPO_HD C kl_at_ratio(C p, C q, C log_ratio) {
   const C arg = -p * math::expm1(log_ratio) / q;
-  const C rest = math::select(q > C(0) && arg < C(INFINITY), q * math::log1p(math::max(arg, C(-1))), C(0));
-  return -p * log_ratio - rest;
+  // Selects one condition at a time (not (q > 0) & (arg < inf)): a combined mask feeding a select stops
+  // GCC's vectoriser here.
+  C rest = math::select(arg < C(INFINITY), q * math::log1p(math::max(arg, C(-1))), C(0));
+  rest = math::select(q > C(0), rest, C(0));
+  return math::select(arg <= C(-1), C(INFINITY), -p * log_ratio - rest);
 }
 
+// The predicates below combine with & and | rather than && and ||: without short-circuit branches they
+// if-convert, and the token loops vectorise.
 template <class C>
 BANDPO_HD bool beyond_divergence_upper(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
   if (prm.divergence == Divergence::kl) {
-    return r * p > C(1) || kl_at_ratio(p, q, log_ratio) > prm.delta;
+    return kl_at_ratio(p, q, log_ratio) > prm.delta;
   }
   return r > divergence_bounds(p, q, prm).upper;
 }
@@ -66,22 +73,18 @@ BANDPO_HD bool beyond_divergence_lower(C p, C q, C r, C log_ratio, const BoundPa
 
 }  // namespace detail
 
-// r > upper, with upper = clamp(max(band upper, relax ? 1 + eps_high : -inf), 1, ratio_max), decided
-// without solving for the band upper bound.
+// r > upper, with upper = clamp(max(band upper, relax upper), 1, ratio_max), decided without solving for the
+// band upper bound.
 template <class C>
 BANDPO_HD bool above_upper_bound(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
-  if (!(r > C(1))) return false;
-  if (r > prm.ratio_max) return true;
-  if (prm.relax_high_p && !(r > prm.clip_upper)) return false;
-  return detail::beyond_divergence_upper(p, q, r, log_ratio, prm);
+  return (r > C(1)) &
+         ((r > prm.ratio_max) | ((r > prm.relax_upper) & detail::beyond_divergence_upper(p, q, r, log_ratio, prm)));
 }
 
-// r < lower, with lower = clamp(min(band lower, relax ? 1 - eps_low : inf), 0, 1).
+// r < lower, with lower = clamp(min(band lower, relax lower), 0, 1).
 template <class C>
 BANDPO_HD bool below_lower_bound(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
-  if (!(r < C(1))) return false;
-  if (prm.relax_high_p && !(r < prm.clip_lower)) return false;
-  return detail::beyond_divergence_lower(p, q, r, log_ratio, prm);
+  return (r < C(1)) & (r < prm.relax_lower) & detail::beyond_divergence_lower(p, q, r, log_ratio, prm);
 }
 
 // Everything about one token's policy-gradient term except the loss value of a clipped token.
@@ -91,27 +94,29 @@ BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const Los
   const C log_ratio_raw = logp - lp;
   const C log_ratio = math::min(math::max(log_ratio_raw, C(-kLogRatioClamp)), C(kLogRatioClamp));
   // torch.clamp passes the gradient on the closed interval; so do we.
-  const bool ratio_live = log_ratio_raw >= C(-kLogRatioClamp) && log_ratio_raw <= C(kLogRatioClamp);
+  const bool ratio_live = (log_ratio_raw >= C(-kLogRatioClamp)) & (log_ratio_raw <= C(kLogRatioClamp));
   const C r = math::exp(log_ratio);
   const C p = math::exp(lp);
   const C q = -math::expm1(lp);
 
+  const bool upper = (advantage > C(0)) & above_upper_bound(p, q, r, log_ratio, prm.bounds);
+  const bool lower = (advantage < C(0)) & below_lower_bound(p, q, r, log_ratio, prm.bounds);
+  const bool dual = (advantage < C(0)) & !lower & (r > prm.dual_clip);
+  const bool live = !(upper | lower | dual);
   PolicyTerms<C> t;
   t.ratio = r;
-  t.clipped_upper = advantage > C(0) && above_upper_bound(p, q, r, log_ratio, prm.bounds);
-  t.clipped_lower = advantage < C(0) && below_lower_bound(p, q, r, log_ratio, prm.bounds);
-  t.dual_clipped = advantage < C(0) && !t.clipped_lower && r > prm.dual_clip;
-  const bool live = !(t.clipped_upper || t.clipped_lower || t.dual_clipped);
-  t.pg_loss = -advantage * math::select(t.dual_clipped, prm.dual_clip, r);
-  t.pg_grad = math::select(live && ratio_live, -advantage * r, C(0));
+  t.pg_loss = -advantage * math::select(dual, prm.dual_clip, r);
+  t.pg_grad = math::select(live & ratio_live, -advantage * r, C(0));
+  t.clipped_upper = math::select(upper, C(1), C(0));
+  t.clipped_lower = math::select(lower, C(1), C(0));
+  t.dual_clipped = math::select(dual, C(1), C(0));
   return t;
 }
 
 // Loss value of a token that policy_terms() reported clipped at its upper or lower bound.
 template <class C>
 BANDPO_HD C clipped_pg_loss(C old_logp, C advantage, const LossParams<C>& prm) {
-  const RatioBounds<C> b = band_bounds(old_logp, prm.bounds);
-  return -advantage * math::select(advantage > C(0), b.upper, b.lower);
+  return -advantage * band_bound(old_logp, advantage > C(0), prm.bounds);
 }
 
 template <class C>
@@ -136,13 +141,13 @@ BANDPO_HD KlPenalty<C> kl_penalty(C logp, C ref_logp, KlEstimator estimator) {
   } else {
     const C d_raw = -diff;
     const C d = math::min(math::max(d_raw, C(-20)), C(20));
-    const bool d_live = d_raw >= C(-20) && d_raw <= C(20);
+    const bool d_live = (d_raw >= C(-20)) & (d_raw <= C(20));
     const C em = math::expm1(d);
     const C raw = em - d;  // e^d - d - 1, computed without cancellation near d = 0
     k.value = math::min(math::max(raw, C(-10)), C(10));
-    const bool value_live = raw >= C(-10) && raw <= C(10);
+    const bool value_live = (raw >= C(-10)) & (raw <= C(10));
     // d/dlogp (e^d - d - 1) = -(e^d - 1)
-    k.grad = math::select(d_live && value_live, -em, C(0));
+    k.grad = math::select(d_live & value_live, -em, C(0));
   }
   return k;
 }
