@@ -24,6 +24,9 @@ def _band_bounds_fake(old_logp, *, divergence="kl", delta=0.05, eps_low=0.2, eps
 def _band_loss_fake(logp, old_logp, advantages, mask=None, *, divergence="kl", delta=0.05, eps_low=0.2,
                     eps_high=0.28, relax_high_p=False, ratio_max=10.0, dual_clip=None, agg="token-mean",
                     normalizer=None, ref_logp=None, kl_coef=0.0, kl_estimator="k3"):
+    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp)):
+        if t is not None and t.device != logp.device:
+            raise ValueError(f"{name} is on {t.device} but logp is on {logp.device}")
     torch._check(old_logp.shape == logp.shape, lambda: f"old_logp must have the shape of logp {tuple(logp.shape)}")
     return logp.new_empty(()), logp.new_empty((NUM_METRICS,), dtype=torch.float32)
 

@@ -145,7 +145,8 @@ constexpr double kOldLogpTolerance = 1e-6;
 
 template <class C>
 BANDPO_HD C sanitize_old_logp(C old_logp) {
-  return math::select(old_logp > C(kOldLogpTolerance), C(NAN), math::min(old_logp, C(0)));
+  const C lp = math::select(old_logp > C(kOldLogpTolerance), C(NAN), math::min(old_logp, C(0)));
+  return math::select(math::isnan(old_logp), old_logp, lp);  // min(NaN, 0) would be 0
 }
 
 // Divergence bounds -> the bounds band_bounds returns: united with the relax interval, then lower in [0, 1]

@@ -1,0 +1,28 @@
+import os
+
+import pytest
+import torch
+
+# torch.compile writes its cache under /tmp by default; keep it inside the workspace.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".torchinductor"))
+
+import bandpo  # noqa: E402,F401  (registers torch.ops.bandpo)
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+def make_batch(B=6, T=257, dtype=torch.float64, seed=0, spread=0.5, mask_frac=0.2, device="cpu"):
+    """Random PPO batch: old/new log-probs (strictly < 0, no ties at the simplex edge), advantages, mask."""
+    g = torch.Generator().manual_seed(seed)
+    old = torch.log(torch.rand(B, T, generator=g, dtype=torch.float64)).clamp(min=-30, max=-1e-4)
+    logp = (old + spread * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-4)
+    adv = torch.randn(B, T, generator=g, dtype=torch.float64)
+    mask = torch.rand(B, T, generator=g) > mask_frac
+    ref = (old + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-4)
+    cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
+    return cast(logp), cast(old), cast(adv), mask.to(device), cast(ref)
+
+
+@pytest.fixture
+def batch():
+    return make_batch()

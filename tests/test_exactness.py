@@ -1,0 +1,128 @@
+"""Band bounds against the 50-digit table (tests/data/kl_bounds_mpmath.csv) and the closed forms."""
+
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import bandpo
+from bandpo import reference
+
+TABLE = os.path.join(os.path.dirname(__file__), "data", "kl_bounds_mpmath.csv")
+
+
+def load_table():
+    with open(TABLE) as f:
+        rows = list(csv.DictReader(f))
+    cols = {k: np.array([float(r[k]) for r in rows]) for k in ("old_logp", "delta", "lower", "upper")}
+    return cols
+
+
+def relative_errors(lower, upper, exact_lower, exact_upper):
+    err_upper = np.abs(upper - exact_upper) / np.maximum(exact_upper, 1.0)
+    err_lower = np.abs(lower - exact_lower) / np.maximum(exact_lower, 1e-3)
+    return err_lower, err_upper
+
+
+@pytest.mark.parametrize("dtype,tol,min_logp", [(torch.float64, 1e-11, -700.0), (torch.float32, 4e-6, -80.0)])
+@pytest.mark.parametrize("impl", ["op", "reference"])
+def test_kl_bounds_match_mpmath(dtype, tol, min_logp, impl):
+    t = load_table()
+    fn = torch.ops.bandpo.band_bounds if impl == "op" else reference.band_bounds
+    worst = 0.0
+    checked = 0
+    for delta in np.unique(t["delta"]):
+        sel = (t["delta"] == delta) & (t["old_logp"] >= min_logp)
+        lp = torch.tensor(t["old_logp"][sel], dtype=dtype)
+        lower, upper = fn(lp, divergence="kl", delta=float(delta), ratio_max=math.inf)
+        el, eu = relative_errors(lower.double().numpy(), upper.double().numpy(), t["lower"][sel], t["upper"][sel])
+        worst = max(worst, el.max(), eu.max())
+        checked += int(sel.sum())
+    assert checked > 1000
+    assert worst <= tol, f"worst relative error {worst:.3g} > {tol:g}"
+
+
+def test_paper_table_values():
+    # PAPER-NOTES.md, delta = 0.05
+    lp = torch.tensor([math.log(0.01), math.log(0.08), math.log(0.5), math.log(0.99)], dtype=torch.float64)
+    kw = dict(delta=0.05, ratio_max=math.inf)
+    lo, up = bandpo.band_bounds(lp, divergence="kl", **kw)
+    np.testing.assert_allclose(lo.numpy(), [0.002497, 0.2617, 0.6915, 0.9312], rtol=2e-4)
+    np.testing.assert_allclose(up.numpy(), [7.810, 2.4106, 1.3085, 1.0101], rtol=2e-4)
+    lo, up = bandpo.band_bounds(lp, divergence="tv", **kw)
+    np.testing.assert_allclose(lo.numpy(), [0, 0.375, 0.9, 0.9495], atol=2e-4)
+    np.testing.assert_allclose(up.numpy(), [6, 1.625, 1.1, 1.0101], rtol=2e-4)
+    lo, up = bandpo.band_bounds(lp, divergence="chi2", **kw)
+    np.testing.assert_allclose(lo.numpy(), [0, 0.2417, 0.7764, 0.9775], atol=2e-4)
+    np.testing.assert_allclose(up.numpy(), [3.225, 1.7583, 1.2236, 1.0101], rtol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_limits_come_out_of_the_formulas(dtype):
+    delta = 0.05
+    lp = torch.tensor([0.0, 5e-7, -1e-300 if dtype == torch.float64 else -1e-40], dtype=dtype)
+    lo, up = bandpo.band_bounds(lp, delta=delta)
+    np.testing.assert_allclose(lo.double().numpy(), math.exp(-delta), rtol=1e-6)
+    np.testing.assert_allclose(up.double().numpy(), 1.0, rtol=1e-6)
+    lo, up = bandpo.band_bounds(lp, divergence="tv", delta=delta)
+    np.testing.assert_allclose(lo.double().numpy(), 1 - delta, rtol=1e-6)
+    lo, up = bandpo.band_bounds(torch.tensor([-float("inf")], dtype=dtype), ratio_max=math.inf)
+    assert lo.item() == 0.0 and up.item() == math.inf
+    # p -> 0: p * upper -> 1 - e^-delta
+    lp = torch.tensor([-200.0], dtype=torch.float64)
+    _, up = bandpo.band_bounds(lp, ratio_max=math.inf)
+    assert abs(up.item() * math.exp(-200.0) - (1 - math.exp(-delta))) < 1e-12
+
+
+@pytest.mark.parametrize("divergence", ["kl", "tv", "chi2"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bounds_monotone_in_p(divergence, dtype):
+    lp = -torch.logspace(-7, math.log10(80), 20000, dtype=torch.float64).flip(0)  # increasing p
+    lp = lp.to(dtype)
+    lo, up = bandpo.band_bounds(lp, divergence=divergence, delta=0.05, ratio_max=math.inf)
+    lo, up = lo.double(), up.double()
+    eps = torch.finfo(dtype).eps
+    assert (torch.diff(lo) >= -4 * eps * lo[1:]).all()
+    assert (torch.diff(up) <= 4 * eps * up[1:]).all()
+
+
+def test_saturation_points():
+    delta = 0.05
+    p = torch.tensor([0.04, 0.06, 0.9, 0.96], dtype=torch.float64)
+    lo, up = bandpo.band_bounds(p.log(), divergence="tv", delta=delta, ratio_max=math.inf)
+    assert lo[0] == 0 and lo[1] > 0  # TV lower = 0 for p <= delta
+    assert up[3] == pytest.approx(1 / 0.96) and up[2] < 1 / 0.9
+    lo, up = bandpo.band_bounds(p.log(), divergence="chi2", delta=delta, ratio_max=math.inf)
+    assert lo[0] == 0 and lo[1] > 0  # delta/(1+delta) = 0.0476
+    assert up[3] == pytest.approx(1 / 0.96)  # 1/(1+delta) = 0.952
+
+
+def test_relax_and_caps():
+    lp = torch.log(torch.tensor([0.001, 0.3, 0.999], dtype=torch.float64))
+    lo, up = bandpo.band_bounds(lp, relax_high_p=True, ratio_max=5.0)
+    assert (lo <= 0.8).all() and (up >= 1.28).all() and (up <= 5.0).all()
+    raw_lo, raw_up = bandpo.band_bounds(lp, ratio_max=math.inf)
+    torch.testing.assert_close(lo, torch.minimum(raw_lo, torch.tensor(0.8, dtype=torch.float64)))
+    torch.testing.assert_close(up, torch.maximum(raw_up, torch.tensor(1.28, dtype=torch.float64)).clamp(max=5.0))
+    lo, up = bandpo.band_bounds(lp, divergence="clip", eps_low=0.2, eps_high=0.28)
+    assert torch.equal(lo, torch.full_like(lo, 0.8)) and torch.equal(up, torch.full_like(up, 1.28))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype):
+    lp = torch.linspace(-15, 0, 1001).to(dtype)
+    lo, up = bandpo.band_bounds(lp)
+    assert lo.dtype == dtype and up.dtype == dtype
+    rlo, rup = reference.band_bounds(lp.double())
+    # atol: float-computed lower bounds underflow below ~1e-38 where the float64 reference does not
+    torch.testing.assert_close(lo.double(), rlo.to(dtype).double(), rtol=torch.finfo(dtype).eps, atol=1e-30)
+    torch.testing.assert_close(up.double(), rup.to(dtype).double(), rtol=torch.finfo(dtype).eps, atol=0)
+
+
+def test_nan_and_positive_old_logp_give_nan_bounds():
+    lo, up = bandpo.band_bounds(torch.tensor([float("nan"), 0.5, 1e-7], dtype=torch.float64))
+    assert torch.isnan(lo[:2]).all() and torch.isnan(up[:2]).all()
+    assert lo[2] == pytest.approx(math.exp(-0.05)) and up[2] == 1.0
