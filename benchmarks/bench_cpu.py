@@ -1,0 +1,166 @@
+"""CPU benchmark of torch.ops.bandpo against the baselines; prints a table and writes JSON.
+
+    .venv/bin/python benchmarks/bench_cpu.py                      # 64k, 1M, 16M tokens (a few minutes)
+    .venv/bin/python benchmarks/bench_cpu.py --sizes 1048576 --out results.json
+
+Every ratio is measured within one run (the machine is shared and noisy): median of repeated timings, inputs
+rotated so that no case runs from a warm cache the others lack. Targets (issue #2, 2-core machine):
+  * band_bounds(kl), 1M float32: >= 200x faster than the released bisection solver (released_solver.py)
+  * band_loss(kl) fwd+bwd, 1M float32: <= 0.5x the time of an eager fixed-clip PPO loss fwd+bwd
+  * no N-sized temporaries beyond the gradient (reported from the profiler's allocations)
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bandpo  # noqa: E402
+from bandpo import reference  # noqa: E402
+from released_solver import released_kl_bounds  # noqa: E402
+
+
+def median_ms(fn, min_time=0.3, max_reps=50):
+    fn()  # warm-up (and compilation)
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def make_inputs(n, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    old = torch.log(torch.rand(n, generator=g)).clamp(min=-20)
+    logp = (old + 0.3 * torch.randn(n, generator=g)).clamp(max=0)
+    adv = torch.randn(n, generator=g)
+    mask = torch.rand(n, generator=g) > 0.1
+    return logp.to(dtype), old.to(dtype), adv.to(dtype), mask
+
+
+def eager_clip_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28):
+    ratio = torch.exp(torch.clamp(logp - old, -20, 20))
+    loss = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high))
+    m = mask.to(loss.dtype)
+    return (loss * m).sum() / m.sum()
+
+
+def fwd_bwd(loss_fn, logp, *rest, **kw):
+    x = logp.detach().requires_grad_()
+
+    def run():
+        x.grad = None
+        out = loss_fn(x, *rest, **kw)
+        (out[0] if isinstance(out, tuple) else out).backward()
+
+    return run
+
+
+def copy_bandwidth_gbs():
+    x = torch.randn(1 << 25)  # 128 MiB
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x))
+    return 2 * x.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def extra_allocation_bytes(fn):
+    """Bytes the op allocates itself (its outputs included), from the profiler's memory records."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    total = 0
+    for evt in prof.key_averages():
+        if evt.key.startswith("bandpo::"):
+            total = max(total, evt.self_cpu_memory_usage)
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 16, 1 << 20, 1 << 24])
+    ap.add_argument("--baseline-max", type=int, default=1 << 22,
+                    help="largest size at which the slow baselines (bisection, reference) run")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu.json"))
+    args = ap.parse_args()
+
+    bw = copy_bandwidth_gbs()
+    rows = []
+
+    def record(case, n, dtype, ms, bytes_moved=None, **extra):
+        row = dict(case=case, tokens=n, dtype=str(dtype).replace("torch.", ""), ms=round(ms, 4),
+                   mtok_per_s=round(n / (ms * 1e-3) / 1e6, 2), **extra)
+        if bytes_moved:
+            row["floor_ms"] = round(bytes_moved / (bw * 1e9) * 1e3, 4)
+        rows.append(row)
+        print(f"{case:34s} {n:>9d} {row['dtype']:>9s} {ms:10.3f} ms {row['mtok_per_s']:10.1f} Mtok/s"
+              + (f"   floor {row['floor_ms']:.3f} ms" if bytes_moved else ""), flush=True)
+        return ms
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth {bw:.1f} GB/s")
+    targets = {}
+    for n in args.sizes:
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            logp, old, adv, mask = make_inputs(n, dtype)
+            size = torch.finfo(dtype).bits // 8
+            for div in ("kl", "tv", "chi2", "clip"):
+                ms = record(f"band_bounds[{div}]", n, dtype, median_ms(lambda: torch.ops.bandpo.band_bounds(old, divergence=div)),
+                            3 * size * n)
+                if div == "kl" and dtype == torch.float32 and n == 1 << 20:
+                    targets["bounds_kl_ms"] = ms
+            for div in ("kl", "tv", "chi2", "clip"):
+                # forward reads logp, old, adv, mask; backward reads them again and writes the gradient
+                ms = record(f"band_loss[{div}] fwd+bwd", n, dtype,
+                            median_ms(fwd_bwd(torch.ops.bandpo.band_loss, logp, old, adv, mask, divergence=div)),
+                            (2 * (3 * size + 1) + size) * n)
+                if div == "kl" and dtype == torch.float32 and n == 1 << 20:
+                    targets["loss_kl_ms"] = ms
+            ms = record("eager fixed-clip loss fwd+bwd", n, dtype, median_ms(fwd_bwd(eager_clip_loss, logp, old, adv, mask)))
+            if dtype == torch.float32 and n == 1 << 20:
+                targets["eager_clip_ms"] = ms
+            if dtype != torch.float32 or n > args.baseline_max:
+                continue
+            ms = record("released bisection bounds[kl]", n, dtype, median_ms(lambda: released_kl_bounds(old.exp(), 0.05), 1.0, 5))
+            if n == 1 << 20:
+                targets["bisection_ms"] = ms
+            record("reference bounds[kl] eager", n, dtype, median_ms(lambda: reference.band_bounds(old)))
+            record("reference loss[kl] fwd+bwd eager", n, dtype, median_ms(fwd_bwd(reference.band_loss, logp, old, adv, mask)))
+            compiled = torch.compile(reference.band_loss, dynamic=False)
+            record("reference loss[kl] fwd+bwd compiled", n, dtype, median_ms(fwd_bwd(compiled, logp, old, adv, mask)))
+
+    logp, old, adv, mask = make_inputs(1 << 20, torch.float32)
+    x = logp.clone().requires_grad_()
+    alloc_fwd = extra_allocation_bytes(lambda: torch.ops.bandpo.band_loss(x, old, adv, mask))
+    alloc_bwd = extra_allocation_bytes(lambda: torch.ops.bandpo.band_loss(x, old, adv, mask)[0].backward())
+    print(f"\nallocations by bandpo ops at 1M float32 tokens: forward {alloc_fwd} B, forward+backward {alloc_bwd} B "
+          f"(gradient alone: {4 << 20} B)")
+
+    summary = {}
+    if {"bounds_kl_ms", "bisection_ms"} <= targets.keys():
+        summary["bounds_kl_speedup_vs_released"] = round(targets["bisection_ms"] / targets["bounds_kl_ms"], 1)
+    if {"loss_kl_ms", "eager_clip_ms"} <= targets.keys():
+        summary["loss_kl_time_vs_eager_clip"] = round(targets["loss_kl_ms"] / targets["eager_clip_ms"], 3)
+    summary.update(alloc_forward_bytes=alloc_fwd, alloc_forward_backward_bytes=alloc_bwd)
+    print("\n== targets (1M float32 tokens) ==")
+    if "bounds_kl_speedup_vs_released" in summary:
+        print(f"band_bounds(kl) vs released bisection: {summary['bounds_kl_speedup_vs_released']}x faster (target >= 200x)")
+    if "loss_kl_time_vs_eager_clip" in summary:
+        print(f"band_loss(kl) fwd+bwd / eager clip fwd+bwd: {summary['loss_kl_time_vs_eager_clip']} (target <= 0.5)")
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(dict(machine=platform.machine(), processor=platform.processor(), threads=torch.get_num_threads(),
+                       torch=torch.__version__, copy_bandwidth_gbs=bw, kernels=rows, summary=summary), f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
