@@ -58,34 +58,52 @@ struct KlSteps<float> {
   static constexpr int kHalleySteps = 2;
 };
 
-// Root w < 0 of F(w) = delta for weights a, b (a + b = 1, both > 0).
+// Roots w < 0 of F(w) = delta for N problems (a[k], b[k]) at once (a + b = 1, both > 0). Several problems
+// are stepped in lockstep because each Halley step is a long dependent chain (expm1 -> log1p -> divide):
+// interleaved, the CPU overlaps the chains of the lower and the upper bound instead of waiting on each.
 //
 // The Halley step N / (1 - N H), with N = (F - delta) / F' and H = F'' / (2 F'), written over one division:
 //   g = F - delta,  step = 2 g (b - a em) em / (2 a em^2 - g b e^w);
 // where that denominator falls below a em^2 (Halley would more than double the Newton step, far from the
 // root) the Newton step is taken instead (denominator 2 a em^2).
-template <class C>
-BANDPO_HD C kl_shrink_log_ratio(C a, C b, C delta) {
+template <class C, int N>
+BANDPO_HD void kl_shrink_log_ratios(const C (&a)[N], const C (&b)[N], C delta, C (&w)[N]) {
   using math::max;
   using math::min;
   using math::select;
-  const C a_over_b = a / b;
-  C w = min(-math::sqrt(C(2) * delta / a_over_b), -delta / a);
-  // Past exp's underflow the ratio is 0 either way; a finite start keeps the steps free of inf - inf.
-  w = max(w, math::FloatTraits<C>::kExpMin);
-  // b log1p(z) -> 0 as b -> 0 (z ~ 1/b): taken as 0 where z is no longer finite (b = +-0 or subnormal).
-  const bool b_term_live = (b > C(0)) & (a_over_b < C(INFINITY));
+  C a_over_b[N];
+  bool b_term_live[N];
+  BANDPO_UNROLL
+  for (int k = 0; k < N; ++k) {
+    a_over_b[k] = a[k] / b[k];
+    w[k] = min(-math::sqrt(C(2) * delta / a_over_b[k]), -delta / a[k]);
+    // Past exp's underflow the ratio is 0 either way; a finite start keeps the steps free of inf - inf.
+    w[k] = max(w[k], math::FloatTraits<C>::kExpMin);
+    // b log1p(z) -> 0 as b -> 0 (z ~ 1/b): taken as 0 where z is no longer finite (b = +-0 or subnormal).
+    b_term_live[k] = (b[k] > C(0)) & (a_over_b[k] < C(INFINITY));
+  }
   BANDPO_UNROLL
   for (int step = 0; step < KlSteps<C>::kHalleySteps; ++step) {
-    const C em = math::expm1(w);
-    const C z = a_over_b * -em;
-    const C g = -a * w - select(b_term_live, b * math::log1p(z), C(0)) - delta;
-    const C a_em2 = a * em * em;
-    const C g_b_e = g * b * (C(1) + em);
-    const C den = select(a_em2 < g_b_e, C(2) * a_em2, C(2) * a_em2 - g_b_e);
-    w = min(w - C(2) * g * (b - a * em) * em / den, C(0));
+    BANDPO_UNROLL
+    for (int k = 0; k < N; ++k) {
+      const C em = math::expm1(w[k]);
+      const C z = a_over_b[k] * -em;
+      const C g = -a[k] * w[k] - select(b_term_live[k], b[k] * math::log1p(z), C(0)) - delta;
+      const C a_em2 = a[k] * em * em;
+      const C g_b_e = g * b[k] * (C(1) + em);
+      const C den = select(a_em2 < g_b_e, C(2) * a_em2, C(2) * a_em2 - g_b_e);
+      w[k] = min(w[k] - C(2) * g * (b[k] - a[k] * em) * em / den, C(0));
+    }
   }
-  return w;
+}
+
+template <class C>
+BANDPO_HD C kl_shrink_log_ratio(C a, C b, C delta) {
+  const C as[1] = {a};
+  const C bs[1] = {b};
+  C w[1];
+  kl_shrink_log_ratios(as, bs, delta, w);
+  return w[0];
 }
 
 }  // namespace detail
@@ -106,8 +124,11 @@ BANDPO_HD C kl_upper_from_root(C p, C q, C w_upper) {
 
 template <class C>
 BANDPO_HD RatioBounds<C> kl_bounds(C p, C q, C delta) {
-  return RatioBounds<C>{kl_lower_from_root(p, detail::kl_shrink_log_ratio(p, q, delta)),
-                        kl_upper_from_root(p, q, detail::kl_shrink_log_ratio(q, p, delta))};
+  const C a[2] = {p, q};  // lower bound: the token shrinks; upper bound: the rest shrinks
+  const C b[2] = {q, p};
+  C w[2];
+  detail::kl_shrink_log_ratios(a, b, delta, w);
+  return RatioBounds<C>{kl_lower_from_root(p, w[0]), kl_upper_from_root(p, q, w[1])};
 }
 
 // Raw Band bounds before relax and caps, clamped to the simplex r in [0, 1/p].
@@ -166,6 +187,29 @@ template <class C>
 BANDPO_HD RatioBounds<C> band_bounds(C old_logp, const BoundParams<C>& prm) {
   const C lp = sanitize_old_logp(old_logp);
   return finish_bounds(divergence_bounds(math::exp(lp), -math::expm1(lp), prm), lp, prm);
+}
+
+// The bounds of two tokens at once. For KL the four root-findings run in lockstep, which on an out-of-order
+// CPU is 1.3-1.8x faster per token than one token at a time (see kl_shrink_log_ratios).
+// (Returned by value: output references would keep the results in memory and stop vectorisation.)
+template <class C>
+struct BoundsPair {
+  RatioBounds<C> first, second;
+};
+
+template <class C>
+BANDPO_HD BoundsPair<C> band_bounds_pair(C old_logp0, C old_logp1, const BoundParams<C>& prm) {
+  if (prm.divergence != Divergence::kl) return BoundsPair<C>{band_bounds(old_logp0, prm), band_bounds(old_logp1, prm)};
+  const C lp0 = sanitize_old_logp(old_logp0), lp1 = sanitize_old_logp(old_logp1);
+  const C p0 = math::exp(lp0), q0 = -math::expm1(lp0);
+  const C p1 = math::exp(lp1), q1 = -math::expm1(lp1);
+  const C a[4] = {p0, q0, p1, q1};
+  const C b[4] = {q0, p0, q1, p1};
+  C w[4];
+  detail::kl_shrink_log_ratios(a, b, prm.delta, w);
+  return BoundsPair<C>{
+      finish_bounds(RatioBounds<C>{kl_lower_from_root(p0, w[0]), kl_upper_from_root(p0, q0, w[1])}, lp0, prm),
+      finish_bounds(RatioBounds<C>{kl_lower_from_root(p1, w[2]), kl_upper_from_root(p1, q1, w[3])}, lp1, prm)};
 }
 
 // Only the upper (or only the lower) bound: for KL this is one root-finding instead of two.
