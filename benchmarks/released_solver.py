@@ -15,25 +15,22 @@ def _g_kl(p: torch.Tensor, r: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return p * -torch.log(r.clamp(min=eps)) + (1.0 - p) * -torch.log(rest.clamp(min=eps))
 
 
+def _bisect(p, delta, lo, hi, root_is_right_when_below, max_iter, tol):
+    """Halve [lo, hi] until the widest bracket is <= tol (one host sync per halving), return the midpoint."""
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        below = _g_kl(p, mid) < delta
+        go_right = below if root_is_right_when_below else ~below
+        lo, hi = torch.where(go_right, mid, lo), torch.where(go_right, hi, mid)
+        if torch.max(hi - lo).item() <= tol:
+            break
+    return 0.5 * (lo + hi)
+
+
 def released_kl_bounds(p: torch.Tensor, delta: float, max_iter: int = 50, tol: float = 1e-6):
     upper_saturated = _g_kl(p, 1.0 / p) <= delta
     lower_saturated = _g_kl(p, torch.zeros_like(p)) <= delta
-
-    lo, hi = torch.ones_like(p), 1.0 / p
-    for _ in range(max_iter):
-        mid = 0.5 * (lo + hi)
-        right = _g_kl(p, mid) < delta
-        lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
-        if torch.max(hi - lo).item() <= tol:
-            break
-    upper = torch.where(upper_saturated, 1.0 / p, 0.5 * (lo + hi))
-
-    lo, hi = torch.zeros_like(p), torch.ones_like(p)
-    for _ in range(max_iter):
-        mid = 0.5 * (lo + hi)
-        left = _g_kl(p, mid) < delta
-        lo, hi = torch.where(left, lo, mid), torch.where(left, mid, hi)
-        if torch.max(hi - lo).item() <= tol:
-            break
-    lower = torch.where(lower_saturated, torch.zeros_like(p), 0.5 * (lo + hi))
-    return lower, upper
+    # g increases on [1, 1/p] and decreases on [0, 1]
+    upper = _bisect(p, delta, torch.ones_like(p), 1.0 / p, True, max_iter, tol)
+    lower = _bisect(p, delta, torch.zeros_like(p), torch.ones_like(p), False, max_iter, tol)
+    return torch.where(lower_saturated, torch.zeros_like(p), lower), torch.where(upper_saturated, 1.0 / p, upper)
