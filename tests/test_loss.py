@@ -181,3 +181,12 @@ def test_python_face_names_metrics():
     torch.testing.assert_close(out.loss, direct[0])
     lo, up = bandpo.band_bounds(old, delta=0.1)
     torch.testing.assert_close(lo, torch.ops.bandpo.band_bounds(old, delta=0.1)[0])
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_rows_longer_than_a_work_item(agg):
+    """Rows of more than 4096 tokens are split across work items and reassembled per row."""
+    logp, old, adv, mask, ref = make_batch(B=3, T=9000, seed=8)
+    mask[1] = False  # one empty row
+    op, rf = both(logp, old, adv[:, 0], mask, agg=agg, ref_logp=ref, kl_coef=0.1)
+    assert_match(op, rf, rtol=1e-9, atol=1e-12)
