@@ -190,3 +190,10 @@ def test_rows_longer_than_a_work_item(agg):
     mask[1] = False  # one empty row
     op, rf = both(logp, old, adv[:, 0], mask, agg=agg, ref_logp=ref, kl_coef=0.1)
     assert_match(op, rf, rtol=1e-9, atol=1e-12)
+
+
+def test_float_mask_of_another_dtype_is_accepted():
+    logp, old, adv, mask, _ = make_batch(dtype=torch.bfloat16)
+    a = torch.ops.bandpo.band_loss(logp, old, adv, mask.float())
+    b = torch.ops.bandpo.band_loss(logp, old, adv, mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

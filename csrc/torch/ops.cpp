@@ -5,7 +5,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -134,12 +139,14 @@ LossArgs loss_args(const at::Tensor& logp, const at::Tensor& old_logp, const at:
     check_same_shape(m, "mask", logp);
     if (m.scalar_type() == at::kBool || m.scalar_type() == at::kByte) {
       in.mask_kind = MaskKind::boolean;
+      a.mask = m.contiguous();
     } else {
-      TORCH_CHECK_TYPE(m.scalar_type() == logp.scalar_type(), "mask must be bool or have logp's dtype ",
-                       logp.scalar_type(), "; got ", m.scalar_type());
+      TORCH_CHECK_TYPE(at::isFloatingType(m.scalar_type()), "mask must be bool or floating point; got ",
+                       m.scalar_type());
       in.mask_kind = MaskKind::values;
+      // Weights are read in logp's dtype: a mask of another float dtype is converted (one mask-sized copy).
+      a.mask = m.to(logp.scalar_type()).contiguous();
     }
-    a.mask = m.contiguous();
     in.mask = a.mask.data_ptr();
   }
   if (ref_logp.has_value()) {
@@ -156,6 +163,22 @@ LossArgs loss_args(const at::Tensor& logp, const at::Tensor& old_logp, const at:
 // torch.set_num_threads() decides the thread count. The items run on the core library's pool, not on
 // at::parallel_for: that is an inline OpenMP region, serial in a translation unit built without -fopenmp,
 // and building with it would load a second OpenMP runtime beside torch's.
+// A fresh output of several MiB is written once, in full: with 4 KiB pages its first touch costs more than
+// the kernel itself on small machines (measured 1M float32 band_bounds: ~1.5 ms of faults vs ~3.5 ms of
+// math). Where Linux transparent huge pages are in "madvise" mode, asking for them on the 2 MiB-aligned
+// interior cuts the faults 512-fold. Advisory only: nothing changes if the kernel declines.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  if (t.device().is_cpu() && last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
 ParallelFor torch_parallel_for() { return thread_pool_parallel_for(at::get_num_threads()); }
 
 std::tuple<at::Tensor, at::Tensor> band_bounds_cpu_op(const at::Tensor& old_logp, std::string divergence, double delta,
@@ -164,8 +187,8 @@ std::tuple<at::Tensor, at::Tensor> band_bounds_cpu_op(const at::Tensor& old_logp
   const BoundOptions options = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
   const DType dtype = to_dtype(old_logp, "old_logp");
   const at::Tensor in = old_logp.contiguous();
-  at::Tensor lower = at::empty_like(in);
-  at::Tensor upper = at::empty_like(in);
+  at::Tensor lower = empty_output(in.sizes(), in.options());
+  at::Tensor upper = empty_output(in.sizes(), in.options());
   rethrow_as_value_error([&] {
     band_bounds_cpu(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
                     torch_parallel_for());
@@ -203,7 +226,7 @@ at::Tensor band_loss_backward_cpu_op(const at::Tensor& grad_loss, const at::Tens
   const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", grad_loss.sizes());
   const double g = grad_loss.item<double>();
-  at::Tensor grad = at::empty(logp.sizes(), logp.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad = empty_output(logp.sizes(), logp.options());
   rethrow_as_value_error([&] { band_loss_backward_cpu(args.inputs, options, g, grad.data_ptr(), torch_parallel_for()); });
   return grad;
 }
