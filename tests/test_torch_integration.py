@@ -84,3 +84,32 @@ def test_results_bitwise_identical_for_any_thread_count():
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_ops_work_in_a_forked_child():
+    """A DataLoader-style fork after the thread pool started must not hang the child."""
+    import os
+    import signal
+    import time
+
+    import numpy as np
+
+    old = make_batch(B=4, T=50000, dtype=torch.float32)[1]
+    expected = [t.numpy() for t in torch.ops.bandpo.band_bounds(old)]  # starts the pool in the parent
+    pid = os.fork()
+    if pid == 0:  # child: compare with numpy, since torch's own OpenMP regions are not fork-safe
+        ok = False
+        try:
+            ok = all(np.array_equal(a.numpy(), b) for a, b in zip(torch.ops.bandpo.band_bounds(old), expected))
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WEXITSTATUS(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    pytest.fail("band_bounds hung in a forked child")

@@ -14,6 +14,11 @@
 
 #include "cpu_kernels.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#define BANDPO_HAVE_FORK 1
+#endif
+
 namespace bandpo {
 namespace {
 
@@ -47,6 +52,13 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   void run(int64_t n_items, int max_threads, const std::function<void(int64_t, int64_t)>& body) {
+#if defined(BANDPO_HAVE_FORK)
+    // A fork()ed child (e.g. a DataLoader worker) inherits the pool but not its threads: run serially there.
+    if (getpid() != owner_pid_) {
+      body(0, n_items);
+      return;
+    }
+#endif
     const int64_t n_helpers = std::min<int64_t>({static_cast<int64_t>(max_threads) - 1, n_items - 1,
                                                  static_cast<int64_t>(workers_.size())});
     if (n_helpers <= 0) {
@@ -83,6 +95,9 @@ class ThreadPool {
 
  private:
   explicit ThreadPool(unsigned n_threads) {
+#if defined(BANDPO_HAVE_FORK)
+    owner_pid_ = getpid();
+#endif
     for (unsigned i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
 
@@ -122,6 +137,9 @@ class ThreadPool {
   uint64_t generation_ = 0;
   bool stop_ = false;
   std::exception_ptr error_;
+#if defined(BANDPO_HAVE_FORK)
+  pid_t owner_pid_ = 0;
+#endif
 };
 
 void run_parallel(const ParallelFor& parallel_for, int64_t n_items, const std::function<void(int64_t, int64_t)>& body) {
