@@ -2,6 +2,8 @@
 #include "bandpo/cpu.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <atomic>
 #include <condition_variable>
 #include <cmath>
@@ -25,14 +27,21 @@ namespace {
 using detail::KernelTable;
 using detail::SegmentSums;
 
+// The best kernels this CPU runs, unless BANDPO_CPU_ISA (baseline, avx2, avx512) asks for another one (to
+// test every variant on one machine); a variant the CPU lacks is never taken.
 const KernelTable& kernels() {
   static const KernelTable& table = []() -> const KernelTable& {
+    const char* requested = std::getenv("BANDPO_CPU_ISA");
+    const std::string want = requested ? requested : "";
+    if (want == "baseline") return detail::kernel_table_baseline();
 #if defined(BANDPO_HAVE_X86_ISA_VARIANTS)
     __builtin_cpu_init();
+    const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (want == "avx2" && has_avx2) return detail::kernel_table_avx2();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
       return detail::kernel_table_avx512();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return detail::kernel_table_avx2();
+    if (has_avx2) return detail::kernel_table_avx2();
 #endif
     return detail::kernel_table_baseline();
   }();

@@ -257,8 +257,16 @@ TORCH_LIBRARY_IMPL(bandpo, CPU, m) {
 }  // namespace bandpo
 
 // An importable module, so that `import bandpo._C` loads the library and runs the registrations above.
+namespace {
+PyObject* py_cpu_kernel_isa(PyObject*, PyObject*) { return PyUnicode_FromString(bandpo::cpu_kernel_isa()); }
+PyMethodDef module_methods[] = {
+    {"cpu_kernel_isa", py_cpu_kernel_isa, METH_NOARGS,
+     "Instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'baseline' (override: BANDPO_CPU_ISA)."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "bandpo operator library (torch.ops.bandpo)", -1,
-                               nullptr};
+                               module_methods};
   return PyModule_Create(&module);
 }

@@ -17,6 +17,8 @@ from . import reference
 from .api import METRIC_NAMES, BandLoss, band_bounds, band_loss
 from .config import AGGREGATIONS, DIVERGENCES, KL_ESTIMATORS, BandConfig
 
+cpu_kernel_isa = _C.cpu_kernel_isa
+
 __version__ = "0.1.0"
 __all__ = ["AGGREGATIONS", "BandConfig", "BandLoss", "DIVERGENCES", "KL_ESTIMATORS", "METRIC_NAMES", "band_bounds",
-           "band_loss", "reference"]
+           "band_loss", "cpu_kernel_isa", "reference"]
