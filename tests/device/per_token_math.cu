@@ -1,0 +1,33 @@
+// Compile-only check (tests/test_device_headers.py): the shared per-token math must build as CUDA device
+// code, unchanged, so that the CUDA kernels use the same definitions as the CPU loops.
+#include "bandpo/dtypes.h"
+#include "bandpo/token_loss.h"
+
+namespace bandpo_device_check {
+
+template <class C>
+__global__ void every_per_token_function(const C* old_logp, const C* logp, const C* adv, C* out, long n,
+                                         bandpo::BoundParams<C> bounds, bandpo::LossParams<C> loss) {
+  const long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const bandpo::RatioBounds<C> b = bandpo::band_bounds(old_logp[i], bounds);
+  const bandpo::BoundsPair<C> pair = bandpo::band_bounds_pair(old_logp[i], logp[i], bounds);
+  const bandpo::PolicyTerms<C> t = bandpo::policy_terms(logp[i], old_logp[i], adv[i], loss);
+  const bandpo::KlPenalty<C> k = bandpo::kl_penalty(logp[i], old_logp[i], bandpo::KlEstimator::k3);
+  out[i] = b.lower + b.upper + pair.second.upper + t.pg_loss + t.pg_grad + t.clipped_upper + k.value + k.grad +
+           bandpo::clipped_pg_loss(old_logp[i], adv[i], loss);
+}
+
+__global__ void half_types(const bandpo::bfloat16* a, const bandpo::float16* b, bandpo::bfloat16* c,
+                           bandpo::float16* d) {
+  c[0] = bandpo::from_float_bf16(bandpo::to_float(a[0]));
+  d[0] = bandpo::from_float_f16(bandpo::to_float(b[0]));
+}
+
+}  // namespace bandpo_device_check
+
+template __global__ void bandpo_device_check::every_per_token_function<float>(const float*, const float*, const float*, float*, long,
+                                                         bandpo::BoundParams<float>, bandpo::LossParams<float>);
+template __global__ void bandpo_device_check::every_per_token_function<double>(const double*, const double*, const double*, double*,
+                                                          long, bandpo::BoundParams<double>,
+                                                          bandpo::LossParams<double>);
