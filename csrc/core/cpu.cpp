@@ -249,8 +249,6 @@ void throw_if_invalid(const LossInputs& in, int64_t begin, int64_t end) {
   }
 }
 
-double row_mean(double sum, double weight) { return weight != 0.0 ? sum / weight : 0.0; }
-
 }  // namespace
 
 const char* cpu_kernel_isa() { return kernels().isa; }
@@ -285,8 +283,8 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
         const SegmentSums s = k.loss_segment(in, options, row, begin, end);
         acc.tokens.add(s);
         if (part.whole_rows()) {
-          acc.row_mean_loss += row_mean(s.loss, s.weight);
-          acc.row_mean_pg += row_mean(s.pg, s.weight);
+          acc.row_mean_loss += detail::mean_or_zero(s.loss, s.weight);
+          acc.row_mean_pg += detail::mean_or_zero(s.pg, s.weight);
         }
       });
     }
@@ -307,42 +305,14 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
     } else {
       row.add(it.tokens);
       if ((item + 1) % part.chunks_per_row == 0) {
-        row_mean_loss += row_mean(row.loss, row.weight);
-        row_mean_pg += row_mean(row.pg, row.weight);
+        row_mean_loss += detail::mean_or_zero(row.loss, row.weight);
+        row_mean_pg += detail::mean_or_zero(row.pg, row.weight);
         row = SegmentSums();
       }
     }
   }
 
-  const bool has_normalizer = !std::isnan(options.normalizer);
-  const double batch = static_cast<double>(in.rows);
-  double denominator = 0, loss_sum = total.loss, pg_sum = total.pg;
-  switch (options.agg) {
-    case Aggregation::token_mean: denominator = total.weight; break;
-    case Aggregation::seq_mean_token_sum: denominator = batch; break;
-    case Aggregation::seq_mean_token_sum_norm: denominator = batch * static_cast<double>(in.cols); break;
-    case Aggregation::seq_mean_token_mean:
-      denominator = batch;
-      loss_sum = row_mean_loss;
-      pg_sum = row_mean_pg;
-      break;
-  }
-  if (has_normalizer) denominator = options.normalizer;
-
-  LossResult result;
-  result.loss = denominator != 0.0 ? loss_sum / denominator : 0.0;
-  const double pg_loss = denominator != 0.0 ? pg_sum / denominator : 0.0;
-  const double w = total.weight;
-  auto mean = [w](double s) { return static_cast<float>(w != 0.0 ? s / w : 0.0); };
-  result.metrics[kPgClipfrac] = mean(total.clip_upper + total.clip_lower);
-  result.metrics[kClipfracUpper] = mean(total.clip_upper);
-  result.metrics[kClipfracLower] = mean(total.clip_lower);
-  result.metrics[kDualClipfrac] = mean(total.dual);
-  result.metrics[kPpoKl] = mean(total.ppo_kl);
-  result.metrics[kRatioMean] = mean(total.ratio);
-  result.metrics[kRefKl] = mean(total.ref_kl);
-  result.metrics[kPgLoss] = static_cast<float>(pg_loss);
-  return result;
+  return detail::finish_loss(total, row_mean_loss, row_mean_pg, options, in.rows, in.cols);
 }
 
 void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, double grad_loss, void* grad_logp,
@@ -353,34 +323,20 @@ void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, do
   const Partition part(in.rows, in.cols);
   const int64_t n = in.rows * in.cols;
   if (n == 0) return;
-  const bool has_normalizer = !std::isnan(options.normalizer);
-  const double batch = static_cast<double>(in.rows);
-
   // Per-token weight of the gradient for the token-sum modes; per row for seq-mean-token-mean.
-  double denominator = 0;
-  switch (options.agg) {
-    case Aggregation::token_mean:
-      if (has_normalizer) {
-        denominator = options.normalizer;
-      } else if (in.mask_kind == MaskKind::none) {
-        denominator = static_cast<double>(n);
-      } else {
-        std::vector<double> partial(static_cast<size_t>(part.n_items));
-        run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
-          for (int64_t item = b; item < e; ++item)
-            part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
-              partial[static_cast<size_t>(item)] += k.weight_sum(in, begin, end);
-            });
+  double total_weight = static_cast<double>(n);
+  if (detail::backward_needs_total_weight(options, in.mask_kind)) {
+    std::vector<double> partial(static_cast<size_t>(part.n_items));
+    run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+      for (int64_t item = b; item < e; ++item)
+        part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
+          partial[static_cast<size_t>(item)] += k.weight_sum(in, begin, end);
         });
-        for (double p : partial) denominator += p;
-      }
-      break;
-    case Aggregation::seq_mean_token_sum:
-    case Aggregation::seq_mean_token_mean: denominator = has_normalizer ? options.normalizer : batch; break;
-    case Aggregation::seq_mean_token_sum_norm:
-      denominator = has_normalizer ? options.normalizer : batch * static_cast<double>(in.cols);
-      break;
+    });
+    total_weight = 0;
+    for (double p : partial) total_weight += p;
   }
+  const double denominator = detail::aggregation_denominator(options, in.rows, in.cols, total_weight);
   const double token_scale = denominator != 0.0 ? grad_loss / denominator : 0.0;
   const bool per_row_mean = options.agg == Aggregation::seq_mean_token_mean;
 

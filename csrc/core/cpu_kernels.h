@@ -5,32 +5,11 @@
 
 #include <cstdint>
 
+#include "aggregation.h"
 #include "bandpo/cpu.h"
 
 namespace bandpo {
 namespace detail {
-
-struct SegmentSums {
-  double loss = 0;    // sum of w * (pg + kl_coef * kl)
-  double pg = 0;      // sum of w * pg
-  double weight = 0;  // sum of w
-  double clip_upper = 0, clip_lower = 0, dual = 0;  // weighted counts
-  double ppo_kl = 0, ratio = 0, ref_kl = 0;         // weighted sums
-  int64_t invalid = 0;                              // valid positions holding bad values
-
-  void add(const SegmentSums& o) {
-    loss += o.loss;
-    pg += o.pg;
-    weight += o.weight;
-    clip_upper += o.clip_upper;
-    clip_lower += o.clip_lower;
-    dual += o.dual;
-    ppo_kl += o.ppo_kl;
-    ratio += o.ratio;
-    ref_kl += o.ref_kl;
-    invalid += o.invalid;
-  }
-};
 
 struct KernelTable {
   const char* isa;

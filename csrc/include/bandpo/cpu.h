@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "bandpo/dtypes.h"
+#include "bandpo/inputs.h"
 #include "bandpo/options.h"
 
 namespace bandpo {
@@ -18,23 +19,6 @@ namespace bandpo {
 using ParallelFor = std::function<void(int64_t n_items, const std::function<void(int64_t, int64_t)>& body)>;
 
 constexpr int64_t kItemTokens = 4096;
-
-enum class MaskKind : int { none = 0, boolean = 1, values = 2 };  // values: same dtype as the inputs
-
-// Inputs of band_loss. All value buffers have `dtype` and shape [rows, cols] (a 1-D input is one row),
-// except advantages, which may hold one value per row.
-struct LossInputs {
-  DType dtype = DType::float32;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  const void* logp = nullptr;
-  const void* old_logp = nullptr;
-  const void* advantages = nullptr;
-  bool advantages_per_row = false;
-  const void* mask = nullptr;  // uint8/bool 0-1 (MaskKind::boolean) or weights of `dtype` (values)
-  MaskKind mask_kind = MaskKind::none;
-  const void* ref_logp = nullptr;  // required when kl_coef != 0
-};
 
 struct LossResult {
   double loss = 0.0;

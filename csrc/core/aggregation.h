@@ -1,0 +1,84 @@
+// Internal: the partial sums every backend reduces, and the aggregation of their totals into the loss and
+// metrics. Written once (__host__ __device__) so that the CPU driver and the CUDA finishing kernel apply the
+// same formulas to their (differently ordered, but each deterministic) sums.
+#pragma once
+
+#include <cstdint>
+
+#include "bandpo/config.h"
+#include "bandpo/cpu.h"
+#include "bandpo/options.h"
+
+namespace bandpo {
+namespace detail {
+
+struct SegmentSums {
+  double loss = 0;    // sum of w * (pg + kl_coef * kl)
+  double pg = 0;      // sum of w * pg
+  double weight = 0;  // sum of w
+  double clip_upper = 0, clip_lower = 0, dual = 0;  // weighted counts
+  double ppo_kl = 0, ratio = 0, ref_kl = 0;         // weighted sums
+  int64_t invalid = 0;                              // valid positions holding bad values
+
+  BANDPO_HD void add(const SegmentSums& o) {
+    loss += o.loss;
+    pg += o.pg;
+    weight += o.weight;
+    clip_upper += o.clip_upper;
+    clip_lower += o.clip_lower;
+    dual += o.dual;
+    ppo_kl += o.ppo_kl;
+    ratio += o.ratio;
+    ref_kl += o.ref_kl;
+    invalid += o.invalid;
+  }
+};
+
+BANDPO_HD double mean_or_zero(double sum, double weight) { return weight != 0.0 ? sum / weight : 0.0; }
+
+// The denominator of the aggregation (see Aggregation) or the normalizer, given the batch shape and the
+// total mask weight (token-mean only).
+BANDPO_HD double aggregation_denominator(const LossOptions& options, int64_t rows, int64_t cols,
+                                         double total_weight) {
+  if (!(options.normalizer != options.normalizer)) return options.normalizer;  // set (not NaN)
+  switch (options.agg) {
+    case Aggregation::token_mean: return total_weight;
+    case Aggregation::seq_mean_token_sum:
+    case Aggregation::seq_mean_token_mean: return static_cast<double>(rows);
+    case Aggregation::seq_mean_token_sum_norm: return static_cast<double>(rows) * static_cast<double>(cols);
+  }
+  return 0.0;
+}
+
+// The loss and metrics from the totals. sum_row_mean_loss / sum_row_mean_pg are the sums over rows of the
+// per-row means (used by seq-mean-token-mean only).
+BANDPO_HD LossResult finish_loss(const SegmentSums& total, double sum_row_mean_loss, double sum_row_mean_pg,
+                                 const LossOptions& options, int64_t rows, int64_t cols) {
+  const double denominator = aggregation_denominator(options, rows, cols, total.weight);
+  const bool row_means = options.agg == Aggregation::seq_mean_token_mean;
+  const double loss_sum = row_means ? sum_row_mean_loss : total.loss;
+  const double pg_sum = row_means ? sum_row_mean_pg : total.pg;
+  LossResult result;
+  result.loss = mean_or_zero(loss_sum, denominator);
+  const double w = total.weight;
+  result.metrics[kPgClipfrac] = static_cast<float>(mean_or_zero(total.clip_upper + total.clip_lower, w));
+  result.metrics[kClipfracUpper] = static_cast<float>(mean_or_zero(total.clip_upper, w));
+  result.metrics[kClipfracLower] = static_cast<float>(mean_or_zero(total.clip_lower, w));
+  result.metrics[kDualClipfrac] = static_cast<float>(mean_or_zero(total.dual, w));
+  result.metrics[kPpoKl] = static_cast<float>(mean_or_zero(total.ppo_kl, w));
+  result.metrics[kRatioMean] = static_cast<float>(mean_or_zero(total.ratio, w));
+  result.metrics[kRefKl] = static_cast<float>(mean_or_zero(total.ref_kl, w));
+  result.metrics[kPgLoss] = static_cast<float>(mean_or_zero(pg_sum, denominator));
+  return result;
+}
+
+// Whether the backward's scale depends on the data (mask sums), and the data-independent part of it.
+// token-mean without a normalizer divides by the total mask weight (unless there is no mask);
+// seq-mean-token-mean additionally divides each row by its own mask weight.
+BANDPO_HD bool backward_needs_total_weight(const LossOptions& options, MaskKind mask_kind) {
+  return options.agg == Aggregation::token_mean && options.normalizer != options.normalizer &&
+         mask_kind != MaskKind::none;
+}
+
+}  // namespace detail
+}  // namespace bandpo
