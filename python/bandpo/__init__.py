@@ -18,7 +18,22 @@ from .api import METRIC_NAMES, BandLoss, band_bounds, band_loss
 from .config import AGGREGATIONS, DIVERGENCES, KL_ESTIMATORS, BandConfig
 
 cpu_kernel_isa = _C.cpu_kernel_isa
+has_cuda_kernels = _C.has_cuda_kernels
+input_checks = _C.input_checks
+
+
+def set_input_checks(enabled: bool) -> None:
+    """Make CUDA ``band_loss`` synchronise after its forward and raise ``ValueError`` (naming the argument
+    and the flat index) for NaN / out-of-range values at valid positions, as the CPU op always does.
+
+    Off by default, because the check is a host synchronisation (it also breaks CUDA-graph capture); without
+    it such inputs make the loss and all metrics NaN. The environment variable ``BANDPO_CHECK_INPUTS=1``
+    switches it on at import.
+    """
+    _C.set_input_checks(bool(enabled))
+
 
 __version__ = "0.1.0"
 __all__ = ["AGGREGATIONS", "BandConfig", "BandLoss", "DIVERGENCES", "KL_ESTIMATORS", "METRIC_NAMES", "band_bounds",
-           "band_loss", "cpu_kernel_isa", "reference"]
+           "band_loss", "cpu_kernel_isa", "has_cuda_kernels", "input_checks", "reference",
+           "set_input_checks"]

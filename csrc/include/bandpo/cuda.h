@@ -1,0 +1,45 @@
+// CUDA entry points of the core library on raw device buffers (contiguous, row-major) and a stream.
+// No torch, no Python; link bandpo::bandpo built with CUDA.
+//
+// Every function only enqueues work on `stream`: none allocates, copies to the host or synchronises, so all
+// of them can be captured in a CUDA graph. Reductions are deterministic: the same inputs on the same device
+// give the same bits on every run (fixed partition into tiles, fixed reduction order, no float atomics).
+// Errors in the arguments or the launch throw std::invalid_argument / std::runtime_error.
+//
+// Bad values in the data (NaN at a valid position, old_logp > 0, an infinite advantage) cannot raise without
+// a synchronisation: the forward then writes NaN to the loss and the metrics, and their count to
+// `invalid_count` (when not null), for the caller to check when it chooses to synchronise.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "bandpo/dtypes.h"
+#include "bandpo/inputs.h"
+#include "bandpo/options.h"
+
+namespace bandpo {
+namespace cuda {
+
+// lower/upper[i] = Band bounds of old_logp[i] for n tokens of `dtype` (device pointers).
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                 void* upper, cudaStream_t stream);
+
+// Device workspace (bytes) that band_loss_forward / band_loss_backward need for this shape and options.
+size_t loss_workspace_bytes(const LossInputs& inputs, const LossOptions& options);
+
+// Forward. Writes the aggregated loss (one value of inputs.dtype) to `loss`, kNumMetrics floats (order: the
+// Metric enum) to `metrics`, and, if not null, the number of valid positions holding bad values to
+// `invalid_count` (one int64). `workspace`: at least loss_workspace_bytes(), 16-byte aligned.
+void band_loss_forward(const LossInputs& inputs, const LossOptions& options, void* loss, float* metrics,
+                       int64_t* invalid_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// Backward: grad_logp (inputs.dtype, rows * cols) = grad_loss[0] * d loss / d logp, where grad_loss is one
+// double in device memory (so that the incoming gradient is never read on the host).
+void band_loss_backward(const LossInputs& inputs, const LossOptions& options, const double* grad_loss,
+                        void* grad_logp, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace bandpo
