@@ -1,0 +1,154 @@
+"""GPU benchmark of torch.ops.bandpo (issue #3); prints a short table last and writes JSON.
+
+    python benchmarks/bench_cuda.py [--sizes 1048576 16777216 67108864] [--out results.json]
+
+Times are medians of CUDA-event timings after warm-up, rotating over three input sets so that no case runs
+from a warm L2 the others lack. Bandwidth = bytes / time against a measured device-to-device copy (bytes
+read + written). Two byte counts are reported for the loss: `moved`, what this design must move (forward
+reads logp, old_logp, advantages, mask; the backward reads them again and writes the gradient), and `floor`,
+the least any fwd+bwd could move (inputs once + the gradient).
+Targets: Band-KL fwd+bwd at 16M fp32 >= 70% of copy bandwidth; band_bounds(kl) >= 1000x the released
+bisection solver (re-implementation, released_solver.py); Band-KL fwd+bwd no slower than an eager fixed-clip loss.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bandpo  # noqa: E402
+from bandpo import reference  # noqa: E402
+from released_solver import released_kl_bounds  # noqa: E402
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+def cuda_ms(fns, warmup=3, reps=20):
+    """Median milliseconds of calling fns[i % len(fns)] (rotating input sets), timed with CUDA events."""
+    for i in range(warmup):
+        fns[i % len(fns)]()
+    times = []
+    for i in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fns[i % len(fns)]()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth():
+    src = torch.randn(1 << 28, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = cuda_ms([lambda: dst.copy_(src)], reps=30)
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def make_inputs(n, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    old = torch.log(torch.rand(n, generator=g, device="cuda")).clamp(min=-20)
+    logp = (old + 0.3 * torch.randn(n, generator=g, device="cuda")).clamp(max=0)
+    adv = torch.randn(n, generator=g, device="cuda")
+    mask = torch.rand(n, generator=g, device="cuda") > 0.1
+    # [n / 4096, 4096]: a batch of long sequences
+    shape = (n // 4096, 4096)
+    return [t.to(dtype).view(shape) for t in (logp, old, adv)] + [mask.view(shape)]
+
+
+def eager_clip_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28):
+    ratio = torch.exp(torch.clamp(logp - old, -20, 20))
+    loss = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high))
+    m = mask.to(loss.dtype)
+    return (loss * m).sum() / m.sum()
+
+
+def fwd_bwd(loss_fn, logp, old, adv, mask, **kw):
+    x = logp.detach().requires_grad_()
+
+    def run():
+        out = loss_fn(x, old, adv, mask, **kw)
+        loss = out[0] if isinstance(out, tuple) else out
+        torch.autograd.grad(loss, x)
+
+    return run
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24, 1 << 26])
+    ap.add_argument("--out", default=None, help="JSON file for all results")
+    args = ap.parse_args()
+
+    props = torch.cuda.get_device_properties(0)
+    bw = copy_bandwidth()
+    results = {"device": props.name, "torch": torch.__version__, "copy_bytes_per_s": bw, "rows": []}
+
+    def record(name, n, dtype, ms, moved=None, floor=None):
+        row = {"case": name, "tokens": n, "dtype": DTYPE_NAMES.get(dtype, str(dtype)), "ms": ms,
+               "tokens_per_s": n / (ms * 1e-3)}
+        if moved is not None:
+            row["bw_frac_moved"] = moved / (ms * 1e-3) / bw
+        if floor is not None:
+            row["bw_frac_floor"] = floor / (ms * 1e-3) / bw
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    for n in args.sizes:
+        for dtype in (torch.float32, torch.bfloat16):
+            s = torch.tensor([], dtype=dtype).element_size()
+            sets = [make_inputs(n, dtype, seed) for seed in range(3)]
+            for div in ("kl", "tv", "chi2"):
+                record(f"band_bounds[{div}]", n, dtype,
+                       cuda_ms([lambda st=st: torch.ops.bandpo.band_bounds(st[1], divergence=div) for st in sets]),
+                       moved=3 * s * n)
+                record(f"band_loss[{div}] fwd+bwd", n, dtype,
+                       cuda_ms([fwd_bwd(torch.ops.bandpo.band_loss, *st, divergence=div) for st in sets]),
+                       moved=(7 * s + 2) * n, floor=(4 * s + 1) * n)
+            record("eager clip loss fwd+bwd", n, dtype, cuda_ms([fwd_bwd(eager_clip_loss, *st) for st in sets]))
+            if dtype == torch.float32 and n <= (1 << 24):
+                record("released bisection bounds[kl]", n, dtype,
+                       cuda_ms([lambda st=st: released_kl_bounds(st[1].exp(), 0.05) for st in sets], warmup=1, reps=3))
+                record("reference loss[kl] fwd+bwd eager", n, dtype,
+                       cuda_ms([fwd_bwd(reference.band_loss, *st) for st in sets], reps=5))
+                compiled = torch.compile(reference.band_loss, dynamic=False)
+                record("reference loss[kl] fwd+bwd compiled", n, dtype,
+                       cuda_ms([fwd_bwd(compiled, *st) for st in sets], reps=10))
+            del sets
+            torch.cuda.empty_cache()
+
+    def find(case, n, dtype="fp32"):
+        return next(r for r in results["rows"] if r["case"] == case and r["tokens"] == n and r["dtype"] == dtype)
+
+    n16 = 1 << 24 if (1 << 24) in args.sizes else args.sizes[0]
+    loss = find("band_loss[kl] fwd+bwd", n16)
+    targets = {
+        "kl fwd+bwd 16M fp32, fraction of copy bandwidth (moved bytes)": loss["bw_frac_moved"],
+        "kl fwd+bwd 16M fp32, fraction of copy bandwidth (floor bytes)": loss["bw_frac_floor"],
+        "band_bounds[kl] speed-up over released bisection (16M fp32)":
+            find("released bisection bounds[kl]", n16)["ms"] / find("band_bounds[kl]", n16)["ms"],
+        "kl fwd+bwd time / eager clip fwd+bwd time (16M fp32)": loss["ms"] / find("eager clip loss fwd+bwd", n16)["ms"],
+    }
+    results["targets"] = targets
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+    print(f"\n{props.name}, torch {torch.__version__}, copy {bw / 1e9:.0f} GB/s (read+write)")
+    print(f"{'case':40s} {'tokens':>9s} {'dtype':>5s} {'ms':>9s} {'Gtok/s':>7s} {'bw%':>5s}")
+    for r in results["rows"]:
+        frac = r.get("bw_frac_moved")
+        print(f"{r['case']:40s} {r['tokens']:>9d} {r['dtype']:>5s} {r['ms']:>9.3f} {r['tokens_per_s'] / 1e9:>7.2f} "
+              f"{'' if frac is None else f'{100 * frac:.0f}':>5s}")
+    for k, v in targets.items():
+        print(f"{k}: {v:.3g}")
+
+
+if __name__ == "__main__":
+    main()

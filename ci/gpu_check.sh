@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one-command GPU check (issue #3), for a GPU machine with torch (CUDA build), nvcc, cmake, ninja and
+# pytest already installed, and no internet: build with the CUDA kernels, run the CUDA tests, run
+# compute-sanitizer memcheck on a small case, run the benchmark; print a short table last. Full logs and
+# results go to $OUT when it is set (else gpu-results/). Meant to finish in under 8 minutes on an H100.
+#   PYTHON        interpreter with torch (default python3)
+#   BANDPO_ARCHS  CUDA architectures to build (default 90: the machine's own; CI compiles 80 and 90)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-$PWD/gpu-results}"
+mkdir -p "$out"
+py="$(command -v "${PYTHON:-python3}")"
+export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}" PATH="${CUDA_PATH:-/usr/local/cuda}/bin:$PATH"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" PYTHONUNBUFFERED=1
+export TORCHINDUCTOR_CACHE_DIR="$PWD/.torchinductor"
+status=0
+step() {  # step NAME TIMEOUT_S COMMAND...: run, log to $out/NAME.log, remember failure
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  printf '%-10s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$out/steps.txt"
+  [ "$rc" -eq 0 ] || { status=1; tail -n 25 "$out/$name.log"; }
+  return "$rc"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >>"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+step build 420 bash -c "cmake -S . -B build-gpu -G Ninja -DPython_EXECUTABLE='$py' -DBANDPO_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES='${BANDPO_ARCHS:-90}' && cmake --build build-gpu" || { echo "build failed"; exit 1; }
+so=$(ls build-gpu/_C*.so | head -1)
+cp "$so" python/bandpo/ && export PYTHONPATH="$PWD/python"
+"$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo CUDA kernels loaded')"
+
+step tests 200 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+tail -n 3 "$out/tests.log"
+step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tests/device/memcheck_case.py
+grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
+step bench 240 "$py" benchmarks/bench_cuda.py --out "$out/bench.json"
+sed -n '/^$/,$p' "$out/bench.log"
+cat "$out/steps.txt"
+exit $status
