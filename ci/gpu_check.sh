@@ -36,8 +36,11 @@ so=$(ls build-gpu/_C*.so | head -1)
 cp "$so" python/bandpo/ && export PYTHONPATH="$PWD/python"
 "$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo CUDA kernels loaded')"
 
-step tests 180 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
-tail -n 3 "$out/tests.log"
+bad=tests/test_cuda.py::test_bad_values_give_nan_or_raise_with_checks
+step checks 90 cuda-gdb -q -batch -ex run -ex bt --args "$py" -m pytest -q -p no:cacheprovider "$bad"
+grep -E "passed|failed|SIGSEGV|^#[0-9]" "$out/checks.log" | head -n 30
+step tests 180 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py --deselect "$bad"
+grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | head -n 40
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tests/device/memcheck_case.py
 grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
 step bench 180 "$py" benchmarks/bench_cuda.py --out "$out/bench.json"

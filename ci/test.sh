@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every test: set up .venv (ci/setup.sh), then the whole pytest suite against the installed package.
+# Every test: set up .venv (ci/setup.sh), compile every CUDA source (ci/cuda_compile_check.sh; no GPU needed),
+# then the whole pytest suite against the installed package (CUDA tests skip, with the reason, without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
+bash ci/cuda_compile_check.sh
 export TORCHINDUCTOR_CACHE_DIR="$PWD/.torchinductor"
 # Run from tests/ so that `import bandpo` finds the installed package, not the source tree in python/.
-cd tests && ../"${BANDPO_VENV:-.venv}"/bin/python -m pytest -q -p no:cacheprovider .
+cd tests && ../"${BANDPO_VENV:-.venv}"/bin/python -m pytest -q -rs -p no:cacheprovider .

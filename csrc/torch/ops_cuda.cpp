@@ -5,15 +5,16 @@
 // Work runs on the current stream of the inputs' device; workspaces come from torch's caching allocator;
 // nothing synchronises (the ops can be captured in a CUDA graph) unless input checks are switched on.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 
 #include "args.h"
-#include "bandpo/cpu.h"
 #include "bandpo/cuda.h"
 
 namespace bandpo {
@@ -28,15 +29,28 @@ at::Tensor workspace(size_t bytes, const at::Device& device) {
   return at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).device(device));
 }
 
-// Raises the CPU kernel's ValueError (argument and flat index) for inputs the device found bad.
+// Raises the CPU op's ValueError (argument and flat index) for inputs the device found bad: the CPU op is
+// called through the dispatcher on host copies, so the message is the one CPU users see.
 [[noreturn]] void raise_for_bad_values(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& advantages,
                                        const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& ref_logp,
                                        const LossOptions& options, int64_t count) {
-  auto cpu = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(t->cpu()) : std::nullopt;
+  static auto cpu_op = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("bandpo::band_loss", "")
+                           .typed<std::tuple<at::Tensor, at::Tensor>(
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, std::string, double, double, double, bool, double,
+                               std::optional<double>, std::string, std::optional<double>,
+                               const std::optional<at::Tensor>&, double, std::string)>();
+  auto host = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->detach().cpu()) : std::nullopt;
   };
-  const LossArgs args = loss_args(logp.cpu(), old_logp.cpu(), advantages.cpu(), cpu(mask), cpu(ref_logp), options);
-  rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, options); });
+  const BoundOptions& b = options.bounds;
+  cpu_op.call(logp.detach().cpu(), old_logp.detach().cpu(), advantages.detach().cpu(), host(mask),
+              divergence_name(b.divergence), b.delta, b.eps_low, b.eps_high, b.relax_high_p, b.ratio_max,
+              std::isinf(options.dual_clip) ? std::nullopt : std::optional<double>(options.dual_clip),
+              aggregation_name(options.agg),
+              std::isnan(options.normalizer) ? std::nullopt : std::optional<double>(options.normalizer),
+              host(ref_logp), options.kl_coef, kl_estimator_name(options.kl_estimator));
   TORCH_CHECK_VALUE(false, "band_loss: ", count, " valid positions hold NaN or out-of-range values");
 }
 

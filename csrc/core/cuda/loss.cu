@@ -24,8 +24,9 @@ struct DeviceInputs {
   const T* logp;
   const T* old_logp;
   const T* advantages;
-  const T* ref_logp;  // aliases logp when absent: every KL estimator is then exactly 0
+  const T* ref_logp;  // aliases logp when absent (never read then: has_ref is false)
   const void* mask;
+  bool has_ref;  // without a reference policy the KL terms are 0: skipped, saving an expm1 per token
   MaskKind mask_kind;
   bool advantages_per_row;
   bool aligned;  // every buffer 16-byte aligned and every unit starts at a whole chunk
@@ -39,6 +40,7 @@ DeviceInputs<T> device_inputs(const LossInputs& in, const Tiling& tiling) {
   d.advantages = static_cast<const T*>(in.advantages);
   d.ref_logp = in.ref_logp ? static_cast<const T*>(in.ref_logp) : d.logp;
   d.mask = in.mask;
+  d.has_ref = in.ref_logp != nullptr;
   d.mask_kind = in.mask_kind;
   d.advantages_per_row = in.advantages_per_row;
   constexpr int N = kChunk<T>;
@@ -69,9 +71,14 @@ __device__ __forceinline__ Chunk<T, C, N> read_chunk(const DeviceInputs<T>& in, 
   load_chunk(in.old_logp, i, end, in.aligned, raw);
 #pragma unroll
   for (int j = 0; j < N; ++j) c.old_logp[j] = load<C>(raw, j);
-  load_chunk(in.ref_logp, i, end, in.aligned, raw);
+  if (in.has_ref) {
+    load_chunk(in.ref_logp, i, end, in.aligned, raw);
 #pragma unroll
-  for (int j = 0; j < N; ++j) c.ref[j] = load<C>(raw, j);
+    for (int j = 0; j < N; ++j) c.ref[j] = load<C>(raw, j);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) c.ref[j] = c.logp[j];
+  }
   if (in.advantages_per_row) {
 #pragma unroll
     for (int j = 0; j < N; ++j) c.advantage[j] = row_advantage;
@@ -141,7 +148,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       for (int j = 0; j < N; ++j) {
         const C w = c.w[j];
         const PolicyTerms<C> t = policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
-        const KlPenalty<C> k = kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator);
+        const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
         const bool clipped = (t.clipped_upper + t.clipped_lower) != C(0);
         const bool bad = math::isnan(c.logp[j]) | math::isnan(c.old_logp[j]) |
                          (c.old_logp[j] > C(kOldLogpTolerance)) | !(c.advantage[j] - c.advantage[j] == C(0)) |
@@ -300,7 +307,7 @@ __global__ void __launch_bounds__(kBlockThreads)
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         const PolicyTerms<C> t = policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
-        const KlPenalty<C> k = kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator);
+        const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
         const C g = scale * c.w[j] * (t.pg_grad + prm.kl_coef * k.grad);
         store(out, j, c.w[j] != C(0) ? g : C(0));
       }
