@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 out="${OUT:-$PWD/gpu-results}"
 mkdir -p "$out"
 py="$(command -v "${PYTHON:-python3}")"
+# The lent machines' image sets CXX to a g++ that links libstdc++ statically into shared objects, which makes
+# the module crash on its first error message (CMakeLists.txt refuses such a module): use the system's.
+if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++; fi
 export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}" PATH="${CUDA_PATH:-/usr/local/cuda}/bin:$PATH"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR="$PWD/.torchinductor"
@@ -36,11 +39,8 @@ so=$(ls build-gpu/_C*.so | head -1)
 cp "$so" python/bandpo/ && export PYTHONPATH="$PWD/python"
 "$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo CUDA kernels loaded')"
 
-bad=tests/test_cuda.py::test_bad_values_give_nan_or_raise_with_checks
-step checks 90 cuda-gdb -q -batch -ex run -ex bt --args "$py" -m pytest -q -p no:cacheprovider "$bad"
-grep -E "passed|failed|SIGSEGV|^#[0-9]" "$out/checks.log" | head -n 30
-step tests 180 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py --deselect "$bad"
-grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | head -n 40
+step tests 180 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py
+grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/tests.log" | head -n 40
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tests/device/memcheck_case.py
 grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
 step bench 180 "$py" benchmarks/bench_cuda.py --out "$out/bench.json"
