@@ -13,6 +13,7 @@ if [ -z "$nvcc" ]; then
 fi
 export CUDA_PATH="$(dirname "$(dirname "$nvcc")")"
 py="$PWD/${BANDPO_VENV:-.venv}/bin/python"
+mkdir -p build
 cmake -S . -B build/ci-cuda -G Ninja -DPython_EXECUTABLE="$py" -DBANDPO_CUDA=ON -DBANDPO_CPU_ISA_VARIANTS=OFF \
   -DCMAKE_CUDA_COMPILER="$nvcc" >build/ci-cuda.log 2>&1 || { cat build/ci-cuda.log; exit 1; }
 cmake --build build/ci-cuda --target bandpo_cuda bandpo_torch_cuda_objects
