@@ -1,6 +1,6 @@
 """A BandPO update step with torch.ops.bandpo: bounds, loss, metrics and gradient on a toy batch.
 
-    bash ci/demo.sh        # or: python examples/quickstart.py
+    python examples/quickstart.py
 """
 
 import math

@@ -1,0 +1,231 @@
+"""Supervised warm start and the PPO/GRPO loop, single-process or data-parallel (torchrun + DDP).
+
+Every method's policy loss is ``torch.ops.bandpo.band_loss`` (via :func:`bandpo.band_loss`); only the
+options differ. Data-parallel: each rank samples its share of the prompts, the op's ``normalizer`` is the
+global aggregation denominator (all-reduced), and the loss is scaled by the world size because DDP
+averages gradients; the gradient is then the one a single process computes on the global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..api import band_bounds, band_loss
+from ..config import BandConfig
+from .model import CausalLM
+from .rollout import Rollout, group_advantages, sample, token_logprobs
+from .task import VOCAB_SIZE, SortTask
+
+PROB_BUCKETS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0 + 1e-9)  # old-probability buckets of the clip statistics
+
+
+@dataclass
+class RunConfig:
+    steps: int = 100  # RL steps (one batch of rollouts each)
+    prompts: int = 32  # prompts per step (global, split over ranks)
+    group_size: int = 8  # samples per prompt (GRPO group)
+    ppo_epochs: int = 4  # passes over each batch: the ratio leaves 1 and the bounds matter
+    minibatches: int = 4  # per epoch
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    kl_coef: float = 0.0  # k3 KL to the warm-start policy through the op's ref_logp (0 = off)
+    sft_steps: int = 300
+    sft_batch: int = 128
+    sft_lr: float = 3e-3
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    checkpoint_every: int = 20
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if world()[1] > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def make_model(task: SortTask, cfg: RunConfig) -> CausalLM:
+    return CausalLM(VOCAB_SIZE, task.prompt_len + task.response_len, cfg.d_model, cfg.n_layers, cfg.n_heads)
+
+
+def warm_start(task: SortTask, cfg: RunConfig, seed: int, device: torch.device) -> CausalLM:
+    """Supervised training on imperfect demonstrations (deterministic for a seed, the same on every rank)."""
+    torch.manual_seed(seed)
+    model = make_model(task, cfg).to(device)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr)
+    P, R = task.prompt_len, task.response_len
+    for _ in range(cfg.sft_steps):
+        prompts = task.sample_prompts(cfg.sft_batch, gen)
+        demos = torch.full((cfg.sft_batch, R), -100, dtype=torch.long)  # -100: ignored by the loss
+        inputs = torch.cat([prompts, torch.zeros(cfg.sft_batch, R, dtype=torch.long)], dim=1)
+        for i in range(cfg.sft_batch):
+            d = task.demonstration(prompts[i], gen)
+            demos[i, :len(d)] = torch.tensor(d)
+            inputs[i, P:P + len(d)] = torch.tensor(d)
+        logits = model(inputs[:, :-1].to(device))[:, P - 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), demos.to(device).reshape(-1), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def aggregation_normalizer(mask: torch.Tensor, agg: str) -> float:
+    """The op's denominator for this (local) minibatch, summed over ranks."""
+    local = {"token-mean": mask.sum(), "seq-mean-token-sum": torch.tensor(mask.shape[0]),
+             "seq-mean-token-mean": torch.tensor(mask.shape[0]),
+             "seq-mean-token-sum-norm": torch.tensor(mask.shape[0] * mask.shape[1])}[agg]
+    return float(all_reduce_sum(local.double().reshape(1)))
+
+
+def policy_loss(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int, old_logp: torch.Tensor,
+                advantages: torch.Tensor, mask: torch.Tensor, config: BandConfig, temperature: float = 1.0,
+                ref_logp: Optional[torch.Tensor] = None):
+    """The BandPO loss of one (local) minibatch, scaled for DDP's gradient averaging; returns (loss, metrics, logp)."""
+    logp = token_logprobs(model, sequences, prompt_len, temperature)
+    normalizer = aggregation_normalizer(mask, config.agg)
+    out = band_loss(logp, old_logp, advantages, mask, config, normalizer=normalizer, ref_logp=ref_logp)
+    return out.loss * world()[1], out.metrics, logp.detach()
+
+
+def clip_statistics(logp, old_logp, advantages, mask, lower, upper) -> torch.Tensor:
+    """[3, buckets] counts: valid tokens, clipped at the upper bound, clipped at the lower bound, per bucket
+    of old probability (the same decision the op makes: A > 0 and r > upper, A < 0 and r < lower)."""
+    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
+    adv = advantages[:, None].expand_as(logp)
+    up = (adv > 0) & (ratio > upper) & mask
+    down = (adv < 0) & (ratio < lower) & mask
+    bucket = torch.bucketize(old_logp.exp(), torch.tensor(PROB_BUCKETS[1:-1]), right=True)
+    out = torch.zeros(3, len(PROB_BUCKETS) - 1)
+    for row, flags in enumerate((mask, up, down)):
+        out[row].index_add_(0, bucket[flags], torch.ones(int(flags.sum())))
+    return out
+
+
+def rl_run(task: SortTask, cfg: RunConfig, method: str, config: BandConfig, seed: int, init: CausalLM,
+           log_path: str, checkpoint_path: str, device: torch.device,
+           on_step: Callable[[dict], None] = lambda record: None) -> list[dict]:
+    """One method and seed from the warm start; appends a JSON line per step to log_path (rank 0) and
+    checkpoints to checkpoint_path every cfg.checkpoint_every steps; resumes from it when it exists."""
+    rank, world_size = world()
+    model = copy.deepcopy(init)
+    reference = copy.deepcopy(init).eval() if cfg.kl_coef else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(1_000_003 * seed + 7919 * rank + 1)
+    start, seconds = 0, 0.0
+    if os.path.exists(checkpoint_path):
+        state = torch.load(checkpoint_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        gen.set_state(state["generators"][rank])
+        start, seconds = state["step"], state["seconds"]
+    if world_size > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        ddp = model
+    records = []
+    if rank == 0:
+        if os.path.exists(log_path):  # keep the lines of the steps the checkpoint holds
+            with open(log_path) as f:
+                records = [json.loads(line) for line in f][:start]
+        with open(log_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    config = config.replace(kl_coef=cfg.kl_coef) if cfg.kl_coef else config
+    P = task.prompt_len
+    local_prompts = cfg.prompts // world_size
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        model.eval()
+        prompts = task.sample_prompts(local_prompts, gen).to(device)
+        roll: Rollout = sample(model, prompts, cfg.group_size, task.response_len, gen, cfg.temperature)
+        rewards = task.rewards(prompts.repeat_interleave(cfg.group_size, 0).cpu(), roll.sequences[:, P:].cpu())
+        advantages = group_advantages(rewards, cfg.group_size).to(device)
+        ref_logp = None
+        if reference is not None:
+            with torch.no_grad():
+                ref_logp = token_logprobs(reference, roll.sequences, P, cfg.temperature)
+        lower, upper = band_bounds(roll.old_logp, config)
+        model.train()
+        n = len(roll.sequences)
+        stats = torch.zeros(3, len(PROB_BUCKETS) - 1)
+        ppo_kl, updates = 0.0, 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=gen)
+            for idx in order.chunk(cfg.minibatches):
+                idx = idx.to(device)
+                loss, metrics, logp = policy_loss(
+                    ddp, roll.sequences[idx], P, roll.old_logp[idx], advantages[idx], roll.mask[idx], config,
+                    cfg.temperature, None if ref_logp is None else ref_logp[idx])
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                opt.step()
+                stats += clip_statistics(logp.cpu(), roll.old_logp[idx].cpu(), advantages[idx].cpu(),
+                                         roll.mask[idx].cpu(), lower[idx].cpu(), upper[idx].cpu())
+                ppo_kl += float(metrics["ppo_kl"])
+                updates += 1
+        seconds += time.perf_counter() - t0
+        mask = roll.mask
+        sums = all_reduce_sum(torch.stack([
+            rewards.sum(), torch.tensor(float(len(rewards))), (roll.entropy * mask).sum().cpu(),
+            mask.sum().cpu().double(), (lower * mask).sum().cpu(), (upper * mask).sum().cpu(),
+            torch.tensor(ppo_kl / updates)]).double())
+        stats = all_reduce_sum(stats)
+        tokens = stats[0].sum().clamp(min=1)
+        record = {
+            "step": step + 1,
+            "reward": float(sums[0] / sums[1]),
+            "entropy": float(sums[2] / sums[3]),
+            "ppo_kl": float(sums[6] / world_size),
+            "clipfrac_upper": float(stats[1].sum() / tokens),
+            "clipfrac_lower": float(stats[2].sum() / tokens),
+            "clipfrac_upper_by_prob": (stats[1] / stats[0].clamp(min=1)).tolist(),
+            "clipfrac_lower_by_prob": (stats[2] / stats[0].clamp(min=1)).tolist(),
+            "tokens_by_prob": stats[0].tolist(),
+            "mean_lower": float(sums[4] / sums[3]),
+            "mean_upper": float(sums[5] / sums[3]),
+            "seconds": seconds,
+        }
+        records.append(record)
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            on_step(record)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                torch.save({"step": step + 1, "seconds": seconds, "model": model.state_dict(),
+                            "optim": opt.state_dict(), "generators": gather_generator_states(gen)},
+                           checkpoint_path + ".tmp")
+                os.replace(checkpoint_path + ".tmp", checkpoint_path)
+        elif (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            gather_generator_states(gen)
+    return records
+
+
+def gather_generator_states(gen: torch.Generator) -> list:
+    """Every rank's sampling-generator state (rank 0 stores them all in the checkpoint)."""
+    rank, world_size = world()
+    if world_size == 1:
+        return [gen.get_state()]
+    states = [None] * world_size
+    dist.all_gather_object(states, gen.get_state())
+    return states
+
