@@ -253,6 +253,8 @@ void throw_if_invalid(const LossInputs& in, int64_t begin, int64_t end) {
 
 const char* cpu_kernel_isa() { return kernels().isa; }
 
+const char* version() { return BANDPO_VERSION_STRING; }
+
 ParallelFor thread_pool_parallel_for(int num_threads) {
   return [num_threads](int64_t n_items, const std::function<void(int64_t, int64_t)>& body) {
     ThreadPool::instance().run(n_items, std::max(1, num_threads), body);
@@ -367,6 +369,13 @@ void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, do
       });
     }
   });
+}
+
+LossResult band_loss_cpu(const LossInputs& inputs, const LossOptions& options, void* grad_logp,
+                         const ParallelFor& parallel_for) {
+  const LossResult result = band_loss_forward_cpu(inputs, options, parallel_for);
+  if (grad_logp) band_loss_backward_cpu(inputs, options, 1.0, grad_logp, parallel_for);
+  return result;
 }
 
 }  // namespace bandpo

@@ -129,7 +129,7 @@ PyObject* py_set_input_checks(PyObject*, PyObject* arg) {
 }
 PyObject* py_input_checks(PyObject*, PyObject*) { return PyBool_FromLong(bandpo::input_checks_enabled() ? 1 : 0); }
 PyObject* py_has_cuda_kernels(PyObject*, PyObject*) {
-#if defined(BANDPO_WITH_CUDA)
+#if defined(BANDPO_TORCH_CUDA)
   Py_RETURN_TRUE;
 #else
   Py_RETURN_FALSE;

@@ -39,6 +39,14 @@ LossResult band_loss_forward_cpu(const LossInputs& inputs, const LossOptions& op
 void band_loss_backward_cpu(const LossInputs& inputs, const LossOptions& options, double grad_loss, void* grad_logp,
                             const ParallelFor& parallel_for = {});
 
+// Forward and backward in one call, as a trainer without autograd wants them: returns the loss and the
+// metrics, and writes d loss / d logp (inputs.dtype, rows * cols) to grad_logp unless it is null.
+LossResult band_loss_cpu(const LossInputs& inputs, const LossOptions& options, void* grad_logp,
+                         const ParallelFor& parallel_for = {});
+
+// The library's version, "MAJOR.MINOR.PATCH" (BANDPO_VERSION_STRING of the build, for run-time checks).
+const char* version();
+
 // Runs items on the library's own persistent thread pool (one thread per hardware thread), using at most
 // num_threads threads including the caller. This is the default when no ParallelFor is given.
 ParallelFor thread_pool_parallel_for(int num_threads);

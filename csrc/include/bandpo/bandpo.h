@@ -1,0 +1,93 @@
+/* bandpo C ABI: Band (trust-region) ratio bounds and the BandPO loss on raw CPU buffers, for FFI (Rust,
+ * Julia, ctypes, XLA custom calls). No C++ types cross this boundary and no exception leaves it: every
+ * function returns a status, and bandpo_last_error() gives the message of the calling thread's last failure.
+ *
+ * Buffers are contiguous, row-major, of the dtype given; the semantics are those of torch.ops.bandpo
+ * (README.md). Structs are passed by pointer; fill options with bandpo_default_options() first, so that
+ * fields added later keep their defaults. */
+#ifndef BANDPO_BANDPO_H
+#define BANDPO_BANDPO_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BANDPO_ABI_VERSION 1
+
+typedef enum bandpo_status {
+  BANDPO_OK = 0,
+  BANDPO_INVALID_ARGUMENT = 1, /* bad option, shape, pointer, or a bad value at a valid position */
+  BANDPO_INTERNAL_ERROR = 2
+} bandpo_status;
+
+typedef enum bandpo_dtype { BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3 } bandpo_dtype;
+typedef enum bandpo_divergence { BANDPO_KL = 0, BANDPO_TV = 1, BANDPO_CHI2 = 2, BANDPO_CLIP = 3 } bandpo_divergence;
+typedef enum bandpo_aggregation {
+  BANDPO_TOKEN_MEAN = 0,
+  BANDPO_SEQ_MEAN_TOKEN_SUM = 1,
+  BANDPO_SEQ_MEAN_TOKEN_MEAN = 2,
+  BANDPO_SEQ_MEAN_TOKEN_SUM_NORM = 3
+} bandpo_aggregation;
+typedef enum bandpo_kl_estimator { BANDPO_K1 = 0, BANDPO_K2 = 1, BANDPO_K3 = 2 } bandpo_kl_estimator;
+typedef enum bandpo_mask_kind { BANDPO_MASK_NONE = 0, BANDPO_MASK_BOOL = 1, BANDPO_MASK_VALUES = 2 } bandpo_mask_kind;
+
+/* The op's options. dual_clip: +inf = off. normalizer: NaN = the aggregation's own denominator. */
+typedef struct bandpo_options {
+  bandpo_divergence divergence; /* default BANDPO_KL */
+  double delta;                 /* 0.05 */
+  double eps_low, eps_high;     /* 0.2, 0.28 */
+  int relax_high_p;             /* 0 */
+  double ratio_max;             /* 10 (may be +inf) */
+  double dual_clip;             /* +inf */
+  bandpo_aggregation agg;       /* BANDPO_TOKEN_MEAN */
+  double normalizer;            /* NaN */
+  double kl_coef;               /* 0 */
+  bandpo_kl_estimator kl_estimator; /* BANDPO_K3 */
+} bandpo_options;
+
+/* Inputs of the loss: [rows, cols] buffers of `dtype`; advantages [rows] when advantages_per_row;
+ * mask: uint8 0/1 (BANDPO_MASK_BOOL) or weights of `dtype` (BANDPO_MASK_VALUES), may be NULL with
+ * BANDPO_MASK_NONE; ref_logp may be NULL (then kl_coef must be 0). */
+typedef struct bandpo_loss_inputs {
+  bandpo_dtype dtype;
+  int64_t rows, cols;
+  const void* logp;
+  const void* old_logp;
+  const void* advantages;
+  int advantages_per_row;
+  const void* mask;
+  bandpo_mask_kind mask_kind;
+  const void* ref_logp;
+} bandpo_loss_inputs;
+
+#define BANDPO_NUM_METRICS 8 /* pg_clipfrac, clipfrac_upper, clipfrac_lower, dual_clipfrac, ppo_kl,
+                                ratio_mean, ref_kl, pg_loss */
+
+void bandpo_default_options(bandpo_options* options);
+
+/* lower[i], upper[i] = the ratio bounds of old_logp[i], i < n. */
+bandpo_status bandpo_band_bounds(bandpo_dtype dtype, const void* old_logp, int64_t n, const bandpo_options* options,
+                                 void* lower, void* upper);
+
+/* The aggregated loss, the metrics (BANDPO_NUM_METRICS floats) and, unless grad_logp is NULL, the
+ * gradient of the loss w.r.t. logp (dtype of the inputs, rows * cols). */
+bandpo_status bandpo_band_loss(const bandpo_loss_inputs* inputs, const bandpo_options* options, double* loss,
+                               float* metrics, void* grad_logp);
+
+/* Message of this thread's last failed call ("" if none). Valid until this thread's next bandpo call. */
+const char* bandpo_last_error(void);
+
+/* "MAJOR.MINOR.PATCH" of the library actually loaded; BANDPO_ABI_VERSION of the header it was built with. */
+const char* bandpo_version(void);
+int bandpo_abi_version(void);
+
+/* Threads used by the CPU kernels of this thread's later calls (0 = one per hardware thread, the default). */
+void bandpo_set_num_threads(int num_threads);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BANDPO_BANDPO_H */

@@ -1,0 +1,59 @@
+/* ctest for the C ABI (bandpo/bandpo.h), compiled as C: defaults, bounds, loss + gradient, statuses and
+ * the thread-local error message. */
+#include <bandpo/bandpo.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static int failures = 0;
+#define CHECK(cond)                                   \
+  do {                                                \
+    if (!(cond)) {                                    \
+      ++failures;                                     \
+      printf("FAIL line %d: %s\n", __LINE__, #cond); \
+    }                                                 \
+  } while (0)
+
+int main(void) {
+  bandpo_options o;
+  bandpo_default_options(&o);
+  CHECK(o.divergence == BANDPO_KL && o.delta == 0.05 && o.ratio_max == 10.0 && isinf(o.dual_clip) && isnan(o.normalizer));
+  CHECK(strcmp(bandpo_version(), "") != 0 && bandpo_abi_version() == BANDPO_ABI_VERSION);
+
+  /* Paper values at delta 0.05: p = 0.01 -> upper 7.810 (no cap), lower 0.002497. */
+  double lp = log(0.01), lo = 0, hi = 0;
+  o.ratio_max = INFINITY;
+  CHECK(bandpo_band_bounds(BANDPO_FLOAT64, &lp, 1, &o, &lo, &hi) == BANDPO_OK);
+  CHECK(fabs(hi - 7.810) < 2e-3 && fabs(lo - 0.002497) < 1e-6);
+
+  float logp[6] = {-1.0f, -2.0f, -0.5f, -3.0f, -1.5f, -0.2f}, old_logp[6] = {-1.2f, -1.0f, -0.6f, -3.5f, -1.0f, -0.3f};
+  float adv[2] = {1.0f, -1.0f}, grad[6];
+  unsigned char mask[6] = {1, 1, 0, 1, 1, 1};
+  bandpo_loss_inputs in = {BANDPO_FLOAT32, 2, 3, logp, old_logp, adv, 1, mask, BANDPO_MASK_BOOL, NULL};
+  double loss = 0;
+  float metrics[BANDPO_NUM_METRICS];
+  bandpo_default_options(&o);
+  CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_OK);
+  CHECK(isfinite(loss) && grad[2] == 0.0f && grad[0] != 0.0f);
+  CHECK(strcmp(bandpo_last_error(), "") == 0);
+
+  o.delta = -1;
+  CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
+  CHECK(strstr(bandpo_last_error(), "delta") != NULL);
+  bandpo_default_options(&o);
+  o.divergence = (bandpo_divergence)9;
+  CHECK(bandpo_band_bounds(BANDPO_FLOAT64, &lp, 1, &o, &lo, &hi) == BANDPO_INVALID_ARGUMENT);
+  CHECK(strstr(bandpo_last_error(), "divergence") != NULL);
+  CHECK(bandpo_band_bounds(BANDPO_FLOAT64, &lp, 1, NULL, &lo, &hi) == BANDPO_INVALID_ARGUMENT);
+  bandpo_default_options(&o);
+  logp[0] = NAN;
+  CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
+  CHECK(strstr(bandpo_last_error(), "logp[0]") != NULL);
+  bandpo_set_num_threads(1);
+  logp[0] = -1.0f;
+  CHECK(bandpo_band_loss(&in, &o, &loss, metrics, NULL) == BANDPO_OK);
+
+  printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
+  return failures ? 1 : 0;
+}
