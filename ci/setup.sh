@@ -10,7 +10,7 @@ torch_req="${BANDPO_TORCH:-torch==2.13.0}"
 python3 -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade pip
-"$py" -m pip install -q "$torch_req" numpy pytest hypothesis mpmath matplotlib tqdm "scikit-build-core>=0.10" ninja "cmake>=3.24"
+"$py" -m pip install -q "$torch_req" numpy pytest hypothesis mpmath matplotlib tqdm "scikit-build-core>=0.10" pybind11 ninja "cmake>=3.24"
 # --no-build-isolation: compile against the torch just installed, never a second one (see ci/README.md).
 "$py" -m pip install -q --no-build-isolation .
 "$py" -c "import bandpo, torch; print('bandpo', bandpo.__version__, 'torch', torch.__version__, 'cpu kernels:', torch.ops.bandpo.band_bounds)"

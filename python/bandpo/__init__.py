@@ -6,34 +6,55 @@
     lower, upper = bandpo.band_bounds(old_logp, bandpo.BandConfig(divergence="tv"))
 
 The same ops are ``torch.ops.bandpo.band_bounds`` / ``torch.ops.bandpo.band_loss``; ``bandpo.reference``
-is the plain-PyTorch implementation of the same math.
+is the plain-PyTorch implementation of the same math. Without torch installed, ``bandpo.np`` (numpy arrays)
+and the C/C++ library (``cmake_prefix_path()``) still work; the torch API is then absent.
 """
 
-import torch  # noqa: F401  (libtorch must be loaded before the extension)
+import os
 
-from . import _C  # noqa: F401  (registers torch.ops.bandpo)
-from . import _ops  # noqa: F401  (fake kernels and autograd)
-from . import reference
-from .api import METRIC_NAMES, BandLoss, band_bounds, band_loss
-from .config import AGGREGATIONS, DIVERGENCES, KL_ESTIMATORS, BandConfig
-
-cpu_kernel_isa = _C.cpu_kernel_isa
-has_cuda_kernels = _C.has_cuda_kernels
-input_checks = _C.input_checks
-
-
-def set_input_checks(enabled: bool) -> None:
-    """Make CUDA ``band_loss`` synchronise after its forward and raise ``ValueError`` (naming the argument
-    and the flat index) for NaN / out-of-range values at valid positions, as the CPU op always does.
-
-    Off by default, because the check is a host synchronisation (it also breaks CUDA-graph capture); without
-    it such inputs make the loss and all metrics NaN. The environment variable ``BANDPO_CHECK_INPUTS=1``
-    switches it on at import.
-    """
-    _C.set_input_checks(bool(enabled))
-
+from .config import AGGREGATIONS, DIVERGENCES, KL_ESTIMATORS, METRIC_NAMES, BandConfig
 
 __version__ = "0.1.0"
-__all__ = ["AGGREGATIONS", "BandConfig", "BandLoss", "DIVERGENCES", "KL_ESTIMATORS", "METRIC_NAMES", "band_bounds",
-           "band_loss", "cpu_kernel_isa", "has_cuda_kernels", "input_checks", "reference",
-           "set_input_checks"]
+
+
+def cmake_prefix_path() -> str:
+    """The folder to put on CMAKE_PREFIX_PATH so that ``find_package(bandpo CONFIG)`` finds the C/C++ library
+    shipped in this package (``bandpo::bandpo``, headers ``<bandpo/cpu.h>``, ``<bandpo/bandpo.h>``)."""
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def library_path() -> str:
+    """Path of the shared library libbandpo (the C ABI of ``<bandpo/bandpo.h>``, e.g. for ctypes)."""
+    return os.path.join(cmake_prefix_path(), "lib", "libbandpo.so")
+
+
+__all__ = ["AGGREGATIONS", "BandConfig", "DIVERGENCES", "KL_ESTIMATORS", "METRIC_NAMES", "cmake_prefix_path",
+           "library_path"]
+
+try:
+    import torch  # noqa: F401  (libtorch must be loaded before the extension)
+except ImportError:  # no torch: bandpo.np and the C/C++ library only
+    torch = None
+
+if torch is not None:
+    from . import _C  # noqa: F401  (registers torch.ops.bandpo)
+    from . import _ops  # noqa: F401  (fake kernels)
+    from . import reference
+    from .api import BandLoss, band_bounds, band_loss
+
+    cpu_kernel_isa = _C.cpu_kernel_isa
+    has_cuda_kernels = _C.has_cuda_kernels
+    input_checks = _C.input_checks
+
+    def set_input_checks(enabled: bool) -> None:
+        """Make CUDA ``band_loss`` synchronise after its forward and raise ``ValueError`` (naming the argument
+        and the flat index) for NaN / out-of-range values at valid positions, as the CPU op always does.
+
+        Off by default, because the check is a host synchronisation (it also breaks CUDA-graph capture);
+        without it such inputs make the loss and all metrics NaN. The environment variable
+        ``BANDPO_CHECK_INPUTS=1`` switches it on at import.
+        """
+        _C.set_input_checks(bool(enabled))
+
+    __all__ += ["BandLoss", "band_bounds", "band_loss", "cpu_kernel_isa", "has_cuda_kernels", "input_checks",
+                "reference", "set_input_checks"]

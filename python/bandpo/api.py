@@ -7,8 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .config import BandConfig
-from .reference import METRIC_NAMES
+from .config import METRIC_NAMES, BandConfig
 
 _DEFAULT = BandConfig()
 

@@ -9,6 +9,9 @@ from typing import Any, Optional
 DIVERGENCES = ("kl", "tv", "chi2", "clip")
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# The metrics of band_loss, in the order of its metrics tensor.
+METRIC_NAMES = ("pg_clipfrac", "clipfrac_upper", "clipfrac_lower", "dual_clipfrac", "ppo_kl", "ratio_mean", "ref_kl",
+                "pg_loss")
 
 
 @dataclasses.dataclass(frozen=True)

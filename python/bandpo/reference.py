@@ -15,12 +15,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .config import AGGREGATIONS, BandConfig
+from .config import AGGREGATIONS, METRIC_NAMES, BandConfig  # noqa: F401  (METRIC_NAMES: re-exported)
 
 OLD_LOGP_TOLERANCE = 1e-6
 LOG_RATIO_CLAMP = 20.0
-METRIC_NAMES = ("pg_clipfrac", "clipfrac_upper", "clipfrac_lower", "dual_clipfrac", "ppo_kl", "ratio_mean", "ref_kl",
-                "pg_loss")
 _HALLEY_STEPS = 4
 
 

@@ -1,0 +1,171 @@
+// bandpo._np: the torch-free core on numpy arrays (pybind11), for JAX / numpy pipelines without torch.
+// python/bandpo/np.py is the documented face; this module keeps the argument handling of the torch op:
+// the same shapes (per-row advantages for 2-D inputs), the same options and the same error messages.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bandpo/cpu.h"
+
+namespace py = pybind11;
+
+namespace {
+
+bandpo::DType dtype_of(const py::array& a, const char* name) {
+  const py::dtype d = a.dtype();
+  if (d.kind() == 'f' && d.itemsize() == 4) return bandpo::DType::float32;
+  if (d.kind() == 'f' && d.itemsize() == 8) return bandpo::DType::float64;
+  if (d.kind() == 'f' && d.itemsize() == 2) return bandpo::DType::float16;
+  throw py::type_error(std::string(name) + " must be float32, float64 or float16; got " +
+                       py::str(d).cast<std::string>());
+}
+
+py::array contiguous(const py::array& a) { return py::array::ensure(a, py::array::c_style); }
+
+std::vector<ssize_t> shape_of(const py::array& a) { return std::vector<ssize_t>(a.shape(), a.shape() + a.ndim()); }
+
+void check_same(const py::array& a, const char* name, const py::array& logp) {
+  if (!a.dtype().is(logp.dtype()))
+    throw py::type_error(std::string(name) + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+                         " but logp has " + py::str(logp.dtype()).cast<std::string>() +
+                         ": logp, old_logp, advantages and ref_logp must share one dtype");
+}
+
+void check_shape(const py::array& a, const char* name, const py::array& logp) {
+  if (shape_of(a) != shape_of(logp))
+    throw py::value_error(std::string(name) + " must have the shape of logp " + py::str(py::tuple(py::cast(shape_of(logp)))).cast<std::string>() +
+                          "; got " + py::str(py::tuple(py::cast(shape_of(a)))).cast<std::string>());
+}
+
+bandpo::BoundOptions bound_options(const std::string& divergence, double delta, double eps_low, double eps_high,
+                                   bool relax_high_p, double ratio_max) {
+  bandpo::BoundOptions o;
+  o.divergence = bandpo::parse_divergence(divergence);
+  o.delta = delta;
+  o.eps_low = eps_low;
+  o.eps_high = eps_high;
+  o.relax_high_p = relax_high_p;
+  o.ratio_max = ratio_max;
+  bandpo::validate(o);
+  return o;
+}
+
+py::tuple band_bounds(const py::array& old_logp_in, const std::string& divergence, double delta, double eps_low,
+                      double eps_high, bool relax_high_p, double ratio_max) {
+  const bandpo::BoundOptions o = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
+  const bandpo::DType dt = dtype_of(old_logp_in, "old_logp");
+  const py::array old_logp = contiguous(old_logp_in);
+  py::array lower(old_logp.dtype(), shape_of(old_logp)), upper(old_logp.dtype(), shape_of(old_logp));
+  const void* in = old_logp.data();
+  void *lo = lower.mutable_data(), *hi = upper.mutable_data();
+  const int64_t n = old_logp.size();
+  {
+    py::gil_scoped_release release;
+    bandpo::band_bounds_cpu(dt, in, n, o, lo, hi);
+  }
+  return py::make_tuple(lower, upper);
+}
+
+py::tuple band_loss(const py::array& logp_in, const py::array& old_logp_in, const py::array& advantages_in,
+                    const std::optional<py::array>& mask_in, const std::string& divergence, double delta,
+                    double eps_low, double eps_high, bool relax_high_p, double ratio_max,
+                    std::optional<double> dual_clip, const std::string& agg, std::optional<double> normalizer,
+                    const std::optional<py::array>& ref_logp_in, double kl_coef, const std::string& kl_estimator,
+                    bool with_grad) {
+  bandpo::LossOptions o;
+  o.bounds = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
+  o.dual_clip = dual_clip.value_or(std::numeric_limits<double>::infinity());
+  o.agg = bandpo::parse_aggregation(agg);
+  if (normalizer && std::isnan(*normalizer))
+    throw py::value_error("normalizer must be a finite number > 0 (or None); got nan");
+  o.normalizer = normalizer.value_or(std::numeric_limits<double>::quiet_NaN());
+  o.kl_coef = kl_coef;
+  o.kl_estimator = bandpo::parse_kl_estimator(kl_estimator);
+  bandpo::validate(o);
+
+  bandpo::LossInputs in;
+  in.dtype = dtype_of(logp_in, "logp");
+  check_same(old_logp_in, "old_logp", logp_in);
+  check_same(advantages_in, "advantages", logp_in);
+  check_shape(old_logp_in, "old_logp", logp_in);
+  const py::array logp = contiguous(logp_in), old_logp = contiguous(old_logp_in);
+  const ssize_t dim = logp.ndim();
+  if (o.agg != bandpo::Aggregation::token_mean && dim != 2)
+    throw py::value_error("agg='" + agg + "' needs 2-D [batch, tokens] inputs");
+  if (dim == 0) {
+    in.rows = in.cols = 1;
+  } else {
+    in.cols = logp.shape(dim - 1);
+    in.rows = in.cols > 0 ? logp.size() / in.cols : 0;
+  }
+  py::array advantages;
+  if (shape_of(advantages_in) == shape_of(logp)) {
+    advantages = contiguous(advantages_in);
+  } else {
+    const bool per_row = dim == 2 && advantages_in.size() == in.rows &&
+                         (advantages_in.ndim() == 1 || (advantages_in.ndim() == 2 && advantages_in.shape(1) == 1));
+    if (!per_row)
+      throw py::value_error("advantages must have the shape of logp or, for 2-D logp, one value per sequence "
+                            "([B] or [B, 1])");
+    advantages = contiguous(advantages_in);
+    in.advantages_per_row = true;
+  }
+  py::array mask, ref_logp;
+  if (mask_in) {
+    check_shape(*mask_in, "mask", logp);
+    const char kind = mask_in->dtype().kind();
+    if (kind == 'b' || (kind == 'u' && mask_in->dtype().itemsize() == 1)) {
+      mask = contiguous(*mask_in);
+      in.mask_kind = bandpo::MaskKind::boolean;
+    } else if (kind == 'f') {
+      mask = contiguous(py::array(mask_in->attr("astype")(logp.dtype())));
+      in.mask_kind = bandpo::MaskKind::values;
+    } else {
+      throw py::type_error("mask must be bool, uint8 or floating point; got " + py::str(mask_in->dtype()).cast<std::string>());
+    }
+    in.mask = mask.data();
+  }
+  if (ref_logp_in) {
+    check_same(*ref_logp_in, "ref_logp", logp);
+    check_shape(*ref_logp_in, "ref_logp", logp);
+    ref_logp = contiguous(*ref_logp_in);
+    in.ref_logp = ref_logp.data();
+  }
+  in.logp = logp.data();
+  in.old_logp = old_logp.data();
+  in.advantages = advantages.data();
+  py::object grad = py::none();
+  void* grad_data = nullptr;
+  if (with_grad) {
+    py::array g(logp.dtype(), shape_of(logp));
+    grad_data = g.mutable_data();
+    grad = g;
+  }
+  bandpo::LossResult r;
+  {
+    py::gil_scoped_release release;
+    r = bandpo::band_loss_cpu(in, o, grad_data);
+  }
+  py::array_t<float> metrics(bandpo::kNumMetrics);
+  for (int m = 0; m < bandpo::kNumMetrics; ++m) metrics.mutable_at(m) = r.metrics[m];
+  return py::make_tuple(r.loss, metrics, grad);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_np, m) {
+  m.doc() = "bandpo on numpy arrays (torch-free core); see bandpo.np";
+  m.def("band_bounds", &band_bounds, py::arg("old_logp"), py::kw_only(), py::arg("divergence"), py::arg("delta"),
+        py::arg("eps_low"), py::arg("eps_high"), py::arg("relax_high_p"), py::arg("ratio_max"));
+  m.def("band_loss", &band_loss, py::arg("logp"), py::arg("old_logp"), py::arg("advantages"), py::arg("mask"),
+        py::kw_only(), py::arg("divergence"), py::arg("delta"), py::arg("eps_low"), py::arg("eps_high"),
+        py::arg("relax_high_p"), py::arg("ratio_max"), py::arg("dual_clip"), py::arg("agg"), py::arg("normalizer"),
+        py::arg("ref_logp"), py::arg("kl_coef"), py::arg("kl_estimator"), py::arg("with_grad"));
+  m.def("version", &bandpo::version);
+}

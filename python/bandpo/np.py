@@ -1,0 +1,48 @@
+"""bandpo on numpy arrays, without torch (JAX and numpy pipelines): the same CPU kernels as the torch op.
+
+    import numpy as np, bandpo.np as bnp
+    lower, upper = bnp.band_bounds(old_logp)                      # Band-KL, delta 0.05
+    out = bnp.band_loss(logp, old_logp, advantages, mask)         # loss, metrics, grad (d loss / d logp)
+
+Arrays: float32, float64 or float16 (all value arrays one dtype); mask bool/uint8 or float weights.
+Shapes, options, aggregations and errors are those of ``torch.ops.bandpo.band_loss`` (README.md);
+``ValueError`` for bad values/shapes/options, ``TypeError`` for dtypes. Results equal the torch op's on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _np
+from .config import METRIC_NAMES, BandConfig
+
+_DEFAULT = BandConfig()
+
+
+class NumpyBandLoss(NamedTuple):
+    loss: float  # the aggregated loss, in double precision (the torch op rounds it to logp's dtype)
+    metrics: dict  # METRIC_NAMES -> float
+    grad: Optional[np.ndarray]  # d loss / d logp, logp's shape and dtype (None with with_grad=False)
+
+
+def _config(config: Optional[BandConfig], overrides: dict) -> BandConfig:
+    cfg = config or _DEFAULT
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def band_bounds(old_logp: np.ndarray, config: Optional[BandConfig] = None, **overrides) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token ratio bounds (lower, upper), shaped and typed like ``old_logp`` (see bandpo.band_bounds)."""
+    return _np.band_bounds(np.asarray(old_logp), **_config(config, overrides).bound_kwargs())
+
+
+def band_loss(logp: np.ndarray, old_logp: np.ndarray, advantages: np.ndarray, mask: Optional[np.ndarray] = None,
+              config: Optional[BandConfig] = None, *, normalizer: Optional[float] = None,
+              ref_logp: Optional[np.ndarray] = None, with_grad: bool = True, **overrides) -> NumpyBandLoss:
+    """The BandPO loss, its metrics and its gradient w.r.t. logp (see bandpo.band_loss for the arguments)."""
+    loss, metrics, grad = _np.band_loss(
+        np.asarray(logp), np.asarray(old_logp), np.asarray(advantages), None if mask is None else np.asarray(mask),
+        normalizer=normalizer, ref_logp=None if ref_logp is None else np.asarray(ref_logp), with_grad=with_grad,
+        **_config(config, overrides).loss_kwargs())
+    return NumpyBandLoss(loss, dict(zip(METRIC_NAMES, metrics.tolist())), grad)

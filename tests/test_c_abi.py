@@ -1,0 +1,121 @@
+"""The C ABI (bandpo/bandpo.h) of the libbandpo shipped in the package, through ctypes: bit for bit the
+results of torch.ops.bandpo on CPU, statuses and the error message; and the CMake package is where
+bandpo.cmake_prefix_path() says. Skipped (with the reason) when running from a source tree without the
+installed library (the installed package, as ci/test.sh tests it, has it)."""
+
+import ctypes
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import bandpo
+from conftest import make_batch
+
+pytestmark = pytest.mark.skipif(not os.path.exists(bandpo.library_path()),
+                                reason=f"no {bandpo.library_path()} (not an installed package)")
+
+
+class Options(ctypes.Structure):
+    _fields_ = [("divergence", ctypes.c_int), ("delta", ctypes.c_double), ("eps_low", ctypes.c_double),
+                ("eps_high", ctypes.c_double), ("relax_high_p", ctypes.c_int), ("ratio_max", ctypes.c_double),
+                ("dual_clip", ctypes.c_double), ("agg", ctypes.c_int), ("normalizer", ctypes.c_double),
+                ("kl_coef", ctypes.c_double), ("kl_estimator", ctypes.c_int)]
+
+
+class LossInputs(ctypes.Structure):
+    _fields_ = [("dtype", ctypes.c_int), ("rows", ctypes.c_int64), ("cols", ctypes.c_int64),
+                ("logp", ctypes.c_void_p), ("old_logp", ctypes.c_void_p), ("advantages", ctypes.c_void_p),
+                ("advantages_per_row", ctypes.c_int), ("mask", ctypes.c_void_p), ("mask_kind", ctypes.c_int),
+                ("ref_logp", ctypes.c_void_p)]
+
+
+DIVS = {"kl": 0, "tv": 1, "chi2": 2, "clip": 3}
+AGGS = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2, "seq-mean-token-sum-norm": 3}
+DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = ctypes.CDLL(bandpo.library_path())
+    lib.bandpo_last_error.restype = ctypes.c_char_p
+    lib.bandpo_version.restype = ctypes.c_char_p
+    lib.bandpo_band_bounds.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(Options),
+                                       ctypes.c_void_p, ctypes.c_void_p]
+    lib.bandpo_band_loss.argtypes = [ctypes.POINTER(LossInputs), ctypes.POINTER(Options),
+                                     ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def options(lib, **kw):
+    o = Options()
+    lib.bandpo_default_options(ctypes.byref(o))
+    for k, v in kw.items():
+        setattr(o, k, DIVS[v] if k == "divergence" else AGGS[v] if k == "agg" else v)
+    return o
+
+
+def test_version(lib):
+    assert lib.bandpo_version().decode() == bandpo.__version__
+    assert lib.bandpo_abi_version() == 1
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("divergence", list(DIVS))
+def test_bounds_bit_for_bit(lib, dtype, divergence):
+    _, old, *_ = make_batch(B=3, T=50, dtype=dtype)
+    lo, hi = torch.empty_like(old), torch.empty_like(old)
+    o = options(lib, divergence=divergence, delta=0.08)
+    assert lib.bandpo_band_bounds(DTYPES[dtype], ptr(old), old.numel(), ctypes.byref(o), ptr(lo), ptr(hi)) == 0
+    want_lo, want_hi = torch.ops.bandpo.band_bounds(old, divergence=divergence, delta=0.08)
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("agg", list(AGGS))
+def test_loss_bit_for_bit(lib, dtype, agg):
+    logp, old, adv, mask, ref = make_batch(B=4, T=33, seed=6, dtype=dtype)
+    adv = adv[:, 0].contiguous()
+    mask_u8 = mask.to(torch.uint8)
+    o = options(lib, agg=agg, dual_clip=3.0, kl_coef=0.1)
+    inputs = LossInputs(DTYPES[dtype], 4, 33, ptr(logp), ptr(old), ptr(adv), 1, ptr(mask_u8), 1, ptr(ref))
+    loss = ctypes.c_double()
+    metrics = np.zeros(8, dtype=np.float32)
+    grad = torch.empty_like(logp)
+    status = lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(o), ctypes.byref(loss),
+                                  metrics.ctypes.data_as(ctypes.c_void_p), ptr(grad))
+    assert status == 0, lib.bandpo_last_error()
+    x = logp.clone().requires_grad_()
+    want_loss, want_metrics = torch.ops.bandpo.band_loss(x, old, adv, mask, agg=agg, dual_clip=3.0, ref_logp=ref,
+                                                         kl_coef=0.1)
+    want_loss.backward()
+    assert torch.tensor(loss.value, dtype=torch.float64).to(dtype) == want_loss
+    assert metrics.tolist() == want_metrics.tolist()
+    assert torch.equal(grad, x.grad)
+
+
+def test_errors_are_statuses_with_messages(lib):
+    o = options(lib, delta=-1.0)
+    x = torch.tensor([-1.0], dtype=torch.float64)
+    assert lib.bandpo_band_bounds(1, ptr(x), 1, ctypes.byref(o), ptr(x.clone()), ptr(x.clone())) == 1
+    assert b"delta" in lib.bandpo_last_error()
+    o = options(lib)
+    logp = torch.tensor([[math.nan, -1.0]], dtype=torch.float64)
+    inputs = LossInputs(1, 1, 2, ptr(logp), ptr(logp), ptr(logp), 0, None, 0, None)
+    metrics = np.zeros(8, dtype=np.float32)
+    status = lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(o), ctypes.byref(ctypes.c_double()),
+                                  metrics.ctypes.data_as(ctypes.c_void_p), None)
+    assert status == 1 and b"logp[0] is NaN" in lib.bandpo_last_error()
+
+
+def test_cmake_package_is_shipped():
+    root = bandpo.cmake_prefix_path()
+    for rel in ("lib/cmake/bandpo/bandpoConfig.cmake", "lib/cmake/bandpo/bandpoTargets.cmake",
+                "lib/pkgconfig/bandpo.pc", "include/bandpo/bandpo.h", "include/bandpo/cpu.h", "lib/libbandpo.a"):
+        assert os.path.exists(os.path.join(root, rel)), rel
