@@ -1,6 +1,7 @@
 """The PPO demo (python -m bandpo.ppo): sampling, masks, advantages, the mechanism BandPO is about, the
 entry point end to end, reproducibility, resume, and data-parallel gradients equal to single-process ones."""
 
+import gc
 import json
 import os
 import subprocess
@@ -171,6 +172,9 @@ def _ddp_gradient(rank, world_size, init_file, batch, state, result_file):
         loss.backward()
         if rank == 0:
             torch.save([p.grad.clone() for p in model.parameters()], f"{result_file}.{agg}")
+    del ddp
+    gc.collect()  # see bandpo.ppo.cli: DDP holds the group through reference cycles
+    dist.barrier()  # no rank leaves while another still talks to it (gloo aborts on a closed peer)
     dist.destroy_process_group()
 
 

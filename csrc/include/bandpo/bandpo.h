@@ -3,8 +3,9 @@
  * function returns a status, and bandpo_last_error() gives the message of the calling thread's last failure.
  *
  * Buffers are contiguous, row-major, of the dtype given; the semantics are those of torch.ops.bandpo
- * (README.md). Structs are passed by pointer; fill options with bandpo_default_options() first, so that
- * fields added later keep their defaults. */
+ * (README.md). Structs are passed by pointer; fill options with bandpo_default_options() and then set the
+ * fields you need. A change of any struct's layout changes BANDPO_ABI_VERSION: compare it with
+ * bandpo_abi_version() of the library actually loaded. */
 #ifndef BANDPO_BANDPO_H
 #define BANDPO_BANDPO_H
 

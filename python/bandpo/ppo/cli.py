@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import os
 import sys
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
                 print("wrote", path)
         print("results in", out)
     if distributed:
+        # DDP objects hold the process group through reference cycles: collect them first, so that the
+        # group really closes here (its threads otherwise meet interpreter teardown: "terminate called").
+        gc.collect()
         dist.barrier()  # no rank leaves while another still talks to it (gloo aborts on a closed peer)
         dist.destroy_process_group()
     return summary
