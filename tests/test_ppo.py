@@ -136,7 +136,7 @@ def test_resume_continues_exactly(tmp_path):
                     checkpoint_every=2)
     init = warm_start(task, cfg, 0, torch.device("cpu"))
     _, config = parse_method("band-kl")
-    full = rl_run(task, cfg, "band-kl", config, 0, init, str(tmp_path / "full.jsonl"), str(tmp_path / "full.pt"),
+    full = rl_run(task, cfg, config, 0, init, str(tmp_path / "full.jsonl"), str(tmp_path / "full.pt"),
                   torch.device("cpu"))
 
     class Crash(Exception):
@@ -147,9 +147,9 @@ def test_resume_continues_exactly(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        rl_run(task, cfg, "band-kl", config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
+        rl_run(task, cfg, config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
                torch.device("cpu"), on_step=crash_at_3)
-    resumed = rl_run(task, cfg, "band-kl", config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
+    resumed = rl_run(task, cfg, config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
                      torch.device("cpu"))
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(resumed) == strip(full)

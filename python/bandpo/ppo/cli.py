@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, config in methods.items():
             progress.set_description(f"{name} seed {seed}")
             ckpt = os.path.join(out, "checkpoints", f"{name.replace(':', '_')}-seed{seed}.pt")
-            runs[name][seed] = rl_run(task, cfg, name, config, seed, init, os.path.join(out, name, f"seed{seed}.jsonl"),
+            runs[name][seed] = rl_run(task, cfg, config, seed, init, os.path.join(out, name, f"seed{seed}.jsonl"),
                                       ckpt, device, on_step=lambda r: progress.update(1))
     progress.close()
 

@@ -121,7 +121,7 @@ def clip_statistics(logp, old_logp, advantages, mask, lower, upper) -> torch.Ten
     return out
 
 
-def rl_run(task: SortTask, cfg: RunConfig, method: str, config: BandConfig, seed: int, init: CausalLM,
+def rl_run(task: SortTask, cfg: RunConfig, config: BandConfig, seed: int, init: CausalLM,
            log_path: str, checkpoint_path: str, device: torch.device,
            on_step: Callable[[dict], None] = lambda record: None) -> list[dict]:
     """One method and seed from the warm start; appends a JSON line per step to log_path (rank 0) and
