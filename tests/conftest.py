@@ -1,3 +1,4 @@
+import importlib
 import os
 
 import pytest
@@ -21,6 +22,14 @@ def make_batch(B=6, T=257, dtype=torch.float64, seed=0, spread=0.5, mask_frac=0.
     ref = (old + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-4)
     cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
     return cast(logp), cast(old), cast(adv), mask.to(device), cast(ref)
+
+
+def require_package(name):
+    """Skip the calling test module when the optional package ``name`` is missing, unless
+    BANDPO_REQUIRE_INTEGRATIONS=1 (ci/test.sh sets it): there a missing trainer package is an error."""
+    if os.environ.get("BANDPO_REQUIRE_INTEGRATIONS") == "1":
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"optional package {name} is not installed (pip install bandpo[{name}])")
 
 
 @pytest.fixture
