@@ -1,0 +1,233 @@
+"""BandPO in TRL: ``BandGRPOTrainer`` and ``BandGRPOConfig``, drop-in for ``GRPOTrainer`` / ``GRPOConfig``.
+
+    from bandpo.integrations.trl import BandGRPOConfig, BandGRPOTrainer
+
+    args = BandGRPOConfig(output_dir="out", loss_type="dapo", band_divergence="kl", band_delta=0.05)
+    trainer = BandGRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=dataset)
+    trainer.train()
+
+The per-token policy loss is the fused ``torch.ops.bandpo.band_loss`` with per-token Band bounds in place of
+TRL's ``clamp(ratio, 1 - epsilon, 1 + epsilon_high)``; everything else is TRL's (generation, rewards,
+advantages, old log-probs, the reference model, logging). ``band_divergence="clip"`` uses TRL's own interval
+and gives TRL's loss and gradient (tested). Tested against TRL 1.16.
+
+Honoured GRPOConfig settings:
+- ``loss_type``: ``grpo`` (mean over sequences of each sequence's token mean), ``bnpo`` (mean over the batch's
+  tokens), ``dr_grpo`` (sum / (batch * max_completion_length)), ``dapo`` (sum / the generation batch's token
+  count per process), each scaled for gradient accumulation exactly as TRL scales it.
+- ``epsilon`` / ``epsilon_high``: the fixed interval of ``band_divergence="clip"`` and of ``band_relax_high_p``.
+- ``delta`` (TRL's two-sided clip of the ratio for negative advantages): the dual clip, loss at most
+  ``-A * delta``; it must exceed ``1 + epsilon_high`` (TRL recommends that; below it TRL's formula stops
+  being a dual clip).
+- ``beta`` and ``use_bias_correction_kl``: TRL's KL penalty to the reference model, its estimator
+  exp(ref - logp) - (ref - logp) - 1 times the ratio when bias-corrected, aggregated as the policy loss. It is
+  computed with plain torch ops beside the op, not fused: the op's KL term is verl's clamped k3 without the
+  ratio factor, and TRL's must be reproduced exactly.
+- the MoE router auxiliary loss (``router_aux_loss_coef``), as TRL adds it.
+Refused at construction with a ValueError naming the setting (TRL applies them outside the per-token loss,
+with formulas that are not a clipped surrogate): other loss types (cispo, sapo, vespo, luspo),
+``importance_sampling_level="sequence"``, ``top_entropy_quantile < 1``, ``off_policy_mask_threshold``,
+the entropy bonus (``entropy_coef`` / ``use_adaptive_entropy``), and vLLM
+generation with ``vllm_importance_sampling_correction``.
+
+Logged metrics keep TRL's names and meanings with the Band bounds in place of the interval:
+``clip_ratio/low_mean`` (A < 0 and ratio below the lower bound), ``clip_ratio/high_mean`` (A > 0 and ratio
+above the upper bound), ``clip_ratio/region_mean``, ``clip_ratio/low_min``, ``clip_ratio/high_max``, plus
+``entropy``, ``kl`` (beta != 0), ``aux_loss`` and ``band/upper_bound_mean`` (mean upper ratio bound of the
+completion tokens: how far the band lets them grow).
+
+Why a subclass overriding ``compute_loss``: TRL 1.16 computes the per-token loss inline in
+``GRPOTrainer._compute_loss`` with no hook for the clipping, and ``compute_loss`` is the documented
+``transformers.Trainer`` override point. The override reuses TRL's ``_get_per_token_logps_and_entropies`` and
+the inputs TRL prepares; the settings it cannot reproduce are refused rather than silently ignored. The Band
+fields are ``band_*`` because ``GRPOConfig`` already has a ``delta`` (the two-sided clip above).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from ..config import BandConfig
+
+_BAND_DEFAULTS = BandConfig()
+SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+# Model inputs TRL passes through to the forward for vision-language models.
+_MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
+                    "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+
+
+@dataclasses.dataclass
+class BandGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus the Band settings (see :class:`bandpo.BandConfig`); also parsed by ``TrlParser``
+    (``--band_divergence kl --band_delta 0.05``)."""
+
+    band_divergence: str = dataclasses.field(
+        default=_BAND_DEFAULTS.divergence,
+        metadata={"help": "Band divergence: 'kl' (KL(pi_old||pi_new), default), 'tv', 'chi2', or 'clip' "
+                          "(TRL's interval [1 - epsilon, 1 + epsilon_high])."})
+    band_delta: float = dataclasses.field(
+        default=_BAND_DEFAULTS.delta, metadata={"help": "Trust-region radius of the divergence (> 0; nats for KL)."})
+    band_ratio_max: float = dataclasses.field(
+        default=_BAND_DEFAULTS.ratio_max, metadata={"help": "Cap on the upper ratio bound (>= 1; inf for none)."})
+    band_relax_high_p: bool = dataclasses.field(
+        default=_BAND_DEFAULTS.relax_high_p,
+        metadata={"help": "Never tighter than [1 - epsilon, 1 + epsilon_high]: unite the band with it."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        band_config_from_args(self)
+
+
+def band_config_from_args(args) -> BandConfig:
+    """The BandConfig a (Band)GRPOConfig asks for; a plain GRPOConfig gets the Band defaults."""
+    eps_low = float(args.epsilon)
+    eps_high = eps_low if args.epsilon_high is None else float(args.epsilon_high)
+    dual_clip = getattr(args, "delta", None)
+    if dual_clip is not None and not dual_clip > 1 + eps_high:
+        raise ValueError(f"delta (TRL's two-sided clip, here the dual clip) must be > 1 + epsilon_high = "
+                         f"{1 + eps_high}; got {dual_clip}")
+    return BandConfig(divergence=getattr(args, "band_divergence", _BAND_DEFAULTS.divergence),
+                      delta=float(getattr(args, "band_delta", _BAND_DEFAULTS.delta)),
+                      ratio_max=float(getattr(args, "band_ratio_max", _BAND_DEFAULTS.ratio_max)),
+                      relax_high_p=bool(getattr(args, "band_relax_high_p", _BAND_DEFAULTS.relax_high_p)),
+                      eps_low=eps_low, eps_high=eps_high, dual_clip=None if dual_clip is None else float(dual_clip))
+
+
+def _refuse_unsupported(args) -> None:
+    def refuse(setting: str, why: str) -> None:
+        raise ValueError(f"BandGRPOTrainer: {setting} is not supported ({why}); use GRPOTrainer for it")
+
+    if args.loss_type not in SUPPORTED_LOSS_TYPES:
+        refuse(f"loss_type={args.loss_type!r}", f"supported: {', '.join(SUPPORTED_LOSS_TYPES)}")
+    if args.importance_sampling_level != "token":
+        refuse(f"importance_sampling_level={args.importance_sampling_level!r}", "Band bounds are per token")
+    if args.top_entropy_quantile < 1.0:
+        refuse(f"top_entropy_quantile={args.top_entropy_quantile}", "the entropy mask reweights the loss")
+    if args.off_policy_mask_threshold is not None:
+        refuse("off_policy_mask_threshold", "the off-policy sequence mask reweights the loss")
+    if args.entropy_coef != 0.0 or args.use_adaptive_entropy:
+        refuse("the entropy bonus (entropy_coef / use_adaptive_entropy)", "not reproduced here")
+    if args.use_vllm and args.vllm_importance_sampling_correction:
+        refuse("use_vllm with vllm_importance_sampling_correction", "the sampler correction reweights the loss")
+
+
+class BandGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose clipped surrogate uses per-token Band bounds (the fused BandPO op).
+
+    Takes the same arguments as ``GRPOTrainer``; pass a :class:`BandGRPOConfig` as ``args`` to choose the
+    divergence and radius (a plain ``GRPOConfig`` gets Band-KL with delta 0.05).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _refuse_unsupported(self.args)
+        self.band_config = band_config_from_args(self.args)
+
+    def _aggregation(self, batch_size: int, inputs: dict, mode: str):
+        """(agg, normalizer, divisor): loss = band_loss(agg, normalizer) / divisor equals TRL's aggregation."""
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        if self.loss_type == "grpo":
+            return "seq-mean-token-mean", float(batch_size * accumulation), 1.0
+        if self.loss_type == "bnpo":  # the op divides by the token count itself (0 tokens -> 0, as TRL)
+            return "token-mean", None, float(accumulation)
+        if self.loss_type == "dr_grpo":
+            return "seq-mean-token-sum", float(batch_size * self.max_completion_length * accumulation), 1.0
+        # dapo: TRL's normalizer is a device tensor; dividing by it keeps the step free of host syncs.
+        divisor = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            divisor = divisor * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return "seq-mean-token-sum", 1.0, divisor
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("BandGRPOTrainer does not support returning outputs (as GRPOTrainer)")
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = mask != 0
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled, **{key: inputs.get(key) for key in _MULTIMODAL_KEYS})
+        advantages = inputs["advantages"]
+        old_logps = inputs.get("old_per_token_logps")
+        if old_logps is None:  # TRL skips it when the policy has not moved since generation
+            old_logps = logps.detach()
+
+        mode = "train" if self.model.training else "eval"
+        agg, normalizer, divisor = self._aggregation(logps.size(0), inputs, mode)
+        loss, _ = torch.ops.bandpo.band_loss(logps, old_logps, advantages, mask, normalizer=normalizer,
+                                             **self.band_config.replace(agg=agg).loss_kwargs())
+        per_token_kl = None
+        if self.beta != 0.0:
+            per_token_kl = self._per_token_kl(logps, old_logps, inputs["ref_per_token_logps"])
+            loss = loss + self.beta * aggregate_tokens(per_token_kl, mask, agg, normalizer)
+        loss = loss / divisor
+        if self.aux_loss_enabled:
+            accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+        self._log_metrics(mode, logps.detach(), old_logps, advantages, mask, entropies, per_token_kl)
+        return loss
+
+    def _per_token_kl(self, logps, old_logps, ref_logps):
+        """TRL's per-token KL estimate to the reference policy (times the ratio with use_bias_correction_kl)."""
+        log_ref_ratio = ref_logps - logps
+        kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+        if self.args.use_bias_correction_kl:
+            kl = kl * torch.exp(logps - old_logps)
+        return kl
+
+    @torch.no_grad()
+    def _log_metrics(self, mode, logps, old_logps, advantages, mask, entropies, per_token_kl) -> None:
+        """TRL's metrics: global means over completion tokens (summed over processes), per-sequence extremes."""
+        weight = mask.to(logps.dtype)
+        tokens = weight.sum()
+
+        def global_mean(local_sum: torch.Tensor) -> float:
+            totals = self.accelerator.reduce(torch.stack([local_sum.float(), tokens.float()]), reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        lower, upper = torch.ops.bandpo.band_bounds(old_logps, **self.band_config.bound_kwargs())
+        ratio = torch.exp(torch.clamp(logps - old_logps, -20.0, 20.0))
+        adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
+        is_low = ((ratio < lower) & (adv < 0)).to(weight.dtype)
+        is_high = ((ratio > upper) & (adv > 0)).to(weight.dtype)
+        log = self._metrics[mode]
+        log["entropy"].append(global_mean((entropies * weight).sum()))
+        if per_token_kl is not None:
+            log["kl"].append(global_mean((per_token_kl * weight).sum()))
+        log["clip_ratio/low_mean"].append(global_mean((is_low * weight).sum()))
+        log["clip_ratio/high_mean"].append(global_mean((is_high * weight).sum()))
+        log["clip_ratio/region_mean"].append(global_mean(((is_low + is_high) * weight).sum()))
+        log["band/upper_bound_mean"].append(global_mean((torch.where(mask, upper, 0) * weight).sum()))
+        row_tokens = weight.sum(-1)
+        low_per_row = self.accelerator.gather((is_low * weight).sum(-1) / row_tokens)
+        high_per_row = self.accelerator.gather((is_high * weight).sum(-1) / row_tokens)
+        log["clip_ratio/low_min"].append(_nan_extreme(low_per_row, torch.min))
+        log["clip_ratio/high_max"].append(_nan_extreme(high_per_row, torch.max))
+
+
+def aggregate_tokens(per_token: torch.Tensor, mask: torch.Tensor, agg: str, normalizer) -> torch.Tensor:
+    """Aggregate a [B, T] per-token term over the bool ``mask`` as ``band_loss(agg=agg, normalizer=normalizer)``
+    aggregates its loss (the op's formulas; rows or batches without tokens contribute 0)."""
+    weight = mask.to(per_token.dtype)
+    token_sums = (torch.where(mask, per_token, 0) * weight).sum(-1)
+    if agg == "seq-mean-token-mean":
+        rows = weight.sum(-1)
+        return (token_sums / rows.clamp(min=1)).sum() / normalizer
+    if agg == "token-mean" and normalizer is None:
+        return token_sums.sum() / weight.sum().clamp(min=1)
+    return token_sums.sum() / normalizer
+
+
+def _nan_extreme(values: torch.Tensor, reduce) -> float:
+    """min/max over the non-NaN entries (rows without completion tokens are NaN); NaN when there are none."""
+    finite = values[~torch.isnan(values)]
+    return reduce(finite).item() if finite.numel() else float("nan")
+
+
+__all__ = ["BandGRPOConfig", "BandGRPOTrainer", "SUPPORTED_LOSS_TYPES", "band_config_from_args"]
