@@ -63,9 +63,10 @@ def make_args(tmp_path, **overrides):
 class ParityProbe(BandGRPOTrainer):
     """Runs the real training loop; each step also evaluates TRL's GRPOTrainer loss on the same inputs."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, sampler_weights=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.records = []
+        self.sampler_weights = sampler_weights  # None, "token" or "sequence": fake vLLM IS-correction ratios
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         g = torch.Generator().manual_seed(len(self.records))
@@ -77,22 +78,32 @@ class ParityProbe(BandGRPOTrainer):
                 torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), T)
         inputs["old_per_token_logps"] = (logps + 0.5 * torch.randn(B, T, generator=g)).clamp(max=0)
         inputs["advantages"] = torch.randn(B, generator=g)
+        if self.sampler_weights is not None:
+            # What vLLM generation with vllm_importance_sampling_correction puts in the inputs (some weights 0,
+            # as its *_mask modes do); the flags are raised only around the loss, as generation here is not vLLM.
+            shape = (B, T) if self.sampler_weights == "token" else (B, 1)
+            ratio = 2 * torch.rand(shape, generator=g)
+            inputs["importance_sampling_ratio"] = torch.where(ratio < 0.2, 0.0, ratio)
+            self.use_vllm = self.vllm_importance_sampling_correction = True
         params = [p for p in model.parameters() if p.requires_grad]
-        ours = super().compute_loss(model, inputs)
-        theirs = GRPOTrainer.compute_loss(self, model, inputs)
+        try:
+            ours = super().compute_loss(model, inputs)
+            theirs = GRPOTrainer.compute_loss(self, model, inputs)
+        finally:
+            self.use_vllm = False
         ours_grad = torch.autograd.grad(ours, params, retain_graph=True)
         theirs_grad = torch.autograd.grad(theirs, params)
         self.records.append((ours.detach(), theirs.detach(), ours_grad, theirs_grad))
         return ours
 
 
-def train_probe(tmp_path, **overrides):
+def train_probe(tmp_path, sampler_weights=None, **overrides):
     model = tiny_model()
     if overrides.get("beta", 0.0) != 0.0:  # TRL loads the reference model by name: give it a local folder
         model.save_pretrained(tmp_path / "model")
         model = str(tmp_path / "model")
     trainer = ParityProbe(model=model, reward_funcs=count_a_reward, args=make_args(tmp_path, **overrides),
-                          train_dataset=prompts(), processing_class=tiny_tokenizer())
+                          train_dataset=prompts(), processing_class=tiny_tokenizer(), sampler_weights=sampler_weights)
     trainer.train()
     assert trainer.state.global_step == 2
     assert len(trainer.records) == 2 * trainer.args.gradient_accumulation_steps
@@ -123,6 +134,16 @@ def test_clip_mode_with_accumulation_dual_clip_and_kl_equals_trl(tmp_path):
         for a, b in zip(ours_grad, theirs_grad):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     assert any("kl" in row for row in trainer.state.log_history)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("sampler_weights", ["token", "sequence"])
+def test_clip_mode_with_vllm_importance_weights_equals_trl(tmp_path, loss_type, sampler_weights):
+    trainer = train_probe(tmp_path, sampler_weights, loss_type=loss_type, band_divergence="clip", beta=0.05)
+    for ours, theirs, ours_grad, theirs_grad in trainer.records:
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        for a, b in zip(ours_grad, theirs_grad):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_band_kl_trains_and_logs(tmp_path):

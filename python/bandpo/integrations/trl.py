@@ -24,11 +24,12 @@ Honoured GRPOConfig settings:
   computed with plain torch ops beside the op, not fused: the op's KL term is verl's clamped k3 without the
   ratio factor, and TRL's must be reproduced exactly.
 - the MoE router auxiliary loss (``router_aux_loss_coef``), as TRL adds it.
+- vLLM generation with ``vllm_importance_sampling_correction``: TRL's per-token sampler weights multiply the
+  per-token losses, the denominators stay token counts (the weights enter the op as mask weights).
 Refused at construction with a ValueError naming the setting (TRL applies them outside the per-token loss,
 with formulas that are not a clipped surrogate): other loss types (cispo, sapo, vespo, luspo),
 ``importance_sampling_level="sequence"``, ``top_entropy_quantile < 1``, ``off_policy_mask_threshold``,
-the entropy bonus (``entropy_coef`` / ``use_adaptive_entropy``), and vLLM
-generation with ``vllm_importance_sampling_correction``.
+and the entropy bonus (``entropy_coef`` / ``use_adaptive_entropy``).
 
 Logged metrics keep TRL's names and meanings with the Band bounds in place of the interval:
 ``clip_ratio/low_mean`` (A < 0 and ratio below the lower bound), ``clip_ratio/high_mean`` (A > 0 and ratio
@@ -51,6 +52,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import BandConfig
+from ._weights import weighted_mask
 
 _BAND_DEFAULTS = BandConfig()
 SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -110,8 +112,6 @@ def _refuse_unsupported(args) -> None:
         refuse("off_policy_mask_threshold", "the off-policy sequence mask reweights the loss")
     if args.entropy_coef != 0.0 or args.use_adaptive_entropy:
         refuse("the entropy bonus (entropy_coef / use_adaptive_entropy)", "not reproduced here")
-    if args.use_vllm and args.vllm_importance_sampling_correction:
-        refuse("use_vllm with vllm_importance_sampling_correction", "the sampler correction reweights the loss")
 
 
 class BandGRPOTrainer(GRPOTrainer):
@@ -126,13 +126,15 @@ class BandGRPOTrainer(GRPOTrainer):
         _refuse_unsupported(self.args)
         self.band_config = band_config_from_args(self.args)
 
-    def _aggregation(self, batch_size: int, inputs: dict, mode: str):
-        """(agg, normalizer, divisor): loss = band_loss(agg, normalizer) / divisor equals TRL's aggregation."""
+    def _aggregation(self, mask: torch.Tensor, inputs: dict, mode: str):
+        """(agg, normalizer, divisor): loss = band_loss(agg, normalizer) / divisor equals TRL's aggregation
+        of the [B, T] per-token loss over the bool ``mask``."""
+        batch_size = mask.size(0)
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
         if self.loss_type == "grpo":
             return "seq-mean-token-mean", float(batch_size * accumulation), 1.0
-        if self.loss_type == "bnpo":  # the op divides by the token count itself (0 tokens -> 0, as TRL)
-            return "token-mean", None, float(accumulation)
+        if self.loss_type == "bnpo":  # a device-side token count: no host sync
+            return "seq-mean-token-sum", 1.0, mask.sum().clamp(min=1) * accumulation
         if self.loss_type == "dr_grpo":
             return "seq-mean-token-sum", float(batch_size * self.max_completion_length * accumulation), 1.0
         # dapo: TRL's normalizer is a device tensor; dividing by it keeps the step free of host syncs.
@@ -158,9 +160,13 @@ class BandGRPOTrainer(GRPOTrainer):
             old_logps = logps.detach()
 
         mode = "train" if self.model.training else "eval"
-        agg, normalizer, divisor = self._aggregation(logps.size(0), inputs, mode)
-        loss, _ = torch.ops.bandpo.band_loss(logps, old_logps, advantages, mask, normalizer=normalizer,
-                                             **self.band_config.replace(agg=agg).loss_kwargs())
+        agg, normalizer, divisor = self._aggregation(mask, inputs, mode)
+        loss_mask, loss_agg = mask, agg
+        if self.use_vllm and self.vllm_importance_sampling_correction:  # TRL weights each token's loss
+            loss_mask, loss_agg = weighted_mask(mask, inputs["importance_sampling_ratio"], agg, logps.dtype,
+                                                "importance_sampling_ratio")
+        loss, _ = torch.ops.bandpo.band_loss(logps, old_logps, advantages, loss_mask, normalizer=normalizer,
+                                             **self.band_config.replace(agg=loss_agg).loss_kwargs())
         per_token_kl = None
         if self.beta != 0.0:
             per_token_kl = self._per_token_kl(logps, old_logps, inputs["ref_per_token_logps"])

@@ -53,6 +53,7 @@ from verl.trainer.ppo.core_algos import register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
 from ..config import METRIC_NAMES, BandConfig
+from ._weights import weighted_mask
 
 LOSS_NAME = "bandpo"
 _BAND_DEFAULTS = BandConfig()
@@ -152,26 +153,6 @@ def _op_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask.to(dtype)
 
 
-def _weighted_mask(mask: torch.Tensor, weights: torch.Tensor, agg: str, dtype: torch.dtype) -> tuple[torch.Tensor, str]:
-    """Per-token weights w = mask * rollout_is_weights for the op, and the aggregation to use with them.
-
-    verl multiplies the per-token losses by the rollout weights but keeps the mask's counts as denominators.
-    token-* and seq-mean-token-sum* divide by explicit normalizers, so the weighted mask alone reproduces it;
-    seq-mean-token-mean divides each row by its token count, so that division moves into the weights and the
-    rows are then summed as tokens.
-    """
-    if weights.shape != mask.shape:
-        raise ValueError(f"rollout_is_weights: shape {tuple(weights.shape)} must equal response_mask's "
-                         f"{tuple(mask.shape)}")
-    m = mask.to(dtype)
-    w = m * weights.detach().to(dtype)
-    if agg == "seq-mean-token-mean":
-        row_tokens = m.sum(-1, keepdim=True)
-        w = torch.where(row_tokens > 0, w / torch.where(row_tokens > 0, row_tokens, 1), 0)
-        return w, "token-mean"
-    return w, agg
-
-
 @register_policy_loss(LOSS_NAME)
 def compute_policy_loss_bandpo(
     old_log_prob: torch.Tensor,
@@ -209,7 +190,8 @@ def compute_policy_loss_bandpo(
     else:
         if normalizer is None:
             normalizer = float(mask.sum())
-        weights, weighted_agg = _weighted_mask(response_mask, rollout_is_weights, agg, log_prob.dtype)
+        weights, weighted_agg = weighted_mask(response_mask, rollout_is_weights, agg, log_prob.dtype,
+                                              "rollout_is_weights")
         loss, _ = torch.ops.bandpo.band_loss(log_prob, old_log_prob, advantages, weights,
                                               normalizer=normalizer, **band.replace(agg=weighted_agg).loss_kwargs())
         # verl's clip fractions and KL are plain means over the response tokens, not weighted ones.
