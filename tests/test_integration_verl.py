@@ -182,6 +182,21 @@ def test_config_defaults_without_target_and_validation():
         actor_config(*DOCUMENTED_OVERRIDES, "+actor_rollout_ref.actor.policy_loss.divergence=js")
 
 
+def test_documented_yaml_file(tmp_path):
+    """The YAML file of the module docstring, verbatim: a user config extending verl's ppo_trainer.yaml."""
+    lines = bandpo_verl.__doc__.splitlines()
+    first = lines.index("    hydra:")
+    block = lines[first:lines.index("", first)]
+    (tmp_path / "my_bandpo.yaml").write_text("\n".join(line[4:] for line in block) + "\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        cfg = compose(config_name="my_bandpo", overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert isinstance(actor.policy_loss, bandpo_verl.BandPolicyLossConfig)
+    assert get_policy_loss_fn(actor.policy_loss.loss_mode) is bandpo_verl.compute_policy_loss_bandpo
+    band = bandpo_verl.band_config_from_actor(actor)
+    assert (band.divergence, band.delta) == ("kl", 0.05)
+
+
 def test_errors_name_the_argument():
     cfg = actor_config(*DOCUMENTED_OVERRIDES)
     logp, old, adv, mask = verl_batch(seed=1)

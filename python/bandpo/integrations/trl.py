@@ -190,43 +190,39 @@ class BandGRPOTrainer(GRPOTrainer):
     @torch.no_grad()
     def _log_metrics(self, mode, logps, old_logps, advantages, mask, entropies, per_token_kl) -> None:
         """TRL's metrics: global means over completion tokens (summed over processes), per-sequence extremes."""
-        weight = mask.to(logps.dtype)
-        tokens = weight.sum()
+        tokens = mask.sum()
 
-        def global_mean(local_sum: torch.Tensor) -> float:
+        def global_mean(per_token: torch.Tensor) -> float:
+            local_sum = torch.where(mask, per_token, 0).sum()
             totals = self.accelerator.reduce(torch.stack([local_sum.float(), tokens.float()]), reduction="sum")
             return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        def row_means(per_token: torch.Tensor) -> torch.Tensor:  # NaN for rows without tokens
+            return self.accelerator.gather(torch.where(mask, per_token, 0).sum(-1) / mask.sum(-1))
 
         lower, upper = torch.ops.bandpo.band_bounds(old_logps, **self.band_config.bound_kwargs())
         ratio = torch.exp(torch.clamp(logps - old_logps, -20.0, 20.0))
         adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
-        is_low = ((ratio < lower) & (adv < 0)).to(weight.dtype)
-        is_high = ((ratio > upper) & (adv > 0)).to(weight.dtype)
+        is_low = ((ratio < lower) & (adv < 0)).float()
+        is_high = ((ratio > upper) & (adv > 0)).float()
         log = self._metrics[mode]
-        log["entropy"].append(global_mean((entropies * weight).sum()))
+        log["entropy"].append(global_mean(entropies))
         if per_token_kl is not None:
-            log["kl"].append(global_mean((per_token_kl * weight).sum()))
-        log["clip_ratio/low_mean"].append(global_mean((is_low * weight).sum()))
-        log["clip_ratio/high_mean"].append(global_mean((is_high * weight).sum()))
-        log["clip_ratio/region_mean"].append(global_mean(((is_low + is_high) * weight).sum()))
-        log["band/upper_bound_mean"].append(global_mean((torch.where(mask, upper, 0) * weight).sum()))
-        row_tokens = weight.sum(-1)
-        low_per_row = self.accelerator.gather((is_low * weight).sum(-1) / row_tokens)
-        high_per_row = self.accelerator.gather((is_high * weight).sum(-1) / row_tokens)
-        log["clip_ratio/low_min"].append(_nan_extreme(low_per_row, torch.min))
-        log["clip_ratio/high_max"].append(_nan_extreme(high_per_row, torch.max))
+            log["kl"].append(global_mean(per_token_kl))
+        log["clip_ratio/low_mean"].append(global_mean(is_low))
+        log["clip_ratio/high_mean"].append(global_mean(is_high))
+        log["clip_ratio/region_mean"].append(global_mean(is_low + is_high))
+        log["clip_ratio/low_min"].append(_nan_extreme(row_means(is_low), torch.min))
+        log["clip_ratio/high_max"].append(_nan_extreme(row_means(is_high), torch.max))
+        log["band/upper_bound_mean"].append(global_mean(upper))
 
 
-def aggregate_tokens(per_token: torch.Tensor, mask: torch.Tensor, agg: str, normalizer) -> torch.Tensor:
+def aggregate_tokens(per_token: torch.Tensor, mask: torch.Tensor, agg: str, normalizer: float) -> torch.Tensor:
     """Aggregate a [B, T] per-token term over the bool ``mask`` as ``band_loss(agg=agg, normalizer=normalizer)``
-    aggregates its loss (the op's formulas; rows or batches without tokens contribute 0)."""
-    weight = mask.to(per_token.dtype)
-    token_sums = (torch.where(mask, per_token, 0) * weight).sum(-1)
+    aggregates its loss (the op's formulas; rows without tokens contribute 0)."""
+    token_sums = torch.where(mask, per_token, 0).sum(-1)
     if agg == "seq-mean-token-mean":
-        rows = weight.sum(-1)
-        return (token_sums / rows.clamp(min=1)).sum() / normalizer
-    if agg == "token-mean" and normalizer is None:
-        return token_sums.sum() / weight.sum().clamp(min=1)
+        return (token_sums / mask.sum(-1).clamp(min=1)).sum() / normalizer
     return token_sums.sum() / normalizer
 
 

@@ -14,7 +14,20 @@ What a user writes (Hydra command line of ``python -m verl.trainer.main_ppo``)::
     +actor_rollout_ref.actor.policy_loss.ratio_max=10.0      # cap on the upper ratio bound
     +actor_rollout_ref.actor.policy_loss.relax_high_p=false  # never tighter than [1-clip_low, 1+clip_high]
 
-or the same keys under ``actor_rollout_ref.actor.policy_loss`` in a YAML file (no ``+`` there). The fixed
+or, in a config file of one's own that extends verl's (``--config-name my_bandpo``)::
+
+    hydra:
+      searchpath: [pkg://verl.trainer.config]
+    defaults: [ppo_trainer, _self_]
+    actor_rollout_ref:
+      actor:
+        policy_loss:
+          _target_: bandpo.integrations.verl.BandPolicyLossConfig
+          loss_mode: bandpo
+          divergence: kl
+          delta: 0.05
+
+Both forms are tested against verl's own ppo_trainer.yaml. The fixed
 interval and the dual clip come from verl's own actor keys: ``clip_ratio`` / ``clip_ratio_low`` /
 ``clip_ratio_high`` (used by ``divergence=clip`` and by ``relax_high_p``) and ``clip_ratio_c`` (dual clip,
 verl's default 3.0, always on as in ``"vanilla"``). ``loss_agg_mode``, ``loss_scale_factor`` and the global
