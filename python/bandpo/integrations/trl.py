@@ -122,6 +122,10 @@ class BandGRPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, **kwargs) -> None:
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if config is not None:  # refuse before GRPOTrainer loads models or starts vLLM
+            _refuse_unsupported(config)
+            band_config_from_args(config)
         super().__init__(*args, **kwargs)
         _refuse_unsupported(self.args)
         self.band_config = band_config_from_args(self.args)
