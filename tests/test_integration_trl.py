@@ -66,6 +66,7 @@ class ParityProbe(BandGRPOTrainer):
     def __init__(self, *args, sampler_weights=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.records = []
+        self.zero_weight_fractions = []
         self.sampler_weights = sampler_weights  # None, "token" or "sequence": fake vLLM IS-correction ratios
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -73,24 +74,29 @@ class ParityProbe(BandGRPOTrainer):
         inputs = dict(inputs)
         B, T = inputs["completion_ids"].shape
         with torch.no_grad():
-            logps, _, _ = self._get_per_token_logps_and_entropies(
+            logps, entropies, _ = self._get_per_token_logps_and_entropies(
                 model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-                torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), T)
+                torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), T, compute_entropy=True)
         inputs["old_per_token_logps"] = (logps + 0.5 * torch.randn(B, T, generator=g)).clamp(max=0)
         inputs["advantages"] = torch.randn(B, generator=g)
         if self.sampler_weights is not None:
-            # What vLLM generation with vllm_importance_sampling_correction puts in the inputs (some weights 0,
-            # as its *_mask modes do); the flags are raised only around the loss, as generation here is not vLLM.
+            # What vLLM generation with vllm_importance_sampling_correction puts in the inputs (a row of 0s, as
+            # its *_mask modes give); the flags are raised only around the loss, as generation here is not vLLM.
             shape = (B, T) if self.sampler_weights == "token" else (B, 1)
             ratio = 2 * torch.rand(shape, generator=g)
-            inputs["importance_sampling_ratio"] = torch.where(ratio < 0.2, 0.0, ratio)
+            ratio[0] = 0.0
+            inputs["importance_sampling_ratio"] = ratio
             self.use_vllm = self.vllm_importance_sampling_correction = True
         params = [p for p in model.parameters() if p.requires_grad]
         try:
             ours = super().compute_loss(model, inputs)
             theirs = GRPOTrainer.compute_loss(self, model, inputs)
+            weights = self._loss_weights(inputs, logps, inputs["old_per_token_logps"], inputs["advantages"],
+                                         inputs["completion_mask"] != 0, entropies)
         finally:
             self.use_vllm = False
+        if weights is not None:
+            self.zero_weight_fractions.append(float((weights == 0).float().mean()))
         ours_grad = torch.autograd.grad(ours, params, retain_graph=True)
         theirs_grad = torch.autograd.grad(theirs, params)
         self.records.append((ours.detach(), theirs.detach(), ours_grad, theirs_grad))
@@ -137,9 +143,17 @@ def test_clip_mode_with_accumulation_dual_clip_and_kl_equals_trl(tmp_path):
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-@pytest.mark.parametrize("sampler_weights", ["token", "sequence"])
-def test_clip_mode_with_vllm_importance_weights_equals_trl(tmp_path, loss_type, sampler_weights):
-    trainer = train_probe(tmp_path, sampler_weights, loss_type=loss_type, band_divergence="clip", beta=0.05)
+@pytest.mark.parametrize("sampler_weights, masks", [
+    ("token", {}), ("sequence", {}), (None, {"top_entropy_quantile": 0.5}),
+    (None, {"off_policy_mask_threshold": 0.05}),
+    ("token", {"top_entropy_quantile": 0.7, "off_policy_mask_threshold": 0.05}),
+])
+def test_clip_mode_with_loss_weights_equals_trl(tmp_path, loss_type, sampler_weights, masks):
+    """vLLM importance-sampling ratios, the entropy mask and the off-policy mask weight the tokens' losses."""
+    trainer = train_probe(tmp_path, sampler_weights, loss_type=loss_type, band_divergence="clip", beta=0.05, **masks)
+    # the weights do weight: some tokens' losses are dropped (masks, or vLLM ratios set to 0), not all
+    fractions = trainer.zero_weight_fractions
+    assert fractions and all(f < 1 for f in fractions) and any(f > 0 for f in fractions), fractions
     for ours, theirs, ours_grad, theirs_grad in trainer.records:
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
         for a, b in zip(ours_grad, theirs_grad):
@@ -185,8 +199,6 @@ def test_bad_band_settings_fail_in_the_config(tmp_path, setting, message):
 @pytest.mark.parametrize("setting, message", [
     ({"loss_type": "cispo"}, "loss_type='cispo'"),
     ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
-    ({"top_entropy_quantile": 0.5}, "top_entropy_quantile"),
-    ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
     ({"entropy_coef": 0.01}, "entropy bonus"),
 ])
 def test_unsupported_settings_are_refused(tmp_path, setting, message):

@@ -24,12 +24,13 @@ Honoured GRPOConfig settings:
   computed with plain torch ops beside the op, not fused: the op's KL term is verl's clamped k3 without the
   ratio factor, and TRL's must be reproduced exactly.
 - the MoE router auxiliary loss (``router_aux_loss_coef``), as TRL adds it.
-- vLLM generation with ``vllm_importance_sampling_correction``: TRL's per-token sampler weights multiply the
-  per-token losses, the denominators stay token counts (the weights enter the op as mask weights).
-Refused at construction with a ValueError naming the setting (TRL applies them outside the per-token loss,
-with formulas that are not a clipped surrogate): other loss types (cispo, sapo, vespo, luspo),
-``importance_sampling_level="sequence"``, ``top_entropy_quantile < 1``, ``off_policy_mask_threshold``,
-and the entropy bonus (``entropy_coef`` / ``use_adaptive_entropy``).
+- the factors TRL multiplies the per-token loss by, with TRL's own functions: ``off_policy_mask_threshold``
+  (the off-policy sequence mask), ``top_entropy_quantile`` (the high-entropy token mask) and vLLM's
+  ``vllm_importance_sampling_correction`` ratios. They weight the tokens' losses while the denominators stay
+  token counts (in the op: mask weights with explicit normalizers).
+Refused at construction with a ValueError naming the setting (they are not a clipped surrogate with
+per-token bounds, or not reproduced here): other loss types (cispo, sapo, vespo, luspo),
+``importance_sampling_level="sequence"``, and the entropy bonus (``entropy_coef`` / ``use_adaptive_entropy``).
 
 Logged metrics keep TRL's names and meanings with the Band bounds in place of the interval:
 ``clip_ratio/low_mean`` (A < 0 and ratio below the lower bound), ``clip_ratio/high_mean`` (A > 0 and ratio
@@ -106,10 +107,6 @@ def _refuse_unsupported(args) -> None:
         refuse(f"loss_type={args.loss_type!r}", f"supported: {', '.join(SUPPORTED_LOSS_TYPES)}")
     if args.importance_sampling_level != "token":
         refuse(f"importance_sampling_level={args.importance_sampling_level!r}", "Band bounds are per token")
-    if args.top_entropy_quantile < 1.0:
-        refuse(f"top_entropy_quantile={args.top_entropy_quantile}", "the entropy mask reweights the loss")
-    if args.off_policy_mask_threshold is not None:
-        refuse("off_policy_mask_threshold", "the off-policy sequence mask reweights the loss")
     if args.entropy_coef != 0.0 or args.use_adaptive_entropy:
         refuse("the entropy bonus (entropy_coef / use_adaptive_entropy)", "not reproduced here")
 
@@ -166,9 +163,9 @@ class BandGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         agg, normalizer, divisor = self._aggregation(mask, inputs, mode)
         loss_mask, loss_agg = mask, agg
-        if self.use_vllm and self.vllm_importance_sampling_correction:  # TRL weights each token's loss
-            loss_mask, loss_agg = weighted_mask(mask, inputs["importance_sampling_ratio"], agg, logps.dtype,
-                                                "importance_sampling_ratio")
+        weights = self._loss_weights(inputs, logps, old_logps, advantages, mask, entropies)
+        if weights is not None:
+            loss_mask, loss_agg = weighted_mask(mask, weights, agg, logps.dtype, "per-token loss weights")
         loss, _ = torch.ops.bandpo.band_loss(logps, old_logps, advantages, loss_mask, normalizer=normalizer,
                                              **self.band_config.replace(agg=loss_agg).loss_kwargs())
         per_token_kl = None
@@ -182,6 +179,27 @@ class BandGRPOTrainer(GRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         self._log_metrics(mode, logps.detach(), old_logps, advantages, mask, entropies, per_token_kl)
         return loss
+
+    def _loss_weights(self, inputs, logps, old_logps, advantages, mask, entropies):
+        """The factors TRL multiplies the per-token policy loss by (not the KL term, not the denominators):
+        the off-policy sequence mask, the high-entropy token mask and vLLM's importance-sampling ratios, with
+        TRL's own functions for the masks. None when no such setting is on."""
+        factors = []
+        if self.off_policy_mask_threshold is not None:
+            factors.append(self.get_off_policy_mask(
+                advantages=advantages if advantages.dim() == 2 else advantages.unsqueeze(1),
+                per_token_logps=logps, sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_logps),
+                mask=mask.to(logps.dtype), off_policy_threshold=self.off_policy_mask_threshold))
+        if self.top_entropy_quantile < 1.0:
+            factors.append(self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile))
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            factors.append(inputs["importance_sampling_ratio"])
+        if not factors:
+            return None
+        weights = factors[0].to(logps.dtype)
+        for factor in factors[1:]:
+            weights = weights * factor
+        return weights
 
     def _per_token_kl(self, logps, old_logps, ref_logps):
         """TRL's per-token KL estimate to the reference policy (times the ratio with use_bias_correction_kl)."""
