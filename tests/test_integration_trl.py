@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,  # noqa: E402
+                          PreTrainedTokenizerFast)
 from trl import GRPOConfig, GRPOTrainer, TrlParser  # noqa: E402
 
 from bandpo.integrations.trl import BandGRPOConfig, BandGRPOTrainer  # noqa: E402
@@ -34,12 +35,15 @@ def tiny_tokenizer():
                                    unk_token="<unk>")
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, mixture_of_experts=False):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=4 + len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
-                      eos_token_id=1, bos_token_id=2)
-    return LlamaForCausalLM(cfg)
+    shape = dict(vocab_size=4 + len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
+                 eos_token_id=1, bos_token_id=2)
+    if mixture_of_experts:  # TRL adds the router's load-balancing loss for these
+        return MixtralForCausalLM(MixtralConfig(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.05,
+                                                **shape))
+    return LlamaForCausalLM(LlamaConfig(**shape))
 
 
 def count_a_reward(completions, **kwargs):
@@ -103,8 +107,8 @@ class ParityProbe(BandGRPOTrainer):
         return ours
 
 
-def train_probe(tmp_path, sampler_weights=None, **overrides):
-    model = tiny_model()
+def train_probe(tmp_path, sampler_weights=None, mixture_of_experts=False, **overrides):
+    model = tiny_model(mixture_of_experts=mixture_of_experts)
     if overrides.get("beta", 0.0) != 0.0:  # TRL loads the reference model by name: give it a local folder
         model.save_pretrained(tmp_path / "model")
         model = str(tmp_path / "model")
@@ -158,6 +162,17 @@ def test_clip_mode_with_loss_weights_equals_trl(tmp_path, loss_type, sampler_wei
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
         for a, b in zip(ours_grad, theirs_grad):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_mixture_of_experts_aux_loss_equals_trl(tmp_path):
+    trainer = train_probe(tmp_path, mixture_of_experts=True, loss_type="grpo", band_divergence="clip",
+                          gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    assert trainer.aux_loss_enabled
+    for ours, theirs, ours_grad, theirs_grad in trainer.records:
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        for a, b in zip(ours_grad, theirs_grad):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert all("aux_loss" in row for row in trainer.state.log_history if "loss" in row)
 
 
 def test_band_kl_trains_and_logs(tmp_path):
