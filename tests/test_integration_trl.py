@@ -120,16 +120,21 @@ def train_probe(tmp_path, sampler_weights=None, mixture_of_experts=False, **over
     return trainer
 
 
+def assert_equal_to_trl(trainer):
+    """Every step's loss and parameter gradients equal those of TRL's own GRPOTrainer loss."""
+    for ours, theirs, ours_grad, theirs_grad in trainer.records:
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        for a, b in zip(ours_grad, theirs_grad):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_clip_mode_loss_and_gradient_equal_trl(tmp_path, loss_type, accumulation):
     trainer = train_probe(tmp_path, loss_type=loss_type, band_divergence="clip", gradient_accumulation_steps=accumulation,
                           per_device_train_batch_size=4 // accumulation)
-    for ours, theirs, ours_grad, theirs_grad in trainer.records:
-        assert ours != 0
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-        for a, b in zip(ours_grad, theirs_grad):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert all(ours != 0 for ours, _, _, _ in trainer.records)
+    assert_equal_to_trl(trainer)
     history = [row for row in trainer.state.log_history if "loss" in row]
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(row["loss"])) for row in history)
     clipped = [row["clip_ratio/region_mean"] for row in history]
@@ -139,10 +144,7 @@ def test_clip_mode_loss_and_gradient_equal_trl(tmp_path, loss_type, accumulation
 def test_clip_mode_with_accumulation_dual_clip_and_kl_equals_trl(tmp_path):
     trainer = train_probe(tmp_path, loss_type="dapo", band_divergence="clip", gradient_accumulation_steps=2,
                           per_device_train_batch_size=2, delta=1.6, beta=0.05)
-    for ours, theirs, ours_grad, theirs_grad in trainer.records:
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-        for a, b in zip(ours_grad, theirs_grad):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert_equal_to_trl(trainer)
     assert any("kl" in row for row in trainer.state.log_history)
 
 
@@ -158,20 +160,14 @@ def test_clip_mode_with_loss_weights_equals_trl(tmp_path, loss_type, sampler_wei
     # the weights do weight: some tokens' losses are dropped (masks, or vLLM ratios set to 0), not all
     fractions = trainer.zero_weight_fractions
     assert fractions and all(f < 1 for f in fractions) and any(f > 0 for f in fractions), fractions
-    for ours, theirs, ours_grad, theirs_grad in trainer.records:
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-        for a, b in zip(ours_grad, theirs_grad):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert_equal_to_trl(trainer)
 
 
 def test_mixture_of_experts_aux_loss_equals_trl(tmp_path):
     trainer = train_probe(tmp_path, mixture_of_experts=True, loss_type="grpo", band_divergence="clip",
                           gradient_accumulation_steps=2, per_device_train_batch_size=2)
     assert trainer.aux_loss_enabled
-    for ours, theirs, ours_grad, theirs_grad in trainer.records:
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-        for a, b in zip(ours_grad, theirs_grad):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert_equal_to_trl(trainer)
     assert all("aux_loss" in row for row in trainer.state.log_history if "loss" in row)
 
 

@@ -94,8 +94,18 @@ class BandPolicyLossConfig(PolicyLossConfig):
         parent_post_init = getattr(super(), "__post_init__", None)
         if parent_post_init is not None:
             parent_post_init()
-        BandConfig(divergence=self.divergence, delta=float(self.delta), ratio_max=float(self.ratio_max),
-                   relax_high_p=bool(self.relax_high_p))
+        BandConfig(**_band_settings(self))
+
+
+def _band_settings(policy_loss: Any) -> dict:
+    """The Band fields of a policy_loss config (BandPolicyLossConfig, verl's PolicyLossConfig or a mapping);
+    the BandConfig defaults for those it lacks."""
+    def setting(key: str, kind: type):
+        value = policy_loss.get(key, None)
+        return getattr(_BAND_DEFAULTS, key) if value is None else kind(value)
+
+    return dict(divergence=setting("divergence", str), delta=setting("delta", float),
+                ratio_max=setting("ratio_max", float), relax_high_p=setting("relax_high_p", bool))
 
 
 def band_config_from_actor(config: Any) -> BandConfig:
@@ -105,20 +115,13 @@ def band_config_from_actor(config: Any) -> BandConfig:
     """
     if config is None:
         raise ValueError("config: the bandpo policy loss needs verl's actor config (got None)")
-    policy_loss = config.get("policy_loss", None) or {}
-
-    def band(key: str):
-        value = policy_loss.get(key, None)
-        return getattr(_BAND_DEFAULTS, key) if value is None else value
-
     clip_ratio = config.get("clip_ratio", 0.2)
     clip_low = config.get("clip_ratio_low", None)
     clip_high = config.get("clip_ratio_high", None)
     dual_clip = config.get("clip_ratio_c", 3.0)
     if not dual_clip > 1:
         raise ValueError(f"clip_ratio_c (dual clip) must be > 1, as verl requires; got {dual_clip}")
-    return BandConfig(divergence=band("divergence"), delta=float(band("delta")),
-                      ratio_max=float(band("ratio_max")), relax_high_p=bool(band("relax_high_p")),
+    return BandConfig(**_band_settings(config.get("policy_loss", None) or {}),
                       eps_low=float(clip_ratio if clip_low is None else clip_low),
                       eps_high=float(clip_ratio if clip_high is None else clip_high), dual_clip=float(dual_clip))
 
