@@ -53,6 +53,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import BandConfig
+from ..reference import LOG_RATIO_CLAMP
 from ._weights import weighted_mask
 
 _BAND_DEFAULTS = BandConfig()
@@ -223,7 +224,7 @@ class BandGRPOTrainer(GRPOTrainer):
             return self.accelerator.gather(torch.where(mask, per_token, 0).sum(-1) / mask.sum(-1))
 
         lower, upper = torch.ops.bandpo.band_bounds(old_logps, **self.band_config.bound_kwargs())
-        ratio = torch.exp(torch.clamp(logps - old_logps, -20.0, 20.0))
+        ratio = torch.exp(torch.clamp(logps - old_logps, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # as the op
         adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
         is_low = ((ratio < lower) & (adv < 0)).float()
         is_high = ((ratio > upper) & (adv > 0)).float()
