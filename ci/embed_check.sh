@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build/embed
 prefix="$PWD/build/embed-prefix"
-cmake -S . -B "$build" -G Ninja -DBANDPO_TORCH=OFF -DBANDPO_CUDA=OFF -DBANDPO_BUILD_TESTS=ON >"$build.log" 2>&1 ||
+cmake -S . -B "$build" -G Ninja -DBANDPO_TORCH=OFF -DBANDPO_CUDA=OFF -DBANDPO_BUILD_TESTS=ON \
+  -DBANDPO_CPU_ISA_VARIANTS=OFF >"$build.log" 2>&1 ||
   { cat "$build.log"; exit 1; }
 cmake --build "$build"
 ctest --test-dir "$build" --output-on-failure
@@ -17,7 +18,12 @@ cmake -S examples/cpp_trainer -B build/cpp_trainer -G Ninja -DCMAKE_PREFIX_PATH=
   { cat build/cpp_trainer.log; exit 1; }
 cmake --build build/cpp_trainer
 ctest --test-dir build/cpp_trainer --output-on-failure
-# The same package as the Python wheel ships it (ci/setup.sh installed it into the venv).
+# A C-only CMake project linking the static library (the C++ runtime comes from the package).
+cmake -S tests/cpp/c_only -B build/c_only -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >build/c_only.log 2>&1 ||
+  { cat build/c_only.log; exit 1; }
+cmake --build build/c_only
+ctest --test-dir build/c_only --output-on-failure
+# The same package as the Python wheel ships it (installed into the venv), CUDA kernels inside or not.
 py="$PWD/${BANDPO_VENV:-.venv}/bin/python"
 if [ -x "$py" ] && wheel_prefix=$("$py" -c "import bandpo; print(bandpo.cmake_prefix_path())" 2>/dev/null); then
   cmake -S examples/cpp_trainer -B build/cpp_trainer_wheel -G Ninja -DCMAKE_PREFIX_PATH="$wheel_prefix" \
@@ -29,8 +35,13 @@ else
 fi
 if command -v pkg-config >/dev/null; then
   export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
-  cc -std=c99 tests/cpp/test_c_abi.c $(pkg-config --cflags --libs bandpo) -lm -Wl,-rpath,"$prefix/lib" -o build/c_abi_pkgconfig
-  build/c_abi_pkgconfig
+  # No LD_LIBRARY_PATH and no rpath of our own: the .pc file's Libs carry the rpath.
+  cc -std=c99 tests/cpp/test_c_abi.c $(pkg-config --cflags --libs bandpo) -lm -o build/c_abi_pkgconfig
+  env -u LD_LIBRARY_PATH build/c_abi_pkgconfig
+  # Static, through pkg-config --static: Libs.private carry the C++ runtime.
+  cc -std=c99 tests/cpp/test_c_abi.c $(pkg-config --cflags bandpo) "$prefix/lib/libbandpo.a" \
+    $(pkg-config --static --libs-only-l --libs-only-other bandpo | sed 's/-lbandpo//') -lm -o build/c_abi_pkgconfig_static
+  build/c_abi_pkgconfig_static
 else
   echo "pkg-config check: SKIPPED (no pkg-config)"
 fi

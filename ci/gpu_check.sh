@@ -4,10 +4,14 @@
 # compute-sanitizer memcheck on a small case, run the benchmark; print a short table last. Full logs and
 # results go to $OUT when it is set (else gpu-results/). Meant to finish in under 8 minutes on an H100.
 # The CPU kernels are built without their AVX2/AVX-512 variants here: CI tests those, and it halves the build.
+#   --wheel FILE  instead of building, install that wheel (built elsewhere, e.g. by ci/wheel.sh with
+#                 BANDPO_PYTHON=python3.12 for the lent machines' Python) without dependencies, and test it
 #   PYTHON        interpreter with torch (default python3)
 #   BANDPO_ARCHS  CUDA architectures to build (default 90: the machine's own; CI compiles 80 and 90)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+wheel=""
+if [ "${1:-}" = "--wheel" ]; then wheel=$(readlink -f "$2"); fi
 out="${OUT:-$PWD/gpu-results}"
 mkdir -p "$out"
 py="$(command -v "${PYTHON:-python3}")"
@@ -33,11 +37,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >>"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
-step build 300 bash -c "cmake -S . -B build-gpu -G Ninja -DPython_EXECUTABLE='$py' -DBANDPO_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES='${BANDPO_ARCHS:-90}' -DBANDPO_CPU_ISA_VARIANTS=OFF && cmake --build build-gpu" || { echo "build failed"; exit 1; }
-so=$(ls build-gpu/_C*.so | head -1)
-cp "$so" python/bandpo/ && export PYTHONPATH="$PWD/python"
-"$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo CUDA kernels loaded')"
+if [ -n "$wheel" ]; then
+  rm -rf build-gpu/site
+  step install 120 "$py" -m pip install --no-deps --target build-gpu/site "$wheel" || { echo "install failed"; exit 1; }
+  export PYTHONPATH="$PWD/build-gpu/site"
+else
+  step build 300 bash -c "cmake -S . -B build-gpu -G Ninja -DPython_EXECUTABLE='$py' -DBANDPO_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES='${BANDPO_ARCHS:-90}' -DBANDPO_CPU_ISA_VARIANTS=OFF && cmake --build build-gpu" || { echo "build failed"; exit 1; }
+  so=$(ls build-gpu/_C*.so | head -1)
+  cp "$so" build-gpu/_np*.so python/bandpo/ && export PYTHONPATH="$PWD/python"
+fi
+"$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo', bandpo.__file__, 'CUDA kernels loaded')"
 
 step tests 180 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py
 grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/tests.log" | head -n 40

@@ -61,7 +61,7 @@ def test_dtype_and_device_errors(b):
         call(logp, old.float(), adv)
     with pytest.raises(TypeError, match="logp must be"):
         call(logp.long(), old.long(), adv.long())
-    with pytest.raises(TypeError, match="mask must be bool or floating point"):
+    with pytest.raises(TypeError, match="mask must be bool, uint8 or floating point"):
         call(logp, old, adv, mask.int())
     with pytest.raises(TypeError, match="old_logp must be"):
         torch.ops.bandpo.band_bounds(torch.zeros(3, dtype=torch.int64))

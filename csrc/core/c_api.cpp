@@ -39,28 +39,55 @@ E checked_enum(int value, int count, const char* what) {
   return static_cast<E>(value);
 }
 
-bandpo::BoundOptions bound_options(const bandpo_options* o) {
-  if (!o) throw std::invalid_argument("options is NULL (fill it with bandpo_default_options)");
-  bandpo::BoundOptions b;
-  b.divergence = checked_enum<bandpo::Divergence>(o->divergence, 4, "options.divergence");
-  b.delta = o->delta;
-  b.eps_low = o->eps_low;
-  b.eps_high = o->eps_high;
-  b.relax_high_p = o->relax_high_p != 0;
-  b.ratio_max = o->ratio_max;
-  return b;
+// A C field into its C++ option, by the option's C++ type (tables.h); enum codes are range-checked.
+template <class CValue>
+void from_c(CValue v, double& field, const char*) { field = static_cast<double>(v); }
+template <class CValue>
+void from_c(CValue v, bool& field, const char*) { field = v != 0; }
+template <class CValue>
+void from_c(CValue v, bandpo::Divergence& field, const char* name) {
+  field = checked_enum<bandpo::Divergence>(v, bandpo::kNumDivergences, name);
+}
+template <class CValue>
+void from_c(CValue v, bandpo::Aggregation& field, const char* name) {
+  field = checked_enum<bandpo::Aggregation>(v, bandpo::kNumAggregations, name);
+}
+template <class CValue>
+void from_c(CValue v, bandpo::KlEstimator& field, const char* name) {
+  field = checked_enum<bandpo::KlEstimator>(v, bandpo::kNumKlEstimators, name);
 }
 
+// The C struct has one field per option, of the option's name (a missing one fails to compile here).
+#define BANDPO_BOUND_FROM_C(name, ...) from_c(o->name, l.bounds.name, "options." #name);
+#define BANDPO_LOSS_FROM_C(name, ...) from_c(o->name, l.name, "options." #name);
+#define BANDPO_BOUND_TO_C(name, ...) o->name = static_cast<decltype(o->name)>(d.bounds.name);
+#define BANDPO_LOSS_TO_C(name, ...) o->name = static_cast<decltype(o->name)>(d.name);
+
 bandpo::LossOptions loss_options(const bandpo_options* o) {
+  if (!o) throw std::invalid_argument("options is NULL (fill it with bandpo_default_options)");
   bandpo::LossOptions l;
-  l.bounds = bound_options(o);
-  l.dual_clip = o->dual_clip;
-  l.agg = checked_enum<bandpo::Aggregation>(o->agg, 4, "options.agg");
-  l.normalizer = o->normalizer;
-  l.kl_coef = o->kl_coef;
-  l.kl_estimator = checked_enum<bandpo::KlEstimator>(o->kl_estimator, 3, "options.kl_estimator");
+  BANDPO_BOUND_OPTION_TABLE(BANDPO_BOUND_FROM_C)
+  BANDPO_LOSS_OPTION_TABLE(BANDPO_LOSS_FROM_C)
   return l;
 }
+
+// The C enums are the C++ codes (tables.h), written out for C users.
+#define BANDPO_SAME_CODE(cpp, c) static_assert(static_cast<int>(cpp) == c, #c " differs from the C++ code");
+BANDPO_SAME_CODE(bandpo::Divergence::kl, BANDPO_KL)
+BANDPO_SAME_CODE(bandpo::Divergence::tv, BANDPO_TV)
+BANDPO_SAME_CODE(bandpo::Divergence::chi2, BANDPO_CHI2)
+BANDPO_SAME_CODE(bandpo::Divergence::clip, BANDPO_CLIP)
+BANDPO_SAME_CODE(bandpo::Aggregation::token_mean, BANDPO_TOKEN_MEAN)
+BANDPO_SAME_CODE(bandpo::Aggregation::seq_mean_token_sum, BANDPO_SEQ_MEAN_TOKEN_SUM)
+BANDPO_SAME_CODE(bandpo::Aggregation::seq_mean_token_mean, BANDPO_SEQ_MEAN_TOKEN_MEAN)
+BANDPO_SAME_CODE(bandpo::Aggregation::seq_mean_token_sum_norm, BANDPO_SEQ_MEAN_TOKEN_SUM_NORM)
+BANDPO_SAME_CODE(bandpo::KlEstimator::k1, BANDPO_K1)
+BANDPO_SAME_CODE(bandpo::KlEstimator::k2, BANDPO_K2)
+BANDPO_SAME_CODE(bandpo::KlEstimator::k3, BANDPO_K3)
+BANDPO_SAME_CODE(bandpo::kNumDivergences, BANDPO_NUM_DIVERGENCES)
+BANDPO_SAME_CODE(bandpo::kNumAggregations, BANDPO_NUM_AGGREGATIONS)
+BANDPO_SAME_CODE(bandpo::kNumKlEstimators, BANDPO_NUM_KL_ESTIMATORS)
+BANDPO_SAME_CODE(bandpo::kNumMetrics, BANDPO_NUM_METRICS)
 
 bandpo::ParallelFor parallel_for() {
   return num_threads > 0 ? bandpo::thread_pool_parallel_for(num_threads) : bandpo::ParallelFor();
@@ -73,17 +100,8 @@ extern "C" {
 void bandpo_default_options(bandpo_options* o) {
   if (!o) return;
   const bandpo::LossOptions d;
-  o->divergence = static_cast<bandpo_divergence>(d.bounds.divergence);
-  o->delta = d.bounds.delta;
-  o->eps_low = d.bounds.eps_low;
-  o->eps_high = d.bounds.eps_high;
-  o->relax_high_p = d.bounds.relax_high_p ? 1 : 0;
-  o->ratio_max = d.bounds.ratio_max;
-  o->dual_clip = d.dual_clip;
-  o->agg = static_cast<bandpo_aggregation>(d.agg);
-  o->normalizer = d.normalizer;
-  o->kl_coef = d.kl_coef;
-  o->kl_estimator = static_cast<bandpo_kl_estimator>(d.kl_estimator);
+  BANDPO_BOUND_OPTION_TABLE(BANDPO_BOUND_TO_C)
+  BANDPO_LOSS_OPTION_TABLE(BANDPO_LOSS_TO_C)
 }
 
 bandpo_status bandpo_band_bounds(bandpo_dtype dtype, const void* old_logp, int64_t n, const bandpo_options* options,
@@ -92,7 +110,7 @@ bandpo_status bandpo_band_bounds(bandpo_dtype dtype, const void* old_logp, int64
     const auto dt = checked_enum<bandpo::DType>(dtype, 4, "dtype");
     if (n < 0) throw std::invalid_argument("n = " + std::to_string(n) + " must be >= 0");
     if (n > 0 && (!old_logp || !lower || !upper)) throw std::invalid_argument("old_logp, lower and upper must not be NULL");
-    bandpo::band_bounds_cpu(dt, old_logp, n, bound_options(options), lower, upper, parallel_for());
+    bandpo::band_bounds_cpu(dt, old_logp, n, loss_options(options).bounds, lower, upper, parallel_for());
   });
 }
 

@@ -1,5 +1,6 @@
 // CPU driver: validation, the fixed item partition, threads, deterministic reduction, aggregation.
 #include "bandpo/cpu.h"
+#include "bandpo/version.h"
 
 #include <algorithm>
 #include <cstdlib>

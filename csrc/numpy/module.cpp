@@ -43,22 +43,54 @@ void check_shape(const py::array& a, const char* name, const py::array& logp) {
                           "; got " + py::str(py::tuple(py::cast(shape_of(a)))).cast<std::string>());
 }
 
-bandpo::BoundOptions bound_options(const std::string& divergence, double delta, double eps_low, double eps_high,
-                                   bool relax_high_p, double ratio_max) {
-  bandpo::BoundOptions o;
-  o.divergence = bandpo::parse_divergence(divergence);
-  o.delta = delta;
-  o.eps_low = eps_low;
-  o.eps_high = eps_high;
-  o.relax_high_p = relax_high_p;
-  o.ratio_max = ratio_max;
+// One option from a Python keyword argument, by the C++ type of its field (tables.h).
+struct OptionReader {
+  const py::handle value;
+  void operator()(const bandpo::OptionInfo& info, double& field) const {
+    if (info.optional()) {
+      field = bandpo::optional_option(info, !value.is_none(), value.is_none() ? 0.0 : value.cast<double>(), field);
+    } else {
+      field = value.cast<double>();
+    }
+  }
+  void operator()(const bandpo::OptionInfo&, bool& field) const { field = value.cast<bool>(); }
+  template <class Choice>
+  void operator()(const bandpo::OptionInfo&, Choice& field) const {
+    bandpo::parse_choice(value.cast<std::string>(), field);
+  }
+};
+
+// Options from keyword arguments (any subset; the rest keep their defaults), validated by the core.
+// Unknown names are refused, naming them; std::invalid_argument becomes ValueError.
+template <class Options>
+Options options_from(const py::kwargs& kwargs) {
+  Options o;
+  size_t used = 0;
+  bandpo::for_each_option(o, [&](const bandpo::OptionInfo& info, auto& field) {
+    if (!kwargs.contains(info.name)) return;
+    ++used;
+    try {
+      OptionReader{kwargs[info.name]}(info, field);
+    } catch (const py::cast_error&) {
+      throw py::type_error(std::string(info.name) + ": wrong type " +
+                           py::str(py::type::handle_of(kwargs[info.name])).cast<std::string>());
+    }
+  });
+  if (used != kwargs.size()) {
+    Options probe;
+    for (auto item : kwargs) {
+      const std::string name = item.first.cast<std::string>();
+      bool known = false;
+      bandpo::for_each_option(probe, [&](const bandpo::OptionInfo& info, auto&) { known |= name == info.name; });
+      if (!known) throw py::type_error("unexpected option '" + name + "'");
+    }
+  }
   bandpo::validate(o);
   return o;
 }
 
-py::tuple band_bounds(const py::array& old_logp_in, const std::string& divergence, double delta, double eps_low,
-                      double eps_high, bool relax_high_p, double ratio_max) {
-  const bandpo::BoundOptions o = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
+py::tuple band_bounds(const py::array& old_logp_in, const py::kwargs& options) {
+  const bandpo::BoundOptions o = options_from<bandpo::BoundOptions>(options);
   const bandpo::DType dt = dtype_of(old_logp_in, "old_logp");
   const py::array old_logp = contiguous(old_logp_in);
   py::array lower(old_logp.dtype(), shape_of(old_logp)), upper(old_logp.dtype(), shape_of(old_logp));
@@ -73,22 +105,10 @@ py::tuple band_bounds(const py::array& old_logp_in, const std::string& divergenc
 }
 
 py::tuple band_loss(const py::array& logp_in, const py::array& old_logp_in, const py::array& advantages_in,
-                    const std::optional<py::array>& mask_in, const std::string& divergence, double delta,
-                    double eps_low, double eps_high, bool relax_high_p, double ratio_max,
-                    std::optional<double> dual_clip, const std::string& agg, std::optional<double> normalizer,
-                    const std::optional<py::array>& ref_logp_in, double kl_coef, const std::string& kl_estimator,
-                    bool with_grad) {
-  bandpo::LossOptions o;
-  o.bounds = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
-  o.dual_clip = dual_clip.value_or(std::numeric_limits<double>::infinity());
-  o.agg = bandpo::parse_aggregation(agg);
-  if (normalizer && std::isnan(*normalizer))
-    throw py::value_error("normalizer must be a finite number > 0 (or None); got nan");
-  o.normalizer = normalizer.value_or(std::numeric_limits<double>::quiet_NaN());
-  o.kl_coef = kl_coef;
-  o.kl_estimator = bandpo::parse_kl_estimator(kl_estimator);
-  bandpo::validate(o);
-
+                    const std::optional<py::array>& mask_in, const std::optional<py::array>& ref_logp_in,
+                    bool with_grad, const py::kwargs& options) {
+  const bandpo::LossOptions o = options_from<bandpo::LossOptions>(options);
+  const std::string agg = bandpo::aggregation_name(o.agg);
   bandpo::LossInputs in;
   in.dtype = dtype_of(logp_in, "logp");
   check_same(old_logp_in, "old_logp", logp_in);
@@ -161,11 +181,12 @@ py::tuple band_loss(const py::array& logp_in, const py::array& old_logp_in, cons
 
 PYBIND11_MODULE(_np, m) {
   m.doc() = "bandpo on numpy arrays (torch-free core); see bandpo.np";
-  m.def("band_bounds", &band_bounds, py::arg("old_logp"), py::kw_only(), py::arg("divergence"), py::arg("delta"),
-        py::arg("eps_low"), py::arg("eps_high"), py::arg("relax_high_p"), py::arg("ratio_max"));
+  m.def("band_bounds", &band_bounds, py::arg("old_logp"));
   m.def("band_loss", &band_loss, py::arg("logp"), py::arg("old_logp"), py::arg("advantages"), py::arg("mask"),
-        py::kw_only(), py::arg("divergence"), py::arg("delta"), py::arg("eps_low"), py::arg("eps_high"),
-        py::arg("relax_high_p"), py::arg("ratio_max"), py::arg("dual_clip"), py::arg("agg"), py::arg("normalizer"),
-        py::arg("ref_logp"), py::arg("kl_coef"), py::arg("kl_estimator"), py::arg("with_grad"));
+        py::arg("ref_logp"), py::arg("with_grad"));
+  m.def(
+      "validate_options", [](const py::kwargs& options) { options_from<bandpo::LossOptions>(options); },
+      "Validate band_loss options (keyword arguments, any subset) as the ops do: ValueError/TypeError naming "
+      "the option.");
   m.def("version", &bandpo::version);
 }

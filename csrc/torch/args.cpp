@@ -1,71 +1,159 @@
 // Argument handling shared by the CPU and CUDA kernels of torch.ops.bandpo (see args.h).
 #include "args.h"
 
+// pybind11's type_error is header-only: thrown here, it is caught by the pybind11 of torch's Python binding
+// (matched by type name), which raises TypeError with our message.
+#include <pybind11/detail/common.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
+#include <stdexcept>
 
 namespace bandpo {
 
-DType to_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::float32;
-    case at::kDouble: return DType::float64;
-    case at::kBFloat16: return DType::bfloat16;
-    case at::kHalf: return DType::float16;
-    default:
-      TORCH_CHECK_TYPE(false, name, " must be float32, float64, bfloat16 or float16; got ", t.scalar_type());
+using torch::stable::detail::to;
+
+void raise_value_error(const std::string& message) { throw std::invalid_argument(message); }
+void raise_type_error(const std::string& message) { throw pybind11::type_error(message); }
+
+const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Half: return "float16";
+    case ScalarType::Bool: return "bool";
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Short: return "int16";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Long: return "int64";
+    default: return "an unsupported dtype";
   }
 }
 
-static void check_same(const at::Tensor& t, const char* name, const at::Tensor& logp) {
-  TORCH_CHECK_TYPE(t.scalar_type() == logp.scalar_type(), name, " has dtype ", t.scalar_type(), " but logp has ",
-                   logp.scalar_type(), ": logp, old_logp, advantages and ref_logp must share one dtype");
-  TORCH_CHECK_VALUE(t.device() == logp.device(), name, " is on ", t.device(), " but logp is on ", logp.device());
+std::string device_name(const Tensor& t) {
+  const torch::stable::Device d = t.device();
+  std::string type;
+  switch (d.type()) {
+    case torch::headeronly::DeviceType::CPU: type = "cpu"; break;
+    case torch::headeronly::DeviceType::CUDA: type = "cuda"; break;
+    case torch::headeronly::DeviceType::Meta: type = "meta"; break;
+    default: type = cat("device type ", static_cast<int>(d.type()));
+  }
+  return d.has_index() ? cat(type, ":", static_cast<int>(d.index())) : type;
 }
 
-static void check_same_shape(const at::Tensor& t, const char* name, const at::Tensor& logp) {
-  TORCH_CHECK_VALUE(t.sizes() == logp.sizes(), name, " must have the shape of logp ", logp.sizes(), "; got ",
-                    t.sizes());
+std::string shape_string(const Tensor& t) {
+  std::string s = "[";
+  const int64_t dim = t.dim();
+  for (int64_t i = 0; i < dim; ++i) s += cat(i ? ", " : "", t.size(i));
+  return s + "]";
 }
 
-BoundOptions bound_options(const std::string& divergence, double delta, double eps_low, double eps_high,
-                           bool relax_high_p, double ratio_max) {
-  return rethrow_as_value_error([&] {
-    BoundOptions o;
-    o.divergence = parse_divergence(divergence);
-    o.delta = delta;
-    o.eps_low = eps_low;
-    o.eps_high = eps_high;
-    o.relax_high_p = relax_high_p;
-    o.ratio_max = ratio_max;
-    validate(o);
-    return o;
+DType to_dtype(const Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case ScalarType::Float: return DType::float32;
+    case ScalarType::Double: return DType::float64;
+    case ScalarType::BFloat16: return DType::bfloat16;
+    case ScalarType::Half: return DType::float16;
+    default:
+      raise_type_error(cat(name, " must be float32, float64, bfloat16 or float16; got ", dtype_name(t.scalar_type())));
+  }
+}
+
+namespace {
+
+// One option from its stack entry, by the C++ type of its field (tables.h). Optional options ("float?")
+// map None to the field's default, the sentinel.
+struct OptionReader {
+  StableIValue* stack;
+  uint64_t next = 0;
+
+  void operator()(const OptionInfo& info, double& field) {
+    StableIValue v = stack[next++];
+    if (info.optional()) {
+      const std::optional<double> value = to<std::optional<double>>(v);
+      field = optional_option(info, value.has_value(), value.value_or(0.0), field);
+    } else {
+      field = to<double>(v);
+    }
+  }
+  void operator()(const OptionInfo&, bool& field) { field = to<bool>(stack[next++]); }
+  template <class Choice>
+  void operator()(const OptionInfo&, Choice& field) {
+    parse_choice(to<std::string>(stack[next++]), field);
+  }
+};
+
+template <class Options>
+Options unbox(StableIValue* stack) {
+  Options o;
+  OptionReader reader{stack};
+  std::string error;
+  // Read every entry before raising: a string left on the stack would leak.
+  for_each_option(o, [&](const OptionInfo& info, auto& field) {
+    try {
+      reader(info, field);
+    } catch (const std::invalid_argument& e) {
+      if (error.empty()) error = e.what();
+    }
   });
-}
-
-LossOptions loss_options(const std::string& divergence, double delta, double eps_low, double eps_high,
-                         bool relax_high_p, double ratio_max, std::optional<double> dual_clip, const std::string& agg,
-                         std::optional<double> normalizer, double kl_coef, const std::string& kl_estimator) {
-  return rethrow_as_value_error([&] {
-    LossOptions o;
-    o.bounds = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
-    o.dual_clip = dual_clip.has_value() ? *dual_clip : std::numeric_limits<double>::infinity();
-    o.agg = parse_aggregation(agg);
-    o.normalizer = normalizer.has_value() ? *normalizer : std::numeric_limits<double>::quiet_NaN();
-    if (normalizer.has_value() && std::isnan(*normalizer))
-      throw std::invalid_argument("normalizer must be a finite number > 0 (or None); got nan");
-    o.kl_coef = kl_coef;
-    o.kl_estimator = parse_kl_estimator(kl_estimator);
+  if (!error.empty()) raise_value_error(error);
+  try {
     validate(o);
-    return o;
-  });
+  } catch (const std::invalid_argument& e) {
+    raise_value_error(e.what());
+  }
+  return o;
 }
 
-LossArgs loss_args(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& advantages,
-                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& ref_logp,
+void check_same(const Tensor& t, const char* name, const Tensor& logp) {
+  BANDPO_CHECK_TYPE(t.scalar_type() == logp.scalar_type(), name, " has dtype ", dtype_name(t.scalar_type()),
+                    " but logp has ", dtype_name(logp.scalar_type()),
+                    ": logp, old_logp, advantages and ref_logp must share one dtype");
+  BANDPO_CHECK_VALUE(t.device() == logp.device(), name, " is on ", device_name(t), " but logp is on ",
+                     device_name(logp));
+}
+
+bool same_shape(const Tensor& a, const Tensor& b) {
+  if (a.dim() != b.dim()) return false;
+  for (int64_t i = 0; i < a.dim(); ++i)
+    if (a.size(i) != b.size(i)) return false;
+  return true;
+}
+
+void check_same_shape(const Tensor& t, const char* name, const Tensor& logp) {
+  BANDPO_CHECK_VALUE(same_shape(t, logp), name, " must have the shape of logp ", shape_string(logp), "; got ",
+                     shape_string(t));
+}
+
+bool is_floating(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::BFloat16 || t == ScalarType::Half;
+}
+
+}  // namespace
+
+BoundOptions unbox_bound_options(StableIValue* stack) { return unbox<BoundOptions>(stack); }
+LossOptions unbox_loss_options(StableIValue* stack) { return unbox<LossOptions>(stack); }
+
+Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
+Tensor empty_like_contiguous(const Tensor& like) {
+  const int64_t dim = like.dim();
+  std::vector<int64_t> sizes(dim);
+  for (int64_t i = 0; i < dim; ++i) sizes[i] = like.size(i);
+  return torch::stable::empty(sizes, like.scalar_type(), std::nullopt, like.device());
+}
+
+Tensor empty_on(std::initializer_list<int64_t> sizes, ScalarType dtype, const Tensor& device_of) {
+  return torch::stable::empty(std::vector<int64_t>(sizes), dtype, std::nullopt, device_of.device());
+}
+
+LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
+                   const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
                    const LossOptions& options) {
   LossArgs a;
   LossInputs& in = a.inputs;
@@ -76,8 +164,8 @@ LossArgs loss_args(const at::Tensor& logp, const at::Tensor& old_logp, const at:
 
   const int64_t dim = logp.dim();
   const bool seq_agg = options.agg != Aggregation::token_mean;
-  TORCH_CHECK_VALUE(!seq_agg || dim == 2, "agg='", aggregation_name(options.agg),
-                    "' needs 2-D [batch, tokens] inputs; got logp of shape ", logp.sizes());
+  BANDPO_CHECK_VALUE(!seq_agg || dim == 2, "agg='", aggregation_name(options.agg),
+                     "' needs 2-D [batch, tokens] inputs; got logp of shape ", shape_string(logp));
   if (dim == 2) {
     in.rows = logp.size(0);
     in.cols = logp.size(1);
@@ -88,47 +176,48 @@ LossArgs loss_args(const at::Tensor& logp, const at::Tensor& old_logp, const at:
     in.rows = in.cols > 0 ? logp.numel() / in.cols : 0;
   }
 
-  if (advantages.sizes() == logp.sizes()) {
-    a.advantages = advantages.contiguous();
+  if (same_shape(advantages, logp)) {
+    a.advantages = as_contiguous(advantages);
   } else {
     const bool per_row = dim == 2 && ((advantages.dim() == 1 && advantages.size(0) == in.rows) ||
                                       (advantages.dim() == 2 && advantages.size(0) == in.rows && advantages.size(1) == 1));
-    TORCH_CHECK_VALUE(per_row, "advantages must have the shape of logp ", logp.sizes(),
-                      " or, for 2-D logp, one value per sequence ([B] or [B, 1]); got ", advantages.sizes());
-    a.advantages = advantages.reshape({in.rows}).contiguous();
+    BANDPO_CHECK_VALUE(per_row, "advantages must have the shape of logp ", shape_string(logp),
+                       " or, for 2-D logp, one value per sequence ([B] or [B, 1]); got ", shape_string(advantages));
+    a.advantages = as_contiguous(advantages);  // [B] or [B, 1]: the same B values in memory
     in.advantages_per_row = true;
   }
 
-  a.logp = logp.contiguous();
-  a.old_logp = old_logp.contiguous();
-  in.logp = a.logp.data_ptr();
-  in.old_logp = a.old_logp.data_ptr();
-  in.advantages = a.advantages.data_ptr();
+  a.logp = as_contiguous(logp);
+  a.old_logp = as_contiguous(old_logp);
+  in.logp = a.logp->data_ptr();
+  in.old_logp = a.old_logp->data_ptr();
+  in.advantages = a.advantages->data_ptr();
 
   if (mask.has_value()) {
-    const at::Tensor& m = *mask;
-    TORCH_CHECK_VALUE(m.device() == logp.device(), "mask is on ", m.device(), " but logp is on ", logp.device());
+    const Tensor& m = *mask;
+    BANDPO_CHECK_VALUE(m.device() == logp.device(), "mask is on ", device_name(m), " but logp is on ",
+                       device_name(logp));
     check_same_shape(m, "mask", logp);
-    if (m.scalar_type() == at::kBool || m.scalar_type() == at::kByte) {
+    if (m.scalar_type() == ScalarType::Bool || m.scalar_type() == ScalarType::Byte) {
       in.mask_kind = MaskKind::boolean;
-      a.mask = m.contiguous();
+      a.mask = as_contiguous(m);
     } else {
-      TORCH_CHECK_TYPE(at::isFloatingType(m.scalar_type()), "mask must be bool or floating point; got ",
-                       m.scalar_type());
+      BANDPO_CHECK_TYPE(is_floating(m.scalar_type()), "mask must be bool, uint8 or floating point; got ",
+                        dtype_name(m.scalar_type()));
       in.mask_kind = MaskKind::values;
       // Weights are read in logp's dtype: a mask of another float dtype is converted (one mask-sized copy).
-      a.mask = m.to(logp.scalar_type()).contiguous();
+      a.mask = m.scalar_type() == logp.scalar_type() ? as_contiguous(m) : as_contiguous(torch::stable::to(m, logp.scalar_type()));
     }
-    in.mask = a.mask.data_ptr();
+    in.mask = a.mask->data_ptr();
   }
   if (ref_logp.has_value()) {
     check_same(*ref_logp, "ref_logp", logp);
     check_same_shape(*ref_logp, "ref_logp", logp);
-    a.ref_logp = ref_logp->contiguous();
-    in.ref_logp = a.ref_logp.data_ptr();
+    a.ref_logp = as_contiguous(*ref_logp);
+    in.ref_logp = a.ref_logp->data_ptr();
   }
-  TORCH_CHECK_VALUE(options.kl_coef == 0.0 || ref_logp.has_value(), "kl_coef = ", options.kl_coef,
-                    " needs ref_logp (the reference policy's log-probabilities)");
+  BANDPO_CHECK_VALUE(options.kl_coef == 0.0 || ref_logp.has_value(), "kl_coef = ", options.kl_coef,
+                     " needs ref_logp (the reference policy's log-probabilities)");
   return a;
 }
 

@@ -1,46 +1,83 @@
-// Argument handling shared by the CPU and CUDA kernels of torch.ops.bandpo: option parsing and validation,
-// dtype/device/shape checks with messages naming the argument, and the contiguous views handed to the core.
+// Argument handling shared by the CPU and CUDA kernels of torch.ops.bandpo, on PyTorch's ABI-stable API
+// (torch/csrc/stable, torch/headeronly only): typed errors, the unboxing of the options from the op's stack
+// (driven by tables.h), dtype/device/shape checks with messages naming the argument, and the contiguous views
+// handed to the core.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
 
+#include <cstdint>
 #include <optional>
-#include <stdexcept>
+#include <sstream>
 #include <string>
+#include <utility>
 
 #include "bandpo/inputs.h"
 #include "bandpo/options.h"
 
 namespace bandpo {
 
-// Translate the core library's std::invalid_argument into Python's ValueError with the same message.
-template <class F>
-auto rethrow_as_value_error(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::invalid_argument& e) {
-    TORCH_CHECK_VALUE(false, e.what());
-  }
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+// Python's exception types from a stable-ABI kernel: the kernel's C++ exception travels through torch's
+// dispatcher to pybind11's translator, which turns std::invalid_argument into ValueError and its own
+// type_error into TypeError (no torch C++ type crosses the boundary). Checked by tests/test_errors.py on
+// every torch CI installs the wheel into.
+[[noreturn]] void raise_value_error(const std::string& message);
+[[noreturn]] void raise_type_error(const std::string& message);
+
+template <class... Parts>
+std::string cat(const Parts&... parts) {
+  std::ostringstream s;
+  (s << ... << parts);
+  return s.str();
 }
 
-DType to_dtype(const at::Tensor& t, const char* name);
+#define BANDPO_CHECK_VALUE(cond, ...) \
+  do {                                \
+    if (!(cond)) ::bandpo::raise_value_error(::bandpo::cat(__VA_ARGS__)); \
+  } while (0)
+#define BANDPO_CHECK_TYPE(cond, ...) \
+  do {                               \
+    if (!(cond)) ::bandpo::raise_type_error(::bandpo::cat(__VA_ARGS__)); \
+  } while (0)
 
-BoundOptions bound_options(const std::string& divergence, double delta, double eps_low, double eps_high,
-                           bool relax_high_p, double ratio_max);
+// Names in one vocabulary with the numpy face and Python: "float32", "cpu", "cuda:0", "[2, 5]".
+const char* dtype_name(ScalarType t);
+std::string device_name(const Tensor& t);
+std::string shape_string(const Tensor& t);
 
-LossOptions loss_options(const std::string& divergence, double delta, double eps_low, double eps_high,
-                         bool relax_high_p, double ratio_max, std::optional<double> dual_clip, const std::string& agg,
-                         std::optional<double> normalizer, double kl_coef, const std::string& kl_estimator);
+DType to_dtype(const Tensor& t, const char* name);
+
+// The op's options from its boxed stack, in schema order (tables.h). Every entry is consumed (strings and
+// tensors on the stack are owned by the kernel). Throws ValueError naming the option.
+BoundOptions unbox_bound_options(StableIValue* stack);
+LossOptions unbox_loss_options(StableIValue* stack);
+// Number of stack entries those take.
+constexpr uint64_t kNumBoundOptions = 0
+#define BANDPO_COUNT_OPTION(...) +1
+    BANDPO_BOUND_OPTION_TABLE(BANDPO_COUNT_OPTION);
+constexpr uint64_t kNumLossOptions = kNumBoundOptions BANDPO_LOSS_OPTION_TABLE(BANDPO_COUNT_OPTION);
+#undef BANDPO_COUNT_OPTION
 
 // Checked, contiguous views of band_loss's tensors and the LossInputs pointing into them.
+// (optional: an empty stable Tensor is not free, it allocates a handle)
 struct LossArgs {
-  at::Tensor logp, old_logp, advantages, mask, ref_logp;
+  std::optional<Tensor> logp, old_logp, advantages, mask, ref_logp;
   LossInputs inputs;
 };
 
-LossArgs loss_args(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& advantages,
-                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& ref_logp,
+LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
+                   const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
                    const LossOptions& options);
+
+// A fresh contiguous tensor of `like`'s shape, dtype and device (sizes given explicitly where they differ).
+Tensor empty_like_contiguous(const Tensor& like);
+Tensor empty_on(std::initializer_list<int64_t> sizes, ScalarType dtype, const Tensor& device_of);
+Tensor as_contiguous(const Tensor& t);
 
 // Whether the CUDA band_loss synchronises after its forward to raise a ValueError (naming the argument and
 // index) for bad values at valid positions. Off by default: the ops never synchronise, and bad values make

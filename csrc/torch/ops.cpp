@@ -1,19 +1,17 @@
-// torch.ops.bandpo: operator schemas, argument checking and the CPU kernels (over the torch-free core).
-// Fake kernels and autograd are registered from Python (python/bandpo/_ops.py), as in pytorch/extension-cpp.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+// torch.ops.bandpo on PyTorch's ABI-stable C++ API: the operator schemas (from tables.h), the CPU kernels
+// over the torch-free core, and the Python module that loads them. Fake kernels and autograd are registered
+// from Python (python/bandpo/_ops.py), as in pytorch/extension-cpp's stable variant.
+//
+// Built with TORCH_TARGET_VERSION (CMakeLists.txt): the module uses only the stable C shim of that torch
+// release, so one binary loads in it and in every later one.
 #include <Python.h>
-#include <torch/library.h>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
-#include <limits>
-#include <optional>
-#include <stdexcept>
 #include <string>
 
 #include "args.h"
@@ -22,103 +20,121 @@
 namespace bandpo {
 namespace {
 
+using torch::stable::detail::from;
+using torch::stable::detail::to;
+
 // torch.set_num_threads() decides the thread count. The items run on the core library's pool, not on
-// at::parallel_for: that is an inline OpenMP region, serial in a translation unit built without -fopenmp,
-// and building with it would load a second OpenMP runtime beside torch's.
+// torch's parallel_for: results must not depend on how torch splits work, and building with OpenMP would
+// load a second OpenMP runtime beside torch's.
+ParallelFor torch_parallel_for() {
+  return thread_pool_parallel_for(static_cast<int>(torch::stable::get_num_threads()));
+}
+
 // A fresh output of several MiB is written once, in full: with 4 KiB pages its first touch costs more than
 // the kernel itself on small machines (measured 1M float32 band_bounds: ~1.5 ms of faults vs ~3.5 ms of
 // math). Where Linux transparent huge pages are in "madvise" mode, asking for them on the 2 MiB-aligned
 // interior cuts the faults 512-fold. Advisory only: nothing changes if the kernel declines.
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
+Tensor empty_output(const Tensor& like) {
+  Tensor t = empty_like_contiguous(like);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (t.device().is_cpu() && last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  const uintptr_t last = (begin + static_cast<uintptr_t>(t.numel()) * t.element_size()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #endif
   return t;
 }
 
-ParallelFor torch_parallel_for() { return thread_pool_parallel_for(at::get_num_threads()); }
+// Runs the core, turning its std::invalid_argument (bad values, naming argument and index) into ValueError.
+template <class F>
+auto core(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    raise_value_error(e.what());
+  }
+}
 
-std::tuple<at::Tensor, at::Tensor> band_bounds_cpu_op(const at::Tensor& old_logp, std::string divergence, double delta,
-                                                      double eps_low, double eps_high, bool relax_high_p,
-                                                      double ratio_max) {
-  const BoundOptions options = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
+// band_bounds(Tensor old_logp, *, <bound options>) -> (Tensor, Tensor)
+void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  const Tensor old_logp = to<Tensor>(stack[0]);
+  const BoundOptions options = unbox_bound_options(stack + 1);
   const DType dtype = to_dtype(old_logp, "old_logp");
-  const at::Tensor in = old_logp.contiguous();
-  at::Tensor lower = empty_output(in.sizes(), in.options());
-  at::Tensor upper = empty_output(in.sizes(), in.options());
-  rethrow_as_value_error([&] {
+  const Tensor in = as_contiguous(old_logp);
+  Tensor lower = empty_output(in), upper = empty_output(in);
+  core([&] {
     band_bounds_cpu(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
                     torch_parallel_for());
   });
-  return {lower, upper};
+  stack[0] = from(lower);
+  stack[1] = from(upper);
 }
 
-std::tuple<at::Tensor, at::Tensor> band_loss_cpu_op(const at::Tensor& logp, const at::Tensor& old_logp,
-                                                    const at::Tensor& advantages, const std::optional<at::Tensor>& mask,
-                                                    std::string divergence, double delta, double eps_low,
-                                                    double eps_high, bool relax_high_p, double ratio_max,
-                                                    std::optional<double> dual_clip, std::string agg,
-                                                    std::optional<double> normalizer,
-                                                    const std::optional<at::Tensor>& ref_logp, double kl_coef,
-                                                    std::string kl_estimator) {
-  const LossOptions options = loss_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max, dual_clip,
-                                           agg, normalizer, kl_coef, kl_estimator);
+// band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, Tensor? ref_logp, *,
+//           <loss options>) -> (Tensor loss, Tensor metrics)
+void band_loss_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
+  const Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
+  const auto mask = to<std::optional<Tensor>>(stack[3]);
+  const auto ref_logp = to<std::optional<Tensor>>(stack[4]);
+  const LossOptions options = unbox_loss_options(stack + 5);
   const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
-  const LossResult r =
-      rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
-  at::Tensor loss = at::scalar_tensor(r.loss, logp.options());
-  at::Tensor metrics = at::empty({kNumMetrics}, logp.options().dtype(at::kFloat));
-  std::copy(r.metrics, r.metrics + kNumMetrics, metrics.data_ptr<float>());
-  return {loss, metrics};
+  const LossResult r = core([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
+  Tensor loss = empty_on({}, logp.scalar_type(), logp);
+  void* out = loss.data_ptr();
+  switch (args.inputs.dtype) {  // the double result, rounded to logp's dtype as the core's writers round
+    case DType::float32: store(static_cast<float*>(out), 0, r.loss); break;
+    case DType::float64: store(static_cast<double*>(out), 0, r.loss); break;
+    case DType::bfloat16: store(static_cast<bfloat16*>(out), 0, r.loss); break;
+    case DType::float16: store(static_cast<float16*>(out), 0, r.loss); break;
+  }
+  Tensor metrics = empty_on({kNumMetrics}, ScalarType::Float, logp);
+  std::copy(r.metrics, r.metrics + kNumMetrics, static_cast<float*>(metrics.data_ptr()));
+  stack[0] = from(loss);
+  stack[1] = from(metrics);
 }
 
-at::Tensor band_loss_backward_cpu_op(const at::Tensor& grad_loss, const at::Tensor& logp, const at::Tensor& old_logp,
-                                     const at::Tensor& advantages, const std::optional<at::Tensor>& mask,
-                                     const std::optional<at::Tensor>& ref_logp, std::string divergence, double delta,
-                                     double eps_low, double eps_high, bool relax_high_p, double ratio_max,
-                                     std::optional<double> dual_clip, std::string agg,
-                                     std::optional<double> normalizer, double kl_coef, std::string kl_estimator) {
-  const LossOptions options = loss_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max, dual_clip,
-                                           agg, normalizer, kl_coef, kl_estimator);
+// band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask,
+//                    Tensor? ref_logp, *, <loss options>) -> Tensor
+void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
+  const Tensor grad_loss = to<Tensor>(stack[0]);
+  const Tensor logp = to<Tensor>(stack[1]), old_logp = to<Tensor>(stack[2]), advantages = to<Tensor>(stack[3]);
+  const auto mask = to<std::optional<Tensor>>(stack[4]);
+  const auto ref_logp = to<std::optional<Tensor>>(stack[5]);
+  const LossOptions options = unbox_loss_options(stack + 6);
   const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
-  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", grad_loss.sizes());
-  const double g = grad_loss.item<double>();
-  at::Tensor grad = empty_output(logp.sizes(), logp.options());
-  rethrow_as_value_error([&] { band_loss_backward_cpu(args.inputs, options, g, grad.data_ptr(), torch_parallel_for()); });
-  return grad;
+  BANDPO_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(grad_loss));
+  const Tensor g = torch::stable::to(grad_loss, ScalarType::Double);
+  const double grad_value = *static_cast<const double*>(g.data_ptr());
+  Tensor grad = empty_output(*args.logp);
+  core([&] { band_loss_backward_cpu(args.inputs, options, grad_value, grad.data_ptr(), torch_parallel_for()); });
+  stack[0] = from(grad);
 }
 
 }  // namespace
 
-TORCH_LIBRARY(bandpo, m) {
-  m.def(
-      "band_bounds(Tensor old_logp, *, str divergence=\"kl\", float delta=0.05, float eps_low=0.2, "
-      "float eps_high=0.28, bool relax_high_p=False, float ratio_max=10.0) -> (Tensor, Tensor)");
-  m.def(
-      "band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask=None, *, str divergence=\"kl\", "
-      "float delta=0.05, float eps_low=0.2, float eps_high=0.28, bool relax_high_p=False, float ratio_max=10.0, "
-      "float? dual_clip=None, str agg=\"token-mean\", float? normalizer=None, Tensor? ref_logp=None, "
-      "float kl_coef=0.0, str kl_estimator=\"k3\") -> (Tensor, Tensor)");
-  m.def(
-      "band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, "
-      "Tensor? ref_logp, *, str divergence, float delta, float eps_low, float eps_high, bool relax_high_p, "
-      "float ratio_max, float? dual_clip, str agg, float? normalizer, float kl_coef, str kl_estimator) -> Tensor");
+// The schemas are built from tables.h. ref_logp is a positional-or-keyword argument (it was keyword-only
+// before 0.2): torch.library.register_autograd refuses keyword-only Tensor arguments.
+STABLE_TORCH_LIBRARY(bandpo, m) {
+  m.def(("band_bounds(Tensor old_logp, *" + bound_options_schema() + ") -> (Tensor, Tensor)").c_str());
+  m.def(("band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask=None, Tensor? ref_logp=None, *" +
+         loss_options_schema() + ") -> (Tensor, Tensor)")
+            .c_str());
+  m.def(("band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, "
+         "Tensor? ref_logp, *" + loss_options_schema() + ") -> Tensor")
+            .c_str());
 }
 
-TORCH_LIBRARY_IMPL(bandpo, CPU, m) {
-  m.impl("band_bounds", &band_bounds_cpu_op);
-  m.impl("band_loss", &band_loss_cpu_op);
-  m.impl("band_loss_backward", &band_loss_backward_cpu_op);
+STABLE_TORCH_LIBRARY_IMPL(bandpo, CPU, m) {
+  m.impl("band_bounds", &band_bounds_cpu_boxed);
+  m.impl("band_loss", &band_loss_cpu_boxed);
+  m.impl("band_loss_backward", &band_loss_backward_cpu_boxed);
 }
 
 }  // namespace bandpo
 
-// An importable module, so that `import bandpo._C` loads the library and runs the registrations above.
+// An importable module, so that `import bandpo._C` loads the library and runs the registrations above. It
+// uses the Python C API only through these few functions.
 namespace {
 PyObject* py_cpu_kernel_isa(PyObject*, PyObject*) { return PyUnicode_FromString(bandpo::cpu_kernel_isa()); }
 PyObject* py_set_input_checks(PyObject*, PyObject* arg) {
@@ -135,6 +151,7 @@ PyObject* py_has_cuda_kernels(PyObject*, PyObject*) {
   Py_RETURN_FALSE;
 #endif
 }
+PyObject* py_version(PyObject*, PyObject*) { return PyUnicode_FromString(bandpo::version()); }
 PyMethodDef module_methods[] = {
     {"cpu_kernel_isa", py_cpu_kernel_isa, METH_NOARGS,
      "Instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'baseline' (override: BANDPO_CPU_ISA)."},
@@ -142,10 +159,11 @@ PyMethodDef module_methods[] = {
      "Make CUDA band_loss synchronise and raise ValueError for bad values (default: BANDPO_CHECK_INPUTS=1)."},
     {"input_checks", py_input_checks, METH_NOARGS, "Whether CUDA band_loss checks its inputs (synchronising)."},
     {"has_cuda_kernels", py_has_cuda_kernels, METH_NOARGS, "Whether this build holds the CUDA kernels."},
+    {"version", py_version, METH_NOARGS, "The version of the bandpo library in this module."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 
-extern "C" PyObject* PyInit__C(void) {
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "bandpo operator library (torch.ops.bandpo)", -1,
                                module_methods};
   return PyModule_Create(&module);

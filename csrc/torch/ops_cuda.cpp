@@ -1,136 +1,148 @@
-// CUDA kernels of torch.ops.bandpo over the core library's CUDA entry points (bandpo/cuda.h).
+// CUDA kernels of torch.ops.bandpo over the core library's CUDA entry points (bandpo/cuda.h), on PyTorch's
+// ABI-stable API.
 //
-// Only device-generic c10 headers are used (DeviceGuard, the virtual guard's current stream): this file then
-// also compiles against a CPU-only torch, which is how CI checks it on machines without a CUDA torch.
-// Work runs on the current stream of the inputs' device; workspaces come from torch's caching allocator;
-// nothing synchronises (the ops can be captured in a CUDA graph) unless input checks are switched on.
-#include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/DeviceGuard.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
-#include <torch/library.h>
+// Work runs on torch's current stream of the inputs' device; workspaces come from torch's caching
+// allocator; nothing synchronises (the ops can be captured in a CUDA graph) unless input checks are on.
+//
+// The current CUDA stream: the stable accelerator API gives its native handle only from torch 2.13 on, so
+// for older targets it comes from the AOTInductor C shim function aoti_torch_get_current_cuda_stream (a C
+// symbol of libtorch_cuda, stable since torch 2.3), looked up when first needed. Looking it up rather than
+// linking it lets this module load beside a CPU-only torch, where no CUDA tensor (and no call here) exists.
+#include <dlfcn.h>
+
+#include <torch/csrc/stable/accelerator.h>
 
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <string>
 
 #include "args.h"
+#include "bandpo/cpu.h"
 #include "bandpo/cuda.h"
 
 namespace bandpo {
 namespace {
 
-cudaStream_t current_stream(const at::Device& device) {
-  const c10::impl::VirtualGuardImpl guard_impl(c10::DeviceType::CUDA);
-  return static_cast<cudaStream_t>(guard_impl.getStream(device).native_handle());
+using torch::stable::detail::from;
+using torch::stable::detail::to;
+
+cudaStream_t current_stream(const Tensor& t) {
+  using GetStream = int32_t (*)(int32_t device_index, void** stream);
+  static const GetStream get_stream = []() -> GetStream {
+    void* lib = dlopen("libtorch_cuda.so", RTLD_LAZY | RTLD_NOLOAD);
+    return lib ? reinterpret_cast<GetStream>(dlsym(lib, "aoti_torch_get_current_cuda_stream")) : nullptr;
+  }();
+  BANDPO_CHECK_VALUE(get_stream != nullptr,
+                     "bandpo: torch's CUDA library (libtorch_cuda.so, aoti_torch_get_current_cuda_stream) is not "
+                     "loaded, but a CUDA tensor was given");
+  void* stream = nullptr;
+  const int32_t status = get_stream(static_cast<int32_t>(t.get_device_index()), &stream);
+  BANDPO_CHECK_VALUE(status == 0, "bandpo: torch could not give the current CUDA stream of ", device_name(t));
+  return static_cast<cudaStream_t>(stream);
 }
 
-at::Tensor workspace(size_t bytes, const at::Device& device) {
-  return at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).device(device));
+Tensor workspace(size_t bytes, const Tensor& device_of) {
+  return empty_on({static_cast<int64_t>(bytes)}, ScalarType::Byte, device_of);
 }
 
-// Raises the CPU op's ValueError (argument and flat index) for inputs the device found bad: the CPU op is
-// called through the dispatcher on host copies, so the message is the one CPU users see.
-[[noreturn]] void raise_for_bad_values(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& advantages,
-                                       const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& ref_logp,
+template <class F>
+auto core(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    raise_value_error(e.what());
+  }
+}
+
+std::optional<Tensor> on_host(const std::optional<Tensor>& t) {
+  return t.has_value() ? std::optional<Tensor>(torch::stable::to(*t, torch::stable::Device(torch::headeronly::DeviceType::CPU)))
+                       : std::nullopt;
+}
+
+// Raises the CPU op's ValueError (argument and flat index) for inputs the device found bad: the CPU kernel
+// runs on host copies, so the message is the one CPU users see.
+[[noreturn]] void raise_for_bad_values(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
+                                       const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
                                        const LossOptions& options, int64_t count) {
-  static auto cpu_op = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("bandpo::band_loss", "")
-                           .typed<std::tuple<at::Tensor, at::Tensor>(
-                               const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const std::optional<at::Tensor>&, std::string, double, double, double, bool, double,
-                               std::optional<double>, std::string, std::optional<double>,
-                               const std::optional<at::Tensor>&, double, std::string)>();
-  auto host = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(t->detach().cpu()) : std::nullopt;
-  };
-  const BoundOptions& b = options.bounds;
-  cpu_op.call(logp.detach().cpu(), old_logp.detach().cpu(), advantages.detach().cpu(), host(mask),
-              divergence_name(b.divergence), b.delta, b.eps_low, b.eps_high, b.relax_high_p, b.ratio_max,
-              std::isinf(options.dual_clip) ? std::nullopt : std::optional<double>(options.dual_clip),
-              aggregation_name(options.agg),
-              std::isnan(options.normalizer) ? std::nullopt : std::optional<double>(options.normalizer),
-              host(ref_logp), options.kl_coef, kl_estimator_name(options.kl_estimator));
-  TORCH_CHECK_VALUE(false, "band_loss: ", count, " valid positions hold NaN or out-of-range values");
+  const LossArgs host = loss_args(*on_host(logp), *on_host(old_logp), *on_host(advantages), on_host(mask),
+                                  on_host(ref_logp), options);
+  core([&] { band_loss_forward_cpu(host.inputs, options); });
+  raise_value_error(cat("band_loss: ", count, " valid positions hold NaN or out-of-range values"));
 }
 
-std::tuple<at::Tensor, at::Tensor> band_bounds_cuda_op(const at::Tensor& old_logp, std::string divergence,
-                                                       double delta, double eps_low, double eps_high,
-                                                       bool relax_high_p, double ratio_max) {
-  const BoundOptions options = bound_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max);
+void band_bounds_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
+  const Tensor old_logp = to<Tensor>(stack[0]);
+  const BoundOptions options = unbox_bound_options(stack + 1);
   const DType dtype = to_dtype(old_logp, "old_logp");
-  const c10::DeviceGuard device_guard(old_logp.device());
-  const at::Tensor in = old_logp.contiguous();
-  at::Tensor lower = at::empty_like(in, at::MemoryFormat::Contiguous);
-  at::Tensor upper = at::empty_like(in, at::MemoryFormat::Contiguous);
-  rethrow_as_value_error([&] {
+  const torch::stable::accelerator::DeviceGuard device_guard(old_logp.get_device_index());
+  const Tensor in = as_contiguous(old_logp);
+  Tensor lower = empty_like_contiguous(in), upper = empty_like_contiguous(in);
+  core([&] {
     cuda::band_bounds(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
-                      current_stream(in.device()));
+                      current_stream(in));
   });
-  return {lower, upper};
+  stack[0] = from(lower);
+  stack[1] = from(upper);
 }
 
-std::tuple<at::Tensor, at::Tensor> band_loss_cuda_op(const at::Tensor& logp, const at::Tensor& old_logp,
-                                                     const at::Tensor& advantages, const std::optional<at::Tensor>& mask,
-                                                     std::string divergence, double delta, double eps_low,
-                                                     double eps_high, bool relax_high_p, double ratio_max,
-                                                     std::optional<double> dual_clip, std::string agg,
-                                                     std::optional<double> normalizer,
-                                                     const std::optional<at::Tensor>& ref_logp, double kl_coef,
-                                                     std::string kl_estimator) {
-  const LossOptions options = loss_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max, dual_clip,
-                                           agg, normalizer, kl_coef, kl_estimator);
-  const c10::DeviceGuard device_guard(logp.device());
+void band_loss_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
+  const Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
+  const auto mask = to<std::optional<Tensor>>(stack[3]);
+  const auto ref_logp = to<std::optional<Tensor>>(stack[4]);
+  const LossOptions options = unbox_loss_options(stack + 5);
+  const torch::stable::accelerator::DeviceGuard device_guard(logp.get_device_index());
   const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
-  at::Tensor loss = at::empty({}, logp.options());
-  at::Tensor metrics = at::empty({kNumMetrics}, logp.options().dtype(at::kFloat));
+  Tensor loss = empty_on({}, logp.scalar_type(), logp);
+  Tensor metrics = empty_on({kNumMetrics}, ScalarType::Float, logp);
   const bool check = input_checks_enabled();
-  at::Tensor invalid = check ? at::empty({1}, logp.options().dtype(at::kLong)) : at::Tensor();
+  std::optional<Tensor> invalid;
+  if (check) invalid = empty_on({1}, ScalarType::Long, logp);
   const size_t bytes = cuda::loss_workspace_bytes(args.inputs, options);
-  at::Tensor ws = workspace(bytes, logp.device());
-  rethrow_as_value_error([&] {
-    cuda::band_loss_forward(args.inputs, options, loss.data_ptr(), metrics.data_ptr<float>(),
-                            check ? invalid.data_ptr<int64_t>() : nullptr, ws.data_ptr(), bytes,
-                            current_stream(logp.device()));
+  Tensor ws = workspace(bytes, logp);
+  core([&] {
+    cuda::band_loss_forward(args.inputs, options, loss.data_ptr(), static_cast<float*>(metrics.data_ptr()),
+                            check ? static_cast<int64_t*>(invalid->data_ptr()) : nullptr, ws.data_ptr(), bytes,
+                            current_stream(logp));
   });
   if (check) {
-    const int64_t count = invalid.item<int64_t>();
-    if (count > 0) raise_for_bad_values(logp, old_logp, advantages, mask, ref_logp, options, count);
+    const Tensor count = *on_host(invalid);  // the synchronisation the user asked for
+    const int64_t n = *static_cast<const int64_t*>(count.data_ptr());
+    if (n > 0) raise_for_bad_values(logp, old_logp, advantages, mask, ref_logp, options, n);
   }
-  return {loss, metrics};
+  stack[0] = from(loss);
+  stack[1] = from(metrics);
 }
 
-at::Tensor band_loss_backward_cuda_op(const at::Tensor& grad_loss, const at::Tensor& logp, const at::Tensor& old_logp,
-                                      const at::Tensor& advantages, const std::optional<at::Tensor>& mask,
-                                      const std::optional<at::Tensor>& ref_logp, std::string divergence, double delta,
-                                      double eps_low, double eps_high, bool relax_high_p, double ratio_max,
-                                      std::optional<double> dual_clip, std::string agg,
-                                      std::optional<double> normalizer, double kl_coef, std::string kl_estimator) {
-  const LossOptions options = loss_options(divergence, delta, eps_low, eps_high, relax_high_p, ratio_max, dual_clip,
-                                           agg, normalizer, kl_coef, kl_estimator);
-  const c10::DeviceGuard device_guard(logp.device());
+void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
+  const Tensor grad_loss = to<Tensor>(stack[0]);
+  const Tensor logp = to<Tensor>(stack[1]), old_logp = to<Tensor>(stack[2]), advantages = to<Tensor>(stack[3]);
+  const auto mask = to<std::optional<Tensor>>(stack[4]);
+  const auto ref_logp = to<std::optional<Tensor>>(stack[5]);
+  const LossOptions options = unbox_loss_options(stack + 6);
+  const torch::stable::accelerator::DeviceGuard device_guard(logp.get_device_index());
   const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
-  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", grad_loss.sizes());
-  TORCH_CHECK_VALUE(grad_loss.device() == logp.device(), "grad_loss is on ", grad_loss.device(), " but logp is on ",
-                    logp.device());
+  BANDPO_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(grad_loss));
+  BANDPO_CHECK_VALUE(grad_loss.device() == logp.device(), "grad_loss is on ", device_name(grad_loss),
+                     " but logp is on ", device_name(logp));
   // The incoming gradient stays on the device: converted there, read by the scale kernel.
-  const at::Tensor g = grad_loss.reshape({1}).to(at::kDouble).contiguous();
-  at::Tensor grad = at::empty_like(args.logp, at::MemoryFormat::Contiguous);
+  const Tensor g = as_contiguous(torch::stable::to(grad_loss, ScalarType::Double));
+  Tensor grad = empty_like_contiguous(*args.logp);
   const size_t bytes = cuda::loss_workspace_bytes(args.inputs, options);
-  at::Tensor ws = workspace(bytes, logp.device());
-  rethrow_as_value_error([&] {
-    cuda::band_loss_backward(args.inputs, options, g.data_ptr<double>(), grad.data_ptr(), ws.data_ptr(), bytes,
-                             current_stream(logp.device()));
+  Tensor ws = workspace(bytes, logp);
+  core([&] {
+    cuda::band_loss_backward(args.inputs, options, static_cast<const double*>(g.data_ptr()), grad.data_ptr(),
+                             ws.data_ptr(), bytes, current_stream(logp));
   });
-  return grad;
+  stack[0] = from(grad);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bandpo, CUDA, m) {
-  m.impl("band_bounds", &band_bounds_cuda_op);
-  m.impl("band_loss", &band_loss_cuda_op);
-  m.impl("band_loss_backward", &band_loss_backward_cuda_op);
+STABLE_TORCH_LIBRARY_IMPL(bandpo, CUDA, m) {
+  m.impl("band_bounds", &band_bounds_cuda_boxed);
+  m.impl("band_loss", &band_loss_cuda_boxed);
+  m.impl("band_loss_backward", &band_loss_backward_cuda_boxed);
 }
 
 }  // namespace bandpo

@@ -1,8 +1,8 @@
 """bandpo: exact Band (trust-region) ratio bounds and the fused BandPO loss as torch custom ops.
 
     import bandpo
-    loss, metrics = bandpo.band_loss(logp, old_logp, advantages, mask)          # Band-KL, delta 0.05
-    loss.backward()
+    out = bandpo.band_loss(logp, old_logp, advantages, mask)                    # Band-KL, delta 0.05
+    out.loss.backward()
     lower, upper = bandpo.band_bounds(old_logp, bandpo.BandConfig(divergence="tv"))
 
 The same ops are ``torch.ops.bandpo.band_bounds`` / ``torch.ops.bandpo.band_loss``; ``bandpo.reference``
@@ -11,10 +11,18 @@ and the C/C++ library (``cmake_prefix_path()``) still work; the torch API is the
 """
 
 import os
+from importlib import metadata as _metadata
 
 from .config import AGGREGATIONS, DIVERGENCES, KL_ESTIMATORS, METRIC_NAMES, BandConfig
 
-__version__ = "0.1.0"
+try:  # one definition of the version: CMakeLists.txt's project(), from which the package metadata is made
+    __version__ = _metadata.version("bandpo")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path
+    __version__ = "0+unknown"
+
+# The oldest torch the extension module loads in: the TORCH_TARGET_VERSION it is built for (CMakeLists.txt,
+# BANDPO_TORCH_TARGET_VERSION; pyproject.toml's torch requirement says the same).
+TORCH_MIN_VERSION = (2, 10)
 
 
 def cmake_prefix_path() -> str:
@@ -37,6 +45,11 @@ except ImportError:  # no torch: bandpo.np and the C/C++ library only
     torch = None
 
 if torch is not None:
+    _torch_version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if _torch_version < TORCH_MIN_VERSION:
+        raise ImportError(f"bandpo needs torch >= {TORCH_MIN_VERSION[0]}.{TORCH_MIN_VERSION[1]} (its operators use that "
+                          f"release's stable ABI); found torch {torch.__version__}. Upgrade torch, or use bandpo.np "
+                          f"without torch.")
     from . import _C  # noqa: F401  (registers torch.ops.bandpo)
     from . import _ops  # noqa: F401  (fake kernels)
     from . import reference

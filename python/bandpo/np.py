@@ -43,6 +43,6 @@ def band_loss(logp: np.ndarray, old_logp: np.ndarray, advantages: np.ndarray, ma
     """The BandPO loss, its metrics and its gradient w.r.t. logp (see bandpo.band_loss for the arguments)."""
     loss, metrics, grad = _np.band_loss(
         np.asarray(logp), np.asarray(old_logp), np.asarray(advantages), None if mask is None else np.asarray(mask),
-        normalizer=normalizer, ref_logp=None if ref_logp is None else np.asarray(ref_logp), with_grad=with_grad,
+        None if ref_logp is None else np.asarray(ref_logp), with_grad, normalizer=normalizer,
         **_config(config, overrides).loss_kwargs())
     return NumpyBandLoss(loss, dict(zip(METRIC_NAMES, metrics.tolist())), grad)

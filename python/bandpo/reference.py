@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._tables import DEFAULTS as _D
 from .config import AGGREGATIONS, METRIC_NAMES, BandConfig  # noqa: F401  (METRIC_NAMES: re-exported)
 
 OLD_LOGP_TOLERANCE = 1e-6
@@ -60,8 +61,9 @@ def divergence_bounds(p: Tensor, q: Tensor, divergence: str, delta: float, eps_l
     return (1 - half_width).clamp(min=0), torch.minimum(1 + half_width, 1 / p)
 
 
-def band_bounds(old_logp: Tensor, *, divergence: str = "kl", delta: float = 0.05, eps_low: float = 0.2,
-                eps_high: float = 0.28, relax_high_p: bool = False, ratio_max: float = 10.0):
+def band_bounds(old_logp: Tensor, *, divergence: str = _D["divergence"], delta: float = _D["delta"],
+                eps_low: float = _D["eps_low"], eps_high: float = _D["eps_high"],
+                relax_high_p: bool = _D["relax_high_p"], ratio_max: float = _D["ratio_max"]):
     """Reference of ``torch.ops.bandpo.band_bounds``: (lower, upper) ratio bounds, shaped and typed like old_logp."""
     BandConfig(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, relax_high_p=relax_high_p,
                ratio_max=ratio_max)
@@ -93,11 +95,13 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
     raise ValueError(f"kl_estimator must be one of 'k1', 'k2', 'k3'; got {estimator!r}")
 
 
-def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional[Tensor] = None, *,
-              divergence: str = "kl", delta: float = 0.05, eps_low: float = 0.2, eps_high: float = 0.28,
-              relax_high_p: bool = False, ratio_max: float = 10.0, dual_clip: Optional[float] = None,
-              agg: str = "token-mean", normalizer: Optional[float] = None, ref_logp: Optional[Tensor] = None,
-              kl_coef: float = 0.0, kl_estimator: str = "k3"):
+def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional[Tensor] = None,
+              ref_logp: Optional[Tensor] = None, *, divergence: str = _D["divergence"], delta: float = _D["delta"],
+              eps_low: float = _D["eps_low"], eps_high: float = _D["eps_high"],
+              relax_high_p: bool = _D["relax_high_p"], ratio_max: float = _D["ratio_max"],
+              dual_clip: Optional[float] = _D["dual_clip"], agg: str = _D["agg"],
+              normalizer: Optional[float] = _D["normalizer"], kl_coef: float = _D["kl_coef"],
+              kl_estimator: str = _D["kl_estimator"]):
     """Reference of ``torch.ops.bandpo.band_loss``: (loss in logp's dtype, float32 metrics in METRIC_NAMES order).
 
     Differentiable w.r.t. ``logp`` through ordinary autograd.

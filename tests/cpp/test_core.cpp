@@ -1,6 +1,7 @@
 // ctest for the C++ API of the core library (no torch, no Python): bounds against the 50-digit mpmath
 // table, the gradient of band_loss_cpu against central finite differences, and the bad-argument paths.
 #include <bandpo/cpu.h>
+#include <bandpo/version.h>
 
 #include <cmath>
 #include <cstdio>

@@ -32,20 +32,25 @@ typedef enum bandpo_aggregation {
   BANDPO_SEQ_MEAN_TOKEN_SUM_NORM = 3
 } bandpo_aggregation;
 typedef enum bandpo_kl_estimator { BANDPO_K1 = 0, BANDPO_K2 = 1, BANDPO_K3 = 2 } bandpo_kl_estimator;
+#define BANDPO_NUM_DIVERGENCES 4
+#define BANDPO_NUM_AGGREGATIONS 4
+#define BANDPO_NUM_KL_ESTIMATORS 3
 typedef enum bandpo_mask_kind { BANDPO_MASK_NONE = 0, BANDPO_MASK_BOOL = 1, BANDPO_MASK_VALUES = 2 } bandpo_mask_kind;
 
-/* The op's options. dual_clip: +inf = off. normalizer: NaN = the aggregation's own denominator. */
+/* The op's options, named as in torch.ops.bandpo (README.md); their defaults are the op's, written by
+ * bandpo_default_options(). dual_clip: +inf = off. normalizer: NaN = the aggregation's own denominator.
+ * ratio_max may be +inf. (The fields mirror the rows of bandpo/tables.h; c_api.cpp fails to compile if not.) */
 typedef struct bandpo_options {
-  bandpo_divergence divergence; /* default BANDPO_KL */
-  double delta;                 /* 0.05 */
-  double eps_low, eps_high;     /* 0.2, 0.28 */
-  int relax_high_p;             /* 0 */
-  double ratio_max;             /* 10 (may be +inf) */
-  double dual_clip;             /* +inf */
-  bandpo_aggregation agg;       /* BANDPO_TOKEN_MEAN */
-  double normalizer;            /* NaN */
-  double kl_coef;               /* 0 */
-  bandpo_kl_estimator kl_estimator; /* BANDPO_K3 */
+  bandpo_divergence divergence;
+  double delta;
+  double eps_low, eps_high;
+  int relax_high_p;
+  double ratio_max;
+  double dual_clip;
+  bandpo_aggregation agg;
+  double normalizer;
+  double kl_coef;
+  bandpo_kl_estimator kl_estimator;
 } bandpo_options;
 
 /* Inputs of the loss: [rows, cols] buffers of `dtype`; advantages [rows] when advantages_per_row;

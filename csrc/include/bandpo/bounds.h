@@ -19,11 +19,12 @@
 
 #include "bandpo/config.h"
 #include "bandpo/math.h"
+#include "bandpo/tables.h"
 
 namespace bandpo {
 
-// Divergence codes shared with the C API and the torch bindings (see options.h for the names).
-enum class Divergence : int { kl = 0, tv = 1, chi2 = 2, clip = 3 };
+// Divergence codes (tables.h; the C API's bandpo_divergence is checked against them in c_api.cpp).
+enum class Divergence : int { BANDPO_DIVERGENCE_TABLE(BANDPO_ENUM_VALUE) };
 
 // Options of the bound computation, already validated and converted to the compute type C.
 template <class C>

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bandpo/bounds.h"
+#include "bandpo/tables.h"
 #include "bandpo/token_loss.h"
 
 namespace bandpo {
@@ -18,47 +19,83 @@ namespace bandpo {
 //   seq_mean_token_mean:     sum_b [sum_t(w L) / sum_t(w)] / B   (a sequence with no valid token adds 0)
 //   seq_mean_token_sum_norm: sum(w L) / (B T)                   (Dr. GRPO)
 // `normalizer` replaces the denominator (sum(w), B, B or B T) when set.
-enum class Aggregation : int { token_mean = 0, seq_mean_token_sum = 1, seq_mean_token_mean = 2, seq_mean_token_sum_norm = 3 };
+enum class Aggregation : int { BANDPO_AGGREGATION_TABLE(BANDPO_ENUM_VALUE) };
 
+constexpr int kNumDivergences = 0 BANDPO_DIVERGENCE_TABLE(BANDPO_COUNT_ROW);
+constexpr int kNumAggregations = 0 BANDPO_AGGREGATION_TABLE(BANDPO_COUNT_ROW);
+constexpr int kNumKlEstimators = 0 BANDPO_KL_ESTIMATOR_TABLE(BANDPO_COUNT_ROW);
+
+// Sentinels of the optional options (tables.h): dual_clip off, normalizer unset.
+constexpr double kOffInfinity = std::numeric_limits<double>::infinity();
+constexpr double kUnsetNaN = std::numeric_limits<double>::quiet_NaN();
+
+// The option structs, one field per row of tables.h, with its default.
+#define BANDPO_OPTION_FIELD(name, ctype, schema_type, schema_default, cpp_default, scope) ctype name = cpp_default;
 struct BoundOptions {
-  Divergence divergence = Divergence::kl;
-  double delta = 0.05;      // trust-region radius of the divergence, > 0
-  double eps_low = 0.2;     // fixed interval [1 - eps_low, 1 + eps_high] of "clip" and relax_high_p
-  double eps_high = 0.28;
-  bool relax_high_p = false;  // unite the band with the fixed interval
-  double ratio_max = 10.0;    // cap on the upper bound, >= 1, may be inf
+  BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION_FIELD)
 };
 
 struct LossOptions {
   BoundOptions bounds;
-  double dual_clip = std::numeric_limits<double>::infinity();  // c > 1; inf = off
-  Aggregation agg = Aggregation::token_mean;
-  double normalizer = std::numeric_limits<double>::quiet_NaN();  // NaN = use the aggregation's own
-  double kl_coef = 0.0;
-  KlEstimator kl_estimator = KlEstimator::k3;
+  BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION_FIELD)
+};
+#undef BANDPO_OPTION_FIELD
+
+// What the faces need to know of an option to read it from their callers (tables.h's columns).
+struct OptionInfo {
+  const char* name;
+  const char* schema_type;     // "float", "float?", "bool", "str"
+  const char* schema_default;  // torch schema literal, e.g. "0.05", "None", "\"kl\""
+  bool optional() const { return schema_type[0] != '\0' && schema_type[std::char_traits<char>::length(schema_type) - 1] == '?'; }
 };
 
-// Number of floats in the metrics vector of band_loss, and their order.
-enum Metric : int {
-  kPgClipfrac = 0,     // fraction of valid tokens whose clipped loss exceeds the unclipped (verl's pg_clipfrac)
-  kClipfracUpper = 1,  // A > 0 and r above the upper bound
-  kClipfracLower = 2,  // A < 0 and r below the lower bound
-  kDualClipfrac = 3,   // A < 0 and held at -A c by dual-clip (verl's pg_clipfrac_lower)
-  kPpoKl = 4,          // mean of old_logp - logp (verl's ppo_kl)
-  kRatioMean = 5,      // mean ratio r (after the log-ratio clamp)
-  kRefKl = 6,          // mean of the KL estimator to ref_logp (0 without ref_logp)
-  kPgLoss = 7,         // the policy-gradient part of the loss, aggregated like the loss
-  kNumMetrics = 8,
-};
+// Calls visit(const OptionInfo&, field&) for every option, in schema order: the faces (torch, numpy, C ABI)
+// read and write options through this, never by listing them.
+#define BANDPO_VISIT_OPTION(name, ctype, schema_type, schema_default, cpp_default, scope) \
+  visit(OptionInfo{#name, schema_type, schema_default}, o.name);
+template <class Visit>
+void for_each_option(BoundOptions& o, Visit&& visit) {
+  BANDPO_BOUND_OPTION_TABLE(BANDPO_VISIT_OPTION)
+}
+template <class Visit>
+void for_each_option(LossOptions& lo, Visit&& visit) {
+  for_each_option(lo.bounds, visit);
+  LossOptions& o = lo;
+  BANDPO_LOSS_OPTION_TABLE(BANDPO_VISIT_OPTION)
+}
+#undef BANDPO_VISIT_OPTION
+
+// An optional option as a face receives it: absent gives `absent` (the C++ default, a sentinel); a present
+// NaN is refused naming the option (it would otherwise read as "absent" for normalizer).
+inline double optional_option(const OptionInfo& info, bool present, double value, double absent) {
+  if (!present) return absent;
+  if (std::isnan(value)) throw std::invalid_argument(std::string(info.name) + " must be a number (or None); got nan");
+  return value;
+}
+
+// Number of floats in the metrics vector of band_loss, and their order (tables.h).
+enum Metric : int { BANDPO_METRIC_TABLE(BANDPO_ENUM_VALUE) kNumMetrics };
 
 const char* metric_name(int index);
 
+// Names <-> codes of the choice options; parse_* throw std::invalid_argument naming the option.
 Divergence parse_divergence(const std::string& name);
 Aggregation parse_aggregation(const std::string& name);
 KlEstimator parse_kl_estimator(const std::string& name);
 const char* divergence_name(Divergence d);
 const char* aggregation_name(Aggregation a);
 const char* kl_estimator_name(KlEstimator e);
+// Overloads for generic code (for_each_option): parse(name, &field) and name_of(field).
+inline void parse_choice(const std::string& s, Divergence& d) { d = parse_divergence(s); }
+inline void parse_choice(const std::string& s, Aggregation& a) { a = parse_aggregation(s); }
+inline void parse_choice(const std::string& s, KlEstimator& e) { e = parse_kl_estimator(s); }
+inline const char* choice_name(Divergence d) { return divergence_name(d); }
+inline const char* choice_name(Aggregation a) { return aggregation_name(a); }
+inline const char* choice_name(KlEstimator e) { return kl_estimator_name(e); }
+
+// The torch schema of the options (", str divergence=\"kl\", float delta=0.05, ..."), from tables.h.
+std::string bound_options_schema();
+std::string loss_options_schema();
 
 // Throw std::invalid_argument naming the offending option.
 void validate(const BoundOptions& options);

@@ -15,7 +15,7 @@
 
 namespace bandpo {
 
-enum class KlEstimator : int { k1 = 0, k2 = 1, k3 = 2 };
+enum class KlEstimator : int { BANDPO_KL_ESTIMATOR_TABLE(BANDPO_ENUM_VALUE) };  // tables.h
 
 template <class C>
 struct LossParams {

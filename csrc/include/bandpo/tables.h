@@ -1,0 +1,74 @@
+// The single definition of every option, choice and metric of band_bounds / band_loss (X-macro tables).
+//
+// Everything else is generated from these rows: the C++ option structs and their defaults (options.h), the
+// enums and their names, the torch schema strings and the unboxing of the torch op's arguments
+// (csrc/torch), the keyword arguments of the numpy face, the C ABI's option translation (c_api.cpp; the C
+// struct in bandpo.h is checked against these rows at compile time), and the Python side (bandpo/_tables.py
+// reads this file, shipped in the wheel, so that BandConfig, bandpo.reference and the fake kernels share
+// these defaults without a compiled module). Adding an option: one row here, the math that uses it, the C
+// struct field in bandpo.h and, if users set it through BandConfig, nothing else (BandConfig reads the rows).
+//
+// Format (parsed by bandpo/_tables.py: keep one row per line, no comments inside the macro bodies):
+//   BANDPO_OPTION(name, C++ type, schema type, schema default, C++ default, scope)
+//     scope: config = a field of BandConfig; call = passed per call (band_loss(..., normalizer=...)).
+//     The schema default is the torch schema literal (also a Python literal); the C++ default is the same
+//     value in the C++ type (tests/test_tables.py checks the two agree, row by row).
+//   BANDPO_CHOICE(enum value, name)
+//   BANDPO_METRIC(enum value, name)
+#pragma once
+
+#define BANDPO_DIVERGENCE_TABLE(BANDPO_CHOICE) \
+  BANDPO_CHOICE(kl, "kl")                      \
+  BANDPO_CHOICE(tv, "tv")                      \
+  BANDPO_CHOICE(chi2, "chi2")                  \
+  BANDPO_CHOICE(clip, "clip")
+
+#define BANDPO_AGGREGATION_TABLE(BANDPO_CHOICE)                 \
+  BANDPO_CHOICE(token_mean, "token-mean")                       \
+  BANDPO_CHOICE(seq_mean_token_sum, "seq-mean-token-sum")       \
+  BANDPO_CHOICE(seq_mean_token_mean, "seq-mean-token-mean")     \
+  BANDPO_CHOICE(seq_mean_token_sum_norm, "seq-mean-token-sum-norm")
+
+#define BANDPO_KL_ESTIMATOR_TABLE(BANDPO_CHOICE) \
+  BANDPO_CHOICE(k1, "k1")                        \
+  BANDPO_CHOICE(k2, "k2")                        \
+  BANDPO_CHOICE(k3, "k3")
+
+// Options of band_bounds (and the first options of band_loss), in schema order.
+#define BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION)                                                \
+  BANDPO_OPTION(divergence, Divergence, "str", "\"kl\"", Divergence::kl, config)                \
+  BANDPO_OPTION(delta, double, "float", "0.05", 0.05, config)                                   \
+  BANDPO_OPTION(eps_low, double, "float", "0.2", 0.2, config)                                   \
+  BANDPO_OPTION(eps_high, double, "float", "0.28", 0.28, config)                                \
+  BANDPO_OPTION(relax_high_p, bool, "bool", "False", false, config)                             \
+  BANDPO_OPTION(ratio_max, double, "float", "10.0", 10.0, config)
+
+// The further options of band_loss, in schema order. An absent optional is a sentinel in C++: dual_clip
+// +inf (off), normalizer NaN (the aggregation's own denominator).
+#define BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION)                                                 \
+  BANDPO_OPTION(dual_clip, double, "float?", "None", kOffInfinity, config)                      \
+  BANDPO_OPTION(agg, Aggregation, "str", "\"token-mean\"", Aggregation::token_mean, config)     \
+  BANDPO_OPTION(normalizer, double, "float?", "None", kUnsetNaN, call)                          \
+  BANDPO_OPTION(kl_coef, double, "float", "0.0", 0.0, config)                                   \
+  BANDPO_OPTION(kl_estimator, KlEstimator, "str", "\"k3\"", KlEstimator::k3, config)
+
+// The metrics of band_loss, in the order of its metrics vector.
+//   pg_clipfrac:    valid tokens whose clipped loss exceeds the unclipped (verl's pg_clipfrac)
+//   clipfrac_upper: A > 0 and r above the upper bound;  clipfrac_lower: A < 0 and r below the lower bound
+//   dual_clipfrac:  A < 0 and held at -A c by dual-clip (verl's pg_clipfrac_lower)
+//   ppo_kl:         mean of old_logp - logp (verl's ppo_kl);  ratio_mean: mean r (after the log-ratio clamp)
+//   ref_kl:         mean of the KL estimator to ref_logp (0 without ref_logp)
+//   pg_loss:        the policy-gradient part of the loss, aggregated like the loss
+#define BANDPO_METRIC_TABLE(BANDPO_METRIC)             \
+  BANDPO_METRIC(kPgClipfrac, "pg_clipfrac")            \
+  BANDPO_METRIC(kClipfracUpper, "clipfrac_upper")      \
+  BANDPO_METRIC(kClipfracLower, "clipfrac_lower")      \
+  BANDPO_METRIC(kDualClipfrac, "dual_clipfrac")        \
+  BANDPO_METRIC(kPpoKl, "ppo_kl")                      \
+  BANDPO_METRIC(kRatioMean, "ratio_mean")              \
+  BANDPO_METRIC(kRefKl, "ref_kl")                      \
+  BANDPO_METRIC(kPgLoss, "pg_loss")
+
+// Helpers to expand the choice and metric tables.
+#define BANDPO_ENUM_VALUE(value, name) value,
+#define BANDPO_COUNT_ROW(value, name) +1

@@ -1,0 +1,72 @@
+"""Every face reads the options, choices and metrics from tables.h: the parse, the compiled op's schema, the
+numpy module, BandConfig and the C++ defaults all agree, row by row."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import bandpo
+from bandpo import _np, _tables
+
+
+def schema_options(op):
+    args = op.default._schema.arguments
+    return [(a.name, a.default_value) for a in args if a.kwarg_only]
+
+
+def test_op_schemas_are_the_table():
+    table = [(o.name, o.default) for o in _tables.BOUND_OPTIONS]
+    assert schema_options(torch.ops.bandpo.band_bounds) == table
+    table += [(o.name, o.default) for o in _tables.LOSS_OPTIONS]
+    assert schema_options(torch.ops.bandpo.band_loss) == table
+    assert [a.name for a in torch.ops.bandpo.band_loss.default._schema.arguments[:5]] == [
+        "logp", "old_logp", "advantages", "mask", "ref_logp"]
+
+
+def test_band_config_fields_are_the_config_rows():
+    fields = [(f.name, f.default) for f in dataclasses.fields(bandpo.BandConfig)]
+    assert fields == [(o.name, o.default) for o in _tables.ALL_OPTIONS if o.scope == "config"]
+    assert "normalizer" not in bandpo.BandConfig().loss_kwargs()
+
+
+def test_choices_and_metrics():
+    assert bandpo.DIVERGENCES == ("kl", "tv", "chi2", "clip")
+    assert bandpo.AGGREGATIONS[0] == "token-mean" and len(bandpo.AGGREGATIONS) == 4
+    assert bandpo.KL_ESTIMATORS == ("k1", "k2", "k3")
+    assert len(bandpo.METRIC_NAMES) == 8 and bandpo.METRIC_NAMES[0] == "pg_clipfrac"
+    out = torch.ops.bandpo.band_loss(torch.zeros(3) - 1, torch.zeros(3) - 1, torch.ones(3))
+    assert out[1].shape == (len(bandpo.METRIC_NAMES),)
+    for name in bandpo.DIVERGENCES:
+        torch.ops.bandpo.band_bounds(torch.zeros(2) - 1, divergence=name)
+    for agg in bandpo.AGGREGATIONS:
+        torch.ops.bandpo.band_loss(torch.zeros(1, 2) - 1, torch.zeros(1, 2) - 1, torch.ones(1, 2), agg=agg)
+
+
+def test_numpy_face_takes_every_option_by_name():
+    import numpy as np
+
+    x = np.full((2, 3), -1.0)
+    for o in _tables.ALL_OPTIONS:
+        _np.band_loss(x, x, x, None, None, False, **{o.name: o.default})
+    with pytest.raises(TypeError, match="unexpected option 'deltaa'"):
+        _np.band_loss(x, x, x, None, None, False, deltaa=0.1)
+    with pytest.raises(ValueError, match="delta"):
+        _np.validate_options(delta=-1.0)
+
+
+@pytest.mark.parametrize("name", ["normalizer", "dual_clip"])
+def test_optional_options_refuse_nan_in_every_face(name):
+    import numpy as np
+
+    x = torch.full((2, 3), -1.0, dtype=torch.float64)
+    with pytest.raises(ValueError, match=name):
+        torch.ops.bandpo.band_loss(x, x, x, **{name: math.nan})
+    with pytest.raises(ValueError, match=name):
+        _np.band_loss(np.full((2, 3), -1.0), np.full((2, 3), -1.0), np.full((2, 3), 1.0), None, None, False,
+                      **{name: math.nan})
+
+
+def test_version_is_one():
+    assert bandpo.__version__ == bandpo._C.version() == _np.version()
