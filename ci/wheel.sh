@@ -7,8 +7,8 @@
 #     at run time, one file for torch's CUDA 12 and CUDA 13 builds, a driver that supports CUDA 13.0 (>= 580),
 #   - libbandpo (C ABI), its headers, CMake package and pkg-config file.
 # The platform tag is the one `auditwheel repair` finds the binaries comply with (torch's libraries excluded:
-# they come with torch). Built here (Debian 12, glibc 2.36) that is manylinux_2_36; built inside the
-# quay.io/pypa/manylinux_2_28 image the same script gives manylinux_2_28.
+# they come with torch). Built here (Debian 12, glibc 2.36) that is manylinux_2_35; built inside the
+# quay.io/pypa/manylinux_2_28 image the same script gives manylinux_2_28 (GCC 12's libstdc++ symbols set the tag).
 #   BANDPO_VENV        environment with torch >= 2.10 (headers only), made by ci/setup.sh if missing (.venv)
 #   BANDPO_CUDA_ARCHS  CMake CUDA architectures (default above); BANDPO_CUDA=OFF builds a CPU-only wheel
 #   BANDPO_PYTHON      build for another Python (e.g. python3.12 for the lent GPU machines): a build venv

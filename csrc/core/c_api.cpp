@@ -73,17 +73,12 @@ bandpo::LossOptions loss_options(const bandpo_options* o) {
 
 // The C enums are the C++ codes (tables.h), written out for C users.
 #define BANDPO_SAME_CODE(cpp, c) static_assert(static_cast<int>(cpp) == c, #c " differs from the C++ code");
-BANDPO_SAME_CODE(bandpo::Divergence::kl, BANDPO_KL)
-BANDPO_SAME_CODE(bandpo::Divergence::tv, BANDPO_TV)
-BANDPO_SAME_CODE(bandpo::Divergence::chi2, BANDPO_CHI2)
-BANDPO_SAME_CODE(bandpo::Divergence::clip, BANDPO_CLIP)
-BANDPO_SAME_CODE(bandpo::Aggregation::token_mean, BANDPO_TOKEN_MEAN)
-BANDPO_SAME_CODE(bandpo::Aggregation::seq_mean_token_sum, BANDPO_SEQ_MEAN_TOKEN_SUM)
-BANDPO_SAME_CODE(bandpo::Aggregation::seq_mean_token_mean, BANDPO_SEQ_MEAN_TOKEN_MEAN)
-BANDPO_SAME_CODE(bandpo::Aggregation::seq_mean_token_sum_norm, BANDPO_SEQ_MEAN_TOKEN_SUM_NORM)
-BANDPO_SAME_CODE(bandpo::KlEstimator::k1, BANDPO_K1)
-BANDPO_SAME_CODE(bandpo::KlEstimator::k2, BANDPO_K2)
-BANDPO_SAME_CODE(bandpo::KlEstimator::k3, BANDPO_K3)
+#define BANDPO_SAME_DIVERGENCE(value, name, c) BANDPO_SAME_CODE(bandpo::Divergence::value, c)
+#define BANDPO_SAME_AGGREGATION(value, name, c) BANDPO_SAME_CODE(bandpo::Aggregation::value, c)
+#define BANDPO_SAME_KL_ESTIMATOR(value, name, c) BANDPO_SAME_CODE(bandpo::KlEstimator::value, c)
+BANDPO_DIVERGENCE_TABLE(BANDPO_SAME_DIVERGENCE)
+BANDPO_AGGREGATION_TABLE(BANDPO_SAME_AGGREGATION)
+BANDPO_KL_ESTIMATOR_TABLE(BANDPO_SAME_KL_ESTIMATOR)
 BANDPO_SAME_CODE(bandpo::kNumDivergences, BANDPO_NUM_DIVERGENCES)
 BANDPO_SAME_CODE(bandpo::kNumAggregations, BANDPO_NUM_AGGREGATIONS)
 BANDPO_SAME_CODE(bandpo::kNumKlEstimators, BANDPO_NUM_KL_ESTIMATORS)

@@ -24,10 +24,10 @@ inline void with_storage_type(DType dtype, F&& f) {
 template <class F>
 inline void with_divergence(Divergence d, F&& f) {
   switch (d) {
-    case Divergence::kl: f(std::integral_constant<Divergence, Divergence::kl>{}); break;
-    case Divergence::tv: f(std::integral_constant<Divergence, Divergence::tv>{}); break;
-    case Divergence::chi2: f(std::integral_constant<Divergence, Divergence::chi2>{}); break;
-    case Divergence::clip: f(std::integral_constant<Divergence, Divergence::clip>{}); break;
+#define BANDPO_DIVERGENCE_CASE(value, ...) \
+  case Divergence::value: f(std::integral_constant<Divergence, Divergence::value>{}); break;
+    BANDPO_DIVERGENCE_TABLE(BANDPO_DIVERGENCE_CASE)
+#undef BANDPO_DIVERGENCE_CASE
   }
 }
 

@@ -29,14 +29,14 @@ const char* metric_name(int index) {
   return (index >= 0 && index < kNumMetrics) ? names[index] : "";
 }
 
-#define BANDPO_QUOTED_NAME(value, text) "'" text "', "
+#define BANDPO_QUOTED_NAME(value, text, ...) "'" text "', "
 
-#define BANDPO_DIV_ROW(value, text) if (name == text) return Divergence::value;
-#define BANDPO_AGG_ROW(value, text) if (name == text) return Aggregation::value;
-#define BANDPO_EST_ROW(value, text) if (name == text) return KlEstimator::value;
-#define BANDPO_DIV_CASE(value, text) case Divergence::value: return text;
-#define BANDPO_AGG_CASE(value, text) case Aggregation::value: return text;
-#define BANDPO_EST_CASE(value, text) case KlEstimator::value: return text;
+#define BANDPO_DIV_ROW(value, text, ...) if (name == text) return Divergence::value;
+#define BANDPO_AGG_ROW(value, text, ...) if (name == text) return Aggregation::value;
+#define BANDPO_EST_ROW(value, text, ...) if (name == text) return KlEstimator::value;
+#define BANDPO_DIV_CASE(value, text, ...) case Divergence::value: return text;
+#define BANDPO_AGG_CASE(value, text, ...) case Aggregation::value: return text;
+#define BANDPO_EST_CASE(value, text, ...) case KlEstimator::value: return text;
 
 Divergence parse_divergence(const std::string& name) {
   BANDPO_DIVERGENCE_TABLE(BANDPO_DIV_ROW)
@@ -68,30 +68,38 @@ const char* kl_estimator_name(KlEstimator e) {
   return "?";
 }
 
-#define BANDPO_SCHEMA_ARG(name, ctype, schema_type, schema_default, cpp_default, scope) \
+#define BANDPO_SCHEMA_ARG(name, ctype, schema_type, schema_default, ...) \
   ", " schema_type " " #name "=" schema_default
 std::string bound_options_schema() { return BANDPO_BOUND_OPTION_TABLE(BANDPO_SCHEMA_ARG); }
 std::string loss_options_schema() {
   return std::string(BANDPO_BOUND_OPTION_TABLE(BANDPO_SCHEMA_ARG)) + BANDPO_LOSS_OPTION_TABLE(BANDPO_SCHEMA_ARG);
 }
 
+namespace {
+// The value in an error message: numbers as printed by C++, choices by name.
+std::string describe(double v) { return fmt(v); }
+std::string describe(bool v) { return v ? "True" : "False"; }
+template <class Choice>
+std::string describe(Choice c) { return choice_name(c); }
+}  // namespace
+
+// Each option's condition from its row of tables.h; choice codes out of range (C callers) are refused too.
+#define BANDPO_VALIDATE_ROW(name, ctype, schema_type, schema_default, cpp_default, scope, valid, requirement) \
+  {                                                                                                           \
+    const ctype& v = o.name;                                                                                  \
+    if (!(valid)) fail(#name " must be " requirement "; got " + describe(v));                                 \
+  }
+
 void validate(const BoundOptions& o) {
   if (static_cast<int>(o.divergence) < 0 || static_cast<int>(o.divergence) >= kNumDivergences) fail("divergence: unknown code");
-  if (!(o.delta > 0.0) || !std::isfinite(o.delta)) fail("delta must be a finite number > 0; got " + fmt(o.delta));
-  if (!(o.eps_low >= 0.0 && o.eps_low <= 1.0)) fail("eps_low must be in [0, 1]; got " + fmt(o.eps_low));
-  if (!(o.eps_high >= 0.0) || !std::isfinite(o.eps_high))
-    fail("eps_high must be a finite number >= 0; got " + fmt(o.eps_high));
-  if (!(o.ratio_max >= 1.0)) fail("ratio_max must be >= 1 (inf allowed); got " + fmt(o.ratio_max));
+  BANDPO_BOUND_OPTION_TABLE(BANDPO_VALIDATE_ROW)
 }
 
 void validate(const LossOptions& o) {
   validate(o.bounds);
-  if (!(o.dual_clip > 1.0)) fail("dual_clip must be > 1 (or None to turn it off); got " + fmt(o.dual_clip));
   if (static_cast<int>(o.agg) < 0 || static_cast<int>(o.agg) >= kNumAggregations) fail("agg: unknown code");
-  if (!std::isnan(o.normalizer) && !(o.normalizer > 0.0 && std::isfinite(o.normalizer)))
-    fail("normalizer must be a finite number > 0 (or None); got " + fmt(o.normalizer));
-  if (!std::isfinite(o.kl_coef)) fail("kl_coef must be finite; got " + fmt(o.kl_coef));
   if (static_cast<int>(o.kl_estimator) < 0 || static_cast<int>(o.kl_estimator) >= kNumKlEstimators) fail("kl_estimator: unknown code");
+  BANDPO_LOSS_OPTION_TABLE(BANDPO_VALIDATE_ROW)
 }
 
 }  // namespace bandpo

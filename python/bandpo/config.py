@@ -8,17 +8,44 @@ from typing import Any, Optional
 from ._tables import AGGREGATIONS, DEFAULTS, DIVERGENCES, KL_ESTIMATORS, METRIC_NAMES  # noqa: F401  (re-exported)
 from ._tables import ALL_OPTIONS, BOUND_OPTIONS
 
-_BOUND = frozenset(BOUND_OPTIONS)
-
-_D = DEFAULTS
+_PYTHON_TYPES = {"float": float, "float?": Optional[float], "bool": bool, "str": str}
 
 
-@dataclasses.dataclass(frozen=True)
-class BandConfig:
-    """Options shared by :func:`bandpo.band_bounds` and :func:`bandpo.band_loss`.
+class _BandConfigMethods:
+    def __post_init__(self) -> None:
+        from . import _np  # the core's validation (torch-free); imported here to keep this module import-light
 
-    The fields, their defaults and their order are those of ``bandpo/tables.h`` (``tests/test_tables.py``
-    holds this class to it); the checks are the C++ core's own (``ValueError`` naming the field).
+        _np.validate_options(**self.loss_kwargs())
+
+    @classmethod
+    def clip(cls, eps_low: float = 0.2, eps_high: float = 0.2, **kwargs: Any) -> "BandConfig":
+        """PPO's fixed clip (eps_high = 0.28 gives Clip-Higher)."""
+        return cls(divergence="clip", eps_low=eps_low, eps_high=eps_high, **kwargs)
+
+    def bound_kwargs(self) -> dict:
+        """Keyword arguments of ``torch.ops.bandpo.band_bounds``."""
+        return {o.name: getattr(self, o.name) for o in BOUND_OPTIONS if o.scope == "config"}
+
+    def loss_kwargs(self) -> dict:
+        """Keyword arguments of ``torch.ops.bandpo.band_loss`` (without normalizer and ref_logp)."""
+        return {o.name: getattr(self, o.name) for o in ALL_OPTIONS if o.scope == "config"}
+
+    def replace(self, **changes: Any) -> "BandConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# The fields are the rows of tables.h with scope "config", in order, with their defaults: an option added
+# there is a BandConfig field without a change here.
+BandConfig = dataclasses.make_dataclass(
+    "BandConfig",
+    [(o.name, _PYTHON_TYPES[o.schema_type], dataclasses.field(default=o.default))
+     for o in ALL_OPTIONS if o.scope == "config"],
+    bases=(_BandConfigMethods,), frozen=True)
+BandConfig.__module__ = __name__  # (make_dataclass takes module= only from Python 3.12)
+BandConfig.__doc__ = """Options shared by :func:`bandpo.band_bounds` and :func:`bandpo.band_loss` (a frozen dataclass).
+
+    The fields, their defaults and their order are the rows of ``bandpo/tables.h``; the checks are the C++
+    core's own (``ValueError``/``TypeError`` naming the field).
 
     Attributes:
         divergence: ``"kl"`` (KL(pi_old || pi_new), the paper's default), ``"tv"``, ``"chi2"``, or ``"clip"``
@@ -32,35 +59,3 @@ class BandConfig:
         kl_coef: coefficient of the per-token KL penalty to ``ref_logp`` (0 = off, the default).
         kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (verl's low_var_kl; the default).
     """
-
-    divergence: str = _D["divergence"]
-    delta: float = _D["delta"]
-    eps_low: float = _D["eps_low"]
-    eps_high: float = _D["eps_high"]
-    relax_high_p: bool = _D["relax_high_p"]
-    ratio_max: float = _D["ratio_max"]
-    dual_clip: Optional[float] = _D["dual_clip"]
-    agg: str = _D["agg"]
-    kl_coef: float = _D["kl_coef"]
-    kl_estimator: str = _D["kl_estimator"]
-
-    def __post_init__(self) -> None:
-        from . import _np  # the core's validation (torch-free); imported here to keep this module import-light
-
-        _np.validate_options(**self.loss_kwargs())
-
-    @classmethod
-    def clip(cls, eps_low: float = 0.2, eps_high: float = 0.2, **kwargs: Any) -> "BandConfig":
-        """PPO's fixed clip (eps_high = 0.28 gives Clip-Higher)."""
-        return cls(divergence="clip", eps_low=eps_low, eps_high=eps_high, **kwargs)
-
-    def bound_kwargs(self) -> dict:
-        """Keyword arguments of ``torch.ops.bandpo.band_bounds``."""
-        return {o.name: getattr(self, o.name) for o in ALL_OPTIONS if o.scope == "config" and o in _BOUND}
-
-    def loss_kwargs(self) -> dict:
-        """Keyword arguments of ``torch.ops.bandpo.band_loss`` (without normalizer and ref_logp)."""
-        return {o.name: getattr(self, o.name) for o in ALL_OPTIONS if o.scope == "config"}
-
-    def replace(self, **changes: Any) -> "BandConfig":
-        return dataclasses.replace(self, **changes)

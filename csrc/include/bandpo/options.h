@@ -30,7 +30,7 @@ constexpr double kOffInfinity = std::numeric_limits<double>::infinity();
 constexpr double kUnsetNaN = std::numeric_limits<double>::quiet_NaN();
 
 // The option structs, one field per row of tables.h, with its default.
-#define BANDPO_OPTION_FIELD(name, ctype, schema_type, schema_default, cpp_default, scope) ctype name = cpp_default;
+#define BANDPO_OPTION_FIELD(name, ctype, schema_type, schema_default, cpp_default, ...) ctype name = cpp_default;
 struct BoundOptions {
   BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION_FIELD)
 };
@@ -51,7 +51,7 @@ struct OptionInfo {
 
 // Calls visit(const OptionInfo&, field&) for every option, in schema order: the faces (torch, numpy, C ABI)
 // read and write options through this, never by listing them.
-#define BANDPO_VISIT_OPTION(name, ctype, schema_type, schema_default, cpp_default, scope) \
+#define BANDPO_VISIT_OPTION(name, ctype, schema_type, schema_default, ...) \
   visit(OptionInfo{#name, schema_type, schema_default}, o.name);
 template <class Visit>
 void for_each_option(BoundOptions& o, Visit&& visit) {

@@ -9,48 +9,50 @@
 // struct field in bandpo.h and, if users set it through BandConfig, nothing else (BandConfig reads the rows).
 //
 // Format (parsed by bandpo/_tables.py: keep one row per line, no comments inside the macro bodies):
-//   BANDPO_OPTION(name, C++ type, schema type, schema default, C++ default, scope)
+//   BANDPO_OPTION(name, C++ type, schema type, schema default, C++ default, scope, valid, requirement)
 //     scope: config = a field of BandConfig; call = passed per call (band_loss(..., normalizer=...)).
 //     The schema default is the torch schema literal (also a Python literal); the C++ default is the same
 //     value in the C++ type (tests/test_tables.py checks the two agree, row by row).
-//   BANDPO_CHOICE(enum value, name)
+//     valid: a C++ condition on the value `v` (choices are checked when parsed); requirement: the words of
+//     the error when it fails ("delta must be a finite number > 0; got -1"). validate() is these rows.
+//   BANDPO_CHOICE(enum value, name, C ABI enum constant of bandpo.h)
 //   BANDPO_METRIC(enum value, name)
 #pragma once
 
 #define BANDPO_DIVERGENCE_TABLE(BANDPO_CHOICE) \
-  BANDPO_CHOICE(kl, "kl")                      \
-  BANDPO_CHOICE(tv, "tv")                      \
-  BANDPO_CHOICE(chi2, "chi2")                  \
-  BANDPO_CHOICE(clip, "clip")
+  BANDPO_CHOICE(kl, "kl", BANDPO_KL)           \
+  BANDPO_CHOICE(tv, "tv", BANDPO_TV)           \
+  BANDPO_CHOICE(chi2, "chi2", BANDPO_CHI2)     \
+  BANDPO_CHOICE(clip, "clip", BANDPO_CLIP)
 
-#define BANDPO_AGGREGATION_TABLE(BANDPO_CHOICE)                 \
-  BANDPO_CHOICE(token_mean, "token-mean")                       \
-  BANDPO_CHOICE(seq_mean_token_sum, "seq-mean-token-sum")       \
-  BANDPO_CHOICE(seq_mean_token_mean, "seq-mean-token-mean")     \
-  BANDPO_CHOICE(seq_mean_token_sum_norm, "seq-mean-token-sum-norm")
+#define BANDPO_AGGREGATION_TABLE(BANDPO_CHOICE)                                          \
+  BANDPO_CHOICE(token_mean, "token-mean", BANDPO_TOKEN_MEAN)                             \
+  BANDPO_CHOICE(seq_mean_token_sum, "seq-mean-token-sum", BANDPO_SEQ_MEAN_TOKEN_SUM)     \
+  BANDPO_CHOICE(seq_mean_token_mean, "seq-mean-token-mean", BANDPO_SEQ_MEAN_TOKEN_MEAN)  \
+  BANDPO_CHOICE(seq_mean_token_sum_norm, "seq-mean-token-sum-norm", BANDPO_SEQ_MEAN_TOKEN_SUM_NORM)
 
 #define BANDPO_KL_ESTIMATOR_TABLE(BANDPO_CHOICE) \
-  BANDPO_CHOICE(k1, "k1")                        \
-  BANDPO_CHOICE(k2, "k2")                        \
-  BANDPO_CHOICE(k3, "k3")
+  BANDPO_CHOICE(k1, "k1", BANDPO_K1)             \
+  BANDPO_CHOICE(k2, "k2", BANDPO_K2)             \
+  BANDPO_CHOICE(k3, "k3", BANDPO_K3)
 
 // Options of band_bounds (and the first options of band_loss), in schema order.
-#define BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION)                                                \
-  BANDPO_OPTION(divergence, Divergence, "str", "\"kl\"", Divergence::kl, config)                \
-  BANDPO_OPTION(delta, double, "float", "0.05", 0.05, config)                                   \
-  BANDPO_OPTION(eps_low, double, "float", "0.2", 0.2, config)                                   \
-  BANDPO_OPTION(eps_high, double, "float", "0.28", 0.28, config)                                \
-  BANDPO_OPTION(relax_high_p, bool, "bool", "False", false, config)                             \
-  BANDPO_OPTION(ratio_max, double, "float", "10.0", 10.0, config)
+#define BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION)                                                                   \
+  BANDPO_OPTION(divergence, Divergence, "str", "\"kl\"", Divergence::kl, config, true, "")                         \
+  BANDPO_OPTION(delta, double, "float", "0.05", 0.05, config, v > 0.0 && std::isfinite(v), "a finite number > 0")  \
+  BANDPO_OPTION(eps_low, double, "float", "0.2", 0.2, config, v >= 0.0 && v <= 1.0, "in [0, 1]")                  \
+  BANDPO_OPTION(eps_high, double, "float", "0.28", 0.28, config, v >= 0.0 && std::isfinite(v), "a finite number >= 0") \
+  BANDPO_OPTION(relax_high_p, bool, "bool", "False", false, config, true, "")                                      \
+  BANDPO_OPTION(ratio_max, double, "float", "10.0", 10.0, config, v >= 1.0, ">= 1 (inf allowed)")
 
 // The further options of band_loss, in schema order. An absent optional is a sentinel in C++: dual_clip
 // +inf (off), normalizer NaN (the aggregation's own denominator).
-#define BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION)                                                 \
-  BANDPO_OPTION(dual_clip, double, "float?", "None", kOffInfinity, config)                      \
-  BANDPO_OPTION(agg, Aggregation, "str", "\"token-mean\"", Aggregation::token_mean, config)     \
-  BANDPO_OPTION(normalizer, double, "float?", "None", kUnsetNaN, call)                          \
-  BANDPO_OPTION(kl_coef, double, "float", "0.0", 0.0, config)                                   \
-  BANDPO_OPTION(kl_estimator, KlEstimator, "str", "\"k3\"", KlEstimator::k3, config)
+#define BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION)                                                                    \
+  BANDPO_OPTION(dual_clip, double, "float?", "None", kOffInfinity, config, v > 1.0, "> 1 (or None to turn it off)") \
+  BANDPO_OPTION(agg, Aggregation, "str", "\"token-mean\"", Aggregation::token_mean, config, true, "")              \
+  BANDPO_OPTION(normalizer, double, "float?", "None", kUnsetNaN, call, std::isnan(v) || (v > 0.0 && std::isfinite(v)), "a finite number > 0 (or None)") \
+  BANDPO_OPTION(kl_coef, double, "float", "0.0", 0.0, config, std::isfinite(v), "finite")                          \
+  BANDPO_OPTION(kl_estimator, KlEstimator, "str", "\"k3\"", KlEstimator::k3, config, true, "")
 
 // The metrics of band_loss, in the order of its metrics vector.
 //   pg_clipfrac:    valid tokens whose clipped loss exceeds the unclipped (verl's pg_clipfrac)
@@ -70,5 +72,5 @@
   BANDPO_METRIC(kPgLoss, "pg_loss")
 
 // Helpers to expand the choice and metric tables.
-#define BANDPO_ENUM_VALUE(value, name) value,
-#define BANDPO_COUNT_ROW(value, name) +1
+#define BANDPO_ENUM_VALUE(value, ...) value,
+#define BANDPO_COUNT_ROW(...) +1
