@@ -137,6 +137,13 @@ bool is_floating(ScalarType t) {
 }  // namespace
 
 BoundOptions unbox_bound_options(StableIValue* stack) { return unbox<BoundOptions>(stack); }
+
+LossCall unbox_loss_call(StableIValue* stack) {
+  Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
+  auto mask = to<std::optional<Tensor>>(stack[3]);
+  auto ref_logp = to<std::optional<Tensor>>(stack[4]);
+  return LossCall{logp, old_logp, advantages, mask, ref_logp, unbox_loss_options(stack + 5)};
+}
 LossOptions unbox_loss_options(StableIValue* stack) { return unbox<LossOptions>(stack); }
 
 Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }

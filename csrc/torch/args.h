@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -63,6 +64,25 @@ constexpr uint64_t kNumBoundOptions = 0
 constexpr uint64_t kNumLossOptions = kNumBoundOptions BANDPO_LOSS_OPTION_TABLE(BANDPO_COUNT_OPTION);
 #undef BANDPO_COUNT_OPTION
 
+// Runs the core, turning its std::invalid_argument (bad values, naming argument and index) into ValueError.
+template <class F>
+auto rethrow_as_value_error(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    raise_value_error(e.what());
+  }
+}
+
+// The arguments of band_loss (and of band_loss_backward after its grad_loss) from the boxed stack: the
+// five tensors of the schema, then the options.
+struct LossCall {
+  Tensor logp, old_logp, advantages;
+  std::optional<Tensor> mask, ref_logp;
+  LossOptions options;
+};
+LossCall unbox_loss_call(StableIValue* stack);
+
 // Checked, contiguous views of band_loss's tensors and the LossInputs pointing into them.
 // (optional: an empty stable Tensor is not free, it allocates a handle)
 struct LossArgs {
@@ -73,6 +93,9 @@ struct LossArgs {
 LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
                    const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
                    const LossOptions& options);
+inline LossArgs loss_args(const LossCall& c) {
+  return loss_args(c.logp, c.old_logp, c.advantages, c.mask, c.ref_logp, c.options);
+}
 
 // A fresh contiguous tensor of `like`'s shape, dtype and device (sizes given explicitly where they differ).
 Tensor empty_like_contiguous(const Tensor& like);

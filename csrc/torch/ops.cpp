@@ -46,16 +46,6 @@ Tensor empty_output(const Tensor& like) {
   return t;
 }
 
-// Runs the core, turning its std::invalid_argument (bad values, naming argument and index) into ValueError.
-template <class F>
-auto core(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::invalid_argument& e) {
-    raise_value_error(e.what());
-  }
-}
-
 // band_bounds(Tensor old_logp, *, <bound options>) -> (Tensor, Tensor)
 void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   const Tensor old_logp = to<Tensor>(stack[0]);
@@ -63,7 +53,7 @@ void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_
   const DType dtype = to_dtype(old_logp, "old_logp");
   const Tensor in = as_contiguous(old_logp);
   Tensor lower = empty_output(in), upper = empty_output(in);
-  core([&] {
+  rethrow_as_value_error([&] {
     band_bounds_cpu(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
                     torch_parallel_for());
   });
@@ -74,12 +64,11 @@ void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_
 // band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, Tensor? ref_logp, *,
 //           <loss options>) -> (Tensor loss, Tensor metrics)
 void band_loss_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
-  const Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
-  const auto mask = to<std::optional<Tensor>>(stack[3]);
-  const auto ref_logp = to<std::optional<Tensor>>(stack[4]);
-  const LossOptions options = unbox_loss_options(stack + 5);
-  const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
-  const LossResult r = core([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
+  const LossCall call = unbox_loss_call(stack);
+  const Tensor& logp = call.logp;
+  const LossOptions& options = call.options;
+  const LossArgs args = loss_args(call);
+  const LossResult r = rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
   Tensor loss = empty_on({}, logp.scalar_type(), logp);
   void* out = loss.data_ptr();
   switch (args.inputs.dtype) {  // the double result, rounded to logp's dtype as the core's writers round
@@ -98,16 +87,15 @@ void band_loss_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
 //                    Tensor? ref_logp, *, <loss options>) -> Tensor
 void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
   const Tensor grad_loss = to<Tensor>(stack[0]);
-  const Tensor logp = to<Tensor>(stack[1]), old_logp = to<Tensor>(stack[2]), advantages = to<Tensor>(stack[3]);
-  const auto mask = to<std::optional<Tensor>>(stack[4]);
-  const auto ref_logp = to<std::optional<Tensor>>(stack[5]);
-  const LossOptions options = unbox_loss_options(stack + 6);
-  const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
+  const LossCall call = unbox_loss_call(stack + 1);
+  const Tensor& logp = call.logp;
+  const LossOptions& options = call.options;
+  const LossArgs args = loss_args(call);
   BANDPO_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(grad_loss));
   const Tensor g = torch::stable::to(grad_loss, ScalarType::Double);
   const double grad_value = *static_cast<const double*>(g.data_ptr());
   Tensor grad = empty_output(*args.logp);
-  core([&] { band_loss_backward_cpu(args.inputs, options, grad_value, grad.data_ptr(), torch_parallel_for()); });
+  rethrow_as_value_error([&] { band_loss_backward_cpu(args.inputs, options, grad_value, grad.data_ptr(), torch_parallel_for()); });
   stack[0] = from(grad);
 }
 

@@ -46,15 +46,6 @@ Tensor workspace(size_t bytes, const Tensor& device_of) {
   return empty_on({static_cast<int64_t>(bytes)}, ScalarType::Byte, device_of);
 }
 
-template <class F>
-auto core(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::invalid_argument& e) {
-    raise_value_error(e.what());
-  }
-}
-
 std::optional<Tensor> on_host(const std::optional<Tensor>& t) {
   return t.has_value() ? std::optional<Tensor>(torch::stable::to(*t, torch::stable::Device(torch::headeronly::DeviceType::CPU)))
                        : std::nullopt;
@@ -62,12 +53,10 @@ std::optional<Tensor> on_host(const std::optional<Tensor>& t) {
 
 // Raises the CPU op's ValueError (argument and flat index) for inputs the device found bad: the CPU kernel
 // runs on host copies, so the message is the one CPU users see.
-[[noreturn]] void raise_for_bad_values(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
-                                       const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
-                                       const LossOptions& options, int64_t count) {
-  const LossArgs host = loss_args(*on_host(logp), *on_host(old_logp), *on_host(advantages), on_host(mask),
-                                  on_host(ref_logp), options);
-  core([&] { band_loss_forward_cpu(host.inputs, options); });
+[[noreturn]] void raise_for_bad_values(const LossCall& call, int64_t count) {
+  const LossArgs host = loss_args(*on_host(call.logp), *on_host(call.old_logp), *on_host(call.advantages),
+                                  on_host(call.mask), on_host(call.ref_logp), call.options);
+  rethrow_as_value_error([&] { band_loss_forward_cpu(host.inputs, call.options); });
   raise_value_error(cat("band_loss: ", count, " valid positions hold NaN or out-of-range values"));
 }
 
@@ -78,7 +67,7 @@ void band_bounds_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
   const torch::stable::accelerator::DeviceGuard device_guard(old_logp.get_device_index());
   const Tensor in = as_contiguous(old_logp);
   Tensor lower = empty_like_contiguous(in), upper = empty_like_contiguous(in);
-  core([&] {
+  rethrow_as_value_error([&] {
     cuda::band_bounds(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
                       current_stream(in));
   });
@@ -87,12 +76,11 @@ void band_bounds_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
 }
 
 void band_loss_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
-  const Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
-  const auto mask = to<std::optional<Tensor>>(stack[3]);
-  const auto ref_logp = to<std::optional<Tensor>>(stack[4]);
-  const LossOptions options = unbox_loss_options(stack + 5);
+  const LossCall call = unbox_loss_call(stack);
+  const Tensor& logp = call.logp;
+  const LossOptions& options = call.options;
   const torch::stable::accelerator::DeviceGuard device_guard(logp.get_device_index());
-  const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
+  const LossArgs args = loss_args(call);
   Tensor loss = empty_on({}, logp.scalar_type(), logp);
   Tensor metrics = empty_on({kNumMetrics}, ScalarType::Float, logp);
   const bool check = input_checks_enabled();
@@ -100,7 +88,7 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
   if (check) invalid = empty_on({1}, ScalarType::Long, logp);
   const size_t bytes = cuda::loss_workspace_bytes(args.inputs, options);
   Tensor ws = workspace(bytes, logp);
-  core([&] {
+  rethrow_as_value_error([&] {
     cuda::band_loss_forward(args.inputs, options, loss.data_ptr(), static_cast<float*>(metrics.data_ptr()),
                             check ? static_cast<int64_t*>(invalid->data_ptr()) : nullptr, ws.data_ptr(), bytes,
                             current_stream(logp));
@@ -108,7 +96,7 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
   if (check) {
     const Tensor count = *on_host(invalid);  // the synchronisation the user asked for
     const int64_t n = *static_cast<const int64_t*>(count.data_ptr());
-    if (n > 0) raise_for_bad_values(logp, old_logp, advantages, mask, ref_logp, options, n);
+    if (n > 0) raise_for_bad_values(call, n);
   }
   stack[0] = from(loss);
   stack[1] = from(metrics);
@@ -116,12 +104,11 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
 
 void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
   const Tensor grad_loss = to<Tensor>(stack[0]);
-  const Tensor logp = to<Tensor>(stack[1]), old_logp = to<Tensor>(stack[2]), advantages = to<Tensor>(stack[3]);
-  const auto mask = to<std::optional<Tensor>>(stack[4]);
-  const auto ref_logp = to<std::optional<Tensor>>(stack[5]);
-  const LossOptions options = unbox_loss_options(stack + 6);
+  const LossCall call = unbox_loss_call(stack + 1);
+  const Tensor& logp = call.logp;
+  const LossOptions& options = call.options;
   const torch::stable::accelerator::DeviceGuard device_guard(logp.get_device_index());
-  const LossArgs args = loss_args(logp, old_logp, advantages, mask, ref_logp, options);
+  const LossArgs args = loss_args(call);
   BANDPO_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(grad_loss));
   BANDPO_CHECK_VALUE(grad_loss.device() == logp.device(), "grad_loss is on ", device_name(grad_loss),
                      " but logp is on ", device_name(logp));
@@ -130,7 +117,7 @@ void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
   Tensor grad = empty_like_contiguous(*args.logp);
   const size_t bytes = cuda::loss_workspace_bytes(args.inputs, options);
   Tensor ws = workspace(bytes, logp);
-  core([&] {
+  rethrow_as_value_error([&] {
     cuda::band_loss_backward(args.inputs, options, static_cast<const double*>(g.data_ptr()), grad.data_ptr(),
                              ws.data_ptr(), bytes, current_stream(logp));
   });
