@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 namespace bandpo {
 
@@ -135,6 +136,14 @@ bool is_floating(ScalarType t) {
 }
 
 }  // namespace
+
+void check_stack(const char* op, uint64_t num_args, uint64_t expected_args, uint64_t num_outputs,
+                 uint64_t expected_outputs) {
+  if (num_args != expected_args || num_outputs != expected_outputs)
+    throw std::runtime_error(cat("bandpo::", op, ": the registered schema has ", num_args, " arguments and ",
+                                 num_outputs, " outputs, the kernel expects ", expected_args, " and ",
+                                 expected_outputs, " (tables.h and the schema are out of step)"));
+}
 
 BoundOptions unbox_bound_options(StableIValue* stack) { return unbox<BoundOptions>(stack); }
 

@@ -57,12 +57,15 @@ DType to_dtype(const Tensor& t, const char* name);
 // tensors on the stack are owned by the kernel). Throws ValueError naming the option.
 BoundOptions unbox_bound_options(StableIValue* stack);
 LossOptions unbox_loss_options(StableIValue* stack);
-// Number of stack entries those take.
+// Number of stack entries those take, and the check every boxed kernel makes of its stack against them (a
+// schema out of step with tables.h would otherwise read past the stack).
 constexpr uint64_t kNumBoundOptions = 0
 #define BANDPO_COUNT_OPTION(...) +1
     BANDPO_BOUND_OPTION_TABLE(BANDPO_COUNT_OPTION);
 constexpr uint64_t kNumLossOptions = kNumBoundOptions BANDPO_LOSS_OPTION_TABLE(BANDPO_COUNT_OPTION);
 #undef BANDPO_COUNT_OPTION
+void check_stack(const char* op, uint64_t num_args, uint64_t expected_args, uint64_t num_outputs,
+                 uint64_t expected_outputs);
 
 // Runs the core, turning its std::invalid_argument (bad values, naming argument and index) into ValueError.
 template <class F>

@@ -48,6 +48,7 @@ Tensor empty_output(const Tensor& like) {
 
 // band_bounds(Tensor old_logp, *, <bound options>) -> (Tensor, Tensor)
 void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_bounds", num_args, 1 + kNumBoundOptions, num_outputs, 2);
   const Tensor old_logp = to<Tensor>(stack[0]);
   const BoundOptions options = unbox_bound_options(stack + 1);
   const DType dtype = to_dtype(old_logp, "old_logp");
@@ -63,7 +64,8 @@ void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_
 
 // band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, Tensor? ref_logp, *,
 //           <loss options>) -> (Tensor loss, Tensor metrics)
-void band_loss_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
+void band_loss_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_loss", num_args, 5 + kNumLossOptions, num_outputs, 2);
   const LossCall call = unbox_loss_call(stack);
   const Tensor& logp = call.logp;
   const LossOptions& options = call.options;
@@ -85,7 +87,8 @@ void band_loss_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
 
 // band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask,
 //                    Tensor? ref_logp, *, <loss options>) -> Tensor
-void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t, uint64_t) {
+void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_loss_backward", num_args, 6 + kNumLossOptions, num_outputs, 1);
   const Tensor grad_loss = to<Tensor>(stack[0]);
   const LossCall call = unbox_loss_call(stack + 1);
   const Tensor& logp = call.logp;

@@ -60,7 +60,8 @@ std::optional<Tensor> on_host(const std::optional<Tensor>& t) {
   raise_value_error(cat("band_loss: ", count, " valid positions hold NaN or out-of-range values"));
 }
 
-void band_bounds_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
+void band_bounds_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_bounds", num_args, 1 + kNumBoundOptions, num_outputs, 2);
   const Tensor old_logp = to<Tensor>(stack[0]);
   const BoundOptions options = unbox_bound_options(stack + 1);
   const DType dtype = to_dtype(old_logp, "old_logp");
@@ -75,7 +76,8 @@ void band_bounds_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
   stack[1] = from(upper);
 }
 
-void band_loss_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
+void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_loss", num_args, 5 + kNumLossOptions, num_outputs, 2);
   const LossCall call = unbox_loss_call(stack);
   const Tensor& logp = call.logp;
   const LossOptions& options = call.options;
@@ -102,7 +104,8 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
   stack[1] = from(metrics);
 }
 
-void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t, uint64_t) {
+void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_loss_backward", num_args, 6 + kNumLossOptions, num_outputs, 1);
   const Tensor grad_loss = to<Tensor>(stack[0]);
   const LossCall call = unbox_loss_call(stack + 1);
   const Tensor& logp = call.logp;

@@ -44,15 +44,13 @@ struct LossOptions {
 // What the faces need to know of an option to read it from their callers (tables.h's columns).
 struct OptionInfo {
   const char* name;
-  const char* schema_type;     // "float", "float?", "bool", "str"
-  const char* schema_default;  // torch schema literal, e.g. "0.05", "None", "\"kl\""
+  const char* schema_type;  // "float", "float?", "bool", "str"
   bool optional() const { return schema_type[0] != '\0' && schema_type[std::char_traits<char>::length(schema_type) - 1] == '?'; }
 };
 
 // Calls visit(const OptionInfo&, field&) for every option, in schema order: the faces (torch, numpy, C ABI)
 // read and write options through this, never by listing them.
-#define BANDPO_VISIT_OPTION(name, ctype, schema_type, schema_default, ...) \
-  visit(OptionInfo{#name, schema_type, schema_default}, o.name);
+#define BANDPO_VISIT_OPTION(name, ctype, schema_type, ...) visit(OptionInfo{#name, schema_type}, o.name);
 template <class Visit>
 void for_each_option(BoundOptions& o, Visit&& visit) {
   BANDPO_BOUND_OPTION_TABLE(BANDPO_VISIT_OPTION)
