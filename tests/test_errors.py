@@ -92,3 +92,72 @@ def test_old_logp_slightly_positive_counts_as_zero(b):
     old3[0, 0] = 0.0
     torch.testing.assert_close(call(logp, old2, adv)[0], call(logp + torch.where(
         torch.arange(logp.numel()).reshape(logp.shape) == 0, 0.0, 0.0), old3, adv)[0], rtol=1e-6, atol=1e-9)
+
+
+# Each option at the edges of what a float can be: every face refuses the same values with a ValueError
+# naming the option (or accepts them alike). Values a face cannot even receive (non-floats) are TypeErrors.
+EDGE_VALUES = [0.0, -0.0, 5e-324, 1e-300, 1e-7, 1e300, 1.7e308, math.inf, -math.inf, math.nan, -1e-300]
+FLOAT_OPTIONS = ["delta", "eps_low", "eps_high", "ratio_max", "dual_clip", "normalizer", "kl_coef"]
+
+
+def _faces(b):
+    import numpy as np
+
+    import bandpo.np as bnp
+    import bandpo.reference as ref_impl
+
+    logp, old, adv, mask, ref = b
+    n = [t.numpy() for t in (logp, old, adv, mask, ref)]
+    return {
+        "op": lambda kw: torch.ops.bandpo.band_loss(logp, old, adv, mask, ref_logp=ref, **kw),
+        "python": lambda kw: bandpo.band_loss(logp, old, adv, mask, ref_logp=ref, **kw),
+        "numpy": lambda kw: bnp.band_loss(n[0], n[1], n[2], n[3], ref_logp=np.ascontiguousarray(n[4]), **kw),
+        "reference": lambda kw: ref_impl.band_loss(logp, old, adv, mask, ref_logp=ref, **kw),
+    }
+
+
+@pytest.mark.parametrize("option", FLOAT_OPTIONS)
+def test_every_face_refuses_the_same_option_values(b, option):
+    verdicts = {}
+    for value in EDGE_VALUES:
+        for face, f in _faces(b).items():
+            try:
+                loss = f({option: value})[0]
+                verdicts.setdefault(value, {})[face] = "ok"
+                assert torch.isfinite(torch.as_tensor(loss)).all(), (face, option, value, loss)
+            except ValueError as e:
+                assert option in str(e), (face, option, value, str(e))
+                verdicts.setdefault(value, {})[face] = "ValueError"
+        assert len(set(verdicts[value].values())) == 1, (option, value, verdicts[value])
+    # the ranges that keep the loss representable (options.h)
+    if option == "normalizer":
+        assert verdicts[1e-300]["op"] == verdicts[1e300]["op"] == verdicts[1e-7]["op"] == "ValueError"
+    if option == "kl_coef":
+        assert verdicts[1e300]["op"] == "ValueError" and verdicts[-0.0]["op"] == "ok"
+
+
+@pytest.mark.parametrize("name", ["logp", "ref"])
+@pytest.mark.parametrize("value", [0.5, 1e-5, math.inf])
+def test_log_probabilities_above_zero_are_refused(b, name, value):
+    logp, old, adv, mask, ref = (t.clone() for t in b)
+    mask[:] = True
+    dict(logp=logp, ref=ref)[name].view(-1)[3] = value
+    arg = dict(logp="logp", ref="ref_logp")[name]
+    with pytest.raises(ValueError, match=rf"{arg}\[3\] = {value:g} > 0 is not a log-probability"):
+        call(logp, old, adv, mask, ref_logp=ref)
+    import bandpo.np as bnp
+    with pytest.raises(ValueError, match=rf"{arg}\[3\] = {value:g} > 0"):
+        bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), ref_logp=ref.numpy())
+    # the reference, like the CUDA kernels (which cannot raise without a synchronisation), returns NaN
+    import bandpo.reference as ref_impl
+    assert torch.isnan(ref_impl.band_loss(logp, old, adv, mask, ref_logp=ref)[0])
+    # a masked position may hold anything
+    mask.view(-1)[3] = False
+    assert torch.isfinite(call(logp, old, adv, mask, ref_logp=ref)[0])
+
+
+def test_log_probabilities_within_rounding_of_zero_are_accepted(b):
+    logp, old, adv, mask, ref = (t.clone() for t in b)
+    logp.view(-1)[3] = 9e-7
+    ref.view(-1)[4] = 9e-7
+    assert torch.isfinite(call(logp, old, adv, mask, ref_logp=ref)[0])

@@ -3,10 +3,12 @@
 #include "bandpo/bandpo.h"
 
 #include <exception>
+#include <new>
 #include <stdexcept>
 #include <string>
 
 #include "bandpo/cpu.h"
+#include "bandpo/errors.h"
 
 namespace {
 
@@ -22,6 +24,12 @@ bandpo_status guarded(F&& f) {
   } catch (const std::invalid_argument& e) {
     last_error = e.what();
     return BANDPO_INVALID_ARGUMENT;
+  } catch (const bandpo::out_of_memory& e) {
+    last_error = e.what();
+    return BANDPO_OUT_OF_MEMORY;
+  } catch (const std::bad_alloc&) {
+    last_error = "out of memory";
+    return BANDPO_OUT_OF_MEMORY;
   } catch (const std::exception& e) {
     last_error = e.what();
     return BANDPO_INTERNAL_ERROR;
@@ -102,10 +110,9 @@ void bandpo_default_options(bandpo_options* o) {
 bandpo_status bandpo_band_bounds(bandpo_dtype dtype, const void* old_logp, int64_t n, const bandpo_options* options,
                                  void* lower, void* upper) {
   return guarded([&] {
-    const auto dt = checked_enum<bandpo::DType>(dtype, 4, "dtype");
-    if (n < 0) throw std::invalid_argument("n = " + std::to_string(n) + " must be >= 0");
-    if (n > 0 && (!old_logp || !lower || !upper)) throw std::invalid_argument("old_logp, lower and upper must not be NULL");
-    bandpo::band_bounds_cpu(dt, old_logp, n, loss_options(options).bounds, lower, upper, parallel_for());
+    // The core checks the dtype code, n, its byte size and the pointers (checks.cpp).
+    bandpo::band_bounds_cpu(static_cast<bandpo::DType>(dtype), old_logp, n, loss_options(options).bounds, lower,
+                            upper, parallel_for());
   });
 }
 
@@ -115,7 +122,8 @@ bandpo_status bandpo_band_loss(const bandpo_loss_inputs* in, const bandpo_option
     if (!in) throw std::invalid_argument("inputs is NULL");
     if (!loss || !metrics) throw std::invalid_argument("loss and metrics must not be NULL");
     bandpo::LossInputs li;
-    li.dtype = checked_enum<bandpo::DType>(in->dtype, 4, "inputs.dtype");
+    // The core checks the dtype and mask codes, the sizes (without overflow) and the pointers (checks.cpp).
+    li.dtype = static_cast<bandpo::DType>(in->dtype);
     li.rows = in->rows;
     li.cols = in->cols;
     li.logp = in->logp;
@@ -123,7 +131,7 @@ bandpo_status bandpo_band_loss(const bandpo_loss_inputs* in, const bandpo_option
     li.advantages = in->advantages;
     li.advantages_per_row = in->advantages_per_row != 0;
     li.mask = in->mask;
-    li.mask_kind = checked_enum<bandpo::MaskKind>(in->mask_kind, 3, "inputs.mask_kind");
+    li.mask_kind = static_cast<bandpo::MaskKind>(in->mask_kind);
     li.ref_logp = in->ref_logp;
     const bandpo::LossResult r = bandpo::band_loss_cpu(li, loss_options(options), grad_logp, parallel_for());
     *loss = r.loss;

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "checks.h"
 #include "cpu_kernels.h"
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -204,17 +205,8 @@ struct ItemSums {
   double row_mean_pg = 0;
 };
 
-void check_inputs(const LossInputs& in, const LossOptions& options) {
-  if (in.rows < 0 || in.cols < 0) throw std::invalid_argument("rows and cols must be >= 0");
-  const int64_t n = in.rows * in.cols;
-  if (n > 0 && (!in.logp || !in.old_logp || !in.advantages))
-    throw std::invalid_argument("logp, old_logp and advantages must not be null");
-  if (in.mask_kind != MaskKind::none && n > 0 && !in.mask)
-    throw std::invalid_argument("mask is null but mask_kind is not none");
-  if (options.kl_coef != 0.0 && !in.ref_logp) throw std::invalid_argument("kl_coef != 0 needs ref_logp");
-}
-
-// Throws std::invalid_argument for the first bad value at a valid position in [begin, end), if any.
+// Throws std::invalid_argument for the first bad value at a valid position in [begin, end), if any: the
+// positions bad_token() (token_loss.h) flags, named by argument and flat index.
 void throw_if_invalid(const LossInputs& in, int64_t begin, int64_t end) {
   auto value = [&](const void* p, int64_t i) -> double {
     switch (in.dtype) {
@@ -225,27 +217,37 @@ void throw_if_invalid(const LossInputs& in, int64_t begin, int64_t end) {
     }
     return 0.0;
   };
+  // A log-probability's fault: NaN, or above the tolerance (a probability above 1).
+  auto log_prob_fault = [](std::ostringstream& msg, const char* name, int64_t i, double v) {
+    if (std::isnan(v)) {
+      msg << name << "[" << i << "] is NaN at a valid (mask != 0) position";
+    } else if (v > kLogProbTolerance) {
+      msg << name << "[" << i << "] = " << v << " > 0 is not a log-probability (a probability above 1; "
+          << "log-probs may exceed 0 by rounding only, up to " << kLogProbTolerance << ")";
+    } else {
+      return false;
+    }
+    return true;
+  };
   for (int64_t i = begin; i < end; ++i) {
     double w = 1.0;
     if (in.mask_kind == MaskKind::boolean) w = static_cast<const uint8_t*>(in.mask)[i] ? 1.0 : 0.0;
     if (in.mask_kind == MaskKind::values) w = value(in.mask, i);
     if (w == 0.0) continue;
+    const int64_t adv_index = in.advantages_per_row ? i / std::max<int64_t>(in.cols, 1) : i;
+    const double logp = value(in.logp, i), old_logp = value(in.old_logp, i), adv = value(in.advantages, adv_index);
+    const double ref = in.ref_logp ? value(in.ref_logp, i) : 0.0;
+    if (!bad_token(logp, old_logp, adv, ref, w)) continue;
     std::ostringstream msg;
     msg << "band_loss: ";
-    const double old_logp = value(in.old_logp, i);
-    const double adv = value(in.advantages, in.advantages_per_row ? i / std::max<int64_t>(in.cols, 1) : i);
-    if (std::isnan(w)) msg << "mask[" << i << "] is NaN";
-    else if (std::isnan(value(in.logp, i))) msg << "logp[" << i << "] is NaN at a valid (mask != 0) position";
-    else if (std::isnan(old_logp)) msg << "old_logp[" << i << "] is NaN at a valid (mask != 0) position";
-    else if (old_logp > kOldLogpTolerance)
-      msg << "old_logp[" << i << "] = " << old_logp << " > 0 is not a log-probability";
-    else if (!std::isfinite(adv))
-      msg << "advantages[" << (in.advantages_per_row ? i / std::max<int64_t>(in.cols, 1) : i) << "] = " << adv
-          << " is not finite at a valid (mask != 0) position";
-    else if (in.ref_logp && std::isnan(value(in.ref_logp, i)))
-      msg << "ref_logp[" << i << "] is NaN at a valid (mask != 0) position";
-    else
-      continue;
+    if (std::isnan(w)) {
+      msg << "mask[" << i << "] is NaN";
+    } else if (log_prob_fault(msg, "logp", i, logp) || log_prob_fault(msg, "old_logp", i, old_logp)) {
+    } else if (!std::isfinite(adv)) {
+      msg << "advantages[" << adv_index << "] = " << adv << " is not finite at a valid (mask != 0) position";
+    } else {
+      log_prob_fault(msg, "ref_logp", i, ref);
+    }
     throw std::invalid_argument(msg.str());
   }
 }
@@ -264,8 +266,8 @@ ParallelFor thread_pool_parallel_for(int num_threads) {
 
 void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
                      void* upper, const ParallelFor& parallel_for) {
-  validate(options);
-  if (n <= 0) return;
+  detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
+  if (n == 0) return;
   const KernelTable& k = kernels();
   const int64_t n_items = (n + kItemTokens - 1) / kItemTokens;
   run_parallel(parallel_for, n_items, [&](int64_t b, int64_t e) {
@@ -274,11 +276,10 @@ void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOp
 }
 
 LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& options, const ParallelFor& parallel_for) {
-  validate(options);
-  check_inputs(in, options);
+  detail::check_loss_call(in, options, "band_loss");
   const KernelTable& k = kernels();
   const Partition part(in.rows, in.cols);
-  std::vector<ItemSums> items(static_cast<size_t>(part.n_items));
+  std::vector<ItemSums> items = detail::host_workspace<ItemSums>(part.n_items, in, "band_loss");
   run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
       ItemSums& acc = items[static_cast<size_t>(item)];
@@ -320,16 +321,15 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
 
 void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, double grad_loss, void* grad_logp,
                             const ParallelFor& parallel_for) {
-  validate(options);
-  check_inputs(in, options);
+  const int64_t n = detail::check_loss_call(in, options, "band_loss backward");
   const KernelTable& k = kernels();
   const Partition part(in.rows, in.cols);
-  const int64_t n = in.rows * in.cols;
   if (n == 0) return;
+  if (!grad_logp) throw std::invalid_argument("band_loss backward: grad_logp must not be null when rows * cols > 0");
   // Per-token weight of the gradient for the token-sum modes; per row for seq-mean-token-mean.
   double total_weight = static_cast<double>(n);
   if (detail::backward_needs_total_weight(options, in.mask_kind)) {
-    std::vector<double> partial(static_cast<size_t>(part.n_items));
+    std::vector<double> partial = detail::host_workspace<double>(part.n_items, in, "band_loss backward");
     run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
       for (int64_t item = b; item < e; ++item)
         part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
@@ -346,14 +346,14 @@ void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, do
   // Rows longer than an item need their total weight before any of their chunks can be scaled.
   std::vector<double> row_weight;
   if (per_row_mean && !part.whole_rows()) {
-    std::vector<double> chunk_weight(static_cast<size_t>(part.n_items));
+    std::vector<double> chunk_weight = detail::host_workspace<double>(part.n_items, in, "band_loss backward");
     run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
       for (int64_t item = b; item < e; ++item)
         part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
           chunk_weight[static_cast<size_t>(item)] = k.weight_sum(in, begin, end);
         });
     });
-    row_weight.assign(static_cast<size_t>(in.rows), 0.0);
+    row_weight = detail::host_workspace<double>(in.rows, in, "band_loss backward");
     for (int64_t item = 0; item < part.n_items; ++item)
       row_weight[static_cast<size_t>(item / part.chunks_per_row)] += chunk_weight[static_cast<size_t>(item)];
   }

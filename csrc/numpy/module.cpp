@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bandpo/cpu.h"
+#include "bandpo/errors.h"
 
 namespace py = pybind11;
 
@@ -181,6 +182,15 @@ py::tuple band_loss(const py::array& logp_in, const py::array& old_logp_in, cons
 
 PYBIND11_MODULE(_np, m) {
   m.doc() = "bandpo on numpy arrays (torch-free core); see bandpo.np";
+  // std::invalid_argument is pybind11's ValueError already; a workspace that cannot be allocated is Python's
+  // MemoryError, with the core's message (its size and the shape).
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const bandpo::out_of_memory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    }
+  });
   m.def("band_bounds", &band_bounds, py::arg("old_logp"));
   m.def("band_loss", &band_loss, py::arg("logp"), py::arg("old_logp"), py::arg("advantages"), py::arg("mask"),
         py::arg("ref_logp"), py::arg("with_grad"));

@@ -18,7 +18,7 @@ from torch import Tensor
 from ._tables import DEFAULTS as _D
 from .config import AGGREGATIONS, METRIC_NAMES, BandConfig  # noqa: F401  (METRIC_NAMES: re-exported)
 
-OLD_LOGP_TOLERANCE = 1e-6
+LOG_PROB_TOLERANCE = 1e-6  # bounds.h kLogProbTolerance: log-probs may exceed 0 by rounding only
 LOG_RATIO_CLAMP = 20.0
 _HALLEY_STEPS = 4
 
@@ -36,8 +36,9 @@ def _kl_shrink_log_ratio(a: Tensor, b: Tensor, delta: float) -> Tensor:
             newton = (f - delta) * den / (a * em)
             half_curvature = b * (1 + em) / (2 * em * den)
             shrink = 1 - newton * half_curvature
-            shrink = torch.where(shrink < 0.5, torch.ones_like(shrink), shrink)
-            w = torch.clamp(w - newton / shrink, max=0.0)
+            # Newton where Halley would more than double it, or where its terms meet inf * 0 (p subnormal)
+            shrink = torch.where(~(shrink >= 0.5), torch.ones_like(shrink), shrink)
+            w = torch.clamp(w - newton / shrink, min=-750.0, max=0.0)  # e^w = 0 left of -750, as in bounds.h
         return w
 
 
@@ -69,7 +70,7 @@ def band_bounds(old_logp: Tensor, *, divergence: str = _D["divergence"], delta: 
                ratio_max=ratio_max)
     with torch.no_grad():
         lp = old_logp.detach().double()
-        lp = torch.where(lp > OLD_LOGP_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
+        lp = torch.where(lp > LOG_PROB_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
         p, q = torch.exp(lp), -torch.expm1(lp)
         lower, upper = divergence_bounds(p, q, divergence, delta, eps_low, eps_high)
         if relax_high_p:
@@ -106,8 +107,11 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
 
     Differentiable w.r.t. ``logp`` through ordinary autograd.
     """
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"agg must be one of {AGGREGATIONS}; got {agg!r}")
+    from . import _np  # the core's option checks (torch-free), as BandConfig uses them
+
+    _np.validate_options(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high,
+                         relax_high_p=relax_high_p, ratio_max=ratio_max, dual_clip=dual_clip, agg=agg,
+                         normalizer=normalizer, kl_coef=kl_coef, kl_estimator=kl_estimator)
     if agg != "token-mean" and logp.dim() != 2:
         raise ValueError(f"agg={agg!r} needs 2-D [batch, tokens] inputs; got logp of shape {tuple(logp.shape)}")
     out_dtype = logp.dtype
@@ -151,6 +155,12 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
 
     weighted = torch.where(valid, weight, zero)
     n_tokens = weighted.sum()
+    # Values the op refuses at valid positions (token_loss.h bad_token; old_logp already gives NaN bounds):
+    # a log-probability above the tolerance. The CPU op raises; the reference, like CUDA, returns NaN.
+    not_log_prob = ~(logp.detach().double() <= LOG_PROB_TOLERANCE)
+    if ref_logp is not None:
+        not_log_prob = not_log_prob | ~(ref_logp.detach().double() <= LOG_PROB_TOLERANCE)
+    refused = (valid & not_log_prob).any()
 
     def aggregate(per_token: Tensor) -> Tensor:
         s = per_token * weighted
@@ -167,7 +177,7 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
         den = torch.as_tensor(den, dtype=torch.float64)
         return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), torch.zeros_like(num))
 
-    loss = aggregate(total)
+    loss = torch.where(refused, torch.full_like(n_tokens, float("nan")), aggregate(total))
     with torch.no_grad():
         def mean(v: Tensor) -> Tensor:
             return torch.where(n_tokens != 0, (v.double() * weighted).sum() / n_tokens.clamp(min=1e-300), 0.0)

@@ -3,6 +3,7 @@
 #include <bandpo/bandpo.h>
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -50,9 +51,43 @@ int main(void) {
   logp[0] = NAN;
   CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
   CHECK(strstr(bandpo_last_error(), "logp[0]") != NULL);
-  bandpo_set_num_threads(1);
+  logp[0] = 0.5f; /* a probability above 1: refused like old_logp */
+  CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
+  CHECK(strstr(bandpo_last_error(), "logp[0] = 0.5 > 0") != NULL);
+  logp[0] = 5e-7f; /* within rounding of 0: accepted */
+  CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_OK);
   logp[0] = -1.0f;
+  bandpo_set_num_threads(1);
   CHECK(bandpo_band_loss(&in, &o, &loss, metrics, NULL) == BANDPO_OK);
+
+  /* Sizes whose product wraps in int64 are refused before any buffer is read, naming them. */
+  {
+    bandpo_loss_inputs big = in;
+    const int64_t wraps[][2] = {{(int64_t)1 << 40, (int64_t)1 << 40}, {((int64_t)1 << 33) + 1, (int64_t)1 << 31},
+                                {INT64_MAX, 2}, {2, INT64_MAX}, {(int64_t)1 << 31, (int64_t)1 << 31}};
+    for (size_t k = 0; k < sizeof wraps / sizeof wraps[0]; ++k) {
+      big.rows = wraps[k][0];
+      big.cols = wraps[k][1];
+      CHECK(bandpo_band_loss(&big, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
+      CHECK(strstr(bandpo_last_error(), "rows = ") != NULL && strstr(bandpo_last_error(), "cols = ") != NULL);
+    }
+    big.rows = -1;
+    big.cols = 3;
+    CHECK(bandpo_band_loss(&big, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
+    CHECK(bandpo_band_bounds(BANDPO_FLOAT64, &lp, INT64_MAX / 4, &o, &lo, &hi) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "cols = ") != NULL);
+    CHECK(bandpo_band_bounds((bandpo_dtype)7, &lp, 1, &o, &lo, &hi) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "dtype") != NULL);
+    big = in;
+    big.mask_kind = (bandpo_mask_kind)5;
+    CHECK(bandpo_band_loss(&big, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "mask_kind") != NULL);
+  }
+  /* Options that would overflow the loss are refused naming them (ValueError in Python). */
+  o.normalizer = 1e-300;
+  CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
+  CHECK(strstr(bandpo_last_error(), "normalizer") != NULL);
+  bandpo_default_options(&o);
 
   printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;

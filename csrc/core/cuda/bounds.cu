@@ -2,6 +2,7 @@
 // per-token band_bounds() as the CPU loops.
 #include <stdexcept>
 
+#include "../checks.h"
 #include "../dispatch.h"
 #include "bandpo/bounds.h"
 #include "bandpo/cuda.h"
@@ -39,10 +40,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
                  void* upper, cudaStream_t stream) {
-  validate(options);
-  if (n < 0) throw std::invalid_argument("band_bounds: n must be >= 0");
+  bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
   if (n == 0) return;
-  if (!old_logp || !lower || !upper) throw std::invalid_argument("band_bounds: null device pointer");
   bandpo::detail::with_storage_type(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeType<T>::type;

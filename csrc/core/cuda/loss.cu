@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../checks.h"
 #include "../dispatch.h"
 #include "bandpo/cuda.h"
 #include "bandpo/token_loss.h"
@@ -150,9 +151,7 @@ __global__ void __launch_bounds__(kBlockThreads)
         const PolicyTerms<C> t = policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
         const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
         const bool clipped = (t.clipped_upper + t.clipped_lower) != C(0);
-        const bool bad = math::isnan(c.logp[j]) | math::isnan(c.old_logp[j]) |
-                         (c.old_logp[j] > C(kOldLogpTolerance)) | !(c.advantage[j] - c.advantage[j] == C(0)) |
-                         math::isnan(c.ref[j]) | math::isnan(w);
+        const bool bad = bad_token(c.logp[j], c.old_logp[j], c.advantage[j], c.ref[j], w);
         if (w != C(0)) {  // masked positions may hold NaN/inf: they never enter a sum
           const C token_pg = clipped ? C(0) : t.pg_loss;  // clipped tokens add theirs below
           acc.loss += w * (token_pg + prm.kl_coef * k.value);
@@ -333,20 +332,13 @@ Tiling loss_tiling(const LossInputs& in, const LossOptions& options) {
   return Tiling::of(in.rows, in.cols, options.agg == Aggregation::seq_mean_token_mean || in.advantages_per_row);
 }
 
-void check_loss_call(const char* what, const LossInputs& in, const LossOptions& options, void* workspace,
-                     size_t workspace_bytes) {
-  validate(options);
-  const std::string name(what);
-  if (in.rows < 0 || in.cols < 0) throw std::invalid_argument(name + ": rows and cols must be >= 0");
-  const int64_t n = in.rows * in.cols;
-  if (n > 0 && (!in.logp || !in.old_logp || !in.advantages))
-    throw std::invalid_argument(name + ": logp, old_logp and advantages must not be null");
-  if (in.mask_kind != MaskKind::none && n > 0 && !in.mask)
-    throw std::invalid_argument(name + ": mask is null but mask_kind is not none");
-  if (options.kl_coef != 0.0 && !in.ref_logp) throw std::invalid_argument(name + ": kl_coef != 0 needs ref_logp");
+// The core's checks of every band_loss entry point (checks.cpp), then the workspace's.
+void check_launch(const char* what, const LossInputs& in, const LossOptions& options, void* workspace,
+                  size_t workspace_bytes) {
+  bandpo::detail::check_loss_call(in, options, what);
   const size_t needed = Workspace::of(loss_tiling(in, options)).bytes;
   if (!workspace || workspace_bytes < needed || !is_aligned(workspace, 16))
-    throw std::invalid_argument(name + ": workspace must be a 16-byte aligned device buffer of at least " +
+    throw std::invalid_argument(std::string(what) + ": workspace must be a 16-byte aligned device buffer of at least " +
                                 std::to_string(needed) + " bytes (loss_workspace_bytes()); got " +
                                 std::to_string(workspace_bytes));
 }
@@ -355,12 +347,13 @@ void check_loss_call(const char* what, const LossInputs& in, const LossOptions& 
 }  // namespace detail
 
 size_t loss_workspace_bytes(const LossInputs& inputs, const LossOptions& options) {
+  bandpo::detail::check_loss_call(inputs, options, "loss_workspace_bytes");
   return detail::Workspace::of(detail::loss_tiling(inputs, options)).bytes;
 }
 
 void band_loss_forward(const LossInputs& in, const LossOptions& options, void* loss, float* metrics,
                        int64_t* invalid_count, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  detail::check_loss_call("band_loss_forward", in, options, workspace, workspace_bytes);
+  detail::check_launch("band_loss_forward", in, options, workspace, workspace_bytes);
   if (!loss || !metrics) throw std::invalid_argument("band_loss_forward: loss and metrics must not be null");
   const detail::Tiling tiling = detail::loss_tiling(in, options);
   const detail::Workspace layout = detail::Workspace::of(tiling);
@@ -385,7 +378,7 @@ void band_loss_forward(const LossInputs& in, const LossOptions& options, void* l
 
 void band_loss_backward(const LossInputs& in, const LossOptions& options, const double* grad_loss, void* grad_logp,
                         void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  detail::check_loss_call("band_loss_backward", in, options, workspace, workspace_bytes);
+  detail::check_launch("band_loss_backward", in, options, workspace, workspace_bytes);
   if (!grad_loss) throw std::invalid_argument("band_loss_backward: grad_loss must not be null");
   const detail::Tiling tiling = detail::loss_tiling(in, options);
   if (tiling.units == 0) return;

@@ -3,7 +3,9 @@
  * function returns a status, and bandpo_last_error() gives the message of the calling thread's last failure.
  *
  * Buffers are contiguous, row-major, of the dtype given; the semantics are those of torch.ops.bandpo
- * (README.md). Structs are passed by pointer; fill options with bandpo_default_options() and then set the
+ * (README.md). Sizes are checked before any buffer is read: rows, cols and n must be >= 0 and each buffer's
+ * byte count must fit in ptrdiff_t, computed without overflow; a size outside that is
+ * BANDPO_INVALID_ARGUMENT naming it, never a wrapped size. Structs are passed by pointer; fill options with bandpo_default_options() and then set the
  * fields you need. A change of any struct's layout changes BANDPO_ABI_VERSION: compare it with
  * bandpo_abi_version() of the library actually loaded. */
 #ifndef BANDPO_BANDPO_H
@@ -19,8 +21,9 @@ extern "C" {
 
 typedef enum bandpo_status {
   BANDPO_OK = 0,
-  BANDPO_INVALID_ARGUMENT = 1, /* bad option, shape, pointer, or a bad value at a valid position */
-  BANDPO_INTERNAL_ERROR = 2
+  BANDPO_INVALID_ARGUMENT = 1, /* bad option, size, pointer, enum code, or a bad value at a valid position */
+  BANDPO_INTERNAL_ERROR = 2,
+  BANDPO_OUT_OF_MEMORY = 3 /* a workspace could not be allocated; the message gives its size */
 } bandpo_status;
 
 typedef enum bandpo_dtype { BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3 } bandpo_dtype;

@@ -93,7 +93,9 @@ BANDPO_HD void kl_shrink_log_ratios(const C (&a)[N], const C (&b)[N], C delta, C
       const C a_em2 = a[k] * em * em;
       const C g_b_e = g * b[k] * (C(1) + em);
       const C den = select(a_em2 < g_b_e, C(2) * a_em2, C(2) * a_em2 - g_b_e);
-      w[k] = min(w[k] - C(2) * g * (b[k] - a[k] * em) * em / den, C(0));
+      // Kept in [kExpMin, 0]: left of kExpMin e^w is 0 and expm1(w) is -1, so the ratio is the same there,
+      // and a step from a root far left of it (a huge delta / p) overflows to -inf, then to NaN.
+      w[k] = max(min(w[k] - C(2) * g * (b[k] - a[k] * em) * em / den, C(0)), math::FloatTraits<C>::kExpMin);
     }
   }
 }
@@ -162,12 +164,13 @@ BANDPO_HD RatioBounds<C> divergence_bounds(C p, C q, const BoundParams<C>& prm) 
 }
 
 // Log-probabilities a hair above 0 (rounding in log_softmax) count as 0; clearly positive ones are not
-// log-probabilities and give NaN bounds (band_loss rejects them before they get here).
-constexpr double kOldLogpTolerance = 1e-6;
+// log-probabilities (a probability above 1) and give NaN bounds. band_loss refuses them, in old_logp and in
+// logp alike (bad_token() in token_loss.h).
+constexpr double kLogProbTolerance = 1e-6;
 
 template <class C>
 BANDPO_HD C sanitize_old_logp(C old_logp) {
-  const C lp = math::select(old_logp > C(kOldLogpTolerance), C(NAN), math::min(old_logp, C(0)));
+  const C lp = math::select(old_logp > C(kLogProbTolerance), C(NAN), math::min(old_logp, C(0)));
   return math::select(math::isnan(old_logp), old_logp, lp);  // min(NaN, 0) would be 0
 }
 

@@ -29,6 +29,19 @@ constexpr int kNumKlEstimators = 0 BANDPO_KL_ESTIMATOR_TABLE(BANDPO_COUNT_ROW);
 constexpr double kOffInfinity = std::numeric_limits<double>::infinity();
 constexpr double kUnsetNaN = std::numeric_limits<double>::quiet_NaN();
 
+// Ranges of the options (tables.h). The loss scales: normalizer is a count of tokens or sequences, divided
+// by the data-parallel size where the count is global: below 1e-6 or above 1e18 it is a unit mistake, and
+// 1/normalizer would push a float32 loss or gradient past its range (1e-300 gave a silent inf). kl_coef
+// multiplies a per-token KL estimate; |kl_coef| > 1e6 is no longer a penalty but the whole loss.
+constexpr double kNormalizerMin = 1e-6;
+// The trust region's size: below 1e-12 the band is narrower than float32 ratios resolve around 1
+// (|r - 1| ~ sqrt(2 delta), 1e-8 at delta = 1e-16); above 1e6 it constrains nothing (the KL bounds are
+// [0, 1/p] from delta ~ 750 on), and delta must stay a finite float32 for the float kernels.
+constexpr double kDeltaMin = 1e-12;
+constexpr double kDeltaMax = 1e6;
+constexpr double kNormalizerMax = 1e18;
+constexpr double kKlCoefMax = 1e6;
+
 // The option structs, one field per row of tables.h, with its default.
 #define BANDPO_OPTION_FIELD(name, ctype, schema_type, schema_default, cpp_default, ...) ctype name = cpp_default;
 struct BoundOptions {

@@ -39,19 +39,20 @@
 // Options of band_bounds (and the first options of band_loss), in schema order.
 #define BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION)                                                                   \
   BANDPO_OPTION(divergence, Divergence, "str", "\"kl\"", Divergence::kl, config, true, "")                         \
-  BANDPO_OPTION(delta, double, "float", "0.05", 0.05, config, v > 0.0 && std::isfinite(v), "a finite number > 0")  \
+  BANDPO_OPTION(delta, double, "float", "0.05", 0.05, config, v >= kDeltaMin && v <= kDeltaMax, "in [1e-12, 1e+06]") \
   BANDPO_OPTION(eps_low, double, "float", "0.2", 0.2, config, v >= 0.0 && v <= 1.0, "in [0, 1]")                  \
   BANDPO_OPTION(eps_high, double, "float", "0.28", 0.28, config, v >= 0.0 && std::isfinite(v), "a finite number >= 0") \
   BANDPO_OPTION(relax_high_p, bool, "bool", "False", false, config, true, "")                                      \
   BANDPO_OPTION(ratio_max, double, "float", "10.0", 10.0, config, v >= 1.0, ">= 1 (inf allowed)")
 
 // The further options of band_loss, in schema order. An absent optional is a sentinel in C++: dual_clip
-// +inf (off), normalizer NaN (the aggregation's own denominator).
+// +inf (off), normalizer NaN (the aggregation's own denominator). The ranges of normalizer and kl_coef
+// (options.h) keep the loss and its gradient representable: each scales every token's term.
 #define BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION)                                                                    \
   BANDPO_OPTION(dual_clip, double, "float?", "None", kOffInfinity, config, v > 1.0, "> 1 (or None to turn it off)") \
   BANDPO_OPTION(agg, Aggregation, "str", "\"token-mean\"", Aggregation::token_mean, config, true, "")              \
-  BANDPO_OPTION(normalizer, double, "float?", "None", kUnsetNaN, call, std::isnan(v) || (v > 0.0 && std::isfinite(v)), "a finite number > 0 (or None)") \
-  BANDPO_OPTION(kl_coef, double, "float", "0.0", 0.0, config, std::isfinite(v), "finite")                          \
+  BANDPO_OPTION(normalizer, double, "float?", "None", kUnsetNaN, call, std::isnan(v) || (v >= kNormalizerMin && v <= kNormalizerMax), "a count in [1e-06, 1e+18] (or None)") \
+  BANDPO_OPTION(kl_coef, double, "float", "0.0", 0.0, config, std::fabs(v) <= kKlCoefMax, "in [-1e+06, 1e+06]")    \
   BANDPO_OPTION(kl_estimator, KlEstimator, "str", "\"k3\"", KlEstimator::k3, config, true, "")
 
 // The metrics of band_loss, in the order of its metrics vector.

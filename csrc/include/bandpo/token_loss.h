@@ -152,4 +152,17 @@ BANDPO_HD KlPenalty<C> kl_penalty(C logp, C ref_logp, KlEstimator estimator) {
   return k;
 }
 
+// Whether a valid (weight != 0) position holds a value the op refuses: NaN in any input or in the weight, a
+// log-probability (logp, old_logp or ref_logp) above kLogProbTolerance, or an infinite advantage. A
+// probability above 1 is the symptom of a broken log-prob computation upstream (log-probs far above 0 have
+// been seen in the wild); taking it as a ratio would train on garbage. The CPU driver raises naming the
+// argument and index (cpu.cpp); CUDA kernels count these positions and write NaN to the loss, since they
+// cannot raise without a synchronisation. Pass ref_logp = 0 when there is none.
+template <class C>
+BANDPO_HD bool bad_token(C logp, C old_logp, C advantage, C ref_logp, C weight) {
+  // !(x <= tol) is true for NaN as well; & and | (not && and ||) keep the token loops vectorisable.
+  return !(logp <= C(kLogProbTolerance)) | !(old_logp <= C(kLogProbTolerance)) |
+         !(advantage - advantage == C(0)) | !(ref_logp <= C(kLogProbTolerance)) | math::isnan(weight);
+}
+
 }  // namespace bandpo

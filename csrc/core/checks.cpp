@@ -1,0 +1,61 @@
+#include "checks.h"
+
+#include <cstddef>
+#include <limits>
+
+namespace bandpo {
+namespace detail {
+namespace {
+
+[[noreturn]] void fail(const char* op, const std::string& message) {
+  throw std::invalid_argument(std::string(op) + ": " + message);
+}
+
+}  // namespace
+
+int64_t element_bytes(DType dtype, const char* op) {
+  switch (dtype) {
+    case DType::float32: return 4;
+    case DType::float64: return 8;
+    case DType::bfloat16:
+    case DType::float16: return 2;
+  }
+  fail(op, "dtype = " + std::to_string(static_cast<int>(dtype)) + " is not a valid dtype code");
+}
+
+int64_t checked_numel(int64_t rows, int64_t cols, DType dtype, const char* op) {
+  if (rows < 0 || cols < 0)
+    fail(op, "rows = " + std::to_string(rows) + " and cols = " + std::to_string(cols) + " must be >= 0");
+  const int64_t bytes = element_bytes(dtype, op);
+  constexpr int64_t kMaxBytes = std::numeric_limits<std::ptrdiff_t>::max();
+  // rows * cols * bytes <= kMaxBytes, tested by division so that nothing can wrap.
+  if (rows > 0 && cols > kMaxBytes / bytes / rows)
+    fail(op, "rows = " + std::to_string(rows) + " times cols = " + std::to_string(cols) + " elements of " +
+                 std::to_string(bytes) + " bytes is more than one buffer can hold (" + std::to_string(kMaxBytes) +
+                 " bytes)");
+  return rows * cols;
+}
+
+void check_bounds_call(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options,
+                       const void* lower, const void* upper, const char* op) {
+  validate(options);
+  if (n < 0) fail(op, "n = " + std::to_string(n) + " must be >= 0");
+  checked_numel(1, n, dtype, op);
+  if (n > 0 && (!old_logp || !lower || !upper)) fail(op, "old_logp, lower and upper must not be null when n > 0");
+}
+
+int64_t check_loss_call(const LossInputs& in, const LossOptions& options, const char* op) {
+  validate(options);
+  const int64_t n = checked_numel(in.rows, in.cols, in.dtype, op);
+  const int mask_kind = static_cast<int>(in.mask_kind);
+  if (mask_kind < 0 || mask_kind > static_cast<int>(MaskKind::values))
+    fail(op, "mask_kind = " + std::to_string(mask_kind) + " is not a valid mask kind");
+  if (n > 0 && (!in.logp || !in.old_logp || !in.advantages))
+    fail(op, "logp, old_logp and advantages must not be null when rows * cols > 0");
+  if (n > 0 && in.mask_kind != MaskKind::none && !in.mask) fail(op, "mask is null but mask_kind is not none");
+  if (options.kl_coef != 0.0 && !in.ref_logp) fail(op, "kl_coef != 0 needs ref_logp");
+  return n;
+}
+
+}  // namespace detail
+}  // namespace bandpo
