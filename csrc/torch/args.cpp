@@ -67,6 +67,21 @@ DType to_dtype(const Tensor& t, const char* name) {
 
 namespace {
 
+// A string argument, whose handle the kernel owns: read and freed here. Not to<std::string>: in the headers
+// of torch 2.10 to 2.13 it copies the string out of a `new std::string` it never deletes, a leak of ~48
+// bytes per string option per call (found by tests/test_steady_state.py; fixed in 2.14's headers).
+std::string take_string(StableIValue v) {
+  StringHandle handle = to<StringHandle>(v);
+  size_t length = 0;
+  const char* data = nullptr;
+  const bool read = torch_string_length(handle, &length) == AOTI_TORCH_SUCCESS &&
+                    torch_string_c_str(handle, &data) == AOTI_TORCH_SUCCESS;
+  std::string s = read ? std::string(data, length) : std::string();
+  torch_delete_string(handle);
+  if (!read) throw std::runtime_error("bandpo: could not read a string argument from the stack");
+  return s;
+}
+
 // One option from its stack entry, by the C++ type of its field (tables.h). Optional options ("float?")
 // map None to the field's default, the sentinel.
 struct OptionReader {
@@ -85,7 +100,7 @@ struct OptionReader {
   void operator()(const OptionInfo&, bool& field) { field = to<bool>(stack[next++]); }
   template <class Choice>
   void operator()(const OptionInfo&, Choice& field) {
-    parse_choice(to<std::string>(stack[next++]), field);
+    parse_choice(take_string(stack[next++]), field);
   }
 };
 
