@@ -9,6 +9,19 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(os.path.dirname(__
 
 import bandpo  # noqa: E402,F401  (registers torch.ops.bandpo)
 
+# Property tests (hypothesis) against bandpo.reference: "ci" is the default, small enough for CI; "thorough"
+# runs 10,000 examples per test, once before a release or after touching the math:
+#   BANDPO_HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_loss.py tests/test_exactness.py -k hypothesis
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=60, deadline=None)
+    settings.register_profile("thorough", max_examples=10_000, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("BANDPO_HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test dependency; the modules that use it fail on their own import
+    pass
+
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bandpo
 from bandpo import reference
@@ -126,3 +128,48 @@ def test_nan_and_positive_old_logp_give_nan_bounds():
     lo, up = bandpo.band_bounds(torch.tensor([float("nan"), 0.5, 1e-7], dtype=torch.float64))
     assert torch.isnan(lo[:2]).all() and torch.isnan(up[:2]).all()
     assert lo[2] == pytest.approx(math.exp(-0.05)) and up[2] == 1.0
+
+
+def test_chi2_bounds_of_subnormal_float32_probabilities():
+    # found by test_hypothesis_bounds_match_reference: delta q / p overflowed float32 for subnormal p, so the
+    # upper bound was inf (then ratio_max) instead of about 1/sqrt(p)
+    lp = torch.tensor([-88.0, -89.0, -90.0], dtype=torch.float32)
+    kw = dict(divergence="chi2", delta=1.0, ratio_max=1e30)
+    upper = torch.ops.bandpo.band_bounds(lp, **kw)[1]
+    torch.testing.assert_close(upper, reference.band_bounds(lp, **kw)[1], rtol=4e-6, atol=0)
+    # deeper, p keeps only a few bits in float32 (FLOAT32_NORMAL_LOGP), but the bound stays finite and below the cap
+    upper = torch.ops.bandpo.band_bounds(torch.tensor([-95.0, -103.0]), **kw)[1]
+    assert bool((upper > 1e20).all() and (upper < 1e30).all())
+
+
+# exp(old_logp) is a normal float32 from here up; below it p is subnormal in the float32 compute type, with
+# fewer bits the further down (none left at -103.3), and the float bounds have only that precision.
+FLOAT32_NORMAL_LOGP = -87.3
+
+
+# Old log-probabilities across the whole domain: plausible ones, the tails (p -> 0 and p -> 1, exp's underflow,
+# subnormal p), and the special values bounds map to NaN (NaN, above 0).
+LOGPS = st.one_of(st.floats(-30.0, 0.0), st.floats(-800.0, 0.0), st.floats(-1e-6, 0.0),
+                  st.sampled_from([0.0, -0.0, -1e-300, -5e-324, -103.5, -745.0, -1e300, -math.inf, math.nan, 1e-7,
+                                   5e-7, 0.5]))
+
+
+@given(old=st.lists(LOGPS, min_size=1, max_size=64), divergence=st.sampled_from(["kl", "tv", "chi2", "clip"]),
+       delta=st.floats(-12.0, 6.0).map(lambda e: 10.0**e), eps_low=st.floats(0.0, 1.0), eps_high=st.floats(0.0, 5.0),
+       relax=st.booleans(), ratio_max=st.sampled_from([1.0, 1.5, 10.0, 1e30, math.inf]),
+       dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_hypothesis_bounds_match_reference(old, divergence, delta, eps_low, eps_high, relax, ratio_max, dtype):
+    lp = torch.tensor(old, dtype=torch.float64).to(dtype)
+    kw = dict(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, relax_high_p=relax,
+              ratio_max=ratio_max)
+    lower, upper = torch.ops.bandpo.band_bounds(lp, **kw)
+    want_lower, want_upper = reference.band_bounds(lp, **kw)  # float64 math, rounded to dtype
+    # float64: 1e-11 as against the mpmath table; float32: 4e-6 relative (upper), 4e-6 absolute (lower, in
+    # [0, 1]: where the band's lower bound is 1 - delta/p the relative error near 0 means nothing).
+    rtol, atol = (1e-11, 1e-12) if dtype == torch.float64 else (4e-6, 4e-6)
+    torch.testing.assert_close(lower, want_lower, rtol=0.0, atol=atol, equal_nan=True)
+    exact = torch.ones_like(lp, dtype=torch.bool) if dtype == torch.float64 else ~(lp < FLOAT32_NORMAL_LOGP)
+    torch.testing.assert_close(upper[exact], want_upper[exact], rtol=rtol, atol=0.0, equal_nan=True)
+    finite = ~torch.isnan(lp) & (lp <= 1e-6)
+    assert bool(((lower[finite] >= 0) & (lower[finite] <= 1) & (upper[finite] >= 1) &
+                 (upper[finite] <= ratio_max)).all())

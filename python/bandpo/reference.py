@@ -71,7 +71,7 @@ def band_bounds(old_logp: Tensor, *, divergence: str = _D["divergence"], delta: 
     with torch.no_grad():
         lp = old_logp.detach().double()
         lp = torch.where(lp > LOG_PROB_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
-        p, q = torch.exp(lp), -torch.expm1(lp)
+        p, q = torch.exp(lp), 0.0 - torch.expm1(lp)  # +0, not -0, at lp = 0 (bounds.h rest_mass)
         lower, upper = divergence_bounds(p, q, divergence, delta, eps_low, eps_high)
         if relax_high_p:
             lower = torch.minimum(lower, torch.full_like(lower, 1 - eps_low))

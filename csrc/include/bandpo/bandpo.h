@@ -19,26 +19,35 @@ extern "C" {
 
 #define BANDPO_ABI_VERSION 1
 
-typedef enum bandpo_status {
+/* In C++ the enums get int as their fixed underlying type (the size and values they have in C): a C caller
+ * may pass any int in them (an out-of-range code is BANDPO_INVALID_ARGUMENT), and only with a fixed
+ * underlying type is such a value defined behaviour on the C++ side. */
+#ifdef __cplusplus
+#define BANDPO_ENUM_BASE : int
+#else
+#define BANDPO_ENUM_BASE
+#endif
+
+typedef enum bandpo_status BANDPO_ENUM_BASE {
   BANDPO_OK = 0,
   BANDPO_INVALID_ARGUMENT = 1, /* bad option, size, pointer, enum code, or a bad value at a valid position */
   BANDPO_INTERNAL_ERROR = 2,
   BANDPO_OUT_OF_MEMORY = 3 /* a workspace could not be allocated; the message gives its size */
 } bandpo_status;
 
-typedef enum bandpo_dtype { BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3 } bandpo_dtype;
-typedef enum bandpo_divergence { BANDPO_KL = 0, BANDPO_TV = 1, BANDPO_CHI2 = 2, BANDPO_CLIP = 3 } bandpo_divergence;
-typedef enum bandpo_aggregation {
+typedef enum bandpo_dtype BANDPO_ENUM_BASE { BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3 } bandpo_dtype;
+typedef enum bandpo_divergence BANDPO_ENUM_BASE { BANDPO_KL = 0, BANDPO_TV = 1, BANDPO_CHI2 = 2, BANDPO_CLIP = 3 } bandpo_divergence;
+typedef enum bandpo_aggregation BANDPO_ENUM_BASE {
   BANDPO_TOKEN_MEAN = 0,
   BANDPO_SEQ_MEAN_TOKEN_SUM = 1,
   BANDPO_SEQ_MEAN_TOKEN_MEAN = 2,
   BANDPO_SEQ_MEAN_TOKEN_SUM_NORM = 3
 } bandpo_aggregation;
-typedef enum bandpo_kl_estimator { BANDPO_K1 = 0, BANDPO_K2 = 1, BANDPO_K3 = 2 } bandpo_kl_estimator;
+typedef enum bandpo_kl_estimator BANDPO_ENUM_BASE { BANDPO_K1 = 0, BANDPO_K2 = 1, BANDPO_K3 = 2 } bandpo_kl_estimator;
 #define BANDPO_NUM_DIVERGENCES 4
 #define BANDPO_NUM_AGGREGATIONS 4
 #define BANDPO_NUM_KL_ESTIMATORS 3
-typedef enum bandpo_mask_kind { BANDPO_MASK_NONE = 0, BANDPO_MASK_BOOL = 1, BANDPO_MASK_VALUES = 2 } bandpo_mask_kind;
+typedef enum bandpo_mask_kind BANDPO_ENUM_BASE { BANDPO_MASK_NONE = 0, BANDPO_MASK_BOOL = 1, BANDPO_MASK_VALUES = 2 } bandpo_mask_kind;
 
 /* The op's options, named as in torch.ops.bandpo (README.md); their defaults are the op's, written by
  * bandpo_default_options(). dual_clip: +inf = off. normalizer: NaN = the aggregation's own denominator.

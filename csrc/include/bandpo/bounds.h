@@ -148,7 +148,9 @@ BANDPO_HD RatioBounds<C> divergence_bounds(C p, C q, const BoundParams<C>& prm) 
       break;
     }
     case Divergence::chi2: {
-      const C half_width = math::sqrt(prm.delta * q / p);  // (s - p)^2 / (p q) <= delta
+      // (s - p)^2 / (p q) <= delta. Two roots, not sqrt(delta q / p): q / p overflows float for subnormal p
+      // (old_logp < -87.3), which made the upper bound inf (then ratio_max) instead of ~1/sqrt(p).
+      const C half_width = math::sqrt(prm.delta * q) / math::sqrt(p);
       b.lower = C(1) - half_width;
       b.upper = C(1) + half_width;
       break;
@@ -167,6 +169,14 @@ BANDPO_HD RatioBounds<C> divergence_bounds(C p, C q, const BoundParams<C>& prm) 
 // log-probabilities (a probability above 1) and give NaN bounds. band_loss refuses them, in old_logp and in
 // logp alike (bad_token() in token_loss.h).
 constexpr double kLogProbTolerance = 1e-6;
+
+// q = 1 - p = -expm1(lp) of the other tokens, as +0 (never -0) at lp = 0: -expm1(0) is -0, and a division by
+// -0 gives the opposite infinity, so the KL test of a token with old_logp = 0 read r = 1 - 1e-11 as
+// infinitely far (clipped) in float64 (found by the fuzzer, tests/fuzz).
+template <class C>
+BANDPO_HD C rest_mass(C lp) {
+  return C(0) - math::expm1(lp);
+}
 
 template <class C>
 BANDPO_HD C sanitize_old_logp(C old_logp) {
@@ -190,7 +200,7 @@ BANDPO_HD RatioBounds<C> finish_bounds(RatioBounds<C> b, C lp, const BoundParams
 template <class C>
 BANDPO_HD RatioBounds<C> band_bounds(C old_logp, const BoundParams<C>& prm) {
   const C lp = sanitize_old_logp(old_logp);
-  return finish_bounds(divergence_bounds(math::exp(lp), -math::expm1(lp), prm), lp, prm);
+  return finish_bounds(divergence_bounds(math::exp(lp), rest_mass(lp), prm), lp, prm);
 }
 
 // The bounds of two tokens at once. For KL the four root-findings run in lockstep, which on an out-of-order
@@ -205,8 +215,8 @@ template <class C>
 BANDPO_HD BoundsPair<C> band_bounds_pair(C old_logp0, C old_logp1, const BoundParams<C>& prm) {
   if (prm.divergence != Divergence::kl) return BoundsPair<C>{band_bounds(old_logp0, prm), band_bounds(old_logp1, prm)};
   const C lp0 = sanitize_old_logp(old_logp0), lp1 = sanitize_old_logp(old_logp1);
-  const C p0 = math::exp(lp0), q0 = -math::expm1(lp0);
-  const C p1 = math::exp(lp1), q1 = -math::expm1(lp1);
+  const C p0 = math::exp(lp0), q0 = rest_mass(lp0);
+  const C p1 = math::exp(lp1), q1 = rest_mass(lp1);
   const C a[4] = {p0, q0, p1, q1};
   const C b[4] = {q0, p0, q1, p1};
   C w[4];
@@ -221,7 +231,7 @@ template <class C>
 BANDPO_HD C band_bound(C old_logp, bool upper_side, const BoundParams<C>& prm) {
   const C lp = sanitize_old_logp(old_logp);
   const C p = math::exp(lp);
-  const C q = -math::expm1(lp);
+  const C q = rest_mass(lp);
   RatioBounds<C> b;
   if (prm.divergence == Divergence::kl) {
     const C w = detail::kl_shrink_log_ratio(math::select(upper_side, q, p), math::select(upper_side, p, q), prm.delta);

@@ -109,6 +109,16 @@ BANDPO_HD float sqrt<float>(float x) {
 #endif
 }
 
+// Bits of the float with biased exponent field `biased` and zero mantissa (2^(biased - bias) where that is
+// normal). Shifted as unsigned: a negative field (u = inf in log1p, whose correction term is then unused)
+// would make a signed left shift undefined behaviour.
+template <class T>
+BANDPO_HD typename FloatTraits<T>::Bits exponent_field(typename FloatTraits<T>::Bits biased) {
+  using Bits = typename FloatTraits<T>::Bits;
+  using Unsigned = typename std::make_unsigned<Bits>::type;
+  return static_cast<Bits>(static_cast<Unsigned>(biased) << FloatTraits<T>::kMantissaBits);
+}
+
 // 2^k for integer k in [2*(1-bias), 2*bias], as a product of two normal powers so that subnormal
 // results come out right.
 template <class T>
@@ -117,8 +127,8 @@ BANDPO_HD T scale_by_pow2(T y, typename FloatTraits<T>::Bits k) {
   using Bits = typename Tr::Bits;
   const Bits k1 = k >> 1;
   const Bits k2 = k - k1;
-  const T s1 = bit_cast<T>(static_cast<Bits>((k1 + Tr::kExponentBias) << Tr::kMantissaBits));
-  const T s2 = bit_cast<T>(static_cast<Bits>((k2 + Tr::kExponentBias) << Tr::kMantissaBits));
+  const T s1 = bit_cast<T>(exponent_field<T>(k1 + Tr::kExponentBias));
+  const T s2 = bit_cast<T>(exponent_field<T>(k2 + Tr::kExponentBias));
   return y * s1 * s2;
 }
 
@@ -227,14 +237,14 @@ BANDPO_HD T log1p(T x) {
   const Bits ubits = bit_cast<Bits>(u);
   const Bits mantissa_mask = (Bits(1) << Tr::kMantissaBits) - 1;
   Bits e = ((ubits >> Tr::kMantissaBits) & (2 * Tr::kExponentBias + 1)) - Tr::kExponentBias;
-  T m = bit_cast<T>(static_cast<Bits>((ubits & mantissa_mask) | (Tr::kExponentBias << Tr::kMantissaBits)));
+  T m = bit_cast<T>(static_cast<Bits>((ubits & mantissa_mask) | exponent_field<T>(Tr::kExponentBias)));
   const bool above_sqrt2 = m > T(1) / Tr::kSqrtHalf;
   m = select(above_sqrt2, m * T(0.5), m);
   e = select(above_sqrt2, e + 1, e);
   const T ef = static_cast<T>(e);
   // (rounding error of u) / u without a division: 1/u = 2^-e / m ~ 2^-e (2 - m). The approximation's
   // relative error (m-1)^2/m only scales a term below half an ulp of u, so it costs < 0.1 ulp of the result.
-  const T inv_pow2 = bit_cast<T>(static_cast<Bits>((Tr::kExponentBias - e) << Tr::kMantissaBits));
+  const T inv_pow2 = bit_cast<T>(exponent_field<T>(Tr::kExponentBias - e));
   const T correction = select(e > 0, T(1) - (u - x), x - (u - T(1))) * (inv_pow2 * (T(2) - m));
   T y = ef * Tr::kLn2Hi + (log1p_reduced(m - T(1)) + (ef * Tr::kLn2Lo + correction));
   y = select(u == T(0), -T(INFINITY), y);

@@ -97,7 +97,7 @@ BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const Los
   const bool ratio_live = (log_ratio_raw >= C(-kLogRatioClamp)) & (log_ratio_raw <= C(kLogRatioClamp));
   const C r = math::exp(log_ratio);
   const C p = math::exp(lp);
-  const C q = -math::expm1(lp);
+  const C q = rest_mass(lp);
 
   const bool upper = (advantage > C(0)) & above_upper_bound(p, q, r, log_ratio, prm.bounds);
   const bool lower = (advantage < C(0)) & below_lower_bound(p, q, r, log_ratio, prm.bounds);

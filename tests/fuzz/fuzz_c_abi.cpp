@@ -1,0 +1,346 @@
+// libFuzzer harness over the C ABI (bandpo_band_bounds, bandpo_band_loss), built by ci/fuzz.sh with clang,
+// AddressSanitizer and UndefinedBehaviorSanitizer. From each input it draws options (out-of-range enum codes
+// and special floats included), a dtype code, a shape (0 and 1 included, and sizes whose byte count cannot
+// exist), a mask kind and the values (NaN, +-inf, +-0, subnormals, huge, log-probs above 0).
+// Invariants, beyond "no crash and no sanitizer report":
+//   - a non-OK status always comes with a message;
+//   - an impossible size is BANDPO_INVALID_ARGUMENT, before any buffer is read;
+//   - OK with finite inputs at every valid position: the loss, the metrics and the gradient are finite, and
+//     for float32/bfloat16/float16 the loss agrees with the float64 computation on the same values within
+//     the float32 tolerance relative to the loss's scale (sum of |w A| max(r, upper, 1) + |kl_coef w kl|);
+//   - bounds that are OK are in [0, 1] and [1, ratio_max], or NaN where old_logp is NaN or above 0.
+#include <bandpo/bandpo.h>
+#include <bandpo/dtypes.h>
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "fuzz invariant violated: %s (last error: '%s')\n", what, bandpo_last_error());
+  std::abort();
+}
+#define EXPECT(cond)                    \
+  do {                                  \
+    if (!(cond)) fail(#cond);           \
+  } while (0)
+
+double special_double(FuzzedDataProvider& in) {
+  static const double kSpecial[] = {std::numeric_limits<double>::quiet_NaN(),
+                                    std::numeric_limits<double>::infinity(),
+                                    -std::numeric_limits<double>::infinity(),
+                                    0.0, -0.0, 5e-324, -5e-324, 1e-310, 1e-300, 1e-45, 1e-12, 1e-7, 0.05, 0.2,
+                                    0.28, 0.5, 1.0, 1.0000001, 2.0, 3.0, 10.0, 1e6, 1e18, 1e38, 1e300,
+                                    std::numeric_limits<double>::max(), -1.0, -1e-7, -1e300};
+  switch (in.ConsumeIntegralInRange<int>(0, 3)) {
+    case 0: return in.PickValueInArray(kSpecial);
+    case 1: return in.ConsumeFloatingPointInRange<double>(0.0, 1.0);
+    case 2: return in.ConsumeFloatingPointInRange<double>(0.0, 20.0);
+    default: return in.ConsumeFloatingPoint<double>();
+  }
+}
+
+// A log-probability, advantage or weight: mostly plausible values, sometimes special ones.
+double value(FuzzedDataProvider& in, double lo, double hi) {
+  static const double kSpecial[] = {std::numeric_limits<double>::quiet_NaN(),
+                                    std::numeric_limits<double>::infinity(),
+                                    -std::numeric_limits<double>::infinity(),
+                                    0.0, -0.0, 5e-324, -5e-324, 1e-40, -1e-40, 1e-7, 9e-7, 2e-6, 0.5, -1e30, 1e30,
+                                    -1e-30, -103.5, -745.0, -800.0, 1e300, -1e300};
+  if (in.ConsumeIntegralInRange<int>(0, 15) == 0) return in.PickValueInArray(kSpecial);
+  return in.ConsumeFloatingPointInRange<double>(lo, hi);
+}
+
+int element_bytes(int dtype) { return dtype == BANDPO_FLOAT64 ? 8 : dtype == BANDPO_FLOAT32 ? 4 : 2; }
+
+// Half-precision bit patterns through the library's own conversions (bandpo/dtypes.h, checked against torch's
+// in the Python tests): the harness needs the exact value a buffer holds, not an independent rounding.
+uint16_t to_half_bits(float f, bool bf16) {
+  if (bf16) return bandpo::from_float_bf16(f).bits;
+  return bandpo::from_float_f16(f).bits;
+}
+
+double from_half_bits(uint16_t bits, bool bf16) {
+  if (bf16) return bandpo::to_float(bandpo::bfloat16{bits});
+  return bandpo::to_float(bandpo::float16{bits});
+}
+
+// A buffer of n values in `dtype`, and the exact float64 values it holds.
+struct Buffer {
+  std::vector<unsigned char> bytes;
+  std::vector<double> exact;
+  Buffer(int dtype, const std::vector<double>& v) : bytes(v.size() * 8 + 16), exact(v.size()) {
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (dtype == BANDPO_FLOAT64) {
+        std::memcpy(&bytes[i * 8], &v[i], 8);
+        exact[i] = v[i];
+      } else if (dtype == BANDPO_FLOAT32) {
+        const float f = static_cast<float>(v[i]);
+        std::memcpy(&bytes[i * 4], &f, 4);
+        exact[i] = f;
+      } else {
+        const bool bf16 = dtype == BANDPO_BFLOAT16;
+        const uint16_t h = to_half_bits(static_cast<float>(v[i]), bf16);
+        std::memcpy(&bytes[i * 2], &h, 2);
+        exact[i] = from_half_bits(h, bf16);
+      }
+    }
+  }
+  void* data() { return bytes.data(); }
+};
+
+bandpo_options draw_options(FuzzedDataProvider& in) {
+  bandpo_options o;
+  bandpo_default_options(&o);
+  const int which = in.ConsumeIntegral<uint16_t>();  // which options to perturb, one bit each
+  if (which & 1) o.divergence = static_cast<bandpo_divergence>(in.ConsumeIntegralInRange<int>(-1, 5));
+  if (which & 2) o.delta = special_double(in);
+  if (which & 4) o.eps_low = special_double(in);
+  if (which & 8) o.eps_high = special_double(in);
+  if (which & 16) o.relax_high_p = in.ConsumeIntegralInRange<int>(-1, 2);
+  if (which & 32) o.ratio_max = special_double(in);
+  if (which & 64) o.dual_clip = special_double(in);
+  if (which & 128) o.agg = static_cast<bandpo_aggregation>(in.ConsumeIntegralInRange<int>(-1, 5));
+  if (which & 256) o.normalizer = special_double(in);
+  if (which & 512) o.kl_coef = in.ConsumeBool() ? special_double(in) : in.ConsumeFloatingPointInRange<double>(0, 1);
+  if (which & 1024) o.kl_estimator = static_cast<bandpo_kl_estimator>(in.ConsumeIntegralInRange<int>(-1, 4));
+  return o;
+}
+
+void fuzz_bounds(FuzzedDataProvider& in) {
+  const bandpo_options o = draw_options(in);
+  const int dtype = in.ConsumeIntegralInRange<int>(-1, 4);
+  if (in.ConsumeIntegralInRange<int>(0, 31) == 0) {  // a size no buffer can have
+    // more bytes than ptrdiff_t holds for any dtype (a valid dtype has at least 2 bytes per element)
+    const int64_t n = std::numeric_limits<int64_t>::max() / 2 + in.ConsumeIntegralInRange<int64_t>(1, 1 << 20);
+    double x = -1, lo, hi;
+    const bandpo_status s = bandpo_band_bounds(static_cast<bandpo_dtype>(dtype), &x, n, &o, &lo, &hi);
+    EXPECT(s == BANDPO_INVALID_ARGUMENT && bandpo_last_error()[0] != '\0');
+    return;
+  }
+  const int n = in.ConsumeIntegralInRange<int>(0, 70);
+  std::vector<double> v(n);
+  for (double& x : v) x = value(in, -40.0, 0.0);
+  const int d = dtype >= 0 && dtype < 4 ? dtype : BANDPO_FLOAT32;
+  Buffer old_logp(d, v), lower(d, v), upper(d, v);
+  const bandpo_status s = bandpo_band_bounds(static_cast<bandpo_dtype>(dtype), old_logp.data(), n, &o, lower.data(),
+                                             upper.data());
+  if (s != BANDPO_OK) {
+    EXPECT(bandpo_last_error()[0] != '\0');
+    return;
+  }
+  EXPECT(dtype >= 0 && dtype < 4);
+  for (int i = 0; i < n; ++i) {
+    const Buffer lo(d, {0.0}), hi(d, {0.0});
+    double l, u;
+    if (d == BANDPO_FLOAT64) {
+      std::memcpy(&l, &lower.bytes[i * 8], 8);
+      std::memcpy(&u, &upper.bytes[i * 8], 8);
+    } else if (d == BANDPO_FLOAT32) {
+      float lf, uf;
+      std::memcpy(&lf, &lower.bytes[i * 4], 4);
+      std::memcpy(&uf, &upper.bytes[i * 4], 4);
+      l = lf, u = uf;
+    } else {
+      uint16_t lb, ub;
+      std::memcpy(&lb, &lower.bytes[i * 2], 2);
+      std::memcpy(&ub, &upper.bytes[i * 2], 2);
+      l = from_half_bits(lb, d == BANDPO_BFLOAT16), u = from_half_bits(ub, d == BANDPO_BFLOAT16);
+    }
+    const double x = old_logp.exact[i];
+    if (std::isnan(x) || x > 1e-6) {
+      EXPECT(std::isnan(l) && std::isnan(u));
+    } else {
+      EXPECT(l >= 0.0 && l <= 1.0);
+      // ratio_max as the output dtype holds it (rounded to nearest: it may land above the double value)
+      const double cap = Buffer(d, {o.ratio_max}).exact[0];
+      if (!(u >= 1.0 && u <= cap)) {
+        std::fprintf(stderr, "old_logp %.17g: upper %.17g, ratio_max %.17g (%.17g in dtype %d)\n", x, u,
+                     o.ratio_max, cap, d);
+        fail("1 <= upper <= ratio_max");
+      }
+    }
+  }
+}
+
+struct LossCall {
+  bandpo_status status;
+  double loss;
+  float metrics[BANDPO_NUM_METRICS];
+};
+
+void fuzz_loss(FuzzedDataProvider& in) {
+  const bandpo_options o = draw_options(in);
+  const int dtype = in.ConsumeIntegralInRange<int>(-1, 4);
+  const int mask_kind = in.ConsumeIntegralInRange<int>(-1, 3);
+  const bool per_row = in.ConsumeBool(), with_ref = in.ConsumeBool(), with_grad = in.ConsumeBool();
+  if (in.ConsumeIntegralInRange<int>(0, 31) == 0) {  // sizes whose product or byte count cannot exist
+    static const int64_t kHuge[][2] = {{int64_t(1) << 40, int64_t(1) << 40},
+                                       {(int64_t(1) << 33) + 1, int64_t(1) << 31},
+                                       {std::numeric_limits<int64_t>::max(), 2},
+                                       {3, std::numeric_limits<int64_t>::max() / 3},
+                                       {int64_t(1) << 31, int64_t(1) << 31},
+                                       {-1, 5},
+                                       {5, std::numeric_limits<int64_t>::min()}};
+    const auto& rc = kHuge[in.ConsumeIntegralInRange<size_t>(0, sizeof kHuge / sizeof kHuge[0] - 1)];
+    double x[2] = {-1, -1};
+    unsigned char m[2] = {1, 1};
+    bandpo_loss_inputs li = {static_cast<bandpo_dtype>(dtype), rc[0], rc[1], x, x, x, per_row, m,
+                             static_cast<bandpo_mask_kind>(mask_kind), with_ref ? x : nullptr};
+    double loss;
+    float metrics[BANDPO_NUM_METRICS];
+    const bandpo_status s = bandpo_band_loss(&li, &o, &loss, metrics, with_grad ? x : nullptr);
+    EXPECT(s == BANDPO_INVALID_ARGUMENT && bandpo_last_error()[0] != '\0');
+    return;
+  }
+  const int rows = in.ConsumeIntegralInRange<int>(0, 6), cols = in.ConsumeIntegralInRange<int>(0, 40);
+  const int n = rows * cols;
+  const int d = dtype >= 0 && dtype < 4 ? dtype : BANDPO_FLOAT32;
+  std::vector<double> logp(n), old(n), adv(per_row ? rows : n), ref(n), w(n);
+  for (double& x : logp) x = value(in, -20.0, 0.0);
+  for (double& x : old) x = value(in, -20.0, 0.0);
+  for (double& x : adv) x = value(in, -3.0, 3.0);
+  for (double& x : ref) x = value(in, -20.0, 0.0);
+  for (double& x : w) x = mask_kind == BANDPO_MASK_VALUES ? value(in, 0.0, 2.0) : (in.ConsumeBool() ? 1.0 : 0.0);
+  Buffer b_logp(d, logp), b_old(d, old), b_adv(d, adv), b_ref(d, ref), b_w(d, w), b_grad(d, logp);
+  std::vector<unsigned char> mask_u8(n + 1);
+  for (int i = 0; i < n; ++i) mask_u8[i] = w[i] != 0.0 ? static_cast<unsigned char>(1 + (i % 3)) : 0;
+  const void* mask = mask_kind == BANDPO_MASK_BOOL ? static_cast<const void*>(mask_u8.data())
+                     : mask_kind == BANDPO_MASK_VALUES ? b_w.data() : nullptr;
+  if (mask_kind < 0 || mask_kind > 2) mask = mask_u8.data();
+  bandpo_loss_inputs li = {static_cast<bandpo_dtype>(dtype), rows, cols, b_logp.data(), b_old.data(), b_adv.data(),
+                           per_row, mask, static_cast<bandpo_mask_kind>(mask_kind),
+                           with_ref ? b_ref.data() : nullptr};
+  LossCall r{};
+  r.status = bandpo_band_loss(&li, &o, &r.loss, r.metrics, with_grad ? b_grad.data() : nullptr);
+  if (r.status != BANDPO_OK) {
+    EXPECT(bandpo_last_error()[0] != '\0');
+    return;
+  }
+  EXPECT(dtype >= 0 && dtype < 4 && mask_kind >= 0 && mask_kind < 3);
+
+  // OK: the values at valid positions were all accepted. Bound each aggregated term's magnitude in float64:
+  // per token |w| (|A| max(r, ratio_max, dual_clip, 1) + |kl_coef| kl), summed and divided as the aggregation
+  // divides. Where that bound is representable in the compute type, the loss, metrics and gradient must be
+  // finite; for float32/bfloat16/float16 the loss must match the float64 computation within 3e-5 of it.
+  // (Beyond it, a float32 product of finite inputs may overflow: that is the compute type's range.)
+  auto weight = [&](int i) {
+    return mask_kind == BANDPO_MASK_NONE ? 1.0 : mask_kind == BANDPO_MASK_BOOL ? (mask_u8[i] ? 1.0 : 0.0) : b_w.exact[i];
+  };
+  bool finite_inputs = true, plain_weights = true, metric_range = true;
+  std::vector<double> row_scale(rows, 0.0), row_weight(rows, 0.0);
+  double total_weight = 0.0;
+  for (int i = 0; i < n; ++i) {
+    const double wi = weight(i);
+    if (wi == 0.0) continue;
+    const double a = b_adv.exact[per_row ? i / cols : i], lp = b_logp.exact[i], olp = b_old.exact[i];
+    const double rf = with_ref ? b_ref.exact[i] : lp;
+    finite_inputs &= std::isfinite(wi) && std::isfinite(a) && std::isfinite(lp) && std::isfinite(olp) &&
+                     std::isfinite(rf);
+    // Negative weights can cancel, and float32 products with subnormal weights keep few bits: only
+    // non-negative normal weights bound the error by the magnitudes.
+    plain_weights &= wi > 0.0 && wi >= 1.2e-38;
+    const double r = std::exp(std::fmin(std::fmax(lp - std::fmin(olp, 0.0), -20.0), 20.0));
+    const double cap = std::isfinite(o.ratio_max) ? o.ratio_max : 0.0;
+    const double dual = std::isfinite(o.dual_clip) ? o.dual_clip : 0.0;
+    const double d_ref = std::fabs(lp - rf);
+    // ppo_kl and ref_kl average these differences: beyond float32's range the metric is inf, faithfully
+    metric_range &= std::fabs(olp - lp) <= 1e30 && d_ref <= 1e30;
+    const double kl = o.kl_estimator == BANDPO_K1 ? d_ref : o.kl_estimator == BANDPO_K2 ? 0.5 * d_ref * d_ref : 10.0;
+    row_scale[i / cols] += std::fabs(wi) * (std::fabs(a) * std::fmax(std::fmax(r, cap), std::fmax(dual, 1.0)) +
+                                            std::fabs(o.kl_coef) * kl);
+    row_weight[i / cols] += wi;
+    total_weight += wi;
+  }
+  if (!finite_inputs || !plain_weights) return;
+  const bool set = !std::isnan(o.normalizer);
+  double sum = 0.0, den = 1.0;
+  if (o.agg == BANDPO_SEQ_MEAN_TOKEN_MEAN) {
+    for (int b = 0; b < rows; ++b) sum += row_weight[b] > 0 ? row_scale[b] / row_weight[b] : 0.0;
+    den = set ? o.normalizer : rows;
+  } else {
+    for (double v : row_scale) sum += v;
+    den = set ? o.normalizer
+              : o.agg == BANDPO_TOKEN_MEAN ? total_weight
+              : o.agg == BANDPO_SEQ_MEAN_TOKEN_SUM ? rows : static_cast<double>(rows) * cols;
+  }
+  const double bound = den > 0 ? sum / den : 0.0;
+  if (!(bound <= (d == BANDPO_FLOAT64 ? 1e300 : 1e30))) return;
+  EXPECT(std::isfinite(r.loss));
+  for (int m = 0; m < BANDPO_NUM_METRICS; ++m) {
+    // the metrics are float32 whatever the dtype: pg_loss is bounded like the loss, ppo_kl/ref_kl apart
+    const bool in_range = (m == 4 || m == 6) ? metric_range : bound <= 1e30;
+    if (!std::isfinite(r.metrics[m]) && in_range) {
+      std::fprintf(stderr, "metric %d = %g; loss %g, bound %g, rows %d cols %d dtype %d agg %d kl_coef %g est %d "
+                   "ref %d mask %d\n", m, r.metrics[m], r.loss, bound, rows, cols, d, o.agg, o.kl_coef,
+                   o.kl_estimator, with_ref, mask_kind);
+      for (int i = 0; i < n; ++i)
+        std::fprintf(stderr, "  [%d] w %g logp %g old %g adv %g ref %g\n", i, weight(i), b_logp.exact[i],
+                     b_old.exact[i], b_adv.exact[per_row ? i / cols : i], b_ref.exact[i]);
+      fail("finite metrics");
+    }
+  }
+  for (int m = 0; m < 4; ++m) EXPECT(r.metrics[m] >= 0.0f && r.metrics[m] <= 1.0f + 1e-6f);  // clip fractions
+  if (with_grad) {
+    for (int i = 0; i < n; ++i) {
+      double g;
+      if (d == BANDPO_FLOAT64) {
+        std::memcpy(&g, &b_grad.bytes[i * 8], 8);
+      } else if (d == BANDPO_FLOAT32) {
+        float f;
+        std::memcpy(&f, &b_grad.bytes[i * 4], 4);
+        g = f;
+      } else {
+        uint16_t h;
+        std::memcpy(&h, &b_grad.bytes[i * 2], 2);
+        g = from_half_bits(h, d == BANDPO_BFLOAT16);
+      }
+      EXPECT(!std::isnan(g));
+    }
+  }
+  if (d == BANDPO_FLOAT64) return;
+  // The float64 computation on the same (exactly representable) values.
+  Buffer f_logp(BANDPO_FLOAT64, b_logp.exact), f_old(BANDPO_FLOAT64, b_old.exact), f_adv(BANDPO_FLOAT64, b_adv.exact),
+      f_ref(BANDPO_FLOAT64, b_ref.exact), f_w(BANDPO_FLOAT64, b_w.exact);
+  bandpo_loss_inputs l64 = li;
+  l64.dtype = BANDPO_FLOAT64;
+  l64.logp = f_logp.data();
+  l64.old_logp = f_old.data();
+  l64.advantages = f_adv.data();
+  l64.ref_logp = with_ref ? f_ref.data() : nullptr;
+  if (mask_kind == BANDPO_MASK_VALUES) l64.mask = f_w.data();
+  LossCall r64{};
+  r64.status = bandpo_band_loss(&l64, &o, &r64.loss, r64.metrics, nullptr);
+  EXPECT(r64.status == BANDPO_OK);
+  if (!(std::fabs(r.loss - r64.loss) <= 3e-5 * bound + 1e-300)) {
+    std::fprintf(stderr, "float64 loss %.17g, dtype %d loss %.17g, bound %.3g; div %d delta %g eps %g %g relax %d "
+                 "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n", r64.loss, d,
+                 r.loss, bound, o.divergence, o.delta, o.eps_low, o.eps_high, o.relax_high_p, o.ratio_max,
+                 o.dual_clip, o.agg, o.normalizer, o.kl_coef, o.kl_estimator, with_ref, mask_kind, per_row);
+    for (int i = 0; i < n; ++i)
+      std::fprintf(stderr, "  [%d] w %g logp %.9g old %.9g adv %.9g ref %.9g\n", i, weight(i), b_logp.exact[i],
+                   b_old.exact[i], b_adv.exact[per_row ? i / cols : i], b_ref.exact[i]);
+    fail("the loss agrees with the float64 computation");
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  bandpo_set_num_threads(1);  // deterministic and cheap per input; the thread pool is covered by the tests
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  FuzzedDataProvider in(data, size);
+  if (in.ConsumeBool()) fuzz_bounds(in);
+  else fuzz_loss(in);
+  return 0;
+}
