@@ -142,6 +142,19 @@ def test_chi2_bounds_of_subnormal_float32_probabilities():
     assert bool((upper > 1e20).all() and (upper < 1e30).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kl_bounds_at_huge_delta_and_tiny_p(dtype):
+    # found while hardening: a Halley step from a root far left of exp's underflow overflowed to -inf, then NaN,
+    # and the float32 lower bound came out 1 instead of 0 (delta >= 1e4 at old_logp = -80)
+    lp = torch.tensor([-80.0, -103.5, -700.0, -745.0, -0.01, 0.0], dtype=torch.float64).to(dtype)
+    for delta in (1e3, 1e4, 1e5, 1e6):
+        lower, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=delta, ratio_max=math.inf)
+        want_lower, want_upper = reference.band_bounds(lp, divergence="kl", delta=delta, ratio_max=math.inf)
+        assert not torch.isnan(want_lower).any() and not torch.isnan(want_upper).any()  # the reference too
+        torch.testing.assert_close(lower, want_lower, rtol=0, atol=1e-6)
+        assert bool((lower[:4] == 0).all())
+
+
 # exp(old_logp) is a normal float32 from here up; below it p is subnormal in the float32 compute type, with
 # fewer bits the further down (none left at -103.3), and the float bounds have only that precision.
 FLOAT32_NORMAL_LOGP = -87.3

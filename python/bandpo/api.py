@@ -55,11 +55,12 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
         mask: bool, or weights in logp's dtype, same shape; 0 = padding (may hold NaN/inf elsewhere).
         config: the options (default ``BandConfig()``); keyword overrides replace single fields.
         normalizer: replaces the aggregation's denominator (sum(mask), B or B*T): a global token or
-            sequence count for data-parallel or gradient-accumulation use.
+            sequence count for data-parallel or gradient-accumulation use, in [1e-6, 1e18] (default None).
         ref_logp: reference-policy log-probabilities for the KL penalty (``kl_coef``), same shape.
 
-    Raises ValueError for NaN at valid positions, old_logp > 1e-6, infinite advantages (CPU), bad shapes or
-    options; TypeError for dtypes. See README.md for the exact formulas.
+    Raises ValueError for NaN at valid positions, a log-probability (logp, old_logp, ref_logp) above 1e-6 or
+    an infinite advantage there (CPU; CUDA gives a NaN loss unless input checks are on), bad shapes or
+    options; TypeError for dtypes. See README.md for the exact formulas and the option ranges.
     """
     cfg = (config or _DEFAULT).replace(**overrides) if overrides else (config or _DEFAULT)
     loss, metrics = torch.ops.bandpo.band_loss(logp, old_logp, advantages, mask, normalizer=normalizer,

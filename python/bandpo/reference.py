@@ -56,7 +56,7 @@ def divergence_bounds(p: Tensor, q: Tensor, divergence: str, delta: float, eps_l
     if divergence == "tv":
         half_width = delta / p
     elif divergence == "chi2":
-        half_width = torch.sqrt(delta * q / p)
+        half_width = torch.sqrt(delta * q) / torch.sqrt(p)  # as bounds.h: q / p overflows for subnormal p
     else:
         raise ValueError(f"divergence must be one of 'kl', 'tv', 'chi2', 'clip'; got {divergence!r}")
     return (1 - half_width).clamp(min=0), torch.minimum(1 + half_width, 1 / p)

@@ -29,9 +29,10 @@ struct LossResult {
 void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
                      void* upper, const ParallelFor& parallel_for = {});
 
-// Forward: the aggregated loss and the metrics. Throws std::invalid_argument for bad options, and for NaN
-// in logp/old_logp/advantages/ref_logp/mask, an infinite advantage, or old_logp > 1e-6 at a valid
-// (mask != 0) position, naming the argument and the flat index.
+// Forward: the aggregated loss and the metrics. Throws std::invalid_argument for bad options or sizes, and
+// for a bad value at a valid (mask != 0) position (token_loss.h bad_token: NaN in any input or the mask, a
+// log-probability above 1e-6 in logp/old_logp/ref_logp, an infinite advantage), naming the argument and
+// the flat index; bandpo::out_of_memory (errors.h) when its workspace cannot be allocated.
 LossResult band_loss_forward_cpu(const LossInputs& inputs, const LossOptions& options,
                                  const ParallelFor& parallel_for = {});
 

@@ -6,9 +6,10 @@
 // give the same bits on every run (fixed partition into tiles, fixed reduction order, no float atomics).
 // Errors in the arguments or the launch throw std::invalid_argument / std::runtime_error.
 //
-// Bad values in the data (NaN at a valid position, old_logp > 0, an infinite advantage) cannot raise without
-// a synchronisation: the forward then writes NaN to the loss and the metrics, and their count to
-// `invalid_count` (when not null), for the caller to check when it chooses to synchronise.
+// Bad values in the data (token_loss.h bad_token: NaN at a valid position, a log-probability above 0, an
+// infinite advantage) cannot raise without a synchronisation: the forward then writes NaN to the loss and
+// the metrics, and their count to `invalid_count` (when not null), for the caller to check when it chooses to
+// synchronise.
 #pragma once
 
 #include <cuda_runtime_api.h>
