@@ -54,7 +54,7 @@ def divergence_bounds(p: Tensor, q: Tensor, divergence: str, delta: float, eps_l
     if divergence == "clip":
         return torch.full_like(p, 1 - eps_low), torch.full_like(p, 1 + eps_high)
     if divergence == "tv":
-        half_width = delta / p
+        half_width = torch.full_like(p, delta) / p  # not delta / p: torch takes 1 / p first, inf for subnormal p
     elif divergence == "chi2":
         half_width = torch.sqrt(delta * q) / torch.sqrt(p)  # as bounds.h: q / p overflows for subnormal p
     else:
