@@ -209,3 +209,21 @@ def test_certain_old_token_is_not_clipped_by_a_tiny_ratio_change(dtype, divergen
     op, rf = both(logp, old, adv, None, divergence=divergence)
     assert op[1][0].item() == 0.0  # pg_clipfrac
     assert_match(op, rf, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_without_kl_coef_an_infinite_kl_estimate_leaves_the_loss_finite(dtype, estimator):
+    # found by the fuzzer (tests/fuzz): k2 of a log-ratio of 1e30 overflows float32 to inf, and kl_coef = 0
+    # times that inf made the loss NaN; ref_logp = -inf gives an infinite k1/k2 in any dtype
+    logp = torch.tensor([[0.0, -15.77]], dtype=dtype)
+    old = torch.tensor([[-13.7, -1.88]], dtype=dtype)
+    adv = torch.tensor([[2.95, -1.16]], dtype=dtype)
+    for ref in ([[-17.6, -1e30]], [[-17.6, -math.inf]]):
+        ref = torch.tensor(ref, dtype=dtype)
+        x = logp.clone().requires_grad_()
+        loss, metrics = torch.ops.bandpo.band_loss(x, old, adv, ref_logp=ref, kl_coef=0.0, kl_estimator=estimator)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+        want = torch.ops.bandpo.band_loss(logp, old, adv)[0]  # the same loss without ref_logp
+        assert loss.item() == want.item()

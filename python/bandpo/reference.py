@@ -149,7 +149,7 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     if ref_logp is not None:
         ref = torch.where(valid, ref_logp.detach().double(), zero)
         ref_kl = kl_penalty(x, ref, kl_estimator)
-        total = pg + kl_coef * ref_kl
+        total = pg + kl_coef * ref_kl if kl_coef != 0 else pg  # no 0 * inf (token_loss.h kl_term)
     elif kl_coef != 0:
         raise ValueError(f"kl_coef = {kl_coef} needs ref_logp")
 

@@ -273,7 +273,21 @@ void fuzz_loss(FuzzedDataProvider& in) {
   }
   const double bound = den > 0 ? sum / den : 0.0;
   if (!(bound <= (d == BANDPO_FLOAT64 ? 1e300 : 1e30))) return;
-  EXPECT(std::isfinite(r.loss));
+  auto dump = [&](const char* what) {
+    std::fprintf(stderr, "%s: loss %.17g, bound %.3g, rows %d cols %d dtype %d; div %d delta %g eps %g %g relax %d "
+                 "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n", what, r.loss,
+                 bound, rows, cols, d, o.divergence, o.delta, o.eps_low, o.eps_high, o.relax_high_p, o.ratio_max,
+                 o.dual_clip, o.agg, o.normalizer, o.kl_coef, o.kl_estimator, with_ref, mask_kind, per_row);
+    for (int i = 0; i < n; ++i)
+      std::fprintf(stderr, "  [%d] w %g logp %.9g old %.9g adv %.9g ref %.9g\n", i, weight(i), b_logp.exact[i],
+                   b_old.exact[i], b_adv.exact[per_row ? i / cols : i], b_ref.exact[i]);
+    std::fprintf(stderr, "  metrics");
+    for (float m : r.metrics) std::fprintf(stderr, " %g", m);
+    std::fprintf(stderr, "\n  options delta %a eps %a %a ratio_max %a normalizer %a kl_coef %a\n", o.delta, o.eps_low,
+                 o.eps_high, o.ratio_max, o.normalizer, o.kl_coef);
+    fail(what);
+  };
+  if (!std::isfinite(r.loss)) dump("finite loss");
   for (int m = 0; m < BANDPO_NUM_METRICS; ++m) {
     // the metrics are float32 whatever the dtype: pg_loss is bounded like the loss, ppo_kl/ref_kl apart
     const bool in_range = (m == 4 || m == 6) ? metric_range : bound <= 1e30;

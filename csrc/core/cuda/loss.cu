@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kBlockThreads)
         const bool bad = bad_token(c.logp[j], c.old_logp[j], c.advantage[j], c.ref[j], w);
         if (w != C(0)) {  // masked positions may hold NaN/inf: they never enter a sum
           const C token_pg = clipped ? C(0) : t.pg_loss;  // clipped tokens add theirs below
-          acc.loss += w * (token_pg + prm.kl_coef * k.value);
+          acc.loss += w * (token_pg + kl_term(prm.kl_coef, k.value));
           acc.pg += w * token_pg;
           acc.weight += w;
           acc.clip_upper += w * t.clipped_upper;
@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       for (int j = 0; j < N; ++j) {
         const PolicyTerms<C> t = policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
         const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
-        const C g = scale * c.w[j] * (t.pg_grad + prm.kl_coef * k.grad);
+        const C g = scale * c.w[j] * (t.pg_grad + kl_term(prm.kl_coef, k.grad));
         store(out, j, c.w[j] != C(0) ? g : C(0));
       }
       store_chunk(grad, i, end, in.aligned, out);

@@ -152,6 +152,14 @@ BANDPO_HD KlPenalty<C> kl_penalty(C logp, C ref_logp, KlEstimator estimator) {
   return k;
 }
 
+// kl_coef * x for the KL term of the loss and its gradient, exactly 0 when kl_coef is 0: the estimate may
+// overflow (k2 of a log-ratio of 1e30 in float) or be infinite (ref_logp = -inf under k1/k2), and 0 * inf
+// would make the loss of a run without KL penalty NaN (found by the fuzzer, tests/fuzz).
+template <class C>
+BANDPO_HD C kl_term(C kl_coef, C x) {
+  return math::select(kl_coef == C(0), C(0), kl_coef * x);
+}
+
 // Whether a valid (weight != 0) position holds a value the op refuses: NaN in any input or in the weight, a
 // log-probability (logp, old_logp or ref_logp) above kLogProbTolerance, or an infinite advantage. A
 // probability above 1 is the symptom of a broken log-prob computation upstream (log-probs far above 0 have
