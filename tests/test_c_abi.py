@@ -119,3 +119,47 @@ def test_cmake_package_is_shipped():
     for rel in ("lib/cmake/bandpo/bandpoConfig.cmake", "lib/cmake/bandpo/bandpoTargets.cmake",
                 "lib/pkgconfig/bandpo.pc", "include/bandpo/bandpo.h", "include/bandpo/cpu.h", "lib/libbandpo.a"):
         assert os.path.exists(os.path.join(root, rel)), rel
+
+
+def _loss_status(lib, inputs, o, grad=None):
+    metrics = np.zeros(8, dtype=np.float32)
+    status = lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(o), ctypes.byref(ctypes.c_double()),
+                                  metrics.ctypes.data_as(ctypes.c_void_p), grad)
+    return status, lib.bandpo_last_error().decode()
+
+
+@pytest.mark.parametrize("rows,cols", [(1 << 40, 1 << 40), ((1 << 33) + 1, 1 << 31), (2**63 - 1, 2), (-1, 4)])
+def test_impossible_sizes_are_invalid_arguments(lib, rows, cols):
+    # rows * cols used to wrap in int64: 2^40 x 2^40 returned OK with loss 0
+    x = torch.full((4,), -1.0, dtype=torch.float32)
+    status, message = _loss_status(lib, LossInputs(0, rows, cols, ptr(x), ptr(x), ptr(x), 0, None, 0, None),
+                                   options(lib))
+    assert status == 1 and f"rows = {rows}" in message and "cols" in message, message
+    assert lib.bandpo_band_bounds(0, ptr(x), 2**62, ctypes.byref(options(lib)), ptr(x), ptr(x)) == 1
+
+
+def test_a_workspace_that_cannot_be_allocated_is_out_of_memory(lib):
+    # 2^50 rows of one token: a possible size (4 PiB of float32), whose 2^38-item workspace cannot exist.
+    # The call fails before it reads any buffer.
+    x = torch.full((4,), -1.0, dtype=torch.float32)
+    status, message = _loss_status(lib, LossInputs(0, 1 << 50, 1, ptr(x), ptr(x), ptr(x), 0, None, 0, None),
+                                   options(lib))
+    assert status == 3 and "could not allocate" in message and "rows = 1125899906842624" in message, message
+
+
+def test_log_probabilities_above_zero_are_refused(lib):
+    logp = torch.tensor([[-1.0, 0.5]], dtype=torch.float64)
+    old = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
+    status, message = _loss_status(lib, LossInputs(1, 1, 2, ptr(logp), ptr(old), ptr(old), 0, None, 0, None),
+                                   options(lib))
+    assert status == 1 and "logp[1] = 0.5 > 0 is not a log-probability" in message
+
+
+@pytest.mark.parametrize("field,value", [("normalizer", 1e-300), ("delta", 1e300), ("kl_coef", 1e300),
+                                         ("delta", math.nan), ("divergence", 9), ("agg", -1)])
+def test_bad_option_values_name_the_option(lib, field, value):
+    x = torch.tensor([[-1.0]], dtype=torch.float64)
+    o = options(lib)
+    setattr(o, field, value)
+    status, message = _loss_status(lib, LossInputs(1, 1, 1, ptr(x), ptr(x), ptr(x), 0, None, 0, None), o)
+    assert status == 1 and field in message, message
