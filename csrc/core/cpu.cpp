@@ -240,13 +240,14 @@ void throw_if_invalid(const LossInputs& in, int64_t begin, int64_t end) {
     if (!bad_token(logp, old_logp, adv, ref, w)) continue;
     std::ostringstream msg;
     msg << "band_loss: ";
+    // The first fault in argument order: mask, logp, old_logp, advantages, ref_logp.
     if (std::isnan(w)) {
       msg << "mask[" << i << "] is NaN";
-    } else if (log_prob_fault(msg, "logp", i, logp) || log_prob_fault(msg, "old_logp", i, old_logp)) {
-    } else if (!std::isfinite(adv)) {
-      msg << "advantages[" << adv_index << "] = " << adv << " is not finite at a valid (mask != 0) position";
-    } else {
-      log_prob_fault(msg, "ref_logp", i, ref);
+    } else if (!log_prob_fault(msg, "logp", i, logp) && !log_prob_fault(msg, "old_logp", i, old_logp)) {
+      if (!std::isfinite(adv))
+        msg << "advantages[" << adv_index << "] = " << adv << " is not finite at a valid (mask != 0) position";
+      else
+        log_prob_fault(msg, "ref_logp", i, ref);  // the only fault bad_token() leaves
     }
     throw std::invalid_argument(msg.str());
   }
