@@ -174,6 +174,23 @@ def test_bad_values_give_nan_or_raise_with_checks():
         bandpo.set_input_checks(False)
 
 
+@pytest.mark.parametrize("name", ["logp", "ref"])
+def test_log_probabilities_above_zero_give_nan_or_raise_with_checks(name):
+    # the rule of every face (token_loss.h bad_token): a probability above 1 at a valid position is refused
+    logp, old, adv, mask, ref = to("cuda", *make_batch(B=3, T=40, dtype=torch.float32))
+    mask[1, 7] = True
+    dict(logp=logp, ref=ref)[name][1, 7] = 0.5
+    loss, metrics = torch.ops.bandpo.band_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1)
+    assert torch.isnan(loss).item() and torch.isnan(metrics).all().item()
+    bandpo.set_input_checks(True)
+    try:
+        arg = dict(logp="logp", ref="ref_logp")[name]
+        with pytest.raises(ValueError, match=rf"{arg}\[47\] = 0.5 > 0 is not a log-probability"):
+            torch.ops.bandpo.band_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1)
+    finally:
+        bandpo.set_input_checks(False)
+
+
 def test_argument_errors_on_cuda():
     logp, old, adv, mask, _ = make_batch(B=2, T=8, dtype=torch.float32)
     with pytest.raises(ValueError, match="old_logp is on cpu but logp is on cuda"):
