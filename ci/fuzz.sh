@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The libFuzzer harness of the C ABI (tests/fuzz/fuzz_c_abi.cpp: its invariants are listed there), built with
 # clang, AddressSanitizer and UndefinedBehaviorSanitizer over the whole core library, then run from the
-# committed seed corpus (tests/fuzz/corpus) for BANDPO_FUZZ_SECONDS (default 60) on one core. Part of
+# committed seed corpus (tests/fuzz/corpus: the edge-coverage minimum, by -merge=1 -use_counters=0, of about
+# 1.5M executions, plus the inputs of past findings, finding-* and harness-*) for BANDPO_FUZZ_SECONDS
+# (default 60) on one core. Part of
 # ci/test.sh. A finding leaves its input as build/fuzz/crash-* and fails; turn it into a regression test and,
 # once fixed, add the input to the corpus. Needs clang-14 and its runtime (ci/clang.sh installs them).
 # Usage: bash ci/fuzz.sh [extra libFuzzer flags]   (e.g. -max_total_time=3600 for a long run)
