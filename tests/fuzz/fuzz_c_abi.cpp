@@ -234,7 +234,7 @@ void fuzz_loss(FuzzedDataProvider& in) {
   auto weight = [&](int i) {
     return mask_kind == BANDPO_MASK_NONE ? 1.0 : mask_kind == BANDPO_MASK_BOOL ? (mask_u8[i] ? 1.0 : 0.0) : b_w.exact[i];
   };
-  bool finite_inputs = true, plain_weights = true, metric_range = true;
+  bool finite_inputs = true, plain_weights = true, metric_range = true, token_range = true;
   std::vector<double> row_scale(rows, 0.0), row_weight(rows, 0.0);
   double total_weight = 0.0;
   for (int i = 0; i < n; ++i) {
@@ -251,9 +251,13 @@ void fuzz_loss(FuzzedDataProvider& in) {
     const double cap = std::isfinite(o.ratio_max) ? o.ratio_max : 0.0;
     const double dual = std::isfinite(o.dual_clip) ? o.dual_clip : 0.0;
     const double d_ref = std::fabs(lp - rf);
-    // ppo_kl and ref_kl average these differences: beyond float32's range the metric is inf, faithfully
-    metric_range &= std::fabs(olp - lp) <= 1e30 && d_ref <= 1e30;
     const double kl = o.kl_estimator == BANDPO_K1 ? d_ref : o.kl_estimator == BANDPO_K2 ? 0.5 * d_ref * d_ref : 10.0;
+    // ppo_kl and ref_kl average old - logp and the KL estimate: beyond float32's range they are inf, faithfully
+    metric_range &= std::fabs(olp - lp) <= 1e30 && kl <= 1e30;
+    // Each token's weighted terms are products in the compute type (float for float32/bf16/f16): a mask
+    // weight of 1e30 times r = e^20 is past float's range whatever the aggregate would be.
+    token_range &= std::fabs(wi) * std::fmax(std::fmax(r, 1.0), std::fmax(std::fabs(olp - lp), kl) +
+                                             std::fabs(a) * std::fmax(std::fmax(r, cap), std::fmax(dual, 1.0))) <= 1e30;
     row_scale[i / cols] += std::fabs(wi) * (std::fabs(a) * std::fmax(std::fmax(r, cap), std::fmax(dual, 1.0)) +
                                             std::fabs(o.kl_coef) * kl);
     row_weight[i / cols] += wi;
@@ -275,7 +279,7 @@ void fuzz_loss(FuzzedDataProvider& in) {
               : o.agg == BANDPO_SEQ_MEAN_TOKEN_SUM ? rows : static_cast<double>(rows) * cols;
   }
   const double bound = den > 0 ? sum / den : 0.0;
-  if (!(bound <= (d == BANDPO_FLOAT64 ? 1e300 : 1e30))) return;
+  if (!(bound <= (d == BANDPO_FLOAT64 ? 1e300 : 1e30)) || (d != BANDPO_FLOAT64 && !token_range)) return;
   auto dump = [&](const char* what) {
     std::fprintf(stderr, "%s: loss %.17g, bound %.3g, rows %d cols %d dtype %d; div %d delta %g eps %g %g relax %d "
                  "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n", what, r.loss,
@@ -342,7 +346,8 @@ void fuzz_loss(FuzzedDataProvider& in) {
   EXPECT(r64.status == BANDPO_OK);
   // Plus float32's absolute resolution: a token term in the subnormal range (an advantage of 1e-40) keeps
   // only its absolute precision, ~1e-45 per operation, scaled up by the divisions of the aggregation.
-  const double subnormal_floor = 1e-44 * n / (den * smallest_row_weight);
+  const double divisor = den * smallest_row_weight;
+  const double subnormal_floor = divisor > 0 ? 1e-44 * n / divisor : 0.0;
   if (!(std::fabs(r.loss - r64.loss) <= 3e-5 * bound + subnormal_floor + 1e-300)) {
     std::fprintf(stderr, "float64 loss %.17g, dtype %d loss %.17g, bound %.3g; div %d delta %g eps %g %g relax %d "
                  "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n", r64.loss, d,
