@@ -138,7 +138,6 @@ void fuzz_bounds(FuzzedDataProvider& in) {
   }
   EXPECT(dtype >= 0 && dtype < 4);
   for (int i = 0; i < n; ++i) {
-    const Buffer lo(d, {0.0}), hi(d, {0.0});
     double l, u;
     if (d == BANDPO_FLOAT64) {
       std::memcpy(&l, &lower.bytes[i * 8], 8);
