@@ -32,7 +32,7 @@ class LossInputs(ctypes.Structure):
                 ("ref_logp", ctypes.c_void_p)]
 
 
-DIVS = {"kl": 0, "tv": 1, "chi2": 2, "clip": 3}
+DIVS = {name: code for code, name in enumerate(bandpo.DIVERGENCES)}  # the C enum follows tables.h
 AGGS = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2, "seq-mean-token-sum-norm": 3}
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 

@@ -79,7 +79,7 @@ def test_limits_come_out_of_the_formulas(dtype):
     assert abs(up.item() * math.exp(-200.0) - (1 - math.exp(-delta))) < 1e-12
 
 
-@pytest.mark.parametrize("divergence", ["kl", "tv", "chi2"])
+@pytest.mark.parametrize("divergence", ["kl", "tv", "chi2", "dcpo"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_bounds_monotone_in_p(divergence, dtype):
     lp = -torch.logspace(-7, math.log10(80), 20000, dtype=torch.float64).flip(0)  # increasing p
@@ -89,6 +89,65 @@ def test_bounds_monotone_in_p(divergence, dtype):
     eps = torch.finfo(dtype).eps
     assert (torch.diff(lo) >= -4 * eps * lo[1:]).all()
     assert (torch.diff(up) <= 4 * eps * up[1:]).all()
+
+
+def _dcpo_exact(lp: float, eps: float, side: str):
+    """DCPO's bound at old log-probability lp, to 50 digits (mpmath), from the formula as published."""
+    import mpmath
+
+    with mpmath.workdps(50):
+        x = 4 * mpmath.mpf(eps) * mpmath.exp(-mpmath.mpf(lp))
+        inner = 1 - x if side == "lower" else 1 + x
+        return float(0.5 + 0.5 * mpmath.sqrt(max(inner, 0)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dcpo_bounds_match_mpmath(dtype):
+    """Over p in (0, 1], subnormal p included, and densely where the lower bound's root term vanishes (p -> 4 eps_low: infinite
+    slope in p). float32 is exact at its input there too (log(4 eps) held as head + tail, bounds.h). float64
+    is exact to 1e-13 away from that point and backward-stable at it: the exact bound of an input within 2
+    ulps, since log(4 eps) itself is only rounded to double."""
+    eps_low, eps_high = 0.16, 0.2
+    npdt = np.float32 if dtype == torch.float32 else np.float64
+    near = [npdt(math.log(4 * eps_low))]
+    for _ in range(64):
+        near.append(np.nextafter(near[-1], npdt(0)))
+    lps = np.array(near + list(np.linspace(math.log(4 * eps_low), 0.0, 500)) +
+                   list(-np.logspace(-12, math.log10(103.0 if npdt is np.float32 else 740.0), 500)), dtype=npdt)
+    lo, up = torch.ops.bandpo.band_bounds(torch.from_numpy(lps), divergence="dcpo", eps_low=eps_low,
+                                          eps_high=eps_high, ratio_max=math.inf)
+    ulp = float(np.finfo(npdt).eps)
+    for i, lp in enumerate(lps.tolist()):
+        want_up = _dcpo_exact(lp, eps_high, "upper")
+        assert abs(float(up[i]) - want_up) <= 2 * ulp * want_up, (lp, float(up[i]), want_up)
+        want_lo = _dcpo_exact(lp, eps_low, "lower")
+        if dtype == torch.float32 or abs(want_lo - 0.5) > 1e-5:
+            assert abs(float(lo[i]) - want_lo) <= (2 * ulp if dtype == torch.float32 else 1e-13), (lp, float(lo[i]), want_lo)
+        else:
+            step = 2 * abs(lp) * ulp  # two ulps of the input
+            assert _dcpo_exact(lp - step, eps_low, "lower") - 1e-16 <= float(lo[i]) <= \
+                _dcpo_exact(lp + step, eps_low, "lower") + 1e-16, (lp, float(lo[i]), want_lo)
+
+
+def test_dcpo_limits_and_published_values():
+    eps_low, eps_high = 0.16, 0.2
+    p = torch.tensor([1.0, 0.64, 0.5, 0.2, 0.01, 1e-300, 0.0], dtype=torch.float64)
+    lo, up = bandpo.band_bounds(p.log(), divergence="dcpo", eps_low=eps_low, eps_high=eps_high, ratio_max=math.inf)
+    # p = 1: the roots of r (1 - r) = eps_low and r (r - 1) = eps_high
+    assert lo[0] == pytest.approx((1 + math.sqrt(1 - 4 * eps_low)) / 2, rel=1e-15) == pytest.approx(0.8)
+    assert up[0] == pytest.approx((1 + math.sqrt(1 + 4 * eps_high)) / 2, rel=1e-15)
+    assert bool((lo[1:] == 0.5).all())  # p <= 4 eps_low: the lower root term is 0
+    assert up[2] == pytest.approx((1 + math.sqrt(1 + 8 * eps_high)) / 2, rel=1e-15)
+    assert up[4] == pytest.approx((1 + math.sqrt(81.0)) / 2, rel=1e-15)  # p = 0.01: 1 + 4 * 0.2 / 0.01 = 81
+    assert up[5] == pytest.approx(0.5 + 0.5 * math.sqrt(0.8e300), rel=1e-13)  # 4 eps / p overflows; the bound not
+    assert math.isinf(up[6])  # p = 0: unbounded, before the cap
+    capped = bandpo.band_bounds(p.log(), divergence="dcpo", eps_low=eps_low, eps_high=eps_high)[1]
+    assert capped[4] == pytest.approx(5.0) and capped[6] == 10.0  # DCPO's suggested cap is the default ratio_max, 10
+    # eps = 0 pins the ratio, even at p = 0; relax_high_p unites DCPO's bounds with the fixed interval
+    lo, up = bandpo.band_bounds(p.log(), divergence="dcpo", eps_low=0.0, eps_high=0.0)
+    assert bool((lo == 1).all()) and bool((up == 1).all())
+    lo, up = bandpo.band_bounds(p.log(), divergence="dcpo", eps_low=eps_low, eps_high=eps_high, relax_high_p=True)
+    assert bool((lo <= 1 - eps_low).all()) and bool((up >= 1 + eps_high).all())
 
 
 def test_saturation_points():
@@ -167,7 +226,7 @@ LOGPS = st.one_of(st.floats(-30.0, 0.0), st.floats(-800.0, 0.0), st.floats(-1e-6
                                    5e-7, 0.5]))
 
 
-@given(old=st.lists(LOGPS, min_size=1, max_size=64), divergence=st.sampled_from(["kl", "tv", "chi2", "clip"]),
+@given(old=st.lists(LOGPS, min_size=1, max_size=64), divergence=st.sampled_from(bandpo.DIVERGENCES),
        delta=st.floats(-12.0, 6.0).map(lambda e: 10.0**e), eps_low=st.floats(0.0, 1.0), eps_high=st.floats(0.0, 5.0),
        relax=st.booleans(), ratio_max=st.sampled_from([1.0, 1.5, 10.0, 1e30, math.inf]),
        dtype=st.sampled_from([torch.float64, torch.float32]))
@@ -180,9 +239,33 @@ def test_hypothesis_bounds_match_reference(old, divergence, delta, eps_low, eps_
     # float64: 1e-11 as against the mpmath table; float32: 4e-6 relative (upper), 4e-6 absolute (lower, in
     # [0, 1]: where the band's lower bound is 1 - delta/p the relative error near 0 means nothing).
     rtol, atol = (1e-11, 1e-12) if dtype == torch.float64 else (4e-6, 4e-6)
-    torch.testing.assert_close(lower, want_lower, rtol=0.0, atol=atol, equal_nan=True)
+    tol = torch.full_like(lp, atol, dtype=torch.float64)
+    if divergence == "dcpo":
+        # The reference's own float64 rounding of 1 - 4 eps / p (a few 1e-16), seen through the square root:
+        # large only where that root term vanishes (test_dcpo_bounds_match_mpmath checks that point exactly).
+        inner = (1 - 4 * eps_low * torch.exp(-lp.double().clamp(max=0))).clamp(min=0)
+        tol += (0.5 * (torch.sqrt(inner + 1e-15) - torch.sqrt(inner))).nan_to_num(0.0)
+    close = ((lower.double() - want_lower.double()).abs() <= tol) | (torch.isnan(lower) & torch.isnan(want_lower))
+    assert bool(close.all()), (lp[~close], lower[~close], want_lower[~close])
     exact = torch.ones_like(lp, dtype=torch.bool) if dtype == torch.float64 else ~(lp < FLOAT32_NORMAL_LOGP)
     torch.testing.assert_close(upper[exact], want_upper[exact], rtol=rtol, atol=0.0, equal_nan=True)
     finite = ~torch.isnan(lp) & (lp <= 1e-6)
     assert bool(((lower[finite] >= 0) & (lower[finite] <= 1) & (upper[finite] >= 1) &
                  (upper[finite] <= ratio_max)).all())
+
+
+def test_presets_are_the_papers_rules():
+    lp = torch.log(torch.tensor([1e-4, 0.02, 0.3, 0.7, 0.999], dtype=torch.float64))
+    assert set(bandpo.PRESETS) == {"clip", "clip-higher", "dcpo", "trgppo", "band-kl", "band-tv", "band-chi2"}
+    # TRGPPO: the KL bounds, never narrower than PPO's [1 - eps, 1 + eps]
+    lo, up = bandpo.band_bounds(lp, bandpo.BandConfig.preset("trgppo"))
+    kl_lo, kl_up = bandpo.band_bounds(lp, bandpo.BandConfig.preset("band-kl"))
+    torch.testing.assert_close(lo, torch.clamp(kl_lo, max=0.8), rtol=0, atol=0)
+    torch.testing.assert_close(up, torch.clamp(kl_up, min=1.2), rtol=0, atol=0)
+    assert bool((up[:2] > 1.2).all()) and bool((up[3:] == 1.2).all())  # the band wider for rare tokens only
+    lo, up = bandpo.band_bounds(lp, bandpo.BandConfig.preset("clip-higher"))
+    assert bool((lo == 0.8).all()) and bool((up == 1.28).all())
+    cfg = bandpo.BandConfig.preset("dcpo", dual_clip=10.0)
+    assert (cfg.divergence, cfg.eps_low, cfg.eps_high, cfg.ratio_max, cfg.dual_clip) == ("dcpo", 0.16, 0.2, 10.0, 10.0)
+    with pytest.raises(ValueError, match="preset: unknown method 'ppo'"):
+        bandpo.BandConfig.preset("ppo")

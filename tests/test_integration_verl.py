@@ -95,7 +95,7 @@ def test_clip_mode_equals_verl_vanilla(mode, info, with_weights):
 
 
 @pytest.mark.parametrize("mode", VERL_MODES)
-@pytest.mark.parametrize("divergence", ["kl", "tv", "chi2"])
+@pytest.mark.parametrize("divergence", ["kl", "tv", "chi2", "dcpo"])
 def test_band_modes_equal_reference(mode, divergence):
     cfg = actor_config(*DOCUMENTED_OVERRIDES, f"+actor_rollout_ref.actor.policy_loss.divergence={divergence}",
                        "+actor_rollout_ref.actor.policy_loss.delta=0.08",

@@ -12,7 +12,7 @@ from bandpo import reference
 from conftest import make_batch
 
 AGGS = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-DIVS = ["kl", "tv", "chi2", "clip"]
+DIVS = list(bandpo.DIVERGENCES)
 
 
 def both(logp, old, adv, mask, **kw):

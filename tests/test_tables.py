@@ -32,7 +32,7 @@ def test_band_config_fields_are_the_config_rows():
 
 
 def test_choices_and_metrics():
-    assert bandpo.DIVERGENCES == ("kl", "tv", "chi2", "clip")
+    assert bandpo.DIVERGENCES == ("kl", "tv", "chi2", "clip", "dcpo")
     assert bandpo.AGGREGATIONS[0] == "token-mean" and len(bandpo.AGGREGATIONS) == 4
     assert bandpo.KL_ESTIMATORS == ("k1", "k2", "k3")
     assert len(bandpo.METRIC_NAMES) == 8 and bandpo.METRIC_NAMES[0] == "pg_clipfrac"

@@ -13,7 +13,7 @@ and the C/C++ library (``cmake_prefix_path()``) still work; the torch API is the
 import os
 from importlib import metadata as _metadata
 
-from .config import AGGREGATIONS, DIVERGENCES, KL_ESTIMATORS, METRIC_NAMES, BandConfig
+from .config import AGGREGATIONS, DIVERGENCES, KL_ESTIMATORS, METRIC_NAMES, PRESETS, BandConfig
 
 try:  # one definition of the version: CMakeLists.txt's project(), from which the package metadata is made
     __version__ = _metadata.version("bandpo")
@@ -36,7 +36,7 @@ def library_path() -> str:
     return os.path.join(cmake_prefix_path(), "lib", "libbandpo.so")
 
 
-__all__ = ["AGGREGATIONS", "BandConfig", "DIVERGENCES", "KL_ESTIMATORS", "METRIC_NAMES", "cmake_prefix_path",
+__all__ = ["AGGREGATIONS", "BandConfig", "DIVERGENCES", "KL_ESTIMATORS", "METRIC_NAMES", "PRESETS", "cmake_prefix_path",
            "library_path"]
 
 try:

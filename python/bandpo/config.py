@@ -18,6 +18,14 @@ class _BandConfigMethods:
         _np.validate_options(**self.loss_kwargs())
 
     @classmethod
+    def preset(cls, name: str, **changes: Any) -> "BandConfig":
+        """The settings of a method the paper compares (a key of :data:`PRESETS`), with ``changes`` applied:
+        ``BandConfig.preset("trgppo", delta=0.03)``."""
+        if name not in PRESETS:
+            raise ValueError(f"preset: unknown method {name!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
+
+    @classmethod
     def clip(cls, eps_low: float = 0.2, eps_high: float = 0.2, **kwargs: Any) -> "BandConfig":
         """PPO's fixed clip (eps_high = 0.28 gives Clip-Higher)."""
         return cls(divergence="clip", eps_low=eps_low, eps_high=eps_high, **kwargs)
@@ -34,6 +42,25 @@ class _BandConfigMethods:
         return dataclasses.replace(self, **changes)
 
 
+# The clipping rules the BandPO paper compares, as settings of the one op (BandConfig.preset(name)). Only the
+# rule and its own parameters: dual clip, aggregation and KL penalty are the trainer's choice for all of them.
+PRESETS: dict = {
+    # PPO's / GRPO's fixed interval [0.8, 1.2]
+    "clip": dict(divergence="clip", eps_low=0.2, eps_high=0.2),
+    # DAPO's Clip-Higher (Yu et al. 2025): [0.8, 1.28]
+    "clip-higher": dict(divergence="clip", eps_low=0.2, eps_high=0.28),
+    # DCPO's dynamic-adaptive clipping (Yang et al. 2025) with its suggested eps 0.16 / 0.2 and cap 10
+    "dcpo": dict(divergence="dcpo", eps_low=0.16, eps_high=0.2, ratio_max=10.0),
+    # TRGPPO (Wang et al. 2019): the KL(pi_old || pi_new) <= delta bounds of each token, never narrower than
+    # PPO's [1 - eps, 1 + eps] (its clipping range is min(l_delta, 1 - eps) .. max(u_delta, 1 + eps)); delta
+    # 0.05 as in the BandPO authors' comparison
+    "trgppo": dict(divergence="kl", delta=0.05, eps_low=0.2, eps_high=0.2, relax_high_p=True),
+    # BandPO (Li et al. 2026): the paper's default, KL at delta 0.05; TV and chi^2 at the same radius
+    "band-kl": dict(divergence="kl", delta=0.05),
+    "band-tv": dict(divergence="tv", delta=0.05),
+    "band-chi2": dict(divergence="chi2", delta=0.05),
+}
+
 # The fields are the rows of tables.h with scope "config", in order, with their defaults: an option added
 # there is a BandConfig field without a change here.
 BandConfig = dataclasses.make_dataclass(
@@ -48,10 +75,13 @@ BandConfig.__doc__ = """Options shared by :func:`bandpo.band_bounds` and :func:`
     core's own (``ValueError``/``TypeError`` naming the field).
 
     Attributes:
-        divergence: ``"kl"`` (KL(pi_old || pi_new), the paper's default), ``"tv"``, ``"chi2"``, or ``"clip"``
-            (the fixed PPO interval ``[1 - eps_low, 1 + eps_high]``; PPO with 0.2/0.2, Clip-Higher with 0.2/0.28).
+        divergence: ``"kl"`` (KL(pi_old || pi_new), the paper's default), ``"tv"``, ``"chi2"``, ``"clip"``
+            (the fixed PPO interval ``[1 - eps_low, 1 + eps_high]``; PPO with 0.2/0.2, Clip-Higher with 0.2/0.28)
+            or ``"dcpo"`` (DCPO's bounds ``1/2 + 1/2 sqrt(1 -/+ 4 eps / p)`` from the old probability p).
+            :data:`PRESETS` names the settings of each method the paper compares.
         delta: trust-region radius of the divergence (nats for KL), > 0. Default 0.05.
-        eps_low, eps_high: the fixed interval, used by ``"clip"`` and by ``relax_high_p``. Default 0.2, 0.28.
+        eps_low, eps_high: the fixed interval, used by ``"clip"`` and by ``relax_high_p``; DCPO's eps under
+            ``"dcpo"``. Default 0.2, 0.28.
         relax_high_p: unite the band with the fixed interval (never tighter than PPO). Default False.
         ratio_max: cap on the upper ratio bound, >= 1; ``math.inf`` for none. Default 10.
         dual_clip: dual-clip constant c > 1 for negative advantages (loss at most -A c); None = off (default).

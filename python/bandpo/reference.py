@@ -10,13 +10,14 @@ KL solve uses torch's own expm1/log1p and one more Halley step than the compiled
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ._tables import DEFAULTS as _D
-from .config import AGGREGATIONS, METRIC_NAMES, BandConfig  # noqa: F401  (METRIC_NAMES: re-exported)
+from .config import AGGREGATIONS, DIVERGENCES, METRIC_NAMES, BandConfig  # noqa: F401  (METRIC_NAMES: re-exported)
 
 LOG_PROB_TOLERANCE = 1e-6  # bounds.h kLogProbTolerance: log-probs may exceed 0 by rounding only
 LOG_RATIO_CLAMP = 20.0
@@ -42,8 +43,21 @@ def _kl_shrink_log_ratio(a: Tensor, b: Tensor, delta: float) -> Tensor:
         return w
 
 
-def divergence_bounds(p: Tensor, q: Tensor, divergence: str, delta: float, eps_low: float, eps_high: float):
-    """Band bounds of the ratio before relax and caps, for p and q = 1 - p (float64 tensors)."""
+def dcpo_bounds(lp: Tensor, eps_low: float, eps_high: float):
+    """DCPO's dynamic-adaptive clipping bounds (arXiv 2509.02333) for old log-probabilities lp (float64):
+    lower = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0)), upper = 1/2 + 1/2 sqrt(1 + 4 eps_high / p);
+    eps = 0 gives 1. The upper root as hypot(1, sqrt(4 eps_high / p)), finite wherever the bound is."""
+    ones = torch.ones_like(lp)
+    lower = 0.5 + 0.5 * torch.sqrt((1 - 4 * eps_low * torch.exp(-lp)).clamp(min=0)) if eps_low > 0 else ones
+    upper = 0.5 + 0.5 * torch.hypot(ones, math.sqrt(4 * eps_high) * torch.exp(-0.5 * lp)) if eps_high > 0 else ones
+    return lower, upper
+
+
+def divergence_bounds(lp: Tensor, p: Tensor, q: Tensor, divergence: str, delta: float, eps_low: float,
+                      eps_high: float):
+    """Bounds of the ratio before relax and caps, for lp = log p, p and q = 1 - p (float64 tensors)."""
+    if divergence == "dcpo":
+        return dcpo_bounds(lp, eps_low, eps_high)
     if divergence == "kl":
         w_lower = _kl_shrink_log_ratio(p, q, delta)
         w_upper = _kl_shrink_log_ratio(q, p, delta)
@@ -58,7 +72,7 @@ def divergence_bounds(p: Tensor, q: Tensor, divergence: str, delta: float, eps_l
     elif divergence == "chi2":
         half_width = torch.sqrt(delta * q) / torch.sqrt(p)  # as bounds.h: q / p overflows for subnormal p
     else:
-        raise ValueError(f"divergence must be one of 'kl', 'tv', 'chi2', 'clip'; got {divergence!r}")
+        raise ValueError(f"divergence must be one of {', '.join(map(repr, DIVERGENCES))}; got {divergence!r}")
     return (1 - half_width).clamp(min=0), torch.minimum(1 + half_width, 1 / p)
 
 
@@ -72,7 +86,7 @@ def band_bounds(old_logp: Tensor, *, divergence: str = _D["divergence"], delta: 
         lp = old_logp.detach().double()
         lp = torch.where(lp > LOG_PROB_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
         p, q = torch.exp(lp), 0.0 - torch.expm1(lp)  # +0, not -0, at lp = 0 (bounds.h rest_mass)
-        lower, upper = divergence_bounds(p, q, divergence, delta, eps_low, eps_high)
+        lower, upper = divergence_bounds(lp, p, q, divergence, delta, eps_low, eps_high)
         if relax_high_p:
             lower = torch.minimum(lower, torch.full_like(lower, 1 - eps_low))
             upper = torch.maximum(upper, torch.full_like(upper, 1 + eps_high))

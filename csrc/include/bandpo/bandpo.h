@@ -36,7 +36,7 @@ typedef enum bandpo_status BANDPO_ENUM_BASE {
 } bandpo_status;
 
 typedef enum bandpo_dtype BANDPO_ENUM_BASE { BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3 } bandpo_dtype;
-typedef enum bandpo_divergence BANDPO_ENUM_BASE { BANDPO_KL = 0, BANDPO_TV = 1, BANDPO_CHI2 = 2, BANDPO_CLIP = 3 } bandpo_divergence;
+typedef enum bandpo_divergence BANDPO_ENUM_BASE { BANDPO_KL = 0, BANDPO_TV = 1, BANDPO_CHI2 = 2, BANDPO_CLIP = 3, BANDPO_DCPO = 4 } bandpo_divergence;
 typedef enum bandpo_aggregation BANDPO_ENUM_BASE {
   BANDPO_TOKEN_MEAN = 0,
   BANDPO_SEQ_MEAN_TOKEN_SUM = 1,
@@ -44,7 +44,7 @@ typedef enum bandpo_aggregation BANDPO_ENUM_BASE {
   BANDPO_SEQ_MEAN_TOKEN_SUM_NORM = 3
 } bandpo_aggregation;
 typedef enum bandpo_kl_estimator BANDPO_ENUM_BASE { BANDPO_K1 = 0, BANDPO_K2 = 1, BANDPO_K3 = 2 } bandpo_kl_estimator;
-#define BANDPO_NUM_DIVERGENCES 4
+#define BANDPO_NUM_DIVERGENCES 5
 #define BANDPO_NUM_AGGREGATIONS 4
 #define BANDPO_NUM_KL_ESTIMATORS 3
 typedef enum bandpo_mask_kind BANDPO_ENUM_BASE { BANDPO_MASK_NONE = 0, BANDPO_MASK_BOOL = 1, BANDPO_MASK_VALUES = 2 } bandpo_mask_kind;

@@ -38,6 +38,10 @@ struct BoundParams {
   C relax_lower;
   C relax_upper;
   C ratio_max;  // cap on the upper bound (may be +inf)
+  // "dcpo" (dcpo_lower, dcpo_upper): 4 eps_low; log(4 eps_low) as a head in C and the tail its rounding
+  // lost (from double; -inf and 0 for eps_low = 0); sqrt(4 eps_high).
+  C dcpo_four_eps_low, dcpo_log_four_eps_low, dcpo_log_four_eps_low_tail;
+  C dcpo_sqrt_four_eps_high;
 };
 
 template <class C>
@@ -134,9 +138,39 @@ BANDPO_HD RatioBounds<C> kl_bounds(C p, C q, C delta) {
   return RatioBounds<C>{kl_lower_from_root(p, w[0]), kl_upper_from_root(p, q, w[1])};
 }
 
-// Raw Band bounds before relax and caps, clamped to the simplex r in [0, 1/p].
+// DCPO's dynamic-adaptive clipping (Yang et al. 2025, arXiv 2509.02333), from the old probability p:
+//   lower = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0)),   upper = 1/2 + 1/2 sqrt(1 + 4 eps_high / p),
+// the roots of r (1 - r) p = eps_low and r (r - 1) p = eps_high: the token's probability may move by about
+// eps / r. Not clamped to the simplex r <= 1/p (no fixed interval is): these are DCPO's bounds as published.
+// eps = 0 pins both at 1, also at p = 0.
+//
+// Lower: where the root term vanishes (p -> 4 eps_low) the bound has infinite slope in p, and 1 - 4 eps / p
+// would carry the rounding of 4 eps / p (an absolute 6e-8 in float) into the square root of something tiny.
+// There (|log(4 eps / p)| < 1/4) it is -expm1(d) with d = log(4 eps) - lp, log(4 eps) held as a head in C and
+// the tail its rounding lost (to_params, in double): near the root lp and the head agree within a factor of
+// 2, so head - lp is exact and d is accurate to its last bit. Elsewhere 1 - x has no cancellation.
 template <class C>
-BANDPO_HD RatioBounds<C> divergence_bounds(C p, C q, const BoundParams<C>& prm) {
+BANDPO_HD C dcpo_lower(C lp, const BoundParams<C>& prm) {
+  const C x = prm.dcpo_four_eps_low * math::exp(-lp);  // 4 eps_low / p; inf as p -> 0 (then inner < 0)
+  const C d = (prm.dcpo_log_four_eps_low - lp) + prm.dcpo_log_four_eps_low_tail;  // log x
+  const C inner = math::select((d < C(0.25)) & (d > C(-0.25)), C(0) - math::expm1(d), C(1) - x);
+  return math::select(prm.dcpo_four_eps_low == C(0), C(1), C(0.5) + C(0.5) * math::sqrt(math::max(inner, C(0))));
+}
+
+// Upper: sqrt(1 + x) as sqrt(1 + y^2) with y = sqrt(4 eps_high) e^(-lp/2) = sqrt(x), so that x overflowing
+// (p below 1e-38 in float) does not make a representable bound (~1e19 there) infinite; past y = 1e8,
+// 1 + y^2 is y^2 in either precision.
+template <class C>
+BANDPO_HD C dcpo_upper(C lp, const BoundParams<C>& prm) {
+  const C y = prm.dcpo_sqrt_four_eps_high * math::exp(C(-0.5) * lp);
+  const C root = math::select(y > C(1e8), y, math::sqrt(C(1) + y * y));
+  return math::select(prm.dcpo_sqrt_four_eps_high == C(0), C(1), C(0.5) + C(0.5) * root);
+}
+
+// Raw bounds before relax and caps: the Band bounds clamped to the simplex r in [0, 1/p], the fixed clip
+// interval, or DCPO's. lp = log p (used by "dcpo" only), q = 1 - p.
+template <class C>
+BANDPO_HD RatioBounds<C> divergence_bounds(C lp, C p, C q, const BoundParams<C>& prm) {
   RatioBounds<C> b;
   switch (prm.divergence) {
     case Divergence::kl:
@@ -155,6 +189,10 @@ BANDPO_HD RatioBounds<C> divergence_bounds(C p, C q, const BoundParams<C>& prm) 
       b.upper = C(1) + half_width;
       break;
     }
+    case Divergence::dcpo:
+      b.lower = dcpo_lower(lp, prm);
+      b.upper = dcpo_upper(lp, prm);
+      return b;
     default:
       b.lower = prm.clip_lower;
       b.upper = prm.clip_upper;
@@ -200,7 +238,7 @@ BANDPO_HD RatioBounds<C> finish_bounds(RatioBounds<C> b, C lp, const BoundParams
 template <class C>
 BANDPO_HD RatioBounds<C> band_bounds(C old_logp, const BoundParams<C>& prm) {
   const C lp = sanitize_old_logp(old_logp);
-  return finish_bounds(divergence_bounds(math::exp(lp), rest_mass(lp), prm), lp, prm);
+  return finish_bounds(divergence_bounds(lp, math::exp(lp), rest_mass(lp), prm), lp, prm);
 }
 
 // The bounds of two tokens at once. For KL the four root-findings run in lockstep, which on an out-of-order
@@ -238,7 +276,7 @@ BANDPO_HD C band_bound(C old_logp, bool upper_side, const BoundParams<C>& prm) {
     b.lower = kl_lower_from_root(p, w);
     b.upper = kl_upper_from_root(p, q, w);
   } else {
-    b = divergence_bounds(p, q, prm);
+    b = divergence_bounds(lp, p, q, prm);
   }
   b = finish_bounds(b, lp, prm);
   return math::select(upper_side, b.upper, b.lower);

@@ -116,13 +116,22 @@ template <class C>
 BoundParams<C> to_params(const BoundOptions& o) {
   const C clip_lower = static_cast<C>(1.0 - o.eps_low);
   const C clip_upper = static_cast<C>(1.0 + o.eps_high);
+  // dcpo_lower's log(4 eps_low) as head + tail: the tail is what rounding the double to C lost.
+  const double log_four_eps_low = std::log(4.0 * o.eps_low);  // -inf for eps_low = 0
+  const C log_head = static_cast<C>(log_four_eps_low);
+  const C log_tail = std::isfinite(log_four_eps_low) ? static_cast<C>(log_four_eps_low - static_cast<double>(log_head))
+                                                     : C(0);
   return BoundParams<C>{o.divergence,
                         static_cast<C>(o.delta),
                         clip_lower,
                         clip_upper,
                         o.relax_high_p ? clip_lower : C(INFINITY),
                         o.relax_high_p ? clip_upper : -C(INFINITY),
-                        static_cast<C>(o.ratio_max)};
+                        static_cast<C>(o.ratio_max),
+                        static_cast<C>(4.0 * o.eps_low),
+                        log_head,
+                        log_tail,
+                        static_cast<C>(std::sqrt(4.0 * o.eps_high))};
 }
 
 template <class C>

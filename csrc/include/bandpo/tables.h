@@ -23,7 +23,8 @@
   BANDPO_CHOICE(kl, "kl", BANDPO_KL)           \
   BANDPO_CHOICE(tv, "tv", BANDPO_TV)           \
   BANDPO_CHOICE(chi2, "chi2", BANDPO_CHI2)     \
-  BANDPO_CHOICE(clip, "clip", BANDPO_CLIP)
+  BANDPO_CHOICE(clip, "clip", BANDPO_CLIP)     \
+  BANDPO_CHOICE(dcpo, "dcpo", BANDPO_DCPO)
 
 #define BANDPO_AGGREGATION_TABLE(BANDPO_CHOICE)                                          \
   BANDPO_CHOICE(token_mean, "token-mean", BANDPO_TOKEN_MEAN)                             \

@@ -56,19 +56,19 @@ BANDPO_HD C kl_at_ratio(C p, C q, C log_ratio) {
 // The predicates below combine with & and | rather than && and ||: without short-circuit branches they
 // if-convert, and the token loops vectorise.
 template <class C>
-BANDPO_HD bool beyond_divergence_upper(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+BANDPO_HD bool beyond_divergence_upper(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
   if (prm.divergence == Divergence::kl) {
     return kl_at_ratio(p, q, log_ratio) > prm.delta;
   }
-  return r > divergence_bounds(p, q, prm).upper;
+  return r > divergence_bounds(lp, p, q, prm).upper;
 }
 
 template <class C>
-BANDPO_HD bool beyond_divergence_lower(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+BANDPO_HD bool beyond_divergence_lower(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
   if (prm.divergence == Divergence::kl) {
     return kl_at_ratio(p, q, log_ratio) > prm.delta;
   }
-  return r < divergence_bounds(p, q, prm).lower;
+  return r < divergence_bounds(lp, p, q, prm).lower;
 }
 
 }  // namespace detail
@@ -76,15 +76,15 @@ BANDPO_HD bool beyond_divergence_lower(C p, C q, C r, C log_ratio, const BoundPa
 // r > upper, with upper = clamp(max(band upper, relax upper), 1, ratio_max), decided without solving for the
 // band upper bound.
 template <class C>
-BANDPO_HD bool above_upper_bound(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+BANDPO_HD bool above_upper_bound(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
   return (r > C(1)) &
-         ((r > prm.ratio_max) | ((r > prm.relax_upper) & detail::beyond_divergence_upper(p, q, r, log_ratio, prm)));
+         ((r > prm.ratio_max) | ((r > prm.relax_upper) & detail::beyond_divergence_upper(lp, p, q, r, log_ratio, prm)));
 }
 
 // r < lower, with lower = clamp(min(band lower, relax lower), 0, 1).
 template <class C>
-BANDPO_HD bool below_lower_bound(C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
-  return (r < C(1)) & (r < prm.relax_lower) & detail::beyond_divergence_lower(p, q, r, log_ratio, prm);
+BANDPO_HD bool below_lower_bound(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+  return (r < C(1)) & (r < prm.relax_lower) & detail::beyond_divergence_lower(lp, p, q, r, log_ratio, prm);
 }
 
 // Everything about one token's policy-gradient term except the loss value of a clipped token.
@@ -99,8 +99,8 @@ BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const Los
   const C p = math::exp(lp);
   const C q = rest_mass(lp);
 
-  const bool upper = (advantage > C(0)) & above_upper_bound(p, q, r, log_ratio, prm.bounds);
-  const bool lower = (advantage < C(0)) & below_lower_bound(p, q, r, log_ratio, prm.bounds);
+  const bool upper = (advantage > C(0)) & above_upper_bound(lp, p, q, r, log_ratio, prm.bounds);
+  const bool lower = (advantage < C(0)) & below_lower_bound(lp, p, q, r, log_ratio, prm.bounds);
   const bool dual = (advantage < C(0)) & !lower & (r > prm.dual_clip);
   const bool live = !(upper | lower | dual);
   PolicyTerms<C> t;

@@ -15,7 +15,10 @@ Honoured GRPOConfig settings:
 - ``loss_type``: ``grpo`` (mean over sequences of each sequence's token mean), ``bnpo`` (mean over the batch's
   tokens), ``dr_grpo`` (sum / (batch * max_completion_length)), ``dapo`` (sum / the generation batch's token
   count per process), each scaled for gradient accumulation exactly as TRL scales it.
-- ``epsilon`` / ``epsilon_high``: the fixed interval of ``band_divergence="clip"`` and of ``band_relax_high_p``.
+- ``epsilon`` / ``epsilon_high``: the fixed interval of ``band_divergence="clip"`` and of ``band_relax_high_p``,
+  and DCPO's eps_low / eps_high under ``band_divergence="dcpo"``. The paper's baselines (:data:`bandpo.PRESETS`):
+  DCPO is ``band_divergence="dcpo", epsilon=0.16, epsilon_high=0.2``; TRGPPO is ``band_divergence="kl",
+  band_relax_high_p=True, epsilon=0.2, epsilon_high=0.2``.
 - ``delta`` (TRL's two-sided clip of the ratio for negative advantages): the dual clip, loss at most
   ``-A * delta``; it must exceed ``1 + epsilon_high`` (TRL recommends that; below it TRL's formula stops
   being a dual clip).
@@ -70,8 +73,9 @@ class BandGRPOConfig(GRPOConfig):
 
     band_divergence: str = dataclasses.field(
         default=_BAND_DEFAULTS.divergence,
-        metadata={"help": "Band divergence: 'kl' (KL(pi_old||pi_new), default), 'tv', 'chi2', or 'clip' "
-                          "(TRL's interval [1 - epsilon, 1 + epsilon_high])."})
+        metadata={"help": "Band divergence: 'kl' (KL(pi_old||pi_new), default), 'tv', 'chi2', 'clip' "
+                          "(TRL's interval [1 - epsilon, 1 + epsilon_high]) or 'dcpo' (DCPO's bounds with "
+                          "eps_low = epsilon, eps_high = epsilon_high)."})
     band_delta: float = dataclasses.field(
         default=_BAND_DEFAULTS.delta, metadata={"help": "Trust-region radius of the divergence (> 0; nats for KL)."})
     band_ratio_max: float = dataclasses.field(

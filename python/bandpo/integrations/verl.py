@@ -9,7 +9,7 @@ What a user writes (Hydra command line of ``python -m verl.trainer.main_ppo``)::
 
     actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPolicyLossConfig
     actor_rollout_ref.actor.policy_loss.loss_mode=bandpo
-    +actor_rollout_ref.actor.policy_loss.divergence=kl       # kl (default) | tv | chi2 | clip
+    +actor_rollout_ref.actor.policy_loss.divergence=kl       # kl (default) | tv | chi2 | clip | dcpo
     +actor_rollout_ref.actor.policy_loss.delta=0.05          # trust-region radius (nats for KL)
     +actor_rollout_ref.actor.policy_loss.ratio_max=10.0      # cap on the upper ratio bound
     +actor_rollout_ref.actor.policy_loss.relax_high_p=false  # never tighter than [1-clip_low, 1+clip_high]
@@ -29,7 +29,9 @@ or, in a config file of one's own that extends verl's (``--config-name my_bandpo
 
 Both forms are tested against verl's own ppo_trainer.yaml. The fixed
 interval and the dual clip come from verl's own actor keys: ``clip_ratio`` / ``clip_ratio_low`` /
-``clip_ratio_high`` (used by ``divergence=clip`` and by ``relax_high_p``) and ``clip_ratio_c`` (dual clip,
+``clip_ratio_high`` (used by ``divergence=clip`` and by ``relax_high_p``; DCPO's eps under ``divergence=dcpo``:
+DCPO is ``divergence=dcpo clip_ratio_low=0.16 clip_ratio_high=0.2``, TRGPPO ``divergence=kl relax_high_p=true``
+with ``clip_ratio=0.2``, as in :data:`bandpo.PRESETS`) and ``clip_ratio_c`` (dual clip,
 verl's default 3.0, always on as in ``"vanilla"``). ``loss_agg_mode``, ``loss_scale_factor`` and the global
 batch sizes verl passes for data parallelism are honoured exactly as verl's ``agg_loss`` does.
 ``divergence=clip`` reproduces verl's ``"vanilla"`` loss, gradient and metrics (tested).
@@ -78,7 +80,8 @@ class BandPolicyLossConfig(PolicyLossConfig):
 
     Attributes:
         loss_mode: ``"bandpo"``.
-        divergence: ``"kl"`` (default), ``"tv"``, ``"chi2"``, or ``"clip"`` (verl's fixed interval).
+        divergence: ``"kl"`` (default), ``"tv"``, ``"chi2"``, ``"clip"`` (verl's fixed interval) or ``"dcpo"``
+            (DCPO's bounds, its eps from ``clip_ratio_low`` / ``clip_ratio_high``).
         delta: trust-region radius, > 0 (nats for KL). Default 0.05.
         ratio_max: cap on the upper ratio bound, >= 1 (``inf`` for none). Default 10.
         relax_high_p: unite the band with verl's ``[1 - clip_ratio_low, 1 + clip_ratio_high]``.

@@ -1,6 +1,7 @@
 """The methods the demo compares, as presets of the op's options, and their parsing from the command line.
 
-A method is ``NAME`` or ``NAME:key=value,key=value`` where NAME is a preset below and the keys are fields of
+A method is ``NAME`` or ``NAME:key=value,key=value`` where NAME is a key of :data:`bandpo.PRESETS` (clip,
+clip-higher, dcpo, trgppo, band-kl, band-tv, band-chi2) and the keys are fields of
 :class:`bandpo.BandConfig` (e.g. ``band-kl:delta=0.1,ratio_max=5`` or ``clip:dual_clip=3``).
 """
 
@@ -9,15 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..config import BandConfig
+from ..config import PRESETS, BandConfig
 
-PRESETS = {
-    "clip": dict(divergence="clip", eps_low=0.2, eps_high=0.2),  # PPO
-    "clip-higher": dict(divergence="clip", eps_low=0.2, eps_high=0.28),  # DAPO's Clip-Higher
-    "band-kl": dict(divergence="kl", delta=0.05),  # BandPO, the paper's default
-    "band-tv": dict(divergence="tv", delta=0.05),
-    "band-chi2": dict(divergence="chi2", delta=0.05),
-}
 DEFAULT_METHODS = ("clip", "clip-higher", "band-kl")
 
 
