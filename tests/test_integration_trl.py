@@ -22,7 +22,8 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralF
                           PreTrainedTokenizerFast)
 from trl import GRPOConfig, GRPOTrainer, TrlParser  # noqa: E402
 
-from bandpo.integrations.trl import BandGRPOConfig, BandGRPOTrainer  # noqa: E402
+import bandpo  # noqa: E402
+from bandpo.integrations.trl import BandGRPOConfig, BandGRPOTrainer, band_config_from_args  # noqa: E402
 
 WORDS = "a b c d e f g h i j".split()
 
@@ -180,6 +181,13 @@ def test_band_kl_trains_and_logs(tmp_path):
     assert all(row["band/upper_bound_mean"] > 1 for row in history)
     # the Band bounds are not TRL's interval: the losses differ once tokens are clipped
     assert any(not torch.isclose(ours, theirs) for ours, theirs, _, _ in trainer.records)
+
+
+def test_dcpo_takes_trls_epsilons(tmp_path):
+    """band_divergence="dcpo": DCPO's bounds with eps_low = epsilon, eps_high = epsilon_high (bandpo.PRESETS)."""
+    args = BandGRPOConfig(output_dir=str(tmp_path), band_divergence="dcpo", epsilon=0.16, epsilon_high=0.2,
+                          report_to="none", use_cpu=True)
+    assert band_config_from_args(args) == bandpo.BandConfig.preset("dcpo")
 
 
 def test_plain_grpo_config_gets_band_defaults(tmp_path):

@@ -1,8 +1,11 @@
 """The PPO demo (python -m bandpo.ppo): sampling, masks, advantages, the mechanism BandPO is about, the
 entry point end to end, reproducibility, resume, and data-parallel gradients equal to single-process ones."""
 
+import dataclasses
 import gc
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,14 +18,20 @@ import torch.multiprocessing as mp
 from bandpo import band_loss
 
 from bandpo.ppo import cli
+from bandpo.ppo.evaluate import evaluate, pass_at_k
 from bandpo.ppo.methods import parse_method
 from bandpo.ppo.model import CausalLM
 from bandpo.ppo.rollout import group_advantages, response_mask, sample, token_logprobs
-from bandpo.ppo.task import EOS, PAD, SEP, VOCAB_SIZE, SortTask
-from bandpo.ppo.train import RunConfig, policy_loss, rl_run, warm_start
+from bandpo.ppo.settings import RunConfig
+from bandpo.ppo.task import EOS, PAD, SEP, VOCAB_SIZE, SortTask, ZigzagTask, is_held_out, is_zigzag
+from bandpo.ppo.train import policy_loss, rl_run
+from bandpo.ppo.warm_start import cached_warm_start, warm_start
 
-TINY = ["--steps", "3", "--prompts", "8", "--group-size", "4", "--sft-steps", "20", "--sft-batch", "32",
-        "--d-model", "32", "--n-layers", "1", "--checkpoint-every", "2", "--no-plots"]
+
+@pytest.fixture
+def quick(tmp_path):
+    """Arguments of a run of seconds, its warm starts cached under tmp_path."""
+    return ["--quick", "--cache-dir", str(tmp_path / "cache")]
 
 
 def test_response_mask_stops_after_the_first_eos():
@@ -55,6 +64,96 @@ def test_task_prompts_rewards_and_demonstrations():
     demos = [task.demonstration(p, g) for p in prompts]
     right = sum(d == task.answer(p) for d, p in zip(demos, prompts))
     assert 0 < right < 50  # imperfect, but not useless
+    assert not any(is_held_out(task.prompt_digits(p)) for p in prompts)
+
+
+def test_zigzag_right_answers_and_demonstrations():
+    task = ZigzagTask()
+    digits = [7, 1, 5, 3, 2]
+    # every arrangement of the digits that alternates up and down is right: 2 E_5 = 32 of the 120
+    right = [perm for perm in itertools.permutations(digits) if task.is_right(digits, perm + (EOS,))]
+    assert len(right) == 32 and all(is_zigzag(list(perm)) for perm in right)
+    counts = {k: sum(is_zigzag(list(perm)) for perm in itertools.permutations(range(k))) for k in (4, 5, 6)}
+    assert counts == {4: 10, 5: 32, 6: 122}  # 2 x the Euler zigzag numbers 5, 16, 61
+    assert ZigzagTask.canonical(digits) == [1, 3, 2, 7, 5] and ZigzagTask.canonical([4, 0, 9, 2]) == [0, 4, 2, 9]
+    assert not task.is_right(digits, (1, 2, 3, 5, 7, EOS))  # sorted: a digit set, but no zigzag
+    assert not task.is_right(digits, (1, 3, 2, 7, EOS))  # a digit missing
+    assert not task.is_right(digits, (1, 3, 2, 7, 5))  # no EOS
+    g = torch.Generator().manual_seed(0)
+    prompts = task.sample_prompts(400, g)
+    assert all(len(set(task.prompt_digits(p))) == len(task.prompt_digits(p)) for p in prompts)  # distinct digits
+    demos = [tuple(task.demonstration(p, g)) for p in prompts]
+    right = [task.is_right(task.prompt_digits(p), d) for p, d in zip(prompts, demos)]
+    canonical = [d[:-1] == tuple(task.canonical(task.prompt_digits(p))) for p, d in zip(prompts, demos)]
+    # right about half of the time (plus mistakes right by chance), and mostly with the canonical answer
+    assert 0.5 <= sum(right) / 400 <= 0.7 and 0.25 <= sum(canonical) / 400 <= 0.4
+    rewards = task.rewards(prompts, torch.tensor([list(d) + [PAD] * (task.response_len - len(d)) for d in demos]))
+    assert rewards.tolist() == [float(r) for r in right]
+
+
+def test_held_out_prompts_never_reach_training():
+    for task in (ZigzagTask(), SortTask()):
+        g = torch.Generator().manual_seed(1)
+        train = {tuple(sorted(task.prompt_digits(p))) for p in task.sample_prompts(300, g)}
+        held = {tuple(sorted(task.prompt_digits(p))) for p in task.sample_prompts(100, g, split="eval")}
+        assert train and held and not train & held
+        assert all(is_held_out(list(d)) for d in held)
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(16, 0, 8) == 0.0 and pass_at_k(16, 16, 1) == 1.0 and pass_at_k(16, 4, 1) == 0.25
+    assert pass_at_k(16, 1, 8) == pytest.approx(0.5)  # the one right sample is among 8 of 16 half the time
+    assert pass_at_k(16, 2, 8) == pytest.approx(1 - math.comb(14, 8) / math.comb(16, 8))
+    assert pass_at_k(16, 1, 16) == 1.0
+    with pytest.raises(ValueError, match="k = 17"):
+        pass_at_k(16, 3, 17)
+
+
+class _Oracle(torch.nn.Module):
+    """Emits a fixed right answer of the zigzag task (its canonical one, or the mirror on odd rows)."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def forward(self, tokens, cache=None):
+        if cache is not None:  # the sampler's cache: here simply the tokens so far
+            cache[:] = [tokens if not cache else torch.cat([cache[0], tokens], dim=1)]
+            return self.forward(cache[0])[:, -tokens.shape[1]:]
+        P = self.task.prompt_len
+        logits = torch.full((*tokens.shape, VOCAB_SIZE), -30.0)
+        for i, row in enumerate(tokens):
+            answer = ZigzagTask.canonical(self.task.prompt_digits(row[:P]))
+            answer = (answer if i % 2 == 0 else answer[::-1]) + [EOS] * self.task.response_len
+            for t in range(P - 1, tokens.shape[1]):
+                logits[i, t, answer[t - P + 1]] = 30.0
+        return logits
+
+
+def test_evaluate_counts_pass_at_k_and_distinct_answers():
+    task = ZigzagTask()
+    prompts = task.sample_prompts(5, torch.Generator().manual_seed(2), split="eval")
+    got = evaluate(_Oracle(task), task, prompts, seed=0)
+    assert got == {"pass@1": 1.0, "pass@8": 1.0, "pass@16": 1.0, "distinct@16": 2.0}  # canonical and mirror
+    torch.manual_seed(0)
+    model = CausalLM(VOCAB_SIZE, task.prompt_len + task.response_len, d_model=16, n_layers=1)
+    got = evaluate(model, task, prompts, seed=0)  # untrained: rarely right; the estimates stay ordered
+    assert 0 <= got["pass@1"] <= got["pass@8"] <= got["pass@16"] <= 1 and 0 <= got["distinct@16"] <= 16
+    assert got == evaluate(model, task, prompts, seed=0)  # its own generator: reproducible
+
+
+def test_warm_start_is_cached_and_the_same(tmp_path):
+    task = ZigzagTask()
+    cfg = RunConfig(sft_steps=5, sft_batch=8, d_model=16, n_layers=1)
+    first, cached = cached_warm_start(task, cfg, 0, torch.device("cpu"), str(tmp_path))
+    assert not cached
+    again, cached = cached_warm_start(task, cfg, 0, torch.device("cpu"), str(tmp_path))
+    assert cached
+    fresh = warm_start(task, cfg, 0, torch.device("cpu"))
+    for a, b, c in zip(first.state_dict().values(), again.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    other, cached = cached_warm_start(task, cfg, 1, torch.device("cpu"), str(tmp_path))  # another seed: not shared
+    assert not cached
 
 
 def test_sampling_rows_masks_and_log_probs():
@@ -69,6 +168,18 @@ def test_sampling_rows_masks_and_log_probs():
     assert torch.equal(roll.mask, response_mask(roll.sequences[:, P:]))
     torch.testing.assert_close(roll.old_logp, token_logprobs(model, roll.sequences, P))
     assert torch.all(roll.old_logp <= 0) and torch.all(roll.entropy >= 0)
+
+
+def test_cached_forward_equals_the_full_forward():
+    """Sampling feeds the prompt, then one token per call, through the key/value cache."""
+    torch.manual_seed(0)
+    model = CausalLM(VOCAB_SIZE, 20, d_model=32, n_layers=2)
+    tokens = torch.randint(0, VOCAB_SIZE, (3, 12))
+    cache = []
+    steps = [model(tokens[:, :7], cache)] + [model(tokens[:, t:t + 1], cache) for t in range(7, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), model(tokens), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one token per call"):
+        model(tokens[:, :2], cache)
 
 
 def test_one_update_raises_a_rare_good_token_more_with_band_than_with_clip():
@@ -93,16 +204,25 @@ def test_one_update_raises_a_rare_good_token_more_with_band_than_with_clip():
     assert finals["band-kl"] > 2.0 * finals["clip"]
 
 
-def test_entry_point_end_to_end(tmp_path):
+def test_entry_point_end_to_end(tmp_path, quick):
     out = tmp_path / "run"
-    summary = cli.main(TINY + ["--out", str(out), "--seeds", "0", "1"])
+    summary = cli.main(quick + ["--out", str(out), "--seeds", "0", "1", "--no-plots"])
     methods = summary["methods"]
-    assert set(methods) == {"clip", "clip-higher", "band-kl"}
+    assert list(methods) == ["clip", "clip-higher", "dcpo", "trgppo", "band-kl"]  # the paper's comparison
     saved = json.loads((out / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"]["name"] == "zigzag" and config["run"]["steps"] == 3  # --quick
+    for name, m in config["methods"].items():  # the paper's shared settings, the preset's own rule
+        assert (m["agg"], m["dual_clip"]) == ("seq-mean-token-mean", 10.0), name
+    assert config["methods"]["trgppo"]["relax_high_p"] and config["methods"]["dcpo"]["divergence"] == "dcpo"
+    assert set(summary["start"]) == {"pass@1", "pass@8", "pass@16", "distinct@16"}
     for name, m in methods.items():
         assert m["seeds"] == 2 and m["seconds"] > 0
-        assert set(m["final_reward"]) == {"mean", "std"} and set(m["final_entropy"]) == {"mean", "std"}
+        for key in ("final_reward", "final_entropy", "pass@1", "pass@8", "pass@16", "distinct@16"):
+            assert set(m[key]) == {"mean", "std"}, key
+        assert m["pass@1"]["mean"] <= m["pass@8"]["mean"] <= m["pass@16"]["mean"]
+        assert len(m["clipfrac_lower_by_prob"]) == 5
         lines = (out / name / "seed1.jsonl").read_text().splitlines()
         rec = json.loads(lines[-1])
         assert len(lines) == 3 and rec["step"] == 3
@@ -110,19 +230,54 @@ def test_entry_point_end_to_end(tmp_path):
                     "seconds"):
             assert isinstance(rec[key], float)
         assert len(rec["clipfrac_upper_by_prob"]) == 5 and len(rec["tokens_by_prob"]) == 5
+        assert "eval" in json.loads(lines[1]) and "eval" in rec and "eval" not in json.loads(lines[0])  # every 2
 
 
-def test_plots_are_written(tmp_path):
+def test_plots_and_the_delta_sweep(tmp_path, quick):
     pytest.importorskip("matplotlib")
-    args = [a for a in TINY if a != "--no-plots"] + ["--out", str(tmp_path), "--seeds", "0", "--methods", "band-kl"]
-    cli.main(args)
-    for name in ("training.png", "clipfrac_by_prob.png", "bounds.png"):
+    summary = cli.main(quick + ["--out", str(tmp_path), "--seeds", "0", "--delta-sweep", "--task", "sort"])
+    assert list(summary["methods"]) == ["band-kl:delta=0.01", "band-kl:delta=0.05", "band-kl:delta=0.2"]
+    for name in ("training.png", "eval.png", "clipfrac_by_prob.png", "bounds.png", "delta_sweep.png"):
         assert (tmp_path / name).stat().st_size > 1000
 
 
-def test_same_seed_same_curves(tmp_path):
-    a = cli.main(TINY + ["--out", str(tmp_path / "a"), "--seeds", "3", "--methods", "band-kl:delta=0.1"])
-    b = cli.main(TINY + ["--out", str(tmp_path / "b"), "--seeds", "3", "--methods", "band-kl:delta=0.1"])
+def test_missing_plot_and_progress_packages_are_said_before_training(tmp_path, quick, monkeypatch, capsys):
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("matplotlib", "tqdm") else real(name, *a))
+    summary = cli.main(quick + ["--out", str(tmp_path), "--seeds", "0", "--methods", "band-kl"])
+    text = capsys.readouterr().out
+    assert text.index("matplotlib is not installed") < text.index("warm start, seed 0")
+    assert "tqdm is not installed" in text and "no plots: matplotlib is not installed" in text
+    assert summary["methods"]["band-kl"]["seeds"] == 1 and (tmp_path / "summary.json").exists()
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_bad_settings_fail_before_training(tmp_path, quick, capsys):
+    for bad, words in ((["--methods", "ppo2"], "unknown method 'ppo2'"), (["--min-len", "7"], "min_len and max_len"),
+                       (["--dual-clip", "0.5"], "dual_clip"), (["--agg", "mean"], "agg")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(quick + ["--out", str(tmp_path / "x")] + bad)
+        assert e.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_help_describes_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    parser = cli.build_parser()
+    for action in parser._actions:
+        assert action.help and not action.help.startswith("(default"), action.dest
+    for f in dataclasses.fields(RunConfig):
+        assert " ".join(f.metadata["help"].split()) in text
+
+
+def test_same_seed_same_curves(tmp_path, quick):
+    args = quick + ["--seeds", "3", "--methods", "band-kl:delta=0.1", "--no-plots"]
+    a = cli.main(args + ["--out", str(tmp_path / "a")])
+    b = cli.main(args + ["--out", str(tmp_path / "b")])  # the warm start from the cache this time
     assert a == json.loads(json.dumps(a)) and a["methods"].keys() == b["methods"].keys()
     ra = (tmp_path / "a" / "band-kl:delta=0.1" / "seed3.jsonl").read_text().splitlines()
     rb = (tmp_path / "b" / "band-kl:delta=0.1" / "seed3.jsonl").read_text().splitlines()
@@ -133,11 +288,12 @@ def test_same_seed_same_curves(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     task = SortTask()
     cfg = RunConfig(steps=4, prompts=8, group_size=4, sft_steps=10, sft_batch=16, d_model=32, n_layers=1,
-                    checkpoint_every=2)
+                    checkpoint_every=2, eval_every=2, eval_prompts=2)
     init = warm_start(task, cfg, 0, torch.device("cpu"))
+    evals = task.sample_prompts(2, torch.Generator().manual_seed(0), split="eval")
     _, config = parse_method("band-kl")
     full = rl_run(task, cfg, config, 0, init, str(tmp_path / "full.jsonl"), str(tmp_path / "full.pt"),
-                  torch.device("cpu"))
+                  torch.device("cpu"), evals)
 
     class Crash(Exception):
         pass
@@ -148,9 +304,9 @@ def test_resume_continues_exactly(tmp_path):
 
     with pytest.raises(Crash):
         rl_run(task, cfg, config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
-               torch.device("cpu"), on_step=crash_at_3)
+               torch.device("cpu"), evals, on_step=crash_at_3)
     resumed = rl_run(task, cfg, config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
-                     torch.device("cpu"))
+                     torch.device("cpu"), evals)
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(resumed) == strip(full)
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
@@ -199,10 +355,10 @@ def test_data_parallel_gradient_equals_single_process(tmp_path):
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_torchrun_runs_the_entry_point(tmp_path):
+def test_torchrun_runs_the_entry_point(tmp_path, quick):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "bandpo.ppo"] + TINY + ["--out", str(out), "--seeds", "0", "--methods", "band-kl"]
+           "bandpo.ppo"] + quick + ["--out", str(out), "--seeds", "0", "--methods", "band-kl", "--no-plots"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     config = json.loads((out / "config.json").read_text())
@@ -210,11 +366,18 @@ def test_torchrun_runs_the_entry_point(tmp_path):
     assert len((out / "band-kl" / "seed0.jsonl").read_text().splitlines()) == 3
 
 
-def test_help_and_bad_method():
-    with pytest.raises(SystemExit) as e:
-        cli.main(["--help"])
-    assert e.value.code == 0
+def test_bad_method_spec():
     with pytest.raises(ValueError, match="unknown method"):
         parse_method("ppo2")
     with pytest.raises(ValueError, match="bad option"):
         parse_method("band-kl:colour=red")
+
+
+def test_settings_precedence_explicit_quick_cuda():
+    """Explicit settings win over --quick, which wins over the CUDA sizes, which win over RunConfig's."""
+    parser = cli.build_parser()
+    cfg = cli.run_config(parser.parse_args(["--d-model", "48"]), torch.device("cuda"))
+    assert cfg.d_model == 48 and cfg.prompts == 128 and cfg.n_layers == 4 and cfg.steps == RunConfig().steps
+    cfg = cli.run_config(parser.parse_args(["--quick"]), torch.device("cuda"))
+    assert cfg.d_model == 32 and cfg.steps == 3 and cfg.n_heads == 8  # quick's where it has one, CUDA's beside
+    assert cli.run_config(parser.parse_args([]), torch.device("cpu")) == RunConfig()

@@ -1,11 +1,14 @@
 """Command line of the PPO demo: ``python -m bandpo.ppo`` (or the ``bandpo-ppo`` console script).
 
-Trains a small causal transformer on the sorting task (task.py): a supervised warm start per seed on
-imperfect demonstrations, then GRPO-style PPO from that same warm start for every method, so the methods
-differ only in the op's options. Writes DIR/{method}/seed{S}.jsonl (one record per RL step), DIR/summary.json,
-DIR/*.png, DIR/config.json and checkpoints, and prints a summary table.
+Trains a small causal transformer on a synthetic task (task.py; default ``zigzag``, where many answers are right
+and the warm start prefers a few): a supervised warm start per seed on imperfect demonstrations (cached), then
+GRPO-style PPO from that same warm start for every method, so the methods differ only in the op's options.
+Every method shares --agg and --dual-clip (the paper's seq-mean-token-mean and 10 by default). Evaluates
+pass@1/8/16 and the distinct right answers among 16 samples on held-out prompts.
 
-Data-parallel: ``torchrun --nproc_per_node=N -m bandpo.ppo ...`` (gloo on CPU, nccl on CUDA).
+Writes DIR/{method}/seed{S}.jsonl (one record per RL step), DIR/summary.json, DIR/*.png, DIR/config.json and
+checkpoints, and prints a summary table. Data-parallel: ``torchrun --nproc_per_node=N -m bandpo.ppo ...``
+(gloo on CPU, nccl on CUDA).
 """
 
 from __future__ import annotations
@@ -14,50 +17,134 @@ import argparse
 import dataclasses
 import datetime
 import gc
+import importlib.util
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
 
+from ..config import PRESETS
 from . import report
-from .methods import DEFAULT_METHODS, PRESETS, parse_method
-from .task import SortTask
-from .train import RunConfig, rl_run, warm_start, world
+from .evaluate import evaluate
+from .methods import DEFAULT_METHODS, parse_method
+from .settings import CUDA_SCALE, QUICK, RunConfig, run_fields
+from .task import TASKS
+from .train import eval_seed, rl_run, world
+from .warm_start import cached_warm_start, default_cache_dir
+
+DELTA_SWEEP = (0.01, 0.05, 0.2)
+EVAL_PROMPT_SEED = 2_718_281  # the held-out prompts: the same for every seed, method and run
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bandpo.ppo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                   help=f"NAME or NAME:key=value,... with NAME in {', '.join(PRESETS)} and keys of "
-                        "bandpo.BandConfig, e.g. band-kl:delta=0.1 clip:dual_clip=3 (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="(default: %(default)s)")
+    p.add_argument("--task", choices=list(TASKS), default="zigzag",
+                   help="zigzag: many right answers, the warm start prefers two; sort: one right answer "
+                        "(default: %(default)s)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"NAME or NAME:key=value,... with NAME in {', '.join(PRESETS)} (bandpo.PRESETS) and keys "
+                        f"of bandpo.BandConfig, e.g. band-kl:delta=0.1 clip:dual_clip=3 "
+                        f"(default: {' '.join(DEFAULT_METHODS)})")
+    p.add_argument("--delta-sweep", nargs="*", type=float, default=None, metavar="DELTA",
+                   help=f"run band-kl at each DELTA (none given: {' '.join(map(str, DELTA_SWEEP))}) instead of "
+                        "the default methods (beside --methods when given); adds delta_sweep.png")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: %(default)s)")
+    p.add_argument("--agg", default="seq-mean-token-mean",
+                   help="loss aggregation of every method, one of bandpo.AGGREGATIONS (default: %(default)s)")
+    p.add_argument("--dual-clip", type=float, default=10.0,
+                   help="dual-clip constant of every method, > 1; 0 turns it off (default: %(default)s)")
     p.add_argument("--out", default=None, help="output folder (default: a new folder under runs/)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR from its checkpoints, with its saved settings")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N; on CUDA the model and batches default to larger sizes "
+                        "(settings.CUDA_SCALE) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    defaults = RunConfig()
-    for f in dataclasses.fields(RunConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help="(default: %(default)s)")
-    p.add_argument("--agg", default="token-mean", help="loss aggregation for every method (default: %(default)s)")
-    p.add_argument("--min-len", type=int, default=SortTask.min_len, help="shortest list to sort (default: %(default)s)")
-    p.add_argument("--max-len", type=int, default=SortTask.max_len, help="longest list to sort (default: %(default)s)")
-    p.add_argument("--demo-correct", type=float, default=SortTask.demo_correct,
-                   help="fraction of warm-start demonstrations that are right (default: %(default)s)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quick", action="store_true",
+                   help="a run of seconds with tiny settings (tests, trying the command line); explicit "
+                        "settings still win")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"where warm starts are cached (default: $XDG_CACHE_HOME/bandpo or ~/.cache/bandpo)")
+    p.add_argument("--no-cache", action="store_true", help="always compute the warm start; store nothing")
+    run = p.add_argument_group("run settings (every method and seed)")
+    for f in run_fields():
+        run.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+                         help=f"{f.metadata['help']} (default: {f.default})")
+    task = p.add_argument_group("task settings (defaults depend on --task)")
+    task.add_argument("--min-len", type=int, default=None, help="fewest digits in a prompt (zigzag 4, sort 3)")
+    task.add_argument("--max-len", type=int, default=None, help="most digits in a prompt (6)")
+    task.add_argument("--demo-correct", type=float, default=None,
+                      help="fraction of warm-start demonstrations that are right (zigzag 0.5, sort 0.1)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
     return p
 
 
+def run_config(args: argparse.Namespace, device: torch.device) -> RunConfig:
+    """Explicit settings, else --quick's, else CUDA_SCALE's on a GPU, else RunConfig's defaults."""
+    values = {}
+    for f in run_fields():
+        explicit = getattr(args, f.name)
+        if explicit is not None:
+            values[f.name] = explicit
+        elif args.quick and f.name in QUICK:
+            values[f.name] = QUICK[f.name]
+        elif device.type == "cuda" and f.name in CUDA_SCALE:
+            values[f.name] = CUDA_SCALE[f.name]
+    return RunConfig(**values)
+
+
+def method_specs(args: argparse.Namespace) -> list[str]:
+    if args.delta_sweep is None:
+        return list(args.methods or DEFAULT_METHODS)
+    sweep = args.delta_sweep or list(DELTA_SWEEP)
+    return list(args.methods or []) + [f"band-kl:delta={d:g}" for d in sweep]
+
+
+class Progress:
+    """A tqdm bar when tqdm is installed and this is rank 0; else one plain line per phase."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tqdm = None
+        if enabled and importlib.util.find_spec("tqdm") is not None:
+            from tqdm import tqdm
+
+            self.tqdm = tqdm
+
+    def bar(self, total: int, description: str, unit: str):
+        if not self.enabled:
+            return _NoBar()
+        if self.tqdm is None:
+            print(f"{description}: {total} {unit}s ...", flush=True)
+            return _NoBar()
+        # Redrawn every 2 s when stderr is a log file rather than a terminal, so logs stay short.
+        return self.tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, leave=False,
+                         mininterval=0.1 if sys.stderr.isatty() else 2.0)
+
+    def say(self, text: str):
+        if self.enabled:
+            (self.tqdm.write if self.tqdm is not None else print)(text)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.resume:
         with open(os.path.join(args.resume, "config.json")) as f:
             saved = json.load(f)
-        args = build_parser().parse_args(saved["argv"])
+        args = parser.parse_args(saved["argv"])
         args.out = args.resume
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = torch.device(args.device)
@@ -69,12 +156,26 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world_size = world()
-    if args.prompts % world_size:
-        raise SystemExit(f"--prompts {args.prompts} must be divisible by the number of processes {world_size}")
 
-    cfg = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
-    task = SortTask(args.min_len, args.max_len, args.demo_correct)
-    methods = dict(parse_method(spec, agg=args.agg) for spec in args.methods)
+    # Everything that can be refused is refused here, before any training.
+    cfg = run_config(args, device)
+    if cfg.prompts % world_size:
+        parser.error(f"--prompts {cfg.prompts} must be divisible by the number of processes {world_size}")
+    task_kwargs = {k: getattr(args, k) for k in ("min_len", "max_len", "demo_correct") if getattr(args, k) is not None}
+    try:
+        task = TASKS[args.task](**task_kwargs)
+        methods = dict(parse_method(spec, agg=args.agg, dual_clip=args.dual_clip or None)
+                       for spec in method_specs(args))
+    except ValueError as e:
+        parser.error(str(e))
+    plots = not args.no_plots and importlib.util.find_spec("matplotlib") is not None
+    progress = Progress(enabled=rank == 0)
+    if not args.no_plots and not plots:
+        progress.say("matplotlib is not installed: the run writes its JSONL logs and summary.json but no plots "
+                     "(pip install 'bandpo[demo]' for them, or pass --no-plots to silence this)")
+    if progress.tqdm is None:
+        progress.say("(tqdm is not installed: progress is one line per phase; pip install 'bandpo[demo]' for bars)")
+
     out = args.out or os.path.join("runs", datetime.datetime.now().strftime("ppo-%Y%m%d-%H%M%S"))
     if rank == 0:
         os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
@@ -83,30 +184,47 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.resume:
             with open(os.path.join(out, "config.json"), "w") as f:
                 json.dump({"argv": sys.argv[1:] if argv is None else list(argv), "run": dataclasses.asdict(cfg),
-                           "task": dataclasses.asdict(task), "world_size": world_size,
+                           "task": {"name": task.name, **dataclasses.asdict(task)}, "world_size": world_size,
                            "methods": {k: dataclasses.asdict(v) for k, v in methods.items()}}, f, indent=1)
     if distributed:
         dist.barrier()
 
-    progress = make_progress(len(methods) * len(args.seeds) * cfg.steps, disable=rank != 0)
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    eval_prompts = task.sample_prompts(cfg.eval_prompts, torch.Generator().manual_seed(EVAL_PROMPT_SEED),
+                                       split="eval").to(device)
+    started = time.perf_counter()
     runs: dict[str, dict[int, list[dict]]] = {name: {} for name in methods}
+    start_eval: dict[int, dict] = {}
     for seed in args.seeds:
-        init = warm_start(task, cfg, seed, device)
+        bar = progress.bar(cfg.sft_steps, f"warm start, seed {seed}", "step")
+        init, cached = cached_warm_start(task, cfg, seed, device, cache_dir, on_step=lambda step: bar.update(1))
+        bar.close()
+        progress.say(f"warm start, seed {seed}: " + ("from the cache" if cached else f"{cfg.sft_steps} supervised steps")
+                     + (f" ({cache_dir})" if cache_dir and not cached else ""))
+        if rank == 0:
+            start_eval[seed] = evaluate(init, task, eval_prompts, eval_seed(seed, 0), cfg.temperature)
         for name, config in methods.items():
-            progress.set_description(f"{name} seed {seed}")
+            bar = progress.bar(cfg.steps, f"{name}, seed {seed}", "step")
             ckpt = os.path.join(out, "checkpoints", f"{name.replace(':', '_')}-seed{seed}.pt")
             runs[name][seed] = rl_run(task, cfg, config, seed, init, os.path.join(out, name, f"seed{seed}.jsonl"),
-                                      ckpt, device, on_step=lambda r: progress.update(1))
-    progress.close()
+                                      ckpt, device, eval_prompts, on_step=lambda r: bar.update(1))
+            bar.close()
+            last = runs[name][seed][-1]
+            progress.say(f"{name}, seed {seed}: {last['seconds']:.1f} s, final reward {last['reward']:.3f}, "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in last.get("eval", {}).items()))
 
-    summary = report.summarize(runs)
+    summary = {}
     if rank == 0:
+        summary = report.summarize(runs, start_eval)
+        summary["wall_seconds"] = time.perf_counter() - started
         report.write_summary(out, summary)
-        initial = {name: sum(by_seed[s][0]["reward"] for s in by_seed) / len(by_seed) for name, by_seed in runs.items()}
-        print(report.summary_table(summary, initial))
-        if not args.no_plots:
-            for path in report.plot_all(out, runs, methods):
+        print(report.summary_table(summary))
+        if plots:
+            for path in report.plot_all(out, runs, methods, start_eval,
+                                        sweep=args.delta_sweep is not None):
                 print("wrote", path)
+        elif not args.no_plots:
+            print("no plots: matplotlib is not installed (pip install 'bandpo[demo]')")
         print("results in", out)
     if distributed:
         # DDP objects hold the process group through reference cycles: collect them first, so that the
@@ -115,25 +233,3 @@ def main(argv: list[str] | None = None) -> dict:
         dist.barrier()  # no rank leaves while another still talks to it (gloo aborts on a closed peer)
         dist.destroy_process_group()
     return summary
-
-
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def set_description(self, text):
-        pass
-
-    def close(self):
-        pass
-
-
-def make_progress(total: int, disable: bool):
-    if disable:
-        return _NoProgress()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoProgress()
-    # Redrawn every 2 s when stderr is a log file rather than a terminal, so logs stay short.
-    return tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 2.0)

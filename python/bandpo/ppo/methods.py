@@ -12,7 +12,7 @@ import math
 
 from ..config import PRESETS, BandConfig
 
-DEFAULT_METHODS = ("clip", "clip-higher", "band-kl")
+DEFAULT_METHODS = ("clip", "clip-higher", "dcpo", "trgppo", "band-kl")  # the paper's comparison
 
 
 def _value(field: dataclasses.Field, text: str):

@@ -1,6 +1,9 @@
-"""A small causal transformer language model in plain PyTorch (pre-norm blocks, learned positions)."""
+"""A small causal transformer language model in plain PyTorch (pre-norm blocks, learned positions), with an
+optional key/value cache for sampling one token at a time."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +20,20 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: Optional[list] = None) -> torch.Tensor:
+        """x [b, t, d]. With kv (a list, empty or [k, v] of the earlier positions), the new keys and values are
+        appended to it and the t new positions attend to all of them; without, plain causal attention."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if kv is not None:
+            if kv:
+                k, v = torch.cat([kv[0], k], dim=2), torch.cat([kv[1], v], dim=2)
+            kv[:] = [k, v]
+        # New positions see every cached one; among themselves (the first call, an empty cache) causally.
+        causal = t > 1
+        if causal and k.shape[2] != t:
+            raise ValueError("a cached forward takes the prompt at once, then one token per call")
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.norm2(x))
 
@@ -36,8 +49,13 @@ class CausalLM(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.tok(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
-        for block in self.blocks:
-            x = block(x)
+    def forward(self, tokens: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
+        """tokens [b, t] -> logits [b, t, vocab]. cache: a list kept between calls (start with []) to feed the
+        prompt first and then one token per call, each attending to everything before it."""
+        if cache is not None and not cache:
+            cache.extend([] for _ in self.blocks)
+        start = 0 if not cache or not cache[0] else cache[0][0].shape[2]
+        x = self.tok(tokens) + self.pos(torch.arange(start, start + tokens.shape[1], device=tokens.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
         return self.head(self.norm(x))

@@ -1,4 +1,11 @@
-"""The end of a run: summary.json, the summary table, and the plots (matplotlib, headless)."""
+"""The end of a run: summary.json, the summary table, and the plots (matplotlib, headless).
+
+One definition of each reported number, used by the table, summary.json and the plots alike:
+- final reward / entropy: the mean over the last 10% of RL steps (at least one) of the per-step value;
+- pass@k, distinct@16: the evaluation at the last step (evaluate.py), or of the warm start ("start");
+- clip fractions by old probability: clipped tokens over valid tokens, pooled over every step and seed;
+each then as mean and standard deviation (population) over seeds.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,10 @@ import torch
 
 from ..api import band_bounds
 from ..config import BandConfig
+from .evaluate import metric_names
 from .train import PROB_BUCKETS
+
+EVAL_METRICS = metric_names()
 
 
 def final_mean(records: list[dict], key: str) -> float:
@@ -24,56 +34,121 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
 
-def summarize(runs: dict[str, dict[int, list[dict]]]) -> dict:
-    """{"methods": {name: {final_reward, final_entropy: {mean, std} over seeds, seconds (mean per seed run),
+def pooled_clipfrac(by_seed: dict[int, list[dict]], side: str) -> list[float]:
+    """Per old-probability bucket: tokens clipped at `side` ("upper"/"lower") over valid tokens, every step and
+    seed pooled."""
+    clipped = torch.zeros(len(PROB_BUCKETS) - 1, dtype=torch.float64)
+    tokens = torch.zeros_like(clipped)
+    for recs in by_seed.values():
+        for r in recs:
+            n = torch.tensor(r["tokens_by_prob"], dtype=torch.float64)
+            tokens += n
+            clipped += torch.tensor(r[f"clipfrac_{side}_by_prob"], dtype=torch.float64) * n
+    return (clipped / tokens.clamp(min=1)).tolist()
+
+
+def eval_curve(recs: list[dict], start: dict | None) -> tuple[list[int], dict[str, list[float]]]:
+    steps = ([0] if start else []) + [r["step"] for r in recs if "eval" in r]
+    evals = ([start] if start else []) + [r["eval"] for r in recs if "eval" in r]
+    return steps, {m: [e[m] for e in evals] for m in EVAL_METRICS}
+
+
+def summarize(runs: dict[str, dict[int, list[dict]]], start_eval: dict[int, dict] | None = None) -> dict:
+    """{"start": warm-start evaluation, "methods": {name: {final_reward, final_entropy, pass@k..., distinct@16:
+    {mean, std} over seeds, clipfrac_{upper,lower}_by_prob (pooled), prob_buckets, seconds (mean per run),
     seeds}}} from runs[method][seed] = the per-step records."""
     methods = {}
     for name, by_seed in runs.items():
         seeds = sorted(by_seed)
-        methods[name] = {
-            "final_reward": mean_std([final_mean(by_seed[s], "reward") for s in seeds]),
-            "final_entropy": mean_std([final_mean(by_seed[s], "entropy") for s in seeds]),
-            "seconds": statistics.fmean(by_seed[s][-1]["seconds"] for s in seeds),
-            "seeds": len(seeds),
-        }
-    return {"methods": methods}
+        m = {"final_reward": mean_std([final_mean(by_seed[s], "reward") for s in seeds]),
+             "final_entropy": mean_std([final_mean(by_seed[s], "entropy") for s in seeds])}
+        finals = [by_seed[s][-1].get("eval") for s in seeds]
+        if all(finals):
+            m.update({k: mean_std([f[k] for f in finals]) for k in EVAL_METRICS})
+        m["clipfrac_upper_by_prob"] = pooled_clipfrac(by_seed, "upper")
+        m["clipfrac_lower_by_prob"] = pooled_clipfrac(by_seed, "lower")
+        m["prob_buckets"] = [min(b, 1.0) for b in PROB_BUCKETS]
+        m["seconds"] = statistics.fmean(by_seed[s][-1]["seconds"] for s in seeds)
+        m["seeds"] = len(seeds)
+        methods[name] = m
+    out = {"methods": methods}
+    if start_eval:
+        out["start"] = {k: mean_std([start_eval[s][k] for s in sorted(start_eval)]) for k in EVAL_METRICS}
+    return out
 
 
-def summary_table(summary: dict, initial_reward: dict[str, float]) -> str:
-    lines = [f"{'method':28s} {'start reward':>12s} {'final reward':>16s} {'final entropy':>16s} {'s/run':>7s} seeds",
-             "-" * 90]
+def summary_table(summary: dict) -> str:
+    cols = ["final_reward"] + [k for k in EVAL_METRICS] + ["final_entropy"]
+    heads = ["reward (last 10%)"] + EVAL_METRICS + ["entropy (nats)"]
+    lines = [f"{'method':26s} " + " ".join(f"{h:>17s}" for h in heads) + f" {'s/run':>6s} seeds", "-" * 150]
+
+    def cell(m, key):
+        return f"{m[key]['mean']:>8.3f} ± {m[key]['std']:<6.3f}" if key in m else f"{'':17s}"
+
+    if "start" in summary:
+        lines.append(f"{'(warm start)':26s} " + " ".join(cell(summary["start"], k) for k in cols))
     for name, m in summary["methods"].items():
-        r, e = m["final_reward"], m["final_entropy"]
-        lines.append(f"{name:28s} {initial_reward.get(name, float('nan')):>12.3f} {r['mean']:>8.3f} ± {r['std']:<5.3f} "
-                     f"{e['mean']:>8.3f} ± {e['std']:<5.3f} {m['seconds']:>7.1f} {m['seeds']:>5d}")
+        lines.append(f"{name:26s} " + " ".join(cell(m, k) for k in cols) + f" {m['seconds']:>6.1f} {m['seeds']:>5d}")
     return "\n".join(lines)
 
 
-def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict[str, BandConfig]) -> list[str]:
-    """Writes training.png, clipfrac_by_prob.png and bounds.png; returns their paths."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _band(ax, steps, curves: torch.Tensor, label: str):
+    """Mean over seeds with a band of one standard deviation."""
+    mean, std = curves.mean(0), curves.std(0, unbiased=False)
+    line, = ax.plot(steps, mean, label=label)
+    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+
+
+def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict[str, BandConfig],
+             start_eval: dict[int, dict] | None = None, sweep: bool = False) -> list[str]:
+    """Writes training.png, eval.png, clipfrac_by_prob.png, bounds.png (and delta_sweep.png); returns the paths."""
+    plt = _pyplot()
     paths = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, name))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, by_seed in runs.items():
         for ax, key in zip(axes, ("reward", "entropy")):
             curves = torch.tensor([[r[key] for r in recs] for recs in by_seed.values()])
-            steps = range(1, curves.shape[1] + 1)
-            line, = ax.plot(steps, curves.mean(0), label=name)
-            ax.fill_between(steps, curves.min(0).values, curves.max(0).values, color=line.get_color(), alpha=0.2)
-    for ax, label in zip(axes, ("reward (exact answers)", "policy entropy on sampled positions (nats)")):
+            _band(ax, range(1, curves.shape[1] + 1), curves, name)
+    for ax, label in zip(axes, ("reward (pass@1 on training prompts)", "policy entropy at sampled positions (nats)")):
         ax.set_xlabel("RL step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle("mean over seeds; band = min..max over seeds")
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "training.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("mean over seeds; band = ± one standard deviation")
+    save(fig, "training.png")
+
+    fig, axes = plt.subplots(1, len(EVAL_METRICS), figsize=(4 * len(EVAL_METRICS), 3.8))
+    for name, by_seed in runs.items():
+        curves = {m: [] for m in EVAL_METRICS}
+        steps = []
+        for seed, recs in by_seed.items():
+            steps, values = eval_curve(recs, (start_eval or {}).get(seed))
+            for m in EVAL_METRICS:
+                curves[m].append(values[m])
+        for ax, m in zip(axes, EVAL_METRICS):
+            _band(ax, steps, torch.tensor(curves[m]), name)
+    for ax, m in zip(axes, EVAL_METRICS):
+        ax.set_xlabel("RL step (0: the warm start)")
+        ax.set_title(f"{m}, held-out prompts")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    save(fig, "eval.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     n_buckets = len(PROB_BUCKETS) - 1
@@ -81,24 +156,15 @@ def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict
     labels = [f"[{PROB_BUCKETS[i]:.1f},{min(PROB_BUCKETS[i + 1], 1.0):.1f}{']' if i == n_buckets - 1 else ')'}"
               for i in range(n_buckets)]
     for k, (name, by_seed) in enumerate(runs.items()):
-        for ax, key in zip(axes, ("upper", "lower")):
-            clipped = torch.zeros(n_buckets)
-            tokens = torch.zeros(n_buckets)
-            for recs in by_seed.values():
-                for r in recs:
-                    tokens += torch.tensor(r["tokens_by_prob"])
-                    clipped += torch.tensor(r[f"clipfrac_{key}_by_prob"]) * torch.tensor(r["tokens_by_prob"])
-            ax.bar([i + k * width for i in range(n_buckets)], clipped / tokens.clamp(min=1), width, label=name)
-    for ax, key in zip(axes, ("upper (A > 0, r > upper bound)", "lower (A < 0, r < lower bound)")):
+        for ax, side in zip(axes, ("upper", "lower")):
+            ax.bar([i + k * width for i in range(n_buckets)], pooled_clipfrac(by_seed, side), width, label=name)
+    for ax, side in zip(axes, ("upper (A > 0, r > upper bound)", "lower (A < 0, r < lower bound)")):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(n_buckets)], labels)
         ax.set_xlabel("old probability of the token")
-        ax.set_title(f"clip fraction, {key}")
+        ax.set_title(f"clip fraction, {side}")
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend()
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "clipfrac_by_prob.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    axes[0].legend(fontsize=8)
+    save(fig, "clipfrac_by_prob.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     p = torch.logspace(-4, 0, 400, dtype=torch.float64)[:-1]
@@ -111,11 +177,24 @@ def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict
     ax.set_xlabel("old probability p")
     ax.set_ylabel("ratio bound r (solid: upper, dashed: lower, floored at 1e-3)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "bounds.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    ax.legend(fontsize=8)
+    save(fig, "bounds.png")
+
+    swept = {cfg.delta: name for name, cfg in configs.items() if cfg.divergence == "kl" and not cfg.relax_high_p}
+    if sweep and len(swept) > 1:
+        summary = summarize(runs)["methods"]
+        deltas = sorted(swept)
+        keys = ["final_reward"] + EVAL_METRICS + ["final_entropy"]
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.5))
+        for ax, key in zip(axes, keys):
+            ax.errorbar(deltas, [summary[swept[d]][key]["mean"] for d in deltas],
+                        yerr=[summary[swept[d]][key]["std"] for d in deltas], marker="o", capsize=3)
+            ax.set_xscale("log")
+            ax.set_xlabel("band-kl delta")
+            ax.set_title(key.replace("final_", "final "))
+            ax.grid(alpha=0.3)
+        fig.suptitle("Band-KL: the trust-region radius; mean ± std over seeds, at the last step")
+        save(fig, "delta_sweep.png")
     return paths
 
 

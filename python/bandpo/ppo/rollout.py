@@ -43,11 +43,14 @@ def sample(model: torch.nn.Module, prompts: torch.Tensor, group_size: int, respo
            generator: torch.Generator, temperature: float = 1.0) -> Rollout:
     """group_size samples per prompt (rows prompt-major: prompt i owns rows i*G .. i*G + G - 1)."""
     seqs = prompts.repeat_interleave(group_size, dim=0)
+    cache: list = []  # keys and values of the positions so far: each step computes one new position only
+    step_input = seqs
     for _ in range(response_len):
-        logits = model(seqs)[:, -1].float() / temperature
+        logits = model(step_input, cache)[:, -1].float() / temperature
         probs = torch.softmax(logits, dim=-1)
         nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(seqs.device)
         seqs = torch.cat([seqs, nxt], dim=1)
+        step_input = nxt
     prompt_len = prompts.shape[1]
     old_logp, entropy = token_logprobs(model, seqs, prompt_len, temperature, with_entropy=True)
     return Rollout(seqs, response_mask(seqs[:, prompt_len:]), old_logp, entropy)

@@ -1,4 +1,4 @@
-"""Supervised warm start and the PPO/GRPO loop, single-process or data-parallel (torchrun + DDP).
+"""The PPO/GRPO loop from a warm start, single-process or data-parallel (torchrun + DDP).
 
 Every method's policy loss is ``torch.ops.bandpo.band_loss`` (via :func:`bandpo.band_loss`); only the
 options differ. Data-parallel: each rank samples its share of the prompts, the op's ``normalizer`` is the
@@ -12,41 +12,19 @@ import copy
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from ..api import band_bounds, band_loss
 from ..config import BandConfig
-from .model import CausalLM
+from .evaluate import evaluate
 from .rollout import Rollout, group_advantages, sample, token_logprobs
-from .task import VOCAB_SIZE, SortTask
+from .settings import RunConfig
+from .task import Task
 
 PROB_BUCKETS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0 + 1e-9)  # old-probability buckets of the clip statistics
-
-
-@dataclass
-class RunConfig:
-    steps: int = 100  # RL steps (one batch of rollouts each)
-    prompts: int = 32  # prompts per step (global, split over ranks)
-    group_size: int = 8  # samples per prompt (GRPO group)
-    ppo_epochs: int = 4  # passes over each batch: the ratio leaves 1 and the bounds matter
-    minibatches: int = 4  # per epoch
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    temperature: float = 1.0
-    kl_coef: float = 0.0  # k3 KL to the warm-start policy through the op's ref_logp (0 = off)
-    sft_steps: int = 300
-    sft_batch: int = 128
-    sft_lr: float = 3e-3
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    checkpoint_every: int = 20
 
 
 def world() -> tuple[int, int]:
@@ -60,33 +38,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t)
     return t
-
-
-def make_model(task: SortTask, cfg: RunConfig) -> CausalLM:
-    return CausalLM(VOCAB_SIZE, task.prompt_len + task.response_len, cfg.d_model, cfg.n_layers, cfg.n_heads)
-
-
-def warm_start(task: SortTask, cfg: RunConfig, seed: int, device: torch.device) -> CausalLM:
-    """Supervised training on imperfect demonstrations (deterministic for a seed, the same on every rank)."""
-    torch.manual_seed(seed)
-    model = make_model(task, cfg).to(device)
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr)
-    P, R = task.prompt_len, task.response_len
-    for _ in range(cfg.sft_steps):
-        prompts = task.sample_prompts(cfg.sft_batch, gen)
-        demos = torch.full((cfg.sft_batch, R), -100, dtype=torch.long)  # -100: ignored by the loss
-        inputs = torch.cat([prompts, torch.zeros(cfg.sft_batch, R, dtype=torch.long)], dim=1)
-        for i in range(cfg.sft_batch):
-            d = task.demonstration(prompts[i], gen)
-            demos[i, :len(d)] = torch.tensor(d)
-            inputs[i, P:P + len(d)] = torch.tensor(d)
-        logits = model(inputs[:, :-1].to(device))[:, P - 1:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), demos.to(device).reshape(-1), ignore_index=-100)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
 
 
 def aggregation_normalizer(mask: torch.Tensor, agg: str) -> float:
@@ -121,11 +72,12 @@ def clip_statistics(logp, old_logp, advantages, mask, lower, upper) -> torch.Ten
     return out
 
 
-def rl_run(task: SortTask, cfg: RunConfig, config: BandConfig, seed: int, init: CausalLM,
-           log_path: str, checkpoint_path: str, device: torch.device,
+def rl_run(task: Task, cfg: RunConfig, config: BandConfig, seed: int, init: torch.nn.Module,
+           log_path: str, checkpoint_path: str, device: torch.device, eval_prompts: Optional[torch.Tensor] = None,
            on_step: Callable[[dict], None] = lambda record: None) -> list[dict]:
-    """One method and seed from the warm start; appends a JSON line per step to log_path (rank 0) and
-    checkpoints to checkpoint_path every cfg.checkpoint_every steps; resumes from it when it exists."""
+    """One method and seed from the warm start `init`; appends a JSON line per step to log_path (rank 0) and
+    checkpoints to checkpoint_path every cfg.checkpoint_every steps; resumes from it when it exists. With
+    eval_prompts, every cfg.eval_every steps and at the last one the record holds "eval" (evaluate.py)."""
     rank, world_size = world()
     model = copy.deepcopy(init)
     reference = copy.deepcopy(init).eval() if cfg.kl_coef else None
@@ -185,26 +137,30 @@ def rl_run(task: SortTask, cfg: RunConfig, config: BandConfig, seed: int, init: 
                 updates += 1
         seconds += time.perf_counter() - t0
         mask = roll.mask
-        sums = all_reduce_sum(torch.stack([
-            rewards.sum(), torch.tensor(float(len(rewards))), (roll.entropy * mask).sum().cpu(),
-            mask.sum().cpu().double(), (lower * mask).sum().cpu(), (upper * mask).sum().cpu(),
-            torch.tensor(ppo_kl / updates)]).double())
+        # Sums over this rank's batch, all-reduced: each named, read back by name.
+        local = {"reward": rewards.sum(), "samples": torch.tensor(float(len(rewards))),
+                 "entropy": (roll.entropy * mask).sum().cpu(), "tokens": mask.sum().cpu().double(),
+                 "lower": (lower * mask).sum().cpu(), "upper": (upper * mask).sum().cpu(),
+                 "ppo_kl": torch.tensor(ppo_kl / updates)}
+        sums = dict(zip(local, all_reduce_sum(torch.stack([v.double() for v in local.values()])).tolist()))
         stats = all_reduce_sum(stats)
         tokens = stats[0].sum().clamp(min=1)
         record = {
             "step": step + 1,
-            "reward": float(sums[0] / sums[1]),
-            "entropy": float(sums[2] / sums[3]),
-            "ppo_kl": float(sums[6] / world_size),
+            "reward": sums["reward"] / sums["samples"],
+            "entropy": sums["entropy"] / sums["tokens"],
+            "ppo_kl": sums["ppo_kl"] / world_size,
             "clipfrac_upper": float(stats[1].sum() / tokens),
             "clipfrac_lower": float(stats[2].sum() / tokens),
             "clipfrac_upper_by_prob": (stats[1] / stats[0].clamp(min=1)).tolist(),
             "clipfrac_lower_by_prob": (stats[2] / stats[0].clamp(min=1)).tolist(),
             "tokens_by_prob": stats[0].tolist(),
-            "mean_lower": float(sums[4] / sums[3]),
-            "mean_upper": float(sums[5] / sums[3]),
+            "mean_lower": sums["lower"] / sums["tokens"],
+            "mean_upper": sums["upper"] / sums["tokens"],
             "seconds": seconds,
         }
+        if eval_prompts is not None and rank == 0 and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            record["eval"] = evaluate(model, task, eval_prompts, eval_seed(seed, step + 1), cfg.temperature)
         records.append(record)
         if rank == 0:
             with open(log_path, "a") as f:
@@ -218,6 +174,11 @@ def rl_run(task: SortTask, cfg: RunConfig, config: BandConfig, seed: int, init: 
         elif (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             gather_generator_states(gen)
     return records
+
+
+def eval_seed(seed: int, step: int) -> int:
+    """The evaluation sampler's seed at `step` (0: the warm start): the same for every method of a seed."""
+    return 900_001 * (seed + 1) + step
 
 
 def gather_generator_states(gen: torch.Generator) -> list:
