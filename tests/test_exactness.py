@@ -269,3 +269,12 @@ def test_presets_are_the_papers_rules():
     assert (cfg.divergence, cfg.eps_low, cfg.eps_high, cfg.ratio_max, cfg.dual_clip) == ("dcpo", 0.16, 0.2, 10.0, 10.0)
     with pytest.raises(ValueError, match="preset: unknown method 'ppo'"):
         bandpo.BandConfig.preset("ppo")
+
+
+def test_dcpo_eps_below_the_compute_types_range():
+    # found by test_hypothesis_bounds_match_reference: 4 eps_low = 6.5e-70 is 0 in float, yet against
+    # p = e^-149 it moves the lower bound by 4e-6; log(4 eps) as head + tail keeps it
+    lp = torch.tensor([-149.0], dtype=torch.float32)
+    lo, _ = torch.ops.bandpo.band_bounds(lp, divergence="dcpo", eps_low=1.6234804485002697e-70, eps_high=0.0)
+    want = _dcpo_exact(-149.0, 1.6234804485002697e-70, "lower")
+    assert want < 1 - 3e-6 and abs(float(lo[0]) - want) <= 1.2e-7

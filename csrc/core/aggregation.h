@@ -6,31 +6,37 @@
 #include <cstdint>
 
 #include "bandpo/config.h"
-#include "bandpo/cpu.h"
+#include "bandpo/inputs.h"
+#include "bandpo/loss_result.h"
 #include "bandpo/options.h"
 
 namespace bandpo {
 namespace detail {
 
+// The fields of SegmentSums, listed once: BANDPO_FIELD(kind, name) with kind `sum` (a floating-point sum,
+// double once widened) or `count` (int64_t). The CUDA warp reductions and per-lane accumulators expand the
+// same list (cuda/common.cuh, cuda/loss.cu).
+//   loss: sum of w * (pg + kl_coef * kl);  pg: sum of w * pg;  weight: sum of w
+//   clip_upper, clip_lower, dual: weighted counts;  ppo_kl, ratio, ref_kl: weighted sums
+//   invalid: valid positions holding bad values (token_loss.h bad_token)
+#define BANDPO_SEGMENT_SUM_FIELDS(BANDPO_FIELD)                                                         \
+  BANDPO_FIELD(sum, loss) BANDPO_FIELD(sum, pg) BANDPO_FIELD(sum, weight) BANDPO_FIELD(sum, clip_upper) \
+  BANDPO_FIELD(sum, clip_lower) BANDPO_FIELD(sum, dual) BANDPO_FIELD(sum, ppo_kl) BANDPO_FIELD(sum, ratio) \
+  BANDPO_FIELD(sum, ref_kl) BANDPO_FIELD(count, invalid)
+
+// The member type of a field of kind `sum` or `count`, for a given floating-point sum type.
+#define BANDPO_SEGMENT_FIELD_TYPE_sum(Sum) Sum
+#define BANDPO_SEGMENT_FIELD_TYPE_count(Sum) int64_t
+
 struct SegmentSums {
-  double loss = 0;    // sum of w * (pg + kl_coef * kl)
-  double pg = 0;      // sum of w * pg
-  double weight = 0;  // sum of w
-  double clip_upper = 0, clip_lower = 0, dual = 0;  // weighted counts
-  double ppo_kl = 0, ratio = 0, ref_kl = 0;         // weighted sums
-  int64_t invalid = 0;                              // valid positions holding bad values
+#define BANDPO_DECLARE(kind, name) BANDPO_SEGMENT_FIELD_TYPE_##kind(double) name = 0;
+  BANDPO_SEGMENT_SUM_FIELDS(BANDPO_DECLARE)
+#undef BANDPO_DECLARE
 
   BANDPO_HD void add(const SegmentSums& o) {
-    loss += o.loss;
-    pg += o.pg;
-    weight += o.weight;
-    clip_upper += o.clip_upper;
-    clip_lower += o.clip_lower;
-    dual += o.dual;
-    ppo_kl += o.ppo_kl;
-    ratio += o.ratio;
-    ref_kl += o.ref_kl;
-    invalid += o.invalid;
+#define BANDPO_ADD(kind, name) name += o.name;
+    BANDPO_SEGMENT_SUM_FIELDS(BANDPO_ADD)
+#undef BANDPO_ADD
   }
 };
 

@@ -1,5 +1,5 @@
 // Internal: the per-instruction-set CPU kernels (cpu_kernels.inc compiled once per ISA) and their table.
-// cpu.cpp owns partitioning, threads, reductions and errors; the kernels own only the hot loops over one
+// cpu_drivers.cpp (with partition.h, thread_pool.cpp, bad_values.cpp) owns partitioning, threads, reductions and errors; the kernels own only the hot loops over one
 // contiguous segment of at most kItemTokens tokens.
 #pragma once
 

@@ -170,6 +170,13 @@ LossCall unbox_loss_call(StableIValue* stack) {
 }
 LossOptions unbox_loss_options(StableIValue* stack) { return unbox<LossOptions>(stack); }
 
+BackwardCall unbox_backward_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_loss_backward", num_args, 6 + kNumLossOptions, num_outputs, 1);
+  BackwardCall b{to<Tensor>(stack[0]), unbox_loss_call(stack + 1)};
+  BANDPO_CHECK_VALUE(b.grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(b.grad_loss));
+  return b;
+}
+
 Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
 
 Tensor empty_like_contiguous(const Tensor& like) {

@@ -86,6 +86,14 @@ struct LossCall {
 };
 LossCall unbox_loss_call(StableIValue* stack);
 
+// band_loss_backward's stack (schemas.cpp), checked: grad_loss, which must hold one value, then band_loss's
+// arguments. The CPU and CUDA kernels differ only in where they read grad_loss.
+struct BackwardCall {
+  Tensor grad_loss;
+  LossCall call;
+};
+BackwardCall unbox_backward_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs);
+
 // Checked, contiguous views of band_loss's tensors and the LossInputs pointing into them.
 // (optional: an empty stable Tensor is not free, it allocates a handle)
 struct LossArgs {

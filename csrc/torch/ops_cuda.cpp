@@ -105,14 +105,12 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_o
 }
 
 void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_loss_backward", num_args, 6 + kNumLossOptions, num_outputs, 1);
-  const Tensor grad_loss = to<Tensor>(stack[0]);
-  const LossCall call = unbox_loss_call(stack + 1);
-  const Tensor& logp = call.logp;
-  const LossOptions& options = call.options;
+  const BackwardCall b = unbox_backward_call(stack, num_args, num_outputs);
+  const Tensor& grad_loss = b.grad_loss;
+  const Tensor& logp = b.call.logp;
+  const LossOptions& options = b.call.options;
   const torch::stable::accelerator::DeviceGuard device_guard(logp.get_device_index());
-  const LossArgs args = loss_args(call);
-  BANDPO_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(grad_loss));
+  const LossArgs args = loss_args(b.call);
   BANDPO_CHECK_VALUE(grad_loss.device() == logp.device(), "grad_loss is on ", device_name(grad_loss),
                      " but logp is on ", device_name(logp));
   // The incoming gradient stays on the device: converted there, read by the scale kernel.

@@ -59,12 +59,13 @@ def _load():
         return tuple(Option(r[0], ast.literal_eval(r[2]), ast.literal_eval(ast.literal_eval(r[3])), r[5])
                      for r in _rows(text, name))
 
+    constants = {r[1]: float(r[2]) for r in _rows(text, "BANDPO_CONSTANT_TABLE")}
     return (choices("BANDPO_DIVERGENCE_TABLE"), choices("BANDPO_AGGREGATION_TABLE"),
             choices("BANDPO_KL_ESTIMATOR_TABLE"), choices("BANDPO_METRIC_TABLE"),
-            options("BANDPO_BOUND_OPTION_TABLE"), options("BANDPO_LOSS_OPTION_TABLE"))
+            options("BANDPO_BOUND_OPTION_TABLE"), options("BANDPO_LOSS_OPTION_TABLE"), constants)
 
 
-DIVERGENCES, AGGREGATIONS, KL_ESTIMATORS, METRIC_NAMES, BOUND_OPTIONS, LOSS_OPTIONS = _load()
+DIVERGENCES, AGGREGATIONS, KL_ESTIMATORS, METRIC_NAMES, BOUND_OPTIONS, LOSS_OPTIONS, CONSTANTS = _load()
 # band_loss's options in schema order (band_bounds' first).
 ALL_OPTIONS = BOUND_OPTIONS + LOSS_OPTIONS
 DEFAULTS = {o.name: o.default for o in ALL_OPTIONS}

@@ -1,8 +1,10 @@
-"""Plain-PyTorch implementation of BandPO: the test oracle of the compiled ops and their documented fallback.
+"""Plain-PyTorch implementation of BandPO: the test oracle of the compiled ops and the readable statement of
+their math.
 
 Everything here is ordinary differentiable torch code that runs on any device and dtype; it computes in
 float64 and returns the input dtype. It is slower than ``torch.ops.bandpo`` (many kernels, N-sized
-temporaries) but has no compiled parts, so it serves where the extension cannot be built.
+temporaries). It is not a fallback for a missing extension: it ships in the same package and checks its
+options with the package's compiled core (``bandpo._np``), exactly as the ops do.
 
 The math is the same as csrc/include/bandpo/bounds.h and token_loss.h (see there for the derivation); the
 KL solve uses torch's own expm1/log1p and one more Halley step than the compiled float64 path.
@@ -19,8 +21,9 @@ from torch import Tensor
 from ._tables import DEFAULTS as _D
 from .config import AGGREGATIONS, DIVERGENCES, METRIC_NAMES, BandConfig  # noqa: F401  (METRIC_NAMES: re-exported)
 
-LOG_PROB_TOLERANCE = 1e-6  # bounds.h kLogProbTolerance: log-probs may exceed 0 by rounding only
-LOG_RATIO_CLAMP = 20.0
+from . import rules
+from .rules import KL_ESTIMATE_CLAMP, KL_LOG_RATIO_CLAMP, LOG_PROB_TOLERANCE, LOG_RATIO_CLAMP  # noqa: F401
+
 _HALLEY_STEPS = 4
 
 
@@ -105,8 +108,8 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
     if estimator == "k2":
         return 0.5 * (logp - ref_logp) ** 2
     if estimator == "k3":
-        d = torch.clamp(ref_logp - logp, -20, 20)
-        return torch.clamp(torch.expm1(d) - d, -10, 10)
+        d = torch.clamp(ref_logp - logp, -KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
+        return torch.clamp(torch.expm1(d) - d, -KL_ESTIMATE_CLAMP, KL_ESTIMATE_CLAMP)
     raise ValueError(f"kl_estimator must be one of 'k1', 'k2', 'k3'; got {estimator!r}")
 
 
@@ -145,14 +148,13 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     old = old_raw.clamp(max=0)
     adv = torch.where(valid, adv, zero)
 
-    ratio = torch.exp(torch.clamp(x - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    ratio = rules.ratio(x, old)
     lower, upper = band_bounds(old, divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high,
                                relax_high_p=relax_high_p, ratio_max=ratio_max)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, lower, upper)
     pg = torch.maximum(unclipped, clipped)
-    clip_upper = (adv > 0) & (ratio > upper)
-    clip_lower = (adv < 0) & (ratio < lower)
+    clip_upper, clip_lower = rules.clipped(ratio, adv, lower, upper)
     dual = torch.zeros_like(valid)
     if dual_clip is not None:
         cap = -adv * dual_clip
@@ -177,19 +179,7 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     refused = (valid & not_log_prob).any()
 
     def aggregate(per_token: Tensor) -> Tensor:
-        s = per_token * weighted
-        if agg == "seq-mean-token-mean":
-            row_weight = weighted.sum(-1)
-            row_mean = torch.where(row_weight != 0, s.sum(-1) / torch.where(row_weight != 0, row_weight, 1.0), 0.0)
-            num, den = row_mean.sum(), float(x.shape[0])
-        else:
-            num = s.sum()
-            den = {"token-mean": n_tokens, "seq-mean-token-sum": float(x.shape[0]),
-                   "seq-mean-token-sum-norm": float(x.shape[0] * x.shape[-1]) if x.dim() == 2 else 0.0}[agg]
-        if normalizer is not None:
-            den = normalizer
-        den = torch.as_tensor(den, dtype=torch.float64)
-        return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), torch.zeros_like(num))
+        return rules.aggregate(per_token, weighted, agg, normalizer)
 
     loss = torch.where(refused, torch.full_like(n_tokens, float("nan")), aggregate(total))
     with torch.no_grad():

@@ -10,8 +10,8 @@ __global__ void every_per_token_function(const C* old_logp, const C* logp, const
                                          bandpo::BoundParams<C> bounds, bandpo::LossParams<C> loss) {
   const long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const bandpo::RatioBounds<C> b = bandpo::band_bounds(old_logp[i], bounds);
-  const bandpo::BoundsPair<C> pair = bandpo::band_bounds_pair(old_logp[i], logp[i], bounds);
+  const bandpo::RatioBounds<C> b = bandpo::token_bounds(old_logp[i], bounds);
+  const bandpo::BoundsPair<C> pair = bandpo::token_bounds_pair(old_logp[i], logp[i], bounds);
   const bandpo::PolicyTerms<C> t = bandpo::policy_terms(logp[i], old_logp[i], adv[i], loss);
   const bandpo::KlPenalty<C> k = bandpo::kl_penalty(logp[i], old_logp[i], bandpo::KlEstimator::k3);
   out[i] = b.lower + b.upper + pair.second.upper + t.pg_loss + t.pg_grad + t.clipped_upper + k.value + k.grad +

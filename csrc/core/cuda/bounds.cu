@@ -1,5 +1,5 @@
 // band_bounds on the device: an elementwise kernel over 16-byte chunks of old_logp, calling the same
-// per-token band_bounds() as the CPU loops.
+// per-token token_bounds() as the CPU loops.
 #include <stdexcept>
 
 #include "../checks.h"
@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     load_chunk(old_logp, i, n, aligned, in);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const RatioBounds<C> b = band_bounds(load<C>(in, j), prm);
+      const RatioBounds<C> b = token_bounds(load<C>(in, j), prm);
       store(lo, j, b.lower);
       store(hi, j, b.upper);
     }

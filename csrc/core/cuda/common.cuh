@@ -98,6 +98,12 @@ inline bool is_aligned(const void* p, int bytes) { return reinterpret_cast<uintp
 // function of the problem size only (large enough to amortise a warp reduction, small enough to give
 // every multiprocessor work at 1M tokens).
 struct Tiling {
+  // The tile grows from kMinTile (a multiple of 32 lanes x 8 elements, the bf16 chunk, so whole chunks stay
+  // aligned) by doubling up to kMaxTile while the problem has more than kTargetTiles tiles.
+  static constexpr int64_t kMinTile = 256;
+  static constexpr int64_t kMaxTile = 2048;
+  static constexpr int64_t kTargetTiles = 16384;
+
   int64_t rows = 0, cols = 0, tile = 0, tiles_per_row = 0, units = 0;
 
   static Tiling of(int64_t rows, int64_t cols, bool per_row) {
@@ -105,8 +111,8 @@ struct Tiling {
     const int64_t n = rows * cols;
     t.rows = per_row ? rows : (n > 0 ? 1 : 0);
     t.cols = per_row ? cols : n;
-    t.tile = 256;  // a multiple of 32 lanes x 8 elements (the bf16 chunk), so whole chunks stay aligned
-    while (t.tile < 2048 && t.tile * 16384 < n) t.tile *= 2;
+    t.tile = kMinTile;
+    while (t.tile < kMaxTile && t.tile * kTargetTiles < n) t.tile *= 2;
     t.tiles_per_row = t.cols > 0 ? (t.cols + t.tile - 1) / t.tile : 0;
     t.units = t.rows * t.tiles_per_row;
     return t;
@@ -123,6 +129,12 @@ struct Tiling {
   }
 };
 
+// Units are dealt to warps grid-stride: warp w of the grid takes units w, w + (warps in the grid), ...
+__device__ __forceinline__ int64_t first_warp_unit() {
+  return static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+}
+__device__ __forceinline__ int64_t warp_unit_stride() { return static_cast<int64_t>(gridDim.x) * kWarpsPerBlock; }
+
 __device__ __forceinline__ double warp_sum(double v) {
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullWarp, v, offset);
@@ -136,16 +148,9 @@ __device__ __forceinline__ int64_t warp_sum(int64_t v) {
 }
 
 __device__ __forceinline__ SegmentSums warp_sum(SegmentSums s) {
-  s.loss = warp_sum(s.loss);
-  s.pg = warp_sum(s.pg);
-  s.weight = warp_sum(s.weight);
-  s.clip_upper = warp_sum(s.clip_upper);
-  s.clip_lower = warp_sum(s.clip_lower);
-  s.dual = warp_sum(s.dual);
-  s.ppo_kl = warp_sum(s.ppo_kl);
-  s.ratio = warp_sum(s.ratio);
-  s.ref_kl = warp_sum(s.ref_kl);
-  s.invalid = warp_sum(s.invalid);
+#define BANDPO_WARP_SUM(kind, name) s.name = warp_sum(s.name);
+  BANDPO_SEGMENT_SUM_FIELDS(BANDPO_WARP_SUM)
+#undef BANDPO_WARP_SUM
   return s;
 }
 

@@ -108,21 +108,15 @@ __device__ __forceinline__ Chunk<T, C, N> read_chunk(const DeviceInputs<T>& in, 
 // warp and unit reductions.
 template <class C>
 struct LaneSums {
-  C loss = 0, pg = 0, weight = 0, clip_upper = 0, clip_lower = 0, dual = 0, ppo_kl = 0, ratio = 0, ref_kl = 0;
-  int64_t invalid = 0;
+#define BANDPO_DECLARE(kind, name) BANDPO_SEGMENT_FIELD_TYPE_##kind(C) name = 0;
+  BANDPO_SEGMENT_SUM_FIELDS(BANDPO_DECLARE)
+#undef BANDPO_DECLARE
 
   __device__ SegmentSums widen() const {
     SegmentSums s;
-    s.loss = loss;
-    s.pg = pg;
-    s.weight = weight;
-    s.clip_upper = clip_upper;
-    s.clip_lower = clip_lower;
-    s.dual = dual;
-    s.ppo_kl = ppo_kl;
-    s.ratio = ratio;
-    s.ref_kl = ref_kl;
-    s.invalid = invalid;
+#define BANDPO_WIDEN(kind, name) s.name = name;
+    BANDPO_SEGMENT_SUM_FIELDS(BANDPO_WIDEN)
+#undef BANDPO_WIDEN
     return s;
   }
 };
@@ -135,9 +129,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   constexpr int N = kChunk<T>;
   prm.bounds.divergence = kDiv;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t n_warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-       unit < tiling.units; unit += n_warps) {
+  for (int64_t unit = first_warp_unit(); unit < tiling.units; unit += warp_unit_stride()) {
     const int64_t begin = tiling.begin(unit), end = tiling.end(unit);
     const C row_advantage = in.advantages_per_row ? load<C>(in.advantages, tiling.row(unit)) : C(0);
     LaneSums<C> acc;
@@ -229,9 +221,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   using C = typename ComputeType<T>::type;
   constexpr int N = kChunk<T>;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t n_warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-       unit < tiling.units; unit += n_warps) {
+  for (int64_t unit = first_warp_unit(); unit < tiling.units; unit += warp_unit_stride()) {
     const int64_t begin = tiling.begin(unit), end = tiling.end(unit);
     double sum = 0;
     for (int64_t i = begin + lane * N; i < end; i += kWarpSize * N) {
@@ -294,9 +284,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   constexpr int N = kChunk<T>;
   prm.bounds.divergence = kDiv;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t n_warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-       unit < tiling.units; unit += n_warps) {
+  for (int64_t unit = first_warp_unit(); unit < tiling.units; unit += warp_unit_stride()) {
     const int64_t begin = tiling.begin(unit), end = tiling.end(unit), row = tiling.row(unit);
     const C row_advantage = in.advantages_per_row ? load<C>(in.advantages, row) : C(0);
     const C scale = static_cast<C>(scales[scale_per_row ? row : 0]);

@@ -1,6 +1,10 @@
 // Per-token Band bounds: the one definition of the math, shared by the CPU loops, the CUDA kernels and
 // the C API.
 //
+// Names by level: token_bounds / token_bound_one_side / token_bounds_pair (one token, here) -> the buffer
+// drivers band_bounds_cpu (cpu.h) and cuda::band_bounds (cuda.h) -> the C ABI bandpo_band_bounds ->
+// the op torch.ops.bandpo.band_bounds -> the Python face bandpo.band_bounds.
+//
 // For a token with old probability p = exp(old_logp) and new probability s = p r, the Band bounds are the
 // smallest and largest ratio r with g_f(p, s) <= delta, where the other tokens share the remaining mass
 // 1 - p in their old proportions (the least-divergent completion).
@@ -23,6 +27,11 @@
 
 namespace bandpo {
 
+// kLogProbTolerance, kLogRatioClamp, kKlLogRatioClamp, kKlEstimateClamp (tables.h).
+#define BANDPO_DEFINE_CONSTANT(name, python_name, value) constexpr double name = value;
+BANDPO_CONSTANT_TABLE(BANDPO_DEFINE_CONSTANT)
+#undef BANDPO_DEFINE_CONSTANT
+
 // Divergence codes (tables.h; the C API's bandpo_divergence is checked against them in c_api.cpp).
 enum class Divergence : int { BANDPO_DIVERGENCE_TABLE(BANDPO_ENUM_VALUE) };
 
@@ -38,9 +47,9 @@ struct BoundParams {
   C relax_lower;
   C relax_upper;
   C ratio_max;  // cap on the upper bound (may be +inf)
-  // "dcpo" (dcpo_lower, dcpo_upper): 4 eps_low; log(4 eps_low) as a head in C and the tail its rounding
-  // lost (from double; -inf and 0 for eps_low = 0); sqrt(4 eps_high).
-  C dcpo_four_eps_low, dcpo_log_four_eps_low, dcpo_log_four_eps_low_tail;
+  // "dcpo" (dcpo_lower, dcpo_upper): log(4 eps_low) as a head in C and the tail its rounding lost (from
+  // double; -inf and 0 for eps_low = 0); sqrt(4 eps_high).
+  C dcpo_log_four_eps_low, dcpo_log_four_eps_low_tail;
   C dcpo_sqrt_four_eps_high;
 };
 
@@ -144,17 +153,18 @@ BANDPO_HD RatioBounds<C> kl_bounds(C p, C q, C delta) {
 // eps / r. Not clamped to the simplex r <= 1/p (no fixed interval is): these are DCPO's bounds as published.
 // eps = 0 pins both at 1, also at p = 0.
 //
-// Lower: where the root term vanishes (p -> 4 eps_low) the bound has infinite slope in p, and 1 - 4 eps / p
-// would carry the rounding of 4 eps / p (an absolute 6e-8 in float) into the square root of something tiny.
-// There (|log(4 eps / p)| < 1/4) it is -expm1(d) with d = log(4 eps) - lp, log(4 eps) held as a head in C and
-// the tail its rounding lost (to_params, in double): near the root lp and the head agree within a factor of
-// 2, so head - lp is exact and d is accurate to its last bit. Elsewhere 1 - x has no cancellation.
+// Lower: 1 - 4 eps / p = 1 - e^d with d = log(4 eps) - lp, log(4 eps) held as a head in C and the tail its
+// rounding lost (to_params, in double), so that an eps whose 4 eps underflows C still counts (1e-70 in float
+// against p = e^-149). Where the root term vanishes (p -> 4 eps_low) the bound has infinite slope in p; there
+// (|d| < 1/4) it is -expm1(d): lp and the head agree within a factor of 2, so head - lp is exact and d is
+// accurate to its last bit, where 1 - 4 eps / exp(lp) would carry an absolute 6e-8 (float) into the square
+// root of something tiny. Elsewhere 1 - e^d has no cancellation, and e^d's rounding is far below the bound's.
 template <class C>
 BANDPO_HD C dcpo_lower(C lp, const BoundParams<C>& prm) {
-  const C x = prm.dcpo_four_eps_low * math::exp(-lp);  // 4 eps_low / p; inf as p -> 0 (then inner < 0)
-  const C d = (prm.dcpo_log_four_eps_low - lp) + prm.dcpo_log_four_eps_low_tail;  // log x
-  const C inner = math::select((d < C(0.25)) & (d > C(-0.25)), C(0) - math::expm1(d), C(1) - x);
-  return math::select(prm.dcpo_four_eps_low == C(0), C(1), C(0.5) + C(0.5) * math::sqrt(math::max(inner, C(0))));
+  const C d = (prm.dcpo_log_four_eps_low - lp) + prm.dcpo_log_four_eps_low_tail;  // log(4 eps_low / p)
+  const C inner = math::select((d < C(0.25)) & (d > C(-0.25)), C(0) - math::expm1(d), C(1) - math::exp(d));
+  return math::select(prm.dcpo_log_four_eps_low == -C(INFINITY), C(1),
+                      C(0.5) + C(0.5) * math::sqrt(math::max(inner, C(0))));
 }
 
 // Upper: sqrt(1 + x) as sqrt(1 + y^2) with y = sqrt(4 eps_high) e^(-lp/2) = sqrt(x), so that x overflowing
@@ -203,10 +213,9 @@ BANDPO_HD RatioBounds<C> divergence_bounds(C lp, C p, C q, const BoundParams<C>&
   return b;
 }
 
-// Log-probabilities a hair above 0 (rounding in log_softmax) count as 0; clearly positive ones are not
-// log-probabilities (a probability above 1) and give NaN bounds. band_loss refuses them, in old_logp and in
-// logp alike (bad_token() in token_loss.h).
-constexpr double kLogProbTolerance = 1e-6;
+// Log-probabilities up to kLogProbTolerance above 0 (rounding in log_softmax) count as 0; clearly positive
+// ones are not log-probabilities (a probability above 1) and give NaN bounds. band_loss refuses them, in
+// old_logp and in logp alike (bad_token() in token_loss.h).
 
 // q = 1 - p = -expm1(lp) of the other tokens, as +0 (never -0) at lp = 0: -expm1(0) is -0, and a division by
 // -0 gives the opposite infinity, so the KL test of a token with old_logp = 0 read r = 1 - 1e-11 as
@@ -222,7 +231,7 @@ BANDPO_HD C sanitize_old_logp(C old_logp) {
   return math::select(math::isnan(old_logp), old_logp, lp);  // min(NaN, 0) would be 0
 }
 
-// Divergence bounds -> the bounds band_bounds returns: united with the relax interval, then lower in [0, 1]
+// Divergence bounds -> the bounds token_bounds returns: united with the relax interval, then lower in [0, 1]
 // and upper in [1, ratio_max]; NaN log-probabilities stay NaN.
 template <class C>
 BANDPO_HD RatioBounds<C> finish_bounds(RatioBounds<C> b, C lp, const BoundParams<C>& prm) {
@@ -236,7 +245,7 @@ BANDPO_HD RatioBounds<C> finish_bounds(RatioBounds<C> b, C lp, const BoundParams
 }
 
 template <class C>
-BANDPO_HD RatioBounds<C> band_bounds(C old_logp, const BoundParams<C>& prm) {
+BANDPO_HD RatioBounds<C> token_bounds(C old_logp, const BoundParams<C>& prm) {
   const C lp = sanitize_old_logp(old_logp);
   return finish_bounds(divergence_bounds(lp, math::exp(lp), rest_mass(lp), prm), lp, prm);
 }
@@ -250,8 +259,8 @@ struct BoundsPair {
 };
 
 template <class C>
-BANDPO_HD BoundsPair<C> band_bounds_pair(C old_logp0, C old_logp1, const BoundParams<C>& prm) {
-  if (prm.divergence != Divergence::kl) return BoundsPair<C>{band_bounds(old_logp0, prm), band_bounds(old_logp1, prm)};
+BANDPO_HD BoundsPair<C> token_bounds_pair(C old_logp0, C old_logp1, const BoundParams<C>& prm) {
+  if (prm.divergence != Divergence::kl) return BoundsPair<C>{token_bounds(old_logp0, prm), token_bounds(old_logp1, prm)};
   const C lp0 = sanitize_old_logp(old_logp0), lp1 = sanitize_old_logp(old_logp1);
   const C p0 = math::exp(lp0), q0 = rest_mass(lp0);
   const C p1 = math::exp(lp1), q1 = rest_mass(lp1);
@@ -266,7 +275,7 @@ BANDPO_HD BoundsPair<C> band_bounds_pair(C old_logp0, C old_logp1, const BoundPa
 
 // Only the upper (or only the lower) bound: for KL this is one root-finding instead of two.
 template <class C>
-BANDPO_HD C band_bound(C old_logp, bool upper_side, const BoundParams<C>& prm) {
+BANDPO_HD C token_bound_one_side(C old_logp, bool upper_side, const BoundParams<C>& prm) {
   const C lp = sanitize_old_logp(old_logp);
   const C p = math::exp(lp);
   const C q = rest_mass(lp);

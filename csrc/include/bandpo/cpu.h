@@ -11,6 +11,7 @@
 
 #include "bandpo/dtypes.h"
 #include "bandpo/inputs.h"
+#include "bandpo/loss_result.h"
 #include "bandpo/options.h"
 
 namespace bandpo {
@@ -19,11 +20,6 @@ namespace bandpo {
 using ParallelFor = std::function<void(int64_t n_items, const std::function<void(int64_t, int64_t)>& body)>;
 
 constexpr int64_t kItemTokens = 4096;
-
-struct LossResult {
-  double loss = 0.0;
-  float metrics[kNumMetrics] = {};
-};
 
 // lower/upper[i] = Band bounds of old_logp[i]; n tokens of `dtype`.
 void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,

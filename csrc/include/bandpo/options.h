@@ -128,7 +128,6 @@ BoundParams<C> to_params(const BoundOptions& o) {
                         o.relax_high_p ? clip_lower : C(INFINITY),
                         o.relax_high_p ? clip_upper : -C(INFINITY),
                         static_cast<C>(o.ratio_max),
-                        static_cast<C>(4.0 * o.eps_low),
                         log_head,
                         log_tail,
                         static_cast<C>(std::sqrt(4.0 * o.eps_high))};

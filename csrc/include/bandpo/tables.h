@@ -17,7 +17,18 @@
 //     the error when it fails ("delta must be a finite number > 0; got -1"). validate() is these rows.
 //   BANDPO_CHOICE(enum value, name, C ABI enum constant of bandpo.h)
 //   BANDPO_METRIC(enum value, name)
+//   BANDPO_CONSTANT(C++ name, Python name, value): constants of the per-token math (bounds.h, token_loss.h)
+//     that the Python side applies too (bandpo.rules, bandpo.reference)
 #pragma once
+
+// Log-probabilities a hair above 0 (rounding in log_softmax) count as 0; clearly positive ones are refused.
+// The ratio's log is clamped to +-kLogRatioClamp; the k3 KL estimate takes its log-ratio clamped to
+// +-kKlLogRatioClamp and is itself clamped to +-kKlEstimateClamp (verl's low_var_kl).
+#define BANDPO_CONSTANT_TABLE(BANDPO_CONSTANT)                     \
+  BANDPO_CONSTANT(kLogProbTolerance, LOG_PROB_TOLERANCE, 1e-6)     \
+  BANDPO_CONSTANT(kLogRatioClamp, LOG_RATIO_CLAMP, 20.0)           \
+  BANDPO_CONSTANT(kKlLogRatioClamp, KL_LOG_RATIO_CLAMP, 20.0)      \
+  BANDPO_CONSTANT(kKlEstimateClamp, KL_ESTIMATE_CLAMP, 10.0)
 
 #define BANDPO_DIVERGENCE_TABLE(BANDPO_CHOICE) \
   BANDPO_CHOICE(kl, "kl", BANDPO_KL)           \

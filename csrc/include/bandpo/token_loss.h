@@ -25,8 +25,6 @@ struct LossParams {
   KlEstimator kl_estimator;
 };
 
-constexpr double kLogRatioClamp = 20.0;
-
 // The three flags are 0 or 1 in the compute type rather than bool: a struct of floats stays in registers
 // inside a vectorised loop, while bool members made GCC keep it in memory and give up vectorising.
 template <class C>
@@ -116,7 +114,7 @@ BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const Los
 // Loss value of a token that policy_terms() reported clipped at its upper or lower bound.
 template <class C>
 BANDPO_HD C clipped_pg_loss(C old_logp, C advantage, const LossParams<C>& prm) {
-  return -advantage * band_bound(old_logp, advantage > C(0), prm.bounds);
+  return -advantage * token_bound_one_side(old_logp, advantage > C(0), prm.bounds);
 }
 
 template <class C>
@@ -140,12 +138,12 @@ BANDPO_HD KlPenalty<C> kl_penalty(C logp, C ref_logp, KlEstimator estimator) {
     k.grad = diff;
   } else {
     const C d_raw = -diff;
-    const C d = math::min(math::max(d_raw, C(-20)), C(20));
-    const bool d_live = (d_raw >= C(-20)) & (d_raw <= C(20));
+    const C d = math::min(math::max(d_raw, C(-kKlLogRatioClamp)), C(kKlLogRatioClamp));
+    const bool d_live = (d_raw >= C(-kKlLogRatioClamp)) & (d_raw <= C(kKlLogRatioClamp));
     const C em = math::expm1(d);
     const C raw = em - d;  // e^d - d - 1, computed without cancellation near d = 0
-    k.value = math::min(math::max(raw, C(-10)), C(10));
-    const bool value_live = (raw >= C(-10)) & (raw <= C(10));
+    k.value = math::min(math::max(raw, C(-kKlEstimateClamp)), C(kKlEstimateClamp));
+    const bool value_live = (raw >= C(-kKlEstimateClamp)) & (raw <= C(kKlEstimateClamp));
     // d/dlogp (e^d - d - 1) = -(e^d - 1)
     k.grad = math::select(d_live & value_live, -em, C(0));
   }
@@ -164,7 +162,7 @@ BANDPO_HD C kl_term(C kl_coef, C x) {
 // log-probability (logp, old_logp or ref_logp) above kLogProbTolerance, or an infinite advantage. A
 // probability above 1 is the symptom of a broken log-prob computation upstream (log-probs far above 0 have
 // been seen in the wild); taking it as a ratio would train on garbage. The CPU driver raises naming the
-// argument and index (cpu.cpp); CUDA kernels count these positions and write NaN to the loss, since they
+// argument and index (bad_values.cpp); CUDA kernels count these positions and write NaN to the loss, since they
 // cannot raise without a synchronisation. Pass ref_logp = 0 when there is none.
 template <class C>
 BANDPO_HD bool bad_token(C logp, C old_logp, C advantage, C ref_logp, C weight) {

@@ -56,7 +56,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import BandConfig
-from ..reference import LOG_RATIO_CLAMP
+from .. import rules
 from ._weights import weighted_mask
 
 _BAND_DEFAULTS = BandConfig()
@@ -228,10 +228,10 @@ class BandGRPOTrainer(GRPOTrainer):
             return self.accelerator.gather(torch.where(mask, per_token, 0).sum(-1) / mask.sum(-1))
 
         lower, upper = torch.ops.bandpo.band_bounds(old_logps, **self.band_config.bound_kwargs())
-        ratio = torch.exp(torch.clamp(logps - old_logps, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # as the op
+        ratio = rules.ratio(logps, old_logps)  # as the op
         adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
-        is_low = ((ratio < lower) & (adv < 0)).float()
-        is_high = ((ratio > upper) & (adv > 0)).float()
+        at_upper, at_lower = rules.clipped(ratio, adv, lower, upper)
+        is_low, is_high = at_lower.float(), at_upper.float()
         log = self._metrics[mode]
         log["entropy"].append(global_mean(entropies))
         if per_token_kl is not None:
@@ -246,11 +246,8 @@ class BandGRPOTrainer(GRPOTrainer):
 
 def aggregate_tokens(per_token: torch.Tensor, mask: torch.Tensor, agg: str, normalizer: float) -> torch.Tensor:
     """Aggregate a [B, T] per-token term over the bool ``mask`` as ``band_loss(agg=agg, normalizer=normalizer)``
-    aggregates its loss (the op's formulas; rows without tokens contribute 0)."""
-    token_sums = torch.where(mask, per_token, 0).sum(-1)
-    if agg == "seq-mean-token-mean":
-        return (token_sums / mask.sum(-1).clamp(min=1)).sum() / normalizer
-    return token_sums.sum() / normalizer
+    aggregates its loss (bandpo.rules.aggregate; rows without tokens contribute 0)."""
+    return rules.aggregate(torch.where(mask, per_token, 0), mask, agg, normalizer)
 
 
 def _nan_extreme(values: torch.Tensor, reduce) -> float:

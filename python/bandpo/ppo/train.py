@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from .. import rules
 from ..api import band_bounds, band_loss
 from ..config import BandConfig
 from .evaluate import evaluate
@@ -41,11 +42,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def aggregation_normalizer(mask: torch.Tensor, agg: str) -> float:
-    """The op's denominator for this (local) minibatch, summed over ranks."""
-    local = {"token-mean": mask.sum(), "seq-mean-token-sum": torch.tensor(mask.shape[0]),
-             "seq-mean-token-mean": torch.tensor(mask.shape[0]),
-             "seq-mean-token-sum-norm": torch.tensor(mask.shape[0] * mask.shape[1])}[agg]
-    return float(all_reduce_sum(local.double().reshape(1)))
+    """The op's denominator for this (local) minibatch (bandpo.rules), summed over ranks."""
+    return float(all_reduce_sum(rules.aggregation_denominator(mask, agg).reshape(1)))
 
 
 def policy_loss(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int, old_logp: torch.Tensor,
@@ -61,10 +59,8 @@ def policy_loss(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int
 def clip_statistics(logp, old_logp, advantages, mask, lower, upper) -> torch.Tensor:
     """[3, buckets] counts: valid tokens, clipped at the upper bound, clipped at the lower bound, per bucket
     of old probability (the same decision the op makes: A > 0 and r > upper, A < 0 and r < lower)."""
-    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
-    adv = advantages[:, None].expand_as(logp)
-    up = (adv > 0) & (ratio > upper) & mask
-    down = (adv < 0) & (ratio < lower) & mask
+    up, down = rules.clipped(rules.ratio(logp, old_logp), advantages[:, None], lower, upper)
+    up, down = up & mask, down & mask
     bucket = torch.bucketize(old_logp.exp(), torch.tensor(PROB_BUCKETS[1:-1]), right=True)
     out = torch.zeros(3, len(PROB_BUCKETS) - 1)
     for row, flags in enumerate((mask, up, down)):

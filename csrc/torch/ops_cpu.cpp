@@ -1,11 +1,5 @@
-// torch.ops.bandpo on PyTorch's ABI-stable C++ API: the operator schemas (from tables.h), the CPU kernels
-// over the torch-free core, and the Python module that loads them. Fake kernels and autograd are registered
-// from Python (python/bandpo/_ops.py), as in pytorch/extension-cpp's stable variant.
-//
-// Built with TORCH_TARGET_VERSION (CMakeLists.txt): the module uses only the stable C shim of that torch
-// release, so one binary loads in it and in every later one.
-#include <Python.h>
-
+// The CPU kernels of torch.ops.bandpo (schemas.cpp): boxed calls into the torch-free core (bandpo/cpu.h),
+// with the outputs allocated here.
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -88,14 +82,10 @@ void band_loss_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_ou
 // band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask,
 //                    Tensor? ref_logp, *, <loss options>) -> Tensor
 void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_loss_backward", num_args, 6 + kNumLossOptions, num_outputs, 1);
-  const Tensor grad_loss = to<Tensor>(stack[0]);
-  const LossCall call = unbox_loss_call(stack + 1);
-  const Tensor& logp = call.logp;
-  const LossOptions& options = call.options;
-  const LossArgs args = loss_args(call);
-  BANDPO_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(grad_loss));
-  const Tensor g = torch::stable::to(grad_loss, ScalarType::Double);
+  const BackwardCall b = unbox_backward_call(stack, num_args, num_outputs);
+  const LossOptions& options = b.call.options;
+  const LossArgs args = loss_args(b.call);
+  const Tensor g = torch::stable::to(b.grad_loss, ScalarType::Double);
   const double grad_value = *static_cast<const double*>(g.data_ptr());
   Tensor grad = empty_output(*args.logp);
   rethrow_as_value_error([&] { band_loss_backward_cpu(args.inputs, options, grad_value, grad.data_ptr(), torch_parallel_for()); });
@@ -104,18 +94,6 @@ void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64
 
 }  // namespace
 
-// The schemas are built from tables.h. ref_logp is a positional-or-keyword argument (it was keyword-only
-// before 0.2): torch.library.register_autograd refuses keyword-only Tensor arguments.
-STABLE_TORCH_LIBRARY(bandpo, m) {
-  m.def(("band_bounds(Tensor old_logp, *" + bound_options_schema() + ") -> (Tensor, Tensor)").c_str());
-  m.def(("band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask=None, Tensor? ref_logp=None, *" +
-         loss_options_schema() + ") -> (Tensor, Tensor)")
-            .c_str());
-  m.def(("band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, "
-         "Tensor? ref_logp, *" + loss_options_schema() + ") -> Tensor")
-            .c_str());
-}
-
 STABLE_TORCH_LIBRARY_IMPL(bandpo, CPU, m) {
   m.impl("band_bounds", &band_bounds_cpu_boxed);
   m.impl("band_loss", &band_loss_cpu_boxed);
@@ -123,39 +101,3 @@ STABLE_TORCH_LIBRARY_IMPL(bandpo, CPU, m) {
 }
 
 }  // namespace bandpo
-
-// An importable module, so that `import bandpo._C` loads the library and runs the registrations above. It
-// uses the Python C API only through these few functions.
-namespace {
-PyObject* py_cpu_kernel_isa(PyObject*, PyObject*) { return PyUnicode_FromString(bandpo::cpu_kernel_isa()); }
-PyObject* py_set_input_checks(PyObject*, PyObject* arg) {
-  const int enabled = PyObject_IsTrue(arg);
-  if (enabled < 0) return nullptr;
-  bandpo::set_input_checks_enabled(enabled != 0);
-  Py_RETURN_NONE;
-}
-PyObject* py_input_checks(PyObject*, PyObject*) { return PyBool_FromLong(bandpo::input_checks_enabled() ? 1 : 0); }
-PyObject* py_has_cuda_kernels(PyObject*, PyObject*) {
-#if defined(BANDPO_TORCH_CUDA)
-  Py_RETURN_TRUE;
-#else
-  Py_RETURN_FALSE;
-#endif
-}
-PyObject* py_version(PyObject*, PyObject*) { return PyUnicode_FromString(bandpo::version()); }
-PyMethodDef module_methods[] = {
-    {"cpu_kernel_isa", py_cpu_kernel_isa, METH_NOARGS,
-     "Instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'baseline' (override: BANDPO_CPU_ISA)."},
-    {"set_input_checks", py_set_input_checks, METH_O,
-     "Make CUDA band_loss synchronise and raise ValueError for bad values (default: BANDPO_CHECK_INPUTS=1)."},
-    {"input_checks", py_input_checks, METH_NOARGS, "Whether CUDA band_loss checks its inputs (synchronising)."},
-    {"has_cuda_kernels", py_has_cuda_kernels, METH_NOARGS, "Whether this build holds the CUDA kernels."},
-    {"version", py_version, METH_NOARGS, "The version of the bandpo library in this module."},
-    {nullptr, nullptr, 0, nullptr}};
-}  // namespace
-
-extern "C" PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "bandpo operator library (torch.ops.bandpo)", -1,
-                               module_methods};
-  return PyModule_Create(&module);
-}

@@ -1,0 +1,143 @@
+// CPU drivers of the core library (bandpo/cpu.h): validation, the fixed item partition (partition.h), the
+// items on threads (thread_pool.h), the kernel variant (cpu_dispatch.h), deterministic reduction and the
+// aggregation (aggregation.h).
+#include "bandpo/cpu.h"
+#include "bandpo/version.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include "bad_values.h"
+#include "checks.h"
+#include "cpu_dispatch.h"
+#include "partition.h"
+#include "thread_pool.h"
+
+namespace bandpo {
+
+using detail::ItemSums;
+using detail::KernelTable;
+using detail::Partition;
+using detail::SegmentSums;
+using detail::run_parallel;
+
+const char* version() { return BANDPO_VERSION_STRING; }
+
+void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                     void* upper, const ParallelFor& parallel_for) {
+  detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
+  if (n == 0) return;
+  const KernelTable& k = detail::cpu_kernels();
+  const int64_t n_items = (n + kItemTokens - 1) / kItemTokens;
+  run_parallel(parallel_for, n_items, [&](int64_t b, int64_t e) {
+    k.bounds(dtype, old_logp, b * kItemTokens, std::min(n, e * kItemTokens), options, lower, upper);
+  });
+}
+
+LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& options, const ParallelFor& parallel_for) {
+  detail::check_loss_call(in, options, "band_loss");
+  const KernelTable& k = detail::cpu_kernels();
+  const Partition part(in.rows, in.cols);
+  std::vector<ItemSums> items = detail::host_workspace<ItemSums>(part.n_items, in, "band_loss");
+  run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      ItemSums& acc = items[static_cast<size_t>(item)];
+      part.for_each_segment(item, [&](int64_t row, int64_t begin, int64_t end) {
+        const SegmentSums s = k.loss_segment(in, options, row, begin, end);
+        acc.tokens.add(s);
+        if (part.whole_rows()) {
+          acc.row_mean_loss += detail::mean_or_zero(s.loss, s.weight);
+          acc.row_mean_pg += detail::mean_or_zero(s.pg, s.weight);
+        }
+      });
+    }
+  });
+
+  // Combine in item order: the same additions in the same order for any thread count.
+  SegmentSums total;
+  double row_mean_loss = 0, row_mean_pg = 0;
+  SegmentSums row;  // running sums of the row being assembled from chunks
+  for (int64_t item = 0; item < part.n_items; ++item) {
+    const ItemSums& it = items[static_cast<size_t>(item)];
+    if (it.tokens.invalid > 0)
+      part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) { detail::throw_if_bad_value(in, begin, end); });
+    total.add(it.tokens);
+    if (part.whole_rows()) {
+      row_mean_loss += it.row_mean_loss;
+      row_mean_pg += it.row_mean_pg;
+    } else {
+      row.add(it.tokens);
+      if ((item + 1) % part.chunks_per_row == 0) {
+        row_mean_loss += detail::mean_or_zero(row.loss, row.weight);
+        row_mean_pg += detail::mean_or_zero(row.pg, row.weight);
+        row = SegmentSums();
+      }
+    }
+  }
+
+  return detail::finish_loss(total, row_mean_loss, row_mean_pg, options, in.rows, in.cols);
+}
+
+void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, double grad_loss, void* grad_logp,
+                            const ParallelFor& parallel_for) {
+  const int64_t n = detail::check_loss_call(in, options, "band_loss backward");
+  const KernelTable& k = detail::cpu_kernels();
+  const Partition part(in.rows, in.cols);
+  if (n == 0) return;
+  if (!grad_logp) throw std::invalid_argument("band_loss backward: grad_logp must not be null when rows * cols > 0");
+  // Per-token weight of the gradient for the token-sum modes; per row for seq-mean-token-mean.
+  double total_weight = static_cast<double>(n);
+  if (detail::backward_needs_total_weight(options, in.mask_kind)) {
+    std::vector<double> partial = detail::host_workspace<double>(part.n_items, in, "band_loss backward");
+    run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+      for (int64_t item = b; item < e; ++item)
+        part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
+          partial[static_cast<size_t>(item)] += k.weight_sum(in, begin, end);
+        });
+    });
+    total_weight = 0;
+    for (double p : partial) total_weight += p;
+  }
+  const double denominator = detail::aggregation_denominator(options, in.rows, in.cols, total_weight);
+  const double token_scale = denominator != 0.0 ? grad_loss / denominator : 0.0;
+  const bool per_row_mean = options.agg == Aggregation::seq_mean_token_mean;
+
+  // Rows longer than an item need their total weight before any of their chunks can be scaled.
+  std::vector<double> row_weight;
+  if (per_row_mean && !part.whole_rows()) {
+    std::vector<double> chunk_weight = detail::host_workspace<double>(part.n_items, in, "band_loss backward");
+    run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+      for (int64_t item = b; item < e; ++item)
+        part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) {
+          chunk_weight[static_cast<size_t>(item)] = k.weight_sum(in, begin, end);
+        });
+    });
+    row_weight = detail::host_workspace<double>(in.rows, in, "band_loss backward");
+    for (int64_t item = 0; item < part.n_items; ++item)
+      row_weight[static_cast<size_t>(item / part.chunks_per_row)] += chunk_weight[static_cast<size_t>(item)];
+  }
+
+  run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      part.for_each_segment(item, [&](int64_t row, int64_t begin, int64_t end) {
+        double scale = token_scale;
+        if (per_row_mean) {
+          const double w = part.whole_rows() ? k.weight_sum(in, begin, end) : row_weight[static_cast<size_t>(row)];
+          scale = w != 0.0 ? token_scale / w : 0.0;
+        }
+        k.grad_segment(in, options, row, begin, end, scale, grad_logp);
+      });
+    }
+  });
+}
+
+LossResult band_loss_cpu(const LossInputs& inputs, const LossOptions& options, void* grad_logp,
+                         const ParallelFor& parallel_for) {
+  const LossResult result = band_loss_forward_cpu(inputs, options, parallel_for);
+  if (grad_logp) band_loss_backward_cpu(inputs, options, 1.0, grad_logp, parallel_for);
+  return result;
+}
+
+}  // namespace bandpo

@@ -1,0 +1,23 @@
+// The operator schemas of torch.ops.bandpo, built from tables.h. The kernels are registered beside them:
+// CPU in ops_cpu.cpp, CUDA in ops_cuda.cpp; fake kernels and autograd from Python (python/bandpo/_ops.py), as
+// in pytorch/extension-cpp's stable variant.
+//
+// Built with TORCH_TARGET_VERSION (CMakeLists.txt): the module uses only the stable C shim of that torch
+// release, so one binary loads in it and in every later one.
+#include "args.h"
+
+namespace bandpo {
+
+// The schemas are built from tables.h. ref_logp is a positional-or-keyword argument (it was keyword-only
+// before 0.2): torch.library.register_autograd refuses keyword-only Tensor arguments.
+STABLE_TORCH_LIBRARY(bandpo, m) {
+  m.def(("band_bounds(Tensor old_logp, *" + bound_options_schema() + ") -> (Tensor, Tensor)").c_str());
+  m.def(("band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask=None, Tensor? ref_logp=None, *" +
+         loss_options_schema() + ") -> (Tensor, Tensor)")
+            .c_str());
+  m.def(("band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, "
+         "Tensor? ref_logp, *" + loss_options_schema() + ") -> Tensor")
+            .c_str());
+}
+
+}  // namespace bandpo
