@@ -13,7 +13,7 @@ import pytest
 import bandpo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SELECTION = ["test_exactness.py::test_kl_bounds_match_mpmath",
+SELECTION = ["test_exactness.py::test_kl_bounds_match_mpmath", "test_exactness.py::test_dcpo_bounds_match_mpmath",
              "test_loss.py::test_matches_reference_float64", "test_loss.py::test_low_precision_dtypes"]
 
 
