@@ -253,6 +253,15 @@ def test_missing_plot_and_progress_packages_are_said_before_training(tmp_path, q
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_an_unwritable_cache_is_said_and_skipped(tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    cli.main(["--quick", "--cache-dir", str(blocker / "cache"), "--out", str(tmp_path / "run"), "--seeds", "0",
+              "--methods", "band-kl", "--no-plots"])
+    text = capsys.readouterr().out
+    assert text.index("cannot be written") < text.index("warm start, seed 0: 20 supervised steps")
+
+
 def test_bad_settings_fail_before_training(tmp_path, quick, capsys):
     for bad, words in ((["--methods", "ppo2"], "unknown method 'ppo2'"), (["--min-len", "7"], "min_len and max_len"),
                        (["--dual-clip", "0.5"], "dual_clip"), (["--agg", "mean"], "agg")):

@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> dict:
         dist.barrier()
 
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    if cache_dir is not None:
+        try:  # refused here, not after a warm start has been computed
+            os.makedirs(os.path.join(cache_dir, "ppo-warm-start"), exist_ok=True)
+        except OSError as e:
+            progress.say(f"the warm-start cache {cache_dir} cannot be written ({e}); running without it")
+            cache_dir = None
     eval_prompts = task.sample_prompts(cfg.eval_prompts, torch.Generator().manual_seed(EVAL_PROMPT_SEED),
                                        split="eval").to(device)
     started = time.perf_counter()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -88,8 +89,11 @@ def cached_warm_start(task: Task, cfg: RunConfig, seed: int, device: torch.devic
         return model, True
     model = warm_start(task, cfg, seed, device, on_step)
     if path is not None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"  # ranks of a torchrun may write at once: each its own file, then rename
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk costs the cache, not the warm start just computed
+            warnings.warn(f"the warm start could not be cached at {path}: {e}")
     return model, False
