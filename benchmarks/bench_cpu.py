@@ -8,6 +8,8 @@ rotated so that no case runs from a warm cache the others lack. Targets (issue #
   * band_bounds(kl), 1M float32: >= 200x faster than the released bisection solver (released_solver.py)
   * band_loss(kl) fwd+bwd, 1M float32: <= 0.5x the time of an eager fixed-clip PPO loss fwd+bwd
   * no N-sized temporaries beyond the gradient (reported from the profiler's allocations)
+Targets (issue #14, 1M and 16M float32 tokens): band_bounds kl <= 1.5x band_bounds tv, band_loss kl fwd+bwd
+<= 1.25x band_loss clip fwd+bwd (back-to-back pairs; `--kl-cost-sizes` picks the sizes).
 """
 
 import argparse
@@ -106,6 +108,8 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 16, 1 << 20, 1 << 24])
     ap.add_argument("--baseline-max", type=int, default=1 << 22,
                     help="largest size at which the slow baselines (bisection, reference) run")
+    ap.add_argument("--kl-cost-sizes", type=int, nargs="*", default=[1 << 20, 1 << 24],
+                    help="sizes (float32) of the back-to-back KL/TV and KL/clip ratios (issue #14)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu.json"))
     args = ap.parse_args()
 
@@ -160,6 +164,19 @@ def main():
                                 lambda: torch.ops.bandpo.band_bounds(old, divergence="kl"), rounds=5, calls=1)
     time_ratio = interleaved_ratio(fwd_bwd(torch.ops.bandpo.band_loss, logp, old, adv, mask),
                                    fwd_bwd(eager_clip_loss, logp, old, adv, mask), rounds=15, calls=5)
+    # Band-KL against the closed forms (issue #14): float32 bounds kl / tv, and loss fwd+bwd kl / clip.
+    kl_cost = {}
+    for n in args.kl_cost_sizes:
+        logp_n, old_n, adv_n, mask_n = make_inputs(n, torch.float32)
+        rounds, calls = (9, 3) if n <= 1 << 22 else (5, 1)
+        bounds_ratio = interleaved_ratio(lambda: torch.ops.bandpo.band_bounds(old_n, divergence="kl"),
+                                         lambda: torch.ops.bandpo.band_bounds(old_n, divergence="tv"), rounds, calls)
+        loss_ratio = interleaved_ratio(fwd_bwd(torch.ops.bandpo.band_loss, logp_n, old_n, adv_n, mask_n, divergence="kl"),
+                                       fwd_bwd(torch.ops.bandpo.band_loss, logp_n, old_n, adv_n, mask_n, divergence="clip"),
+                                       rounds, calls)
+        kl_cost[str(n)] = dict(bounds_kl_over_tv=[round(v, 3) for v in bounds_ratio],
+                               loss_kl_over_clip=[round(v, 3) for v in loss_ratio])
+    summary["kl_cost"] = kl_cost
     summary["bounds_kl_speedup_vs_released"] = [round(v, 1) for v in speedup]
     summary["loss_kl_time_vs_eager_clip"] = [round(v, 3) for v in time_ratio]
 
@@ -180,6 +197,10 @@ def main():
           "other's cache and allocator state):")
     print(f"  band_bounds(kl) vs released bisection: {speedup[0]:.1f}x [{speedup[1]:.1f}, {speedup[2]:.1f}]")
     print(f"  band_loss(kl) fwd+bwd / eager clip: {time_ratio[0]:.3f} [{time_ratio[1]:.3f}, {time_ratio[2]:.3f}]")
+    for n, r in kl_cost.items():
+        b, l = r["bounds_kl_over_tv"], r["loss_kl_over_clip"]
+        print(f"  {int(n) >> 20}M float32: band_bounds kl / tv {b[0]:.2f} [{b[1]:.2f}, {b[2]:.2f}] (target <= 1.5); "
+              f"band_loss fwd+bwd kl / clip {l[0]:.2f} [{l[1]:.2f}, {l[2]:.2f}] (target <= 1.25)")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -12,6 +12,7 @@
 #include "bad_values.h"
 #include "checks.h"
 #include "cpu_dispatch.h"
+#include "kl_table_cache.h"
 #include "partition.h"
 #include "thread_pool.h"
 
@@ -25,14 +26,28 @@ using detail::run_parallel;
 
 const char* version() { return BANDPO_VERSION_STRING; }
 
+namespace {
+
+// The float KL table of a call that reads one ("kl" with a float compute type), else null; the caller
+// holds it for the call.
+std::shared_ptr<const detail::KlTableData> kl_table_of_call(DType dtype, const BoundOptions& options,
+                                                            const ParallelFor& parallel_for) {
+  if (options.divergence != Divergence::kl || dtype == DType::float64) return nullptr;
+  return detail::kl_table_for(options.delta, parallel_for);
+}
+
+}  // namespace
+
 void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
                      void* upper, const ParallelFor& parallel_for) {
   detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
   if (n == 0) return;
   const KernelTable& k = detail::cpu_kernels();
+  const auto table = kl_table_of_call(dtype, options, parallel_for);
+  const KlTable view = detail::kl_table_view(table.get());
   const int64_t n_items = (n + kItemTokens - 1) / kItemTokens;
   run_parallel(parallel_for, n_items, [&](int64_t b, int64_t e) {
-    k.bounds(dtype, old_logp, b * kItemTokens, std::min(n, e * kItemTokens), options, lower, upper);
+    k.bounds(dtype, old_logp, b * kItemTokens, std::min(n, e * kItemTokens), options, view, lower, upper);
   });
 }
 
@@ -41,11 +56,13 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
   const KernelTable& k = detail::cpu_kernels();
   const Partition part(in.rows, in.cols);
   std::vector<ItemSums> items = detail::host_workspace<ItemSums>(part.n_items, in, "band_loss");
+  const auto table = part.n_items > 0 ? kl_table_of_call(in.dtype, options.bounds, parallel_for) : nullptr;
+  const KlTable view = detail::kl_table_view(table.get());
   run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
       ItemSums& acc = items[static_cast<size_t>(item)];
       part.for_each_segment(item, [&](int64_t row, int64_t begin, int64_t end) {
-        const SegmentSums s = k.loss_segment(in, options, row, begin, end);
+        const SegmentSums s = k.loss_segment(in, options, view, row, begin, end);
         acc.tokens.add(s);
         if (part.whole_rows()) {
           acc.row_mean_loss += detail::mean_or_zero(s.loss, s.weight);
@@ -104,6 +121,9 @@ void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, do
   const double token_scale = denominator != 0.0 ? grad_loss / denominator : 0.0;
   const bool per_row_mean = options.agg == Aggregation::seq_mean_token_mean;
 
+  const auto table = kl_table_of_call(in.dtype, options.bounds, parallel_for);
+  const KlTable view = detail::kl_table_view(table.get());
+
   // Rows longer than an item need their total weight before any of their chunks can be scaled.
   std::vector<double> row_weight;
   if (per_row_mean && !part.whole_rows()) {
@@ -127,7 +147,7 @@ void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, do
           const double w = part.whole_rows() ? k.weight_sum(in, begin, end) : row_weight[static_cast<size_t>(row)];
           scale = w != 0.0 ? token_scale / w : 0.0;
         }
-        k.grad_segment(in, options, row, begin, end, scale, grad_logp);
+        k.grad_segment(in, options, view, row, begin, end, scale, grad_logp);
       });
     }
   });

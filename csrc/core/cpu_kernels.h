@@ -7,21 +7,26 @@
 
 #include "aggregation.h"
 #include "bandpo/cpu.h"
+#include "bandpo/kl_table_build.h"
 
 namespace bandpo {
 namespace detail {
 
+// `kl_table`: the float Band-KL table for the call's delta (kl_table.h), or coeffs == nullptr to solve; read
+// only by "kl" with a float compute type.
 struct KernelTable {
   const char* isa;
   void (*bounds)(DType dtype, const void* old_logp, int64_t begin, int64_t end, const BoundOptions& options,
-                 void* lower, void* upper);
+                 const KlTable& kl_table, void* lower, void* upper);
   // Tokens [begin, end) of row `row` (flat indices); ref_logp may be null (then kl terms are 0).
-  SegmentSums (*loss_segment)(const LossInputs& in, const LossOptions& options, int64_t row, int64_t begin,
-                              int64_t end);
+  SegmentSums (*loss_segment)(const LossInputs& in, const LossOptions& options, const KlTable& kl_table, int64_t row,
+                              int64_t begin, int64_t end);
   // grad[i] = scale * w_i * d(pg_i + kl_coef kl_i)/dlogp_i for i in [begin, end).
-  void (*grad_segment)(const LossInputs& in, const LossOptions& options, int64_t row, int64_t begin, int64_t end,
-                       double scale, void* grad);
+  void (*grad_segment)(const LossInputs& in, const LossOptions& options, const KlTable& kl_table, int64_t row,
+                       int64_t begin, int64_t end, double scale, void* grad);
   double (*weight_sum)(const LossInputs& in, int64_t begin, int64_t end);
+  // values[i] = kl_table_exact(lp[i], delta) (kl_table_build.h) for i in [0, n): the table builder's solves.
+  void (*kl_table_exact)(const double* lp, int64_t n, double delta, KlTableValues* values);
 };
 
 const KernelTable& kernel_table_baseline();

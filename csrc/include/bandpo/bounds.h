@@ -21,7 +21,10 @@
 // reference in tests/test_exactness.py). Each step costs one expm1 and one log1p and no branch.
 #pragma once
 
+#include <type_traits>
+
 #include "bandpo/config.h"
+#include "bandpo/kl_table.h"
 #include "bandpo/math.h"
 #include "bandpo/tables.h"
 
@@ -51,6 +54,8 @@ struct BoundParams {
   // double; -inf and 0 for eps_low = 0); sqrt(4 eps_high).
   C dcpo_log_four_eps_low, dcpo_log_four_eps_low_tail;
   C dcpo_sqrt_four_eps_high;
+  // "kl" in float: the per-delta table (kl_table.h) the bounds are read from; coeffs == nullptr: solved.
+  KlTable kl_table;
 };
 
 template <class C>
@@ -177,6 +182,12 @@ BANDPO_HD C dcpo_upper(C lp, const BoundParams<C>& prm) {
   return math::select(prm.dcpo_sqrt_four_eps_high == C(0), C(1), C(0.5) + C(0.5) * root);
 }
 
+// Whether the KL bounds come from the table: float compute with a table given.
+template <class C>
+BANDPO_HD bool uses_kl_table(const BoundParams<C>& prm) {
+  return std::is_same<C, float>::value && prm.divergence == Divergence::kl && prm.kl_table.coeffs != nullptr;
+}
+
 // Raw bounds before relax and caps: the Band bounds clamped to the simplex r in [0, 1/p], the fixed clip
 // interval, or DCPO's. lp = log p (used by "dcpo" only), q = 1 - p.
 template <class C>
@@ -184,6 +195,9 @@ BANDPO_HD RatioBounds<C> divergence_bounds(C lp, C p, C q, const BoundParams<C>&
   RatioBounds<C> b;
   switch (prm.divergence) {
     case Divergence::kl:
+      if constexpr (std::is_same<C, float>::value) {
+        if (prm.kl_table.coeffs != nullptr) return kl_table_bounds<RatioBounds<C>>(lp, prm.kl_table);
+      }
       return kl_bounds(p, q, prm.delta);
     case Divergence::tv: {
       const C half_width = prm.delta / p;  // |s - p| <= delta
@@ -260,7 +274,9 @@ struct BoundsPair {
 
 template <class C>
 BANDPO_HD BoundsPair<C> token_bounds_pair(C old_logp0, C old_logp1, const BoundParams<C>& prm) {
-  if (prm.divergence != Divergence::kl) return BoundsPair<C>{token_bounds(old_logp0, prm), token_bounds(old_logp1, prm)};
+  if (prm.divergence != Divergence::kl || uses_kl_table(prm)) {
+    return BoundsPair<C>{token_bounds(old_logp0, prm), token_bounds(old_logp1, prm)};
+  }
   const C lp0 = sanitize_old_logp(old_logp0), lp1 = sanitize_old_logp(old_logp1);
   const C p0 = math::exp(lp0), q0 = rest_mass(lp0);
   const C p1 = math::exp(lp1), q1 = rest_mass(lp1);
@@ -280,7 +296,11 @@ BANDPO_HD C token_bound_one_side(C old_logp, bool upper_side, const BoundParams<
   const C p = math::exp(lp);
   const C q = rest_mass(lp);
   RatioBounds<C> b;
-  if (prm.divergence == Divergence::kl) {
+  if (uses_kl_table(prm)) {
+    if constexpr (std::is_same<C, float>::value) {
+      b.lower = b.upper = kl_table_bound_one_side(lp, upper_side, prm.kl_table);
+    }
+  } else if (prm.divergence == Divergence::kl) {
     const C w = detail::kl_shrink_log_ratio(math::select(upper_side, q, p), math::select(upper_side, p, q), prm.delta);
     b.lower = kl_lower_from_root(p, w);
     b.upper = kl_upper_from_root(p, q, w);

@@ -190,8 +190,11 @@ BANDPO_HD T expm1(T x) {
   const T r = reduce_ln2(xc, k);
   const T em = expm1_reduced(r);
   const T two_k = scale_by_pow2(T(1), k);
-  // 2^k (1 + em) - 1 = 2^k em + (2^k - 1): exact for k = 0, where the small results live.
-  const T y = two_k * em + (two_k - T(1));
+  // 2^k (1 + em) - 1 = 2^k em + (2^k - 1): exact for k = 0, where the small results live. At the top of
+  // the range (k = bias + 1, x within ln 2 / 2 of the overflow) 2^k itself is inf in T while the result is
+  // not: there 2^k (1 + em), scaled in two steps as exp does, less 1 (which no longer matters).
+  const T y_top = scale_by_pow2(T(1) + em, k) - T(1);
+  const T y = select(k > Tr::kExponentBias, y_top, two_k * em + (two_k - T(1)));
   return select(isnan(x), x, y);
 }
 

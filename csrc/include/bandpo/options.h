@@ -130,7 +130,8 @@ BoundParams<C> to_params(const BoundOptions& o) {
                         static_cast<C>(o.ratio_max),
                         log_head,
                         log_tail,
-                        static_cast<C>(std::sqrt(4.0 * o.eps_high))};
+                        static_cast<C>(std::sqrt(4.0 * o.eps_high)),
+                        KlTable{nullptr, KlTableLayout{}}};
 }
 
 template <class C>

@@ -9,6 +9,8 @@
 // loss value of clipped tokens (their gradient is 0), which the callers compute with clipped_pg_loss().
 #pragma once
 
+#include <type_traits>
+
 #include "bandpo/bounds.h"
 #include "bandpo/config.h"
 #include "bandpo/math.h"
@@ -51,38 +53,39 @@ BANDPO_HD C kl_at_ratio(C p, C q, C log_ratio) {
   return math::select(arg <= C(-1), C(INFINITY), -p * log_ratio - rest);
 }
 
-// The predicates below combine with & and | rather than && and ||: without short-circuit branches they
-// if-convert, and the token loops vectorise.
+// Whether r lies beyond the divergence's own bound (before relax and caps) on one side: above the upper
+// bound when upper_side, below the lower one otherwise. For KL solved exactly this needs no bound at all
+// (KL at r above delta, the same test on both sides); from the float table (kl_table.h) it reads only the
+// side asked for. The predicates combine with & and | rather than && and ||: without short-circuit
+// branches they if-convert, and the token loops vectorise.
 template <class C>
-BANDPO_HD bool beyond_divergence_upper(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
+BANDPO_HD bool beyond_divergence_bound(C lp, C p, C q, C r, C log_ratio, bool upper_side, const BoundParams<C>& prm) {
+  if (uses_kl_table(prm)) {
+    if constexpr (std::is_same<C, float>::value) {
+      const C bound = kl_table_bound_one_side(lp, upper_side, prm.kl_table);
+      return (upper_side & (r > bound)) | (!upper_side & (r < bound));
+    }
+  }
   if (prm.divergence == Divergence::kl) {
     return kl_at_ratio(p, q, log_ratio) > prm.delta;
   }
-  return r > divergence_bounds(lp, p, q, prm).upper;
-}
-
-template <class C>
-BANDPO_HD bool beyond_divergence_lower(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
-  if (prm.divergence == Divergence::kl) {
-    return kl_at_ratio(p, q, log_ratio) > prm.delta;
-  }
-  return r < divergence_bounds(lp, p, q, prm).lower;
+  const RatioBounds<C> b = divergence_bounds(lp, p, q, prm);
+  return (upper_side & (r > b.upper)) | (!upper_side & (r < b.lower));
 }
 
 }  // namespace detail
 
 // r > upper, with upper = clamp(max(band upper, relax upper), 1, ratio_max), decided without solving for the
-// band upper bound.
+// band upper bound; `beyond` = beyond_divergence_bound(..., upper_side = true, ...).
 template <class C>
-BANDPO_HD bool above_upper_bound(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
-  return (r > C(1)) &
-         ((r > prm.ratio_max) | ((r > prm.relax_upper) & detail::beyond_divergence_upper(lp, p, q, r, log_ratio, prm)));
+BANDPO_HD bool above_upper_bound(C r, bool beyond, const BoundParams<C>& prm) {
+  return (r > C(1)) & ((r > prm.ratio_max) | ((r > prm.relax_upper) & beyond));
 }
 
-// r < lower, with lower = clamp(min(band lower, relax lower), 0, 1).
+// r < lower, with lower = clamp(min(band lower, relax lower), 0, 1); `beyond` for upper_side = false.
 template <class C>
-BANDPO_HD bool below_lower_bound(C lp, C p, C q, C r, C log_ratio, const BoundParams<C>& prm) {
-  return (r < C(1)) & (r < prm.relax_lower) & detail::beyond_divergence_lower(lp, p, q, r, log_ratio, prm);
+BANDPO_HD bool below_lower_bound(C r, bool beyond, const BoundParams<C>& prm) {
+  return (r < C(1)) & (r < prm.relax_lower) & beyond;
 }
 
 // Everything about one token's policy-gradient term except the loss value of a clipped token.
@@ -97,8 +100,11 @@ BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const Los
   const C p = math::exp(lp);
   const C q = rest_mass(lp);
 
-  const bool upper = (advantage > C(0)) & above_upper_bound(lp, p, q, r, log_ratio, prm.bounds);
-  const bool lower = (advantage < C(0)) & below_lower_bound(lp, p, q, r, log_ratio, prm.bounds);
+  // Only the side of the advantage's sign can clip (see the top of this file).
+  const bool upper_side = advantage > C(0);
+  const bool beyond = detail::beyond_divergence_bound(lp, p, q, r, log_ratio, upper_side, prm.bounds);
+  const bool upper = upper_side & above_upper_bound(r, beyond, prm.bounds);
+  const bool lower = (advantage < C(0)) & below_lower_bound(r, beyond, prm.bounds);
   const bool dual = (advantage < C(0)) & !lower & (r > prm.dual_clip);
   const bool live = !(upper | lower | dual);
   PolicyTerms<C> t;

@@ -1,0 +1,38 @@
+// Internal: the float Band-KL tables (kl_table.h) of the CPU drivers, built on first use per delta and kept.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "bandpo/cpu.h"
+#include "bandpo/kl_table.h"
+
+namespace bandpo {
+namespace detail {
+
+struct KlTableData {
+  KlTableLayout layout;
+  std::vector<float> coeffs;  // layout.size() * kKlTableCoeffs
+  double max_error;           // the builder's check (kl_table_build.h)
+};
+
+// The table for delta, or null: where its check finds an error above kKlTableMaxError (the call then
+// solves exactly), or where BANDPO_KL_TABLE=0 asks to always solve. Built once per delta (on parallel_for,
+// deterministically: the same bits for any thread count) and kept for the last kKlTableCacheSize deltas,
+// so that a training run with a fixed delta builds it once. Thread-safe.
+std::shared_ptr<const KlTableData> kl_table_for(double delta, const ParallelFor& parallel_for);
+
+// Builds the table for delta, uncached and unchecked against the limit (for tests and benchmarks).
+std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFor& parallel_for);
+
+// Whether BANDPO_KL_TABLE allows the table (read once).
+bool kl_table_enabled();
+
+// The view the kernels take: the table, or none when `data` is null or the call does not read one (only
+// "kl" with a float compute type does; float64 always solves).
+KlTable kl_table_view(const KlTableData* data);
+
+constexpr int kKlTableCacheSize = 4;
+
+}  // namespace detail
+}  // namespace bandpo

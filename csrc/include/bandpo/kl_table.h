@@ -1,0 +1,130 @@
+// Band-KL bounds in float from a per-delta table: the float compute path of "kl" (float32, bfloat16, float16
+// inputs) at about the cost of the closed-form divergences. float64 keeps the exact solve (bounds.h).
+//
+// For a fixed delta both bounds are smooth functions of lp = old_logp alone. The table holds, for each
+// interval of lp, a cubic in the interval's local coordinate t in [0, 1] for two functions:
+//   lower(lp)  the lower ratio bound itself, in [0, 1];
+//   V(lp)      the fraction of the other tokens' mass that moves to this token at the upper bound, in (0, 1]:
+//              upper = 1 + V (q / p) = 1 + V expm1(-lp).
+// Both are bounded, and V carries the upper bound's relative accuracy down to p -> 0 where the bound itself
+// grows like 1/p. The intervals are laid out so that the index and t come from lp by exact float operations
+// (no rounding enters the position):
+//   high p, lp in (-ln 2, 0]: u = -lp on a binade grid (kHighPerBinade intervals per power of two), read from
+//     u's bits. Near p -> 1 both functions move on the scale of q ~ u (terms like q log q), which a grid
+//     uniform in lp cannot follow; one in log u can. Below u = 2^binade_lo they are at their limits
+//     (lower = e^-delta, V = 1) to float precision: 30 binades below delta.
+//   low p, lp <= -ln 2: uniform steps of 1/kLowSteps in lp (the functions are smooth in lp there, lower
+//     decaying like exp(-delta / p), V tending to 1 - e^-delta). Beyond lp = log(delta) - 25 both are at
+//     those limits (lower = 0) to float precision.
+// Interval 0 and the last one are those two limits (constant cubics), so that out-of-range positions need
+// no branch: their index is clamped onto them.
+//
+// Each interval's cubic interpolates exact float64 solves (bounds.h kl_shrink_log_ratios) at the 4 Chebyshev
+// nodes of the interval. At 32 intervals per binade and lp steps of 1/32 the interpolation error is below
+// 1e-8, under float's own rounding: over delta in [1e-12, 1e6] and lp across float's range the bounds stay
+// within 2.5e-7 of the exact ones (tests/test_kl_table.py; the test tolerance of the float path is 4e-6).
+// The builder checks every interval at two more points against exact solves and refuses a table that
+// misses (kl_table_interval_error), and the caller then solves exactly: a fallback, never a silent loss.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "bandpo/config.h"
+#include "bandpo/math.h"
+
+namespace bandpo {
+
+constexpr int kKlTableHighPerBinadeLog2 = 5;  // 32 intervals per binade of u = -lp
+constexpr int kKlTableLowStepsLog2 = 5;       // lp steps of 1/32
+constexpr int kKlTableCoeffs = 8;             // per interval: lower c0..c3, then V c0..c3 (t^0 first)
+constexpr int kKlTableBinadesBelowDelta = 30;
+constexpr double kKlTableLowLogpBelowLogDelta = 25.0;
+constexpr int kFloatMantissaBits = 23;
+
+// Where each interval is, as plain integers: the same for the builder (host or device) and the lookups.
+struct KlTableLayout {
+  int32_t binade_lo;   // the high grid covers u = -lp in [2^binade_lo, 2^0)
+  int32_t n_high;      // its intervals: 1 .. n_high in the table (32 per binade)
+  int32_t low_first;   // the low grid's first step k: interval k covers -32 lp in [k, k + 1)
+  int32_t n_low;       // its intervals: n_high + 1 .. n_high + n_low in the table
+  int32_t size() const { return n_high + n_low + 2; }
+};
+
+// A table in memory (host or device) with its layout; coeffs == nullptr means none (solve exactly).
+struct KlTable {
+  const float* coeffs;
+  KlTableLayout layout;
+};
+
+// The layout for delta (in [1e-12, 1e6], validated by the caller).
+inline KlTableLayout kl_table_layout(double delta) {
+  KlTableLayout l;
+  int e = static_cast<int>(std::floor(std::log2(delta))) - kKlTableBinadesBelowDelta;
+  e = e < -126 ? -126 : e;  // float's normal range: u below it reads as the limit
+  e = e > -1 ? -1 : e;      // u reaches ln 2: the binade [1/2, 1) is always there
+  l.binade_lo = e;
+  l.n_high = -e << kKlTableHighPerBinadeLog2;
+  l.low_first = static_cast<int32_t>(std::floor(0.6931471805599453 * (1 << kKlTableLowStepsLog2)));
+  double lp_lo = std::log(delta) - kKlTableLowLogpBelowLogDelta;
+  lp_lo = lp_lo < -104.0 ? -104.0 : lp_lo;  // float's exp(lp) is 0 below
+  const int32_t low_end = static_cast<int32_t>(std::ceil(-lp_lo * (1 << kKlTableLowStepsLog2)));
+  l.n_low = low_end > l.low_first ? low_end - l.low_first : 1;
+  return l;
+}
+
+// -ln 2 in float, rounded up: lp > this is the high grid (u = -lp < ln 2 there, below 2^0).
+constexpr float kKlTableHighLogpMin = -0.693147182f;
+
+// Table index and local coordinate t in [0, 1] of lp (float, already sanitized: <= 0 or NaN). Exact: u's bits
+// give the high grid's position, and -32 lp is exact in float, so are k and (k + 1) + 32 lp.
+BANDPO_HD void kl_table_position(float lp, const KlTableLayout& l, int32_t& index, float& t) {
+  constexpr int kShift = kFloatMantissaBits - kKlTableHighPerBinadeLog2;
+  // high grid: interval (bits(u) >> kShift) - bits(2^binade_lo) >> kShift, t = the bits below, as [0, 1).
+  const float u = math::max(-lp, 0.0f);  // -0 (lp = +0) is 0; NaN becomes 0 (its bounds are NaN anyway)
+  const int32_t ubits = math::bit_cast<int32_t>(u);
+  const int32_t high_raw = (ubits >> kShift) - ((l.binade_lo + 127) << (kFloatMantissaBits - kShift)) + 1;
+  const int32_t high_index = math::min(math::max(high_raw, int32_t(0)), l.n_high);
+  const float high_t = math::bit_cast<float>((ubits & ((1 << kShift) - 1)) << (kFloatMantissaBits - kShift) |
+                                             0x3f800000) - 1.0f;
+  // low grid: y = -32 lp in [k, k + 1), t = (k + 1) - y in (0, 1] (t = 0 at the interval's lower lp).
+  const float y = math::min(u * float(1 << kKlTableLowStepsLog2), 1e7f);  // -inf lands on the limit
+  const int32_t k = static_cast<int32_t>(y);
+  const int32_t low_index = l.n_high + 1 + math::min(math::max(k - l.low_first, int32_t(0)), l.n_low);
+  const float low_t = static_cast<float>(k + 1) - y;
+  const bool high = lp > kKlTableHighLogpMin;
+  index = math::select(high, high_index, low_index);
+  t = math::select(high, high_t, low_t);
+}
+
+BANDPO_HD float kl_table_cubic(const float* c, float t) { return c[0] + t * (c[1] + t * (c[2] + t * c[3])); }
+
+// The cubic at offset `at` of the table (index * kKlTableCoeffs + 0 or 4): 32-bit offsets, which vectorise
+// as gathers (64-bit ones did not).
+BANDPO_HD float kl_table_cubic_at(const float* coeffs, int32_t at, float t) {
+  return coeffs[at] + t * (coeffs[at + 1] + t * (coeffs[at + 2] + t * coeffs[at + 3]));
+}
+
+// The raw KL bounds (before relax and caps) of a sanitized lp from the table.
+template <class Bounds>
+BANDPO_HD Bounds kl_table_bounds(float lp, const KlTable& table) {
+  int32_t index;
+  float t;
+  kl_table_position(lp, table.layout, index, t);
+  const int32_t at = index * kKlTableCoeffs;
+  Bounds b;
+  b.lower = kl_table_cubic_at(table.coeffs, at, t);
+  b.upper = 1.0f + kl_table_cubic_at(table.coeffs, at + 4, t) * math::expm1(-lp);
+  return b;
+}
+
+// One side only: half the table reads.
+BANDPO_HD float kl_table_bound_one_side(float lp, bool upper_side, const KlTable& table) {
+  int32_t index;
+  float t;
+  kl_table_position(lp, table.layout, index, t);
+  const float v = kl_table_cubic_at(table.coeffs, index * kKlTableCoeffs + math::select(upper_side, 4, 0), t);
+  return math::select(upper_side, 1.0f + v * math::expm1(-lp), v);
+}
+
+}  // namespace bandpo

@@ -1,0 +1,104 @@
+"""The float Band-KL path reads its bounds from a per-delta table (csrc/include/bandpo/kl_table.h): held here to
+the float64 exact solve (itself held to the 50-digit table in test_exactness.py) densely over delta and old_logp,
+and against the exact float solve that BANDPO_KL_TABLE=0 selects."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import bandpo
+
+# float32 is held to 4e-6 by test_exactness; the table path measures about 2e-7 (float rounding).
+TABLE_TOL = 5e-7
+FLOAT32_NORMAL_LOGP = -87.3  # below, p is subnormal in float and the upper bound has only its bits
+
+
+def dense_logps(seed=0):
+    g = np.random.default_rng(seed)
+    parts = [
+        -g.exponential(1.0, 20000),                      # typical tokens
+        -g.uniform(0.0, 104.0, 20000),                   # the whole float range of p
+        -(10.0 ** g.uniform(-40.0, 0.0, 20000)),         # p -> 1 over many binades
+        -math.log(2.0) + g.uniform(-1e-3, 1e-3, 2000),   # the seam of the two grids
+        -np.arange(0, 3328) / 32.0,                      # every low-grid knot
+        -(2.0 ** -np.arange(0, 130, dtype=np.float64)),  # every binade edge of the high grid
+        np.array([0.0, -0.0, -1e-45, -103.9, -104.5, -200.0, -math.inf]),
+    ]
+    return torch.tensor(np.concatenate(parts), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("delta", [1e-12, 3e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 30.0, 700.0, 1e6])
+def test_float_table_matches_exact_solve(delta):
+    lp = dense_logps()
+    lower, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=delta, ratio_max=math.inf)
+    want_lower, want_upper = torch.ops.bandpo.band_bounds(lp.double(), divergence="kl", delta=delta, ratio_max=math.inf)
+    err_lower = (lower.double() - want_lower).abs() / want_lower.clamp(min=1e-3)
+    assert float(err_lower.max()) <= TABLE_TOL, (lp[err_lower.argmax()], lower[err_lower.argmax()])
+    normal = lp.double() > FLOAT32_NORMAL_LOGP
+    err_upper = ((upper.double() - want_upper).abs() / want_upper)[normal]
+    assert float(err_upper.max()) <= TABLE_TOL, (lp[normal][err_upper.argmax()], err_upper.max())
+    # below, where e^-lp overflows float the bound is inf (as the exact float solve gives); else close
+    below = ~normal
+    ok = ((upper.double() - want_upper).abs() <= 1e-5 * want_upper) | (torch.isinf(upper) & (lp < -88.0))
+    assert bool(ok[below].all()), lp[below][~ok[below]]
+
+
+def _run_with_table_off(code):
+    env = dict(os.environ, BANDPO_KL_TABLE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_table_off_solves_exactly_and_agrees():
+    code = """
+import json, math, torch, bandpo
+torch.manual_seed(0)
+lp = torch.log(torch.rand(4096)).clamp(min=-30)
+lo, up = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
+logp = (lp + 0.3 * torch.randn(4096)).clamp(max=0)
+loss, _ = torch.ops.bandpo.band_loss(logp, lp, torch.randn(4096), divergence="kl")
+print(json.dumps(dict(lo=lo.tolist(), up=up.tolist(), loss=float(loss))))
+"""
+    exact = _run_with_table_off(code)
+    scope = {}
+    exec(code.replace("print(json.dumps(", "result = (("), scope)
+    table = scope["result"]
+    lo_exact, up_exact = torch.tensor(exact["lo"]), torch.tensor(exact["up"])
+    lo_table, up_table = torch.tensor(table["lo"]), torch.tensor(table["up"])
+    assert not torch.equal(lo_exact, lo_table)  # the variable switches the path
+    torch.testing.assert_close(lo_table, lo_exact, rtol=0, atol=1e-6)
+    torch.testing.assert_close(up_table, up_exact, rtol=1e-6, atol=0)
+    assert math.isclose(table["loss"], exact["loss"], rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_read_the_table_too(dtype):
+    lp = dense_logps()[:20000].to(dtype)
+    lower, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05)
+    want_lower, want_upper = torch.ops.bandpo.band_bounds(lp.double(), divergence="kl", delta=0.05)
+    torch.testing.assert_close(lower.double(), want_lower.to(dtype).double(), rtol=torch.finfo(dtype).eps, atol=1e-30)
+    torch.testing.assert_close(upper.double(), want_upper.to(dtype).double(), rtol=torch.finfo(dtype).eps, atol=0)
+
+
+def test_loss_clips_at_the_bounds_it_reports():
+    # float32 decides clipping from the table's bound: a token just beyond its reported upper bound is clipped
+    # (zero gradient) and one just inside is not, and the clipped loss is -A times that bound.
+    lp = torch.tensor([-0.01, -0.5, -2.0, -6.0], dtype=torch.float32)
+    _, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
+    for factor, clipped in ((1 + 1e-5, True), (1 - 1e-5, False)):
+        logp = (lp + torch.log(upper * factor)).clamp(max=0).requires_grad_()
+        adv = torch.ones(4)
+        loss, metrics = torch.ops.bandpo.band_loss(logp, lp, adv, divergence="kl", delta=0.05, ratio_max=math.inf,
+                                                   agg="token-mean")
+        loss.backward()
+        if clipped:
+            assert bool((logp.grad == 0).all())
+            torch.testing.assert_close(loss, -upper.mean(), rtol=1e-6, atol=0)
+        else:
+            assert bool((logp.grad != 0).all())
