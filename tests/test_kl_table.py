@@ -33,8 +33,24 @@ def dense_logps(seed=0):
     return torch.tensor(np.concatenate(parts), dtype=torch.float32)
 
 
-@pytest.mark.parametrize("delta", [1e-12, 3e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 30.0, 700.0, 1e6])
-def test_float_table_matches_exact_solve(delta):
+DELTAS = [1e-12, 3e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 30.0, 700.0, 1e6]
+
+
+@pytest.fixture(scope="module")
+def float_solve_uppers():
+    """The float32 upper bounds of the exact float solve (BANDPO_KL_TABLE=0) at every delta, from one subprocess."""
+    code = f"""
+import json, math, sys, torch, bandpo
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+from test_kl_table import DELTAS, dense_logps
+lp = dense_logps()
+print(json.dumps([torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=d, ratio_max=math.inf)[1].tolist() for d in DELTAS]))
+"""
+    return dict(zip(DELTAS, _run_with_table_off(code)))
+
+
+@pytest.mark.parametrize("delta", DELTAS)
+def test_float_table_matches_exact_solve(delta, float_solve_uppers):
     lp = dense_logps()
     lower, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=delta, ratio_max=math.inf)
     want_lower, want_upper = torch.ops.bandpo.band_bounds(lp.double(), divergence="kl", delta=delta, ratio_max=math.inf)
@@ -47,6 +63,9 @@ def test_float_table_matches_exact_solve(delta):
     below = ~normal
     ok = ((upper.double() - want_upper).abs() <= 1e-5 * want_upper) | (torch.isinf(upper) & (lp < -88.0))
     assert bool(ok[below].all()), lp[below][~ok[below]]
+    # and these came from the table: the exact float solve rounds differently (a table failing its check would
+    # have fallen back to that solve)
+    assert not torch.equal(upper, torch.tensor(float_solve_uppers[delta], dtype=torch.float32))
 
 
 def _run_with_table_off(code):
@@ -87,8 +106,9 @@ def test_half_inputs_read_the_table_too(dtype):
 
 
 def test_loss_clips_at_the_bounds_it_reports():
-    # float32 decides clipping from the table's bound: a token just beyond its reported upper bound is clipped
-    # (zero gradient) and one just inside is not, and the clipped loss is -A times that bound.
+    # float32 decides clipping from the table (the log of the bound, kl_table_log_bound_one_side): a token just
+    # beyond its reported upper bound is clipped (zero gradient) and one just inside is not, and the clipped loss
+    # is -A times that bound.
     lp = torch.tensor([-0.01, -0.5, -2.0, -6.0], dtype=torch.float32)
     _, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
     for factor, clipped in ((1 + 1e-5, True), (1 - 1e-5, False)):
@@ -100,5 +120,19 @@ def test_loss_clips_at_the_bounds_it_reports():
         if clipped:
             assert bool((logp.grad == 0).all())
             torch.testing.assert_close(loss, -upper.mean(), rtol=1e-6, atol=0)
+        else:
+            assert bool((logp.grad != 0).all())
+
+
+def test_loss_clips_at_the_lower_bounds_it_reports():
+    lp = torch.tensor([-0.01, -0.5, -2.0], dtype=torch.float32)
+    lower, _ = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
+    for factor, clipped in ((1 - 1e-5, True), (1 + 1e-5, False)):
+        logp = (lp + torch.log(lower * factor)).requires_grad_()
+        loss, _ = torch.ops.bandpo.band_loss(logp, lp, -torch.ones(3), divergence="kl", delta=0.05, agg="token-mean")
+        loss.backward()
+        if clipped:
+            assert bool((logp.grad == 0).all())
+            torch.testing.assert_close(loss, lower.mean(), rtol=1e-6, atol=0)
         else:
             assert bool((logp.grad != 0).all())

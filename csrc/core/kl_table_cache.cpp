@@ -47,8 +47,9 @@ std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFo
       double worst = 0.0;
       for (int64_t i = 0; i < count; ++i) {
         float* c = &table->coeffs[static_cast<size_t>((first + i) * kKlTableCoeffs)];
-        kl_table_fit(&values[i * kKlTablePointsPerInterval], c);
-        worst = std::max(worst, kl_table_interval_error(&values[i * kKlTablePointsPerInterval], c));
+        const int32_t index = static_cast<int32_t>(first + i);
+        kl_table_fit(l, index, &values[i * kKlTablePointsPerInterval], c);
+        worst = std::max(worst, kl_table_interval_error(l, index, &values[i * kKlTablePointsPerInterval], c));
       }
       chunk_error[static_cast<size_t>(chunk)] = worst;
     }

@@ -2,29 +2,31 @@
 // inputs) at about the cost of the closed-form divergences. float64 keeps the exact solve (bounds.h).
 //
 // For a fixed delta both bounds are smooth functions of lp = old_logp alone. The table holds, for each
-// interval of lp, a cubic in the interval's local coordinate t in [0, 1] for two functions:
-//   lower(lp)  the lower ratio bound itself, in [0, 1];
-//   V(lp)      the fraction of the other tokens' mass that moves to this token at the upper bound, in (0, 1]:
-//              upper = 1 + V (q / p) = 1 + V expm1(-lp).
-// Both are bounded, and V carries the upper bound's relative accuracy down to p -> 0 where the bound itself
-// grows like 1/p. The intervals are laid out so that the index and t come from lp by exact float operations
-// (no rounding enters the position):
-//   high p, lp in (-ln 2, 0]: u = -lp on a binade grid (kHighPerBinade intervals per power of two), read from
-//     u's bits. Near p -> 1 both functions move on the scale of q ~ u (terms like q log q), which a grid
-//     uniform in lp cannot follow; one in log u can. Below u = 2^binade_lo they are at their limits
-//     (lower = e^-delta, V = 1) to float precision: 30 binades below delta.
-//   low p, lp <= -ln 2: uniform steps of 1/kLowSteps in lp (the functions are smooth in lp there, lower
-//     decaying like exp(-delta / p), V tending to 1 - e^-delta). Beyond lp = log(delta) - 25 both are at
-//     those limits (lower = 0) to float precision.
-// Interval 0 and the last one are those two limits (constant cubics), so that out-of-range positions need
-// no branch: their index is clamped onto them.
+// interval of lp, cubics in the interval's local coordinate t in [0, 1] for four functions:
+//   lower(lp)      the lower ratio bound itself, in [0, 1];
+//   V(lp)          the fraction of the other tokens' mass that moves to this token at the upper bound, in
+//                  (0, 1]: upper = 1 + V (q / p) = 1 + V expm1(-lp);
+//   log lower, log upper   for band_loss's clip decision, which compares the log-ratio with them and so needs
+//                  no exp per token (log upper held as log(p upper) on the high grid, see kKlTableCoeffs).
+// lower and V are bounded, and V carries the upper bound's relative accuracy down to p -> 0 where the bound
+// itself grows like 1/p. The intervals are laid out so that the index and t come from lp by exact float
+// operations (no rounding enters the position):
+//   high p, lp in (-ln 2, 0]: u = -lp on a binade grid (32 intervals per power of two), read from u's bits.
+//     Near p -> 1 the functions move on the scale of q ~ u (terms like q log q), which a grid uniform in lp
+//     cannot follow; one in log u can. Below u = 2^binade_lo they are at their limits (lower = e^-delta,
+//     V = 1) to float precision: 30 binades below delta.
+//   low p, lp <= -ln 2: uniform steps of 1/32 in lp (the functions are smooth in lp there, lower decaying
+//     like exp(-delta / p), V tending to 1 - e^-delta). Beyond lp = min(log(delta) - 25, -22) they are at
+//     those limits (lower = 0) to float precision, and log upper is above any clamped log-ratio (20).
+// Interval 0 and the last one are those limits (constant cubics), so that out-of-range positions need no
+// branch: their index is clamped onto them.
 //
-// Each interval's cubic interpolates exact float64 solves (bounds.h kl_shrink_log_ratios) at the 4 Chebyshev
-// nodes of the interval. At 32 intervals per binade and lp steps of 1/32 the interpolation error is below
-// 1e-8, under float's own rounding: over delta in [1e-12, 1e6] and lp across float's range the bounds stay
-// within 2.5e-7 of the exact ones (tests/test_kl_table.py; the test tolerance of the float path is 4e-6).
-// The builder checks every interval at two more points against exact solves and refuses a table that
-// misses (kl_table_interval_error), and the caller then solves exactly: a fallback, never a silent loss.
+// Each interval's cubics interpolate exact float64 solves (bounds.h kl_shrink_log_ratios) at the 4 Chebyshev
+// nodes of the interval. At this resolution the interpolation error is below float's own rounding: over
+// delta in [1e-12, 1e6] and lp across float's range the bounds stay within 2.5e-7 of the exact ones
+// (tests/test_kl_table.py; the test tolerance of the float path is 4e-6). The builder checks every interval
+// at three more points against exact solves (kl_table_interval_error) and refuses a table with an error
+// above kKlTableMaxError; the caller then solves exactly: a fallback, never a silent loss of accuracy.
 #pragma once
 
 #include <cmath>
@@ -37,9 +39,13 @@ namespace bandpo {
 
 constexpr int kKlTableHighPerBinadeLog2 = 5;  // 32 intervals per binade of u = -lp
 constexpr int kKlTableLowStepsLog2 = 5;       // lp steps of 1/32
-constexpr int kKlTableCoeffs = 8;             // per interval: lower c0..c3, then V c0..c3 (t^0 first)
+// Per interval, four cubics (t^0 first): lower, V, and for the loss's clip decision log lower and log upper
+// (the high grid holds log(p upper) instead: bounded as p -> 1, where log upper -> -lp; the lookup adds -lp).
+constexpr int kKlTableCoeffs = 16;
+constexpr int kKlTableLower = 0, kKlTableV = 4, kKlTableLogLower = 8, kKlTableLogUpper = 12;
 constexpr int kKlTableBinadesBelowDelta = 30;
 constexpr double kKlTableLowLogpBelowLogDelta = 25.0;
+constexpr double kKlTableLowLogpMax = -22.0;
 constexpr int kFloatMantissaBits = 23;
 
 // Where each interval is, as plain integers: the same for the builder (host or device) and the lookups.
@@ -67,6 +73,9 @@ inline KlTableLayout kl_table_layout(double delta) {
   l.n_high = -e << kKlTableHighPerBinadeLog2;
   l.low_first = static_cast<int32_t>(std::floor(0.6931471805599453 * (1 << kKlTableLowStepsLog2)));
   double lp_lo = std::log(delta) - kKlTableLowLogpBelowLogDelta;
+  // Below the grid log upper is taken as +inf (no ratio, clamped at e^20, is above it): true from
+  // lp = log(1 - e^-delta) - 21 on, which -22 covers for large delta.
+  lp_lo = lp_lo > kKlTableLowLogpMax ? kKlTableLowLogpMax : lp_lo;
   lp_lo = lp_lo < -104.0 ? -104.0 : lp_lo;  // float's exp(lp) is 0 below
   const int32_t low_end = static_cast<int32_t>(std::ceil(-lp_lo * (1 << kKlTableLowStepsLog2)));
   l.n_low = low_end > l.low_first ? low_end - l.low_first : 1;
@@ -113,8 +122,8 @@ BANDPO_HD Bounds kl_table_bounds(float lp, const KlTable& table) {
   kl_table_position(lp, table.layout, index, t);
   const int32_t at = index * kKlTableCoeffs;
   Bounds b;
-  b.lower = kl_table_cubic_at(table.coeffs, at, t);
-  b.upper = 1.0f + kl_table_cubic_at(table.coeffs, at + 4, t) * math::expm1(-lp);
+  b.lower = kl_table_cubic_at(table.coeffs, at + kKlTableLower, t);
+  b.upper = 1.0f + kl_table_cubic_at(table.coeffs, at + kKlTableV, t) * math::expm1(-lp);
   return b;
 }
 
@@ -123,8 +132,20 @@ BANDPO_HD float kl_table_bound_one_side(float lp, bool upper_side, const KlTable
   int32_t index;
   float t;
   kl_table_position(lp, table.layout, index, t);
-  const float v = kl_table_cubic_at(table.coeffs, index * kKlTableCoeffs + math::select(upper_side, 4, 0), t);
+  const float v = kl_table_cubic_at(
+      table.coeffs, index * kKlTableCoeffs + math::select(upper_side, kKlTableV, kKlTableLower), t);
   return math::select(upper_side, 1.0f + v * math::expm1(-lp), v);
+}
+
+// The log of one raw bound, for the loss's clip decision (log_ratio beyond it): no exp or expm1 per token.
+// -inf / +inf where no clamped log-ratio (|log r| <= 20) can be beyond it.
+BANDPO_HD float kl_table_log_bound_one_side(float lp, bool upper_side, const KlTable& table) {
+  int32_t index;
+  float t;
+  kl_table_position(lp, table.layout, index, t);
+  const float v = kl_table_cubic_at(
+      table.coeffs, index * kKlTableCoeffs + math::select(upper_side, kKlTableLogUpper, kKlTableLogLower), t);
+  return v - math::select(upper_side & (lp > kKlTableHighLogpMin), lp, 0.0f);
 }
 
 }  // namespace bandpo

@@ -29,6 +29,8 @@ BANDPO_HD double kl_table_logp(const KlTableLayout& l, int32_t index, double t) 
 struct KlTableValues {
   double lower;
   double v;
+  double log_lower;  // w of the lower bound (held at -750 by the solve, where lower is 0 in double)
+  double log_upper;  // log1p(V expm1(-lp))
 };
 
 BANDPO_HD KlTableValues kl_table_exact(double lp, double delta) {
@@ -37,7 +39,8 @@ BANDPO_HD KlTableValues kl_table_exact(double lp, double delta) {
   const double b[2] = {q, p};
   double w[2];
   detail::kl_shrink_log_ratios(a, b, delta, w);
-  return KlTableValues{kl_lower_from_root(p, w[0]), math::select(q > 0.0, 0.0 - math::expm1(w[1]), 1.0)};
+  const double v = math::select(q > 0.0, 0.0 - math::expm1(w[1]), 1.0);
+  return KlTableValues{kl_lower_from_root(p, w[0]), v, w[0], math::log1p(v * math::expm1(-lp))};
 }
 
 // Chebyshev nodes of [0, 1] for a cubic: 1/2 - cos((2j + 1) pi / 8) / 2.
@@ -73,44 +76,72 @@ BANDPO_HD double kl_table_point_logp(const KlTableLayout& l, int32_t index, int 
   return kl_table_logp(l, index, point < 4 ? kKlTableNodes[point] : kKlTableCheckPoints[point - 4]);
 }
 
+// The four tabulated functions at a point, as the table holds them: on the high grid log upper as log(p upper).
+BANDPO_HD void kl_table_tabulated(const KlTableLayout& l, int32_t index, double lp, const KlTableValues& x,
+                                  double out[4]) {
+  out[0] = x.lower;
+  out[1] = x.v;
+  out[2] = x.log_lower;
+  out[3] = index <= l.n_high ? x.log_upper + lp : x.log_upper;
+}
+
 // The kKlTableCoeffs floats of interval `index` (1 .. size() - 2) from the exact values at its points
 // (kKlTablePointsPerInterval of them, in kl_table_point_logp's order; only the 4 nodes are read).
-BANDPO_HD void kl_table_fit(const KlTableValues* at_points, float* out) {
-  double lower[4], v[4], c[4];
+BANDPO_HD void kl_table_fit(const KlTableLayout& l, int32_t index, const KlTableValues* at_points, float* out) {
+  double f[4][4];  // [function][node]
   for (int j = 0; j < 4; ++j) {
-    lower[j] = at_points[j].lower;
-    v[j] = at_points[j].v;
+    double values[4];
+    kl_table_tabulated(l, index, kl_table_point_logp(l, index, j), at_points[j], values);
+    for (int fn = 0; fn < 4; ++fn) f[fn][j] = values[fn];
   }
-  kl_table_cubic_through(lower, c);
-  for (int m = 0; m < 4; ++m) out[m] = static_cast<float>(c[m]);
-  kl_table_cubic_through(v, c);
-  for (int m = 0; m < 4; ++m) out[4 + m] = static_cast<float>(c[m]);
+  for (int fn = 0; fn < 4; ++fn) {
+    double c[4];
+    kl_table_cubic_through(f[fn], c);
+    for (int m = 0; m < 4; ++m) out[4 * fn + m] = static_cast<float>(c[m]);
+  }
 }
 
 // The two constant intervals, 0 (u below the high grid: p -> 1) and size() - 1 (lp below the low grid:
 // p -> 0): the limits of lower and V there.
 BANDPO_HD void kl_table_fill_limit(const KlTableLayout& l, int32_t index, double delta, float* out) {
   for (int m = 0; m < kKlTableCoeffs; ++m) out[m] = 0.0f;
-  if (index == 0) {
-    out[0] = static_cast<float>(math::exp(-delta));
-    out[4] = 1.0f;
-  } else {
-    out[4] = static_cast<float>(0.0 - math::expm1(-delta));
+  if (index == 0) {  // lower e^-delta, V 1, log lower -delta, log(p upper) 0
+    out[kKlTableLower] = static_cast<float>(math::exp(-delta));
+    out[kKlTableV] = 1.0f;
+    out[kKlTableLogLower] = static_cast<float>(-delta);
+  } else {  // lower 0, V 1 - e^-delta, log lower -inf, log upper +inf (above any clamped ratio there)
+    out[kKlTableV] = static_cast<float>(0.0 - math::expm1(-delta));
+    out[kKlTableLogLower] = -INFINITY;
+    out[kKlTableLogUpper] = INFINITY;
   }
+}
+
+// Error of a tabulated log bound against the exact one, in log units (the ratio's relative error) over
+// max(1, |exact|). Where both lie beyond the log-ratio clamp on the same side, no clamped log-ratio is
+// beyond the bound either way: no error.
+BANDPO_HD double kl_table_log_error(double got, double want) {
+  if ((got > kLogRatioClamp && want > kLogRatioClamp) || (got < -kLogRatioClamp && want < -kLogRatioClamp)) return 0.0;
+  const double error = math::max(got - want, want - got) / math::max(1.0, math::max(want, -want));
+  return error == error ? error : INFINITY;
 }
 
 // Worst error of a tabulated interval's cubics (`c`) at its check points against the exact values there, in
 // the measure of the float path's accuracy: |lower error| / max(lower, 1e-3) and |V error| / V (the upper
 // bound's relative error is at most that). The float cubic is evaluated as the lookup evaluates it.
-BANDPO_HD double kl_table_interval_error(const KlTableValues* at_points, const float* c) {
+BANDPO_HD double kl_table_interval_error(const KlTableLayout& l, int32_t index, const KlTableValues* at_points,
+                                         const float* c) {
   double worst = 0.0;
   for (int j = 0; j < kKlTableChecks; ++j) {
     const KlTableValues want = at_points[4 + j];
     const float t = static_cast<float>(kKlTableCheckPoints[j]);
-    const double got_lower = kl_table_cubic(c, t);
-    const double got_v = kl_table_cubic(c + 4, t);
+    double tabulated[4];
+    kl_table_tabulated(l, index, kl_table_point_logp(l, index, 4 + j), want, tabulated);
+    const double got_lower = kl_table_cubic(c + kKlTableLower, t);
+    const double got_v = kl_table_cubic(c + kKlTableV, t);
     worst = math::max(worst, math::max(got_lower - want.lower, want.lower - got_lower) / math::max(want.lower, 1e-3));
     worst = math::max(worst, math::max(got_v - want.v, want.v - got_v) / want.v);
+    worst = math::max(worst, kl_table_log_error(kl_table_cubic(c + kKlTableLogLower, t), tabulated[2]));
+    worst = math::max(worst, kl_table_log_error(kl_table_cubic(c + kKlTableLogUpper, t), tabulated[3]));
   }
   return worst;
 }
@@ -119,9 +150,13 @@ BANDPO_HD double kl_table_interval_error(const KlTableValues* at_points, const f
 BANDPO_HD double kl_table_limit_error(const KlTableLayout& l, int32_t index, double delta, const float* c) {
   const double lp = index == 0 ? kl_table_logp(l, 1, 0.0) : kl_table_logp(l, index - 1, 0.0);
   const KlTableValues want = kl_table_exact(lp, delta);
-  const double el = math::max(want.lower - c[0], c[0] - want.lower) / math::max(want.lower, 1e-3);
-  const double ev = math::max(want.v - c[4], c[4] - want.v) / want.v;
-  return math::max(el, ev);
+  double tabulated[4];
+  kl_table_tabulated(l, index == 0 ? 1 : index - 1, lp, want, tabulated);
+  const double el = math::max(want.lower - c[kKlTableLower], c[kKlTableLower] - want.lower) / math::max(want.lower, 1e-3);
+  const double ev = math::max(want.v - c[kKlTableV], c[kKlTableV] - want.v) / want.v;
+  const double elog = math::max(kl_table_log_error(c[kKlTableLogLower], tabulated[2]),
+                                kl_table_log_error(c[kKlTableLogUpper], tabulated[3]));
+  return math::max(math::max(el, ev), elog);
 }
 
 // The largest error (kl_table_interval_error, kl_table_limit_error) a table may have; the float path is held

@@ -55,15 +55,15 @@ BANDPO_HD C kl_at_ratio(C p, C q, C log_ratio) {
 
 // Whether r lies beyond the divergence's own bound (before relax and caps) on one side: above the upper
 // bound when upper_side, below the lower one otherwise. For KL solved exactly this needs no bound at all
-// (KL at r above delta, the same test on both sides); from the float table (kl_table.h) it reads only the
-// side asked for. The predicates combine with & and | rather than && and ||: without short-circuit
+// (KL at r above delta, the same test on both sides); from the float table (kl_table.h) it compares the
+// log-ratio with the log of the side asked for, which costs no exp. The predicates combine with & and | rather than && and ||: without short-circuit
 // branches they if-convert, and the token loops vectorise.
 template <class C>
 BANDPO_HD bool beyond_divergence_bound(C lp, C p, C q, C r, C log_ratio, bool upper_side, const BoundParams<C>& prm) {
   if (uses_kl_table(prm)) {
     if constexpr (std::is_same<C, float>::value) {
-      const C bound = kl_table_bound_one_side(lp, upper_side, prm.kl_table);
-      return (upper_side & (r > bound)) | (!upper_side & (r < bound));
+      const C log_bound = kl_table_log_bound_one_side(lp, upper_side, prm.kl_table);
+      return (upper_side & (log_ratio > log_bound)) | (!upper_side & (log_ratio < log_bound));
     }
   }
   if (prm.divergence == Divergence::kl) {
