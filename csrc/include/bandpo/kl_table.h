@@ -4,20 +4,20 @@
 // For a fixed delta both bounds are smooth functions of lp = old_logp alone. The table holds, for each
 // interval of lp, cubics in the interval's local coordinate t in [0, 1] for four functions:
 //   lower(lp)      the lower ratio bound itself, in [0, 1];
-//   V(lp)          the fraction of the other tokens' mass that moves to this token at the upper bound, in
-//                  (0, 1]: upper = 1 + V (q / p) = 1 + V expm1(-lp);
+//   upper(lp)      the upper ratio bound itself, in [1, 1/p]: on the low grid it grows like (1 - e^-delta)
+//                  e^-lp, by 3% across an interval, which a cubic follows to float precision, relatively;
+//                  where it passes 1e38 (float's range ends at 3.4e38) it is held as inf;
 //   log lower, log upper   for band_loss's clip decision, which compares the log-ratio with them and so needs
 //                  no exp per token (log upper held as log(p upper) on the high grid, see kKlTableCoeffs).
-// lower and V are bounded, and V carries the upper bound's relative accuracy down to p -> 0 where the bound
-// itself grows like 1/p. The intervals are laid out so that the index and t come from lp by exact float
-// operations (no rounding enters the position):
+// So a lookup is an index, gathers and a cubic: no exp, no division. The intervals are laid out so that the
+// index and t come from lp by exact float operations (no rounding enters the position):
 //   high p, lp in (-ln 2, 0]: u = -lp on a binade grid (32 intervals per power of two), read from u's bits.
 //     Near p -> 1 the functions move on the scale of q ~ u (terms like q log q), which a grid uniform in lp
 //     cannot follow; one in log u can. Below u = 2^binade_lo they are at their limits (lower = e^-delta,
-//     V = 1) to float precision: 30 binades below delta.
+//     upper = 1) to float precision: 30 binades below delta, and at least 25 (1 + u rounds to 1 below).
 //   low p, lp <= -ln 2: uniform steps of 1/32 in lp (the functions are smooth in lp there, lower decaying
-//     like exp(-delta / p), V tending to 1 - e^-delta). Beyond lp = min(log(delta) - 25, -22) they are at
-//     those limits (lower = 0) to float precision, and log upper is above any clamped log-ratio (20).
+//     like exp(-delta / p)), down to where upper passes 1e38 or float's p is 0 (lp = -104): beyond, the
+//     bounds are 0 and inf, and so are the log bounds beyond any clamped log-ratio.
 // Interval 0 and the last one are those limits (constant cubics), so that out-of-range positions need no
 // branch: their index is clamped onto them.
 //
@@ -42,10 +42,13 @@ constexpr int kKlTableLowStepsLog2 = 5;       // lp steps of 1/32
 // Per interval, four cubics (t^0 first): lower, V, and for the loss's clip decision log lower and log upper
 // (the high grid holds log(p upper) instead: bounded as p -> 1, where log upper -> -lp; the lookup adds -lp).
 constexpr int kKlTableCoeffs = 16;
-constexpr int kKlTableLower = 0, kKlTableV = 4, kKlTableLogLower = 8, kKlTableLogUpper = 12;
+constexpr int kKlTableLower = 0, kKlTableUpper = 4, kKlTableLogLower = 8, kKlTableLogUpper = 12;
+// Upper bounds above this are held as inf (float's largest is 3.4e38).
+constexpr double kKlTableUpperOverflow = 1e38;
+// lp below which float's exp(lp) is 0 (the bounds are 0 and inf there, as for p = 0).
+constexpr double kKlTableFloatZeroLogp = -104.0;
 constexpr int kKlTableBinadesBelowDelta = 30;
-constexpr double kKlTableLowLogpBelowLogDelta = 25.0;
-constexpr double kKlTableLowLogpMax = -22.0;
+constexpr int kKlTableHighestBinadeLo = -25;
 constexpr int kFloatMantissaBits = 23;
 
 // Where each interval is, as plain integers: the same for the builder (host or device) and the lookups.
@@ -68,15 +71,14 @@ inline KlTableLayout kl_table_layout(double delta) {
   KlTableLayout l;
   int e = static_cast<int>(std::floor(std::log2(delta))) - kKlTableBinadesBelowDelta;
   e = e < -126 ? -126 : e;  // float's normal range: u below it reads as the limit
-  e = e > -1 ? -1 : e;      // u reaches ln 2: the binade [1/2, 1) is always there
+  e = e > kKlTableHighestBinadeLo ? kKlTableHighestBinadeLo : e;  // upper = 1 + u is 1 in float only below
   l.binade_lo = e;
   l.n_high = -e << kKlTableHighPerBinadeLog2;
   l.low_first = static_cast<int32_t>(std::floor(0.6931471805599453 * (1 << kKlTableLowStepsLog2)));
-  double lp_lo = std::log(delta) - kKlTableLowLogpBelowLogDelta;
-  // Below the grid log upper is taken as +inf (no ratio, clamped at e^20, is above it): true from
-  // lp = log(1 - e^-delta) - 21 on, which -22 covers for large delta.
-  lp_lo = lp_lo > kKlTableLowLogpMax ? kKlTableLowLogpMax : lp_lo;
-  lp_lo = lp_lo < -104.0 ? -104.0 : lp_lo;  // float's exp(lp) is 0 below
+  // upper ~ (1 - e^-delta) e^-lp passes kKlTableUpperOverflow at lp = log(1 - e^-delta) - 88.0 (e^88 =
+  // 1.65e38); there lower is 0 and log upper above 20 for every delta.
+  double lp_lo = std::log(-std::expm1(-delta)) - 88.0;
+  lp_lo = lp_lo < kKlTableFloatZeroLogp ? kKlTableFloatZeroLogp : lp_lo;
   const int32_t low_end = static_cast<int32_t>(std::ceil(-lp_lo * (1 << kKlTableLowStepsLog2)));
   l.n_low = low_end > l.low_first ? low_end - l.low_first : 1;
   return l;
@@ -123,7 +125,7 @@ BANDPO_HD Bounds kl_table_bounds(float lp, const KlTable& table) {
   const int32_t at = index * kKlTableCoeffs;
   Bounds b;
   b.lower = kl_table_cubic_at(table.coeffs, at + kKlTableLower, t);
-  b.upper = 1.0f + kl_table_cubic_at(table.coeffs, at + kKlTableV, t) * math::expm1(-lp);
+  b.upper = kl_table_cubic_at(table.coeffs, at + kKlTableUpper, t);
   return b;
 }
 
@@ -132,9 +134,8 @@ BANDPO_HD float kl_table_bound_one_side(float lp, bool upper_side, const KlTable
   int32_t index;
   float t;
   kl_table_position(lp, table.layout, index, t);
-  const float v = kl_table_cubic_at(
-      table.coeffs, index * kKlTableCoeffs + math::select(upper_side, kKlTableV, kKlTableLower), t);
-  return math::select(upper_side, 1.0f + v * math::expm1(-lp), v);
+  return kl_table_cubic_at(table.coeffs, index * kKlTableCoeffs + math::select(upper_side, kKlTableUpper, kKlTableLower),
+                           t);
 }
 
 // The log of one raw bound, for the loss's clip decision (log_ratio beyond it): no exp or expm1 per token.

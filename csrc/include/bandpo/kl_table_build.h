@@ -28,7 +28,7 @@ BANDPO_HD double kl_table_logp(const KlTableLayout& l, int32_t index, double t) 
 // (Returned by value, so that a loop over many positions vectorises.)
 struct KlTableValues {
   double lower;
-  double v;
+  double upper;      // 1 + V expm1(-lp), V = -expm1(w) of the upper side: the share of the rest that moves
   double log_lower;  // w of the lower bound (held at -750 by the solve, where lower is 0 in double)
   double log_upper;  // log1p(V expm1(-lp))
 };
@@ -40,7 +40,8 @@ BANDPO_HD KlTableValues kl_table_exact(double lp, double delta) {
   double w[2];
   detail::kl_shrink_log_ratios(a, b, delta, w);
   const double v = math::select(q > 0.0, 0.0 - math::expm1(w[1]), 1.0);
-  return KlTableValues{kl_lower_from_root(p, w[0]), v, w[0], math::log1p(v * math::expm1(-lp))};
+  const double rest_over_p = math::expm1(-lp);
+  return KlTableValues{kl_lower_from_root(p, w[0]), 1.0 + v * rest_over_p, w[0], math::log1p(v * rest_over_p)};
 }
 
 // Chebyshev nodes of [0, 1] for a cubic: 1/2 - cos((2j + 1) pi / 8) / 2.
@@ -80,7 +81,7 @@ BANDPO_HD double kl_table_point_logp(const KlTableLayout& l, int32_t index, int 
 BANDPO_HD void kl_table_tabulated(const KlTableLayout& l, int32_t index, double lp, const KlTableValues& x,
                                   double out[4]) {
   out[0] = x.lower;
-  out[1] = x.v;
+  out[1] = x.upper;
   out[2] = x.log_lower;
   out[3] = index <= l.n_high ? x.log_upper + lp : x.log_upper;
 }
@@ -99,21 +100,34 @@ BANDPO_HD void kl_table_fit(const KlTableLayout& l, int32_t index, const KlTable
     kl_table_cubic_through(f[fn], c);
     for (int m = 0; m < 4; ++m) out[4 * fn + m] = static_cast<float>(c[m]);
   }
+  // upper past kKlTableUpperOverflow somewhere in the interval (it is largest at t = 0): inf
+  if (math::max(f[1][0], f[1][1]) >= kKlTableUpperOverflow) {
+    out[kKlTableUpper] = INFINITY;
+    for (int m = 1; m < 4; ++m) out[kKlTableUpper + m] = 0.0f;
+  }
 }
 
 // The two constant intervals, 0 (u below the high grid: p -> 1) and size() - 1 (lp below the low grid:
 // p -> 0): the limits of lower and V there.
 BANDPO_HD void kl_table_fill_limit(const KlTableLayout& l, int32_t index, double delta, float* out) {
   for (int m = 0; m < kKlTableCoeffs; ++m) out[m] = 0.0f;
-  if (index == 0) {  // lower e^-delta, V 1, log lower -delta, log(p upper) 0
+  if (index == 0) {  // lower e^-delta, upper 1, log lower -delta, log(p upper) 0
     out[kKlTableLower] = static_cast<float>(math::exp(-delta));
-    out[kKlTableV] = 1.0f;
+    out[kKlTableUpper] = 1.0f;
     out[kKlTableLogLower] = static_cast<float>(-delta);
-  } else {  // lower 0, V 1 - e^-delta, log lower -inf, log upper +inf (above any clamped ratio there)
-    out[kKlTableV] = static_cast<float>(0.0 - math::expm1(-delta));
+  } else {  // lower 0, upper inf, log lower -inf, log upper +inf (beyond any clamped ratio there)
+    out[kKlTableUpper] = INFINITY;
     out[kKlTableLogLower] = -INFINITY;
     out[kKlTableLogUpper] = INFINITY;
   }
+}
+
+// Relative error of a tabulated upper bound; none where both are near or in the range held as inf (an
+// interval held as inf starts above kKlTableUpperOverflow and ends within 3% of it).
+BANDPO_HD double kl_table_upper_error(double got, double want) {
+  if (want >= 0.5 * kKlTableUpperOverflow && got >= 0.5 * kKlTableUpperOverflow) return 0.0;
+  const double error = math::max(got - want, want - got) / want;
+  return error == error ? error : INFINITY;
 }
 
 // Error of a tabulated log bound against the exact one, in log units (the ratio's relative error) over
@@ -137,9 +151,8 @@ BANDPO_HD double kl_table_interval_error(const KlTableLayout& l, int32_t index, 
     double tabulated[4];
     kl_table_tabulated(l, index, kl_table_point_logp(l, index, 4 + j), want, tabulated);
     const double got_lower = kl_table_cubic(c + kKlTableLower, t);
-    const double got_v = kl_table_cubic(c + kKlTableV, t);
     worst = math::max(worst, math::max(got_lower - want.lower, want.lower - got_lower) / math::max(want.lower, 1e-3));
-    worst = math::max(worst, math::max(got_v - want.v, want.v - got_v) / want.v);
+    worst = math::max(worst, kl_table_upper_error(kl_table_cubic(c + kKlTableUpper, t), want.upper));
     worst = math::max(worst, kl_table_log_error(kl_table_cubic(c + kKlTableLogLower, t), tabulated[2]));
     worst = math::max(worst, kl_table_log_error(kl_table_cubic(c + kKlTableLogUpper, t), tabulated[3]));
   }
@@ -153,7 +166,8 @@ BANDPO_HD double kl_table_limit_error(const KlTableLayout& l, int32_t index, dou
   double tabulated[4];
   kl_table_tabulated(l, index == 0 ? 1 : index - 1, lp, want, tabulated);
   const double el = math::max(want.lower - c[kKlTableLower], c[kKlTableLower] - want.lower) / math::max(want.lower, 1e-3);
-  const double ev = math::max(want.v - c[kKlTableV], c[kKlTableV] - want.v) / want.v;
+  // at float's p = 0 (lp = -104) the bounds are 0 and inf by convention, whatever the exact upper there
+  const double ev = lp <= kKlTableFloatZeroLogp ? 0.0 : kl_table_upper_error(c[kKlTableUpper], want.upper);
   const double elog = math::max(kl_table_log_error(c[kKlTableLogLower], tabulated[2]),
                                 kl_table_log_error(c[kKlTableLogUpper], tabulated[3]));
   return math::max(math::max(el, ev), elog);
