@@ -23,7 +23,7 @@
 //
 // Each interval's cubics interpolate exact float64 solves (bounds.h kl_shrink_log_ratios) at the 4 Chebyshev
 // nodes of the interval. At this resolution the interpolation error is below float's own rounding: over
-// delta in [1e-12, 1e6] and lp across float's range the bounds stay within 2.5e-7 of the exact ones
+// delta in [1e-12, 1e6] and lp across float's range the bounds stay within 3.1e-7 of the exact ones
 // (tests/test_kl_table.py; the test tolerance of the float path is 4e-6). The builder checks every interval
 // at three more points against exact solves (kl_table_interval_error) and refuses a table with an error
 // above kKlTableMaxError; the caller then solves exactly: a fallback, never a silent loss of accuracy.
