@@ -11,6 +11,8 @@ reads logp, old_logp, advantages, mask; the backward reads them again and writes
 the least any fwd+bwd could move (inputs once + the gradient).
 Targets: Band-KL fwd+bwd at 16M fp32 >= 70% of copy bandwidth; band_bounds(kl) >= 1000x the released
 bisection solver (re-implementation, released_solver.py); Band-KL fwd+bwd no slower than an eager fixed-clip loss.
+Issue 14, at 16M fp32 and bf16: band_bounds(kl) >= 70% of copy bandwidth, Band-KL fwd+bwd >= 60% of the bytes it
+moves, both in device time (graph replay; band_bounds' bytes: old_logp read, lower and upper written).
 """
 
 import argparse
@@ -130,9 +132,8 @@ def main():
             s = torch.tensor([], dtype=dtype).element_size()
             sets = [make_inputs(n, dtype, seed) for seed in range(3)]
             for div in ("kl", "tv", "chi2"):
-                record(f"band_bounds[{div}]", n, dtype,
-                       cuda_ms([lambda st=st: torch.ops.bandpo.band_bounds(st[1], divergence=div) for st in sets]),
-                       moved=3 * s * n)
+                bounds = [lambda st=st: torch.ops.bandpo.band_bounds(st[1], divergence=div) for st in sets]
+                record(f"band_bounds[{div}]", n, dtype, cuda_ms(bounds), moved=3 * s * n, graph=graph_ms(bounds))
                 runs = [fwd_bwd(torch.ops.bandpo.band_loss, *st, divergence=div) for st in sets]
                 record(f"band_loss[{div}] fwd+bwd", n, dtype, cuda_ms(runs), moved=(7 * s + 2) * n,
                        floor=(4 * s + 1) * n, graph=graph_ms(runs))
@@ -154,7 +155,17 @@ def main():
 
     n16 = 1 << 24 if (1 << 24) in args.sizes else args.sizes[0]
     loss = find("band_loss[kl] fwd+bwd", n16)
-    targets = {
+    targets = {}
+    for dt in ("fp32", "bf16"):  # issue 14: KL bounds >= 70% of copy bandwidth, KL fwd+bwd >= 60% of its bytes
+        targets[f"band_bounds[kl] 16M {dt}, device time, fraction of copy bandwidth"] = \
+            find("band_bounds[kl]", n16, dt)["bw_frac_moved"]
+        targets[f"band_bounds[kl] / band_bounds[tv] device time (16M {dt})"] = \
+            find("band_bounds[kl]", n16, dt)["graph_ms"] / find("band_bounds[tv]", n16, dt)["graph_ms"]
+        targets[f"kl fwd+bwd 16M {dt}, device time, fraction of copy bandwidth (moved bytes)"] = \
+            find("band_loss[kl] fwd+bwd", n16, dt)["bw_frac_moved"]
+        targets[f"band_loss[kl] / band_loss[tv] fwd+bwd device time (16M {dt})"] = \
+            find("band_loss[kl] fwd+bwd", n16, dt)["graph_ms"] / find("band_loss[tv] fwd+bwd", n16, dt)["graph_ms"]
+    targets.update({
         "kl fwd+bwd 16M fp32, device time, fraction of copy bandwidth (moved bytes)": loss["bw_frac_moved"],
         "kl fwd+bwd 16M fp32, device time, fraction of copy bandwidth (floor bytes)": loss["bw_frac_floor"],
         "band_bounds[kl] speed-up over released bisection (16M fp32)":
@@ -163,7 +174,7 @@ def main():
             loss["ms"] / find("eager clip loss fwd+bwd", n16)["ms"],
         "kl fwd+bwd time / eager clip fwd+bwd time (16M fp32, graphs)":
             loss["graph_ms"] / find("eager clip loss fwd+bwd", n16)["graph_ms"],
-    }
+    })
     results["targets"] = targets
     if args.out:
         with open(args.out, "w") as f:

@@ -49,11 +49,11 @@ else
 fi
 "$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo', bandpo.__file__, 'CUDA kernels loaded')"
 
-step tests 180 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py
+step tests 180 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py tests/test_kl_table.py -k "cuda or not kl_table"
 grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/tests.log" | head -n 40
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tests/device/memcheck_case.py
 grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
-step bench 180 "$py" benchmarks/bench_cuda.py --out "$out/bench.json"
+step bench 180 "$py" benchmarks/bench_cuda.py --sizes 1048576 16777216 --out "$out/bench.json"
 sed -n '/^$/,$p' "$out/bench.log"
 cat "$out/steps.txt"
 exit $status

@@ -248,10 +248,10 @@ def test_cuda_graph_capture_and_replay():
     static = [t.clone() for t in (logp, old, adv, mask)]
     x = static[0].requires_grad_()
 
-    def step():
+    def step():  # "kl" in float32: each op builds its bounds table on the device first, inside the graph too
         loss, metrics = torch.ops.bandpo.band_loss(x, *static[1:], agg="seq-mean-token-mean", dual_clip=3.0)
         (grad,) = torch.autograd.grad(loss, x)
-        return loss, metrics, grad
+        return (loss, metrics, grad) + tuple(torch.ops.bandpo.band_bounds(static[1], divergence="kl"))
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -269,6 +269,8 @@ def test_cuda_graph_capture_and_replay():
                 s.copy_(f)
         graph.replay()
         want = loss_and_grad(torch.ops.bandpo.band_loss, *fresh[:4], agg="seq-mean-token-mean", dual_clip=3.0)
+        want = tuple(want) + tuple(torch.ops.bandpo.band_bounds(fresh[1], divergence="kl"))
+        assert len(out) == len(want) == 5
         for a, b in zip(out, want):
             assert torch.equal(a, b)
 

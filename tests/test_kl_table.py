@@ -1,6 +1,7 @@
 """The float Band-KL path reads its bounds from a per-delta table (csrc/include/bandpo/kl_table.h): held here to
 the float64 exact solve (itself held to the 50-digit table in test_exactness.py) densely over delta and old_logp,
-and against the exact float solve that BANDPO_KL_TABLE=0 selects."""
+and against the exact float solve that BANDPO_KL_TABLE=0 selects. On the CPU the table is built once per delta and
+kept; on CUDA each call builds it on the device (csrc/core/cuda/kl_table.cu): both are held to the same bounds."""
 
 import json
 import math
@@ -35,24 +36,34 @@ def dense_logps(seed=0):
 
 DELTAS = [1e-12, 3e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 30.0, 700.0, 1e6]
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and bandpo.has_cuda_kernels()), reason="needs a CUDA device and bandpo's CUDA kernels"))]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device(request):
+    return request.param
+
 
 @pytest.fixture(scope="module")
-def float_solve_uppers():
-    """The float32 upper bounds of the exact float solve (BANDPO_KL_TABLE=0) at every delta, from one subprocess."""
+def float_solve_uppers(device):
+    """The float32 upper bounds of the exact float solve (BANDPO_KL_TABLE=0) on `device` at every delta, from one
+    subprocess."""
     code = f"""
 import json, math, sys, torch, bandpo
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 from test_kl_table import DELTAS, dense_logps
-lp = dense_logps()
+lp = dense_logps().to({device!r})
 print(json.dumps([torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=d, ratio_max=math.inf)[1].tolist() for d in DELTAS]))
 """
-    return dict(zip(DELTAS, _run_with_table_off(code)))
+    return dict(zip(DELTAS, _run_with_table("0", code)))
 
 
 @pytest.mark.parametrize("delta", DELTAS)
-def test_float_table_matches_exact_solve(delta, float_solve_uppers):
+def test_float_table_matches_exact_solve(delta, device, float_solve_uppers):
     lp = dense_logps()
-    lower, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=delta, ratio_max=math.inf)
+    lower, upper = (t.cpu() for t in torch.ops.bandpo.band_bounds(lp.to(device), divergence="kl", delta=delta,
+                                                                  ratio_max=math.inf))
     want_lower, want_upper = torch.ops.bandpo.band_bounds(lp.double(), divergence="kl", delta=delta, ratio_max=math.inf)
     err_lower = (lower.double() - want_lower).abs() / want_lower.clamp(min=1e-3)
     assert float(err_lower.max()) <= TABLE_TOL, (lp[err_lower.argmax()], lower[err_lower.argmax()])
@@ -70,25 +81,33 @@ def test_float_table_matches_exact_solve(delta, float_solve_uppers):
     assert not torch.equal(upper, torch.tensor(float_solve_uppers[delta], dtype=torch.float32))
 
 
-def _run_with_table_off(code):
-    env = dict(os.environ, BANDPO_KL_TABLE="0")
+def _run_with_table(mode, code):
+    env = dict(os.environ, BANDPO_KL_TABLE=mode)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
-def test_table_off_solves_exactly_and_agrees():
-    code = """
+# Bounds, loss and gradient of one KL case on a device, as JSON (run here and in subprocesses).
+_CASE = """
 import json, math, torch, bandpo
 torch.manual_seed(0)
 lp = torch.log(torch.rand(4096)).clamp(min=-30)
-lo, up = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
 logp = (lp + 0.3 * torch.randn(4096)).clamp(max=0)
-loss, _ = torch.ops.bandpo.band_loss(logp, lp, torch.randn(4096), divergence="kl")
-print(json.dumps(dict(lo=lo.tolist(), up=up.tolist(), loss=float(loss))))
+adv = torch.randn(4096)
+lp, logp, adv = (t.to({device!r}) for t in (lp, logp, adv))
+lo, up = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
+x = logp.clone().requires_grad_()
+loss, _ = torch.ops.bandpo.band_loss(x, lp, adv, divergence="kl")
+loss.backward()
+result = dict(lo=lo.tolist(), up=up.tolist(), loss=float(loss), grad=x.grad.tolist())
 """
-    exact = _run_with_table_off(code)
+
+
+def test_table_off_solves_exactly_and_agrees(device):
+    code = _CASE.format(device=device)
+    exact = _run_with_table("0", code + "print(json.dumps(result))")
     scope = {}
-    exec(code.replace("print(json.dumps(", "result = (("), scope)
+    exec(code, scope)
     table = scope["result"]
     lo_exact, up_exact = torch.tensor(exact["lo"]), torch.tensor(exact["up"])
     lo_table, up_table = torch.tensor(table["lo"]), torch.tensor(table["up"])
@@ -96,26 +115,37 @@ print(json.dumps(dict(lo=lo.tolist(), up=up.tolist(), loss=float(loss))))
     torch.testing.assert_close(lo_table, lo_exact, rtol=0, atol=1e-6)
     torch.testing.assert_close(up_table, up_exact, rtol=1e-6, atol=0)
     assert math.isclose(table["loss"], exact["loss"], rel_tol=1e-5)
+    # Tokens with logp clamped to 0 have r = 1/p, which is also their upper bound (the simplex's edge): a tie that
+    # rounding decides either way. Elsewhere the two agree.
+    away = torch.tensor(scope["logp"].tolist()) < 0
+    torch.testing.assert_close(torch.tensor(table["grad"])[away], torch.tensor(exact["grad"])[away], rtol=1e-5, atol=1e-9)
+
+
+def test_a_refused_table_falls_back_to_the_exact_solve(device):
+    # No valid delta fails the table's check; BANDPO_KL_TABLE=refuse builds and checks tables and then refuses
+    # them, which must give what the exact solve gives, bit for bit (on CUDA: the kernels read the device flag).
+    code = _CASE.format(device=device) + "print(json.dumps(result))"
+    assert _run_with_table("refuse", code) == _run_with_table("0", code)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_inputs_read_the_table_too(dtype):
+def test_half_inputs_read_the_table_too(dtype, device):
     lp = dense_logps()[:20000].to(dtype)
-    lower, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05)
+    lower, upper = (t.cpu() for t in torch.ops.bandpo.band_bounds(lp.to(device), divergence="kl", delta=0.05))
     want_lower, want_upper = torch.ops.bandpo.band_bounds(lp.double(), divergence="kl", delta=0.05)
     torch.testing.assert_close(lower.double(), want_lower.to(dtype).double(), rtol=torch.finfo(dtype).eps, atol=1e-30)
     torch.testing.assert_close(upper.double(), want_upper.to(dtype).double(), rtol=torch.finfo(dtype).eps, atol=0)
 
 
-def test_loss_clips_at_the_bounds_it_reports():
+def test_loss_clips_at_the_bounds_it_reports(device):
     # float32 decides clipping from the table (the log of the bound, kl_table_log_bound_one_side): a token just
     # beyond its reported upper bound is clipped (zero gradient) and one just inside is not, and the clipped loss
     # is -A times that bound.
-    lp = torch.tensor([-0.01, -0.5, -2.0, -6.0], dtype=torch.float32)
+    lp = torch.tensor([-0.01, -0.5, -2.0, -6.0], dtype=torch.float32, device=device)
     _, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
     for factor, clipped in ((1 + 1e-5, True), (1 - 1e-5, False)):
         logp = (lp + torch.log(upper * factor)).clamp(max=0).requires_grad_()
-        adv = torch.ones(4)
+        adv = torch.ones(4, device=device)
         loss, metrics = torch.ops.bandpo.band_loss(logp, lp, adv, divergence="kl", delta=0.05, ratio_max=math.inf,
                                                    agg="token-mean")
         loss.backward()
@@ -126,12 +156,12 @@ def test_loss_clips_at_the_bounds_it_reports():
             assert bool((logp.grad != 0).all())
 
 
-def test_loss_clips_at_the_lower_bounds_it_reports():
-    lp = torch.tensor([-0.01, -0.5, -2.0], dtype=torch.float32)
+def test_loss_clips_at_the_lower_bounds_it_reports(device):
+    lp = torch.tensor([-0.01, -0.5, -2.0], dtype=torch.float32, device=device)
     lower, _ = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
     for factor, clipped in ((1 - 1e-5, True), (1 + 1e-5, False)):
         logp = (lp + torch.log(lower * factor)).requires_grad_()
-        loss, _ = torch.ops.bandpo.band_loss(logp, lp, -torch.ones(3), divergence="kl", delta=0.05, agg="token-mean")
+        loss, _ = torch.ops.bandpo.band_loss(logp, lp, -torch.ones(3, device=device), divergence="kl", delta=0.05, agg="token-mean")
         loss.backward()
         if clipped:
             assert bool((logp.grad == 0).all())

@@ -15,14 +15,19 @@
 namespace bandpo {
 namespace detail {
 
-bool kl_table_enabled() {
-  static const bool enabled = [] {
+KlTableMode kl_table_mode() {
+  static const KlTableMode mode = [] {
     const char* v = std::getenv("BANDPO_KL_TABLE");
-    return !(v && std::strcmp(v, "0") == 0);
+    if (v && std::strcmp(v, "0") == 0) return KlTableMode::off;
+    if (v && std::strcmp(v, "refuse") == 0) return KlTableMode::refuse;
+    return KlTableMode::on;
   }();
-  return enabled;
+  return mode;
 }
 
+namespace {
+
+// Builds the table for delta, uncached; its max_error says whether it may be used (kl_table_for decides).
 std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFor& parallel_for) {
   auto table = std::make_shared<KlTableData>();
   const KlTableLayout l = kl_table_layout(delta);
@@ -66,8 +71,10 @@ std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFo
   return table;
 }
 
+}  // namespace
+
 std::shared_ptr<const KlTableData> kl_table_for(double delta, const ParallelFor& parallel_for) {
-  if (!kl_table_enabled()) return nullptr;
+  if (kl_table_mode() == KlTableMode::off) return nullptr;
   struct Entry {
     double delta;
     std::shared_ptr<const KlTableData> table;  // null: built and refused
@@ -84,7 +91,7 @@ std::shared_ptr<const KlTableData> kl_table_for(double delta, const ParallelFor&
     }
   }
   std::shared_ptr<const KlTableData> table = build_kl_table(delta, parallel_for);
-  if (!(table->max_error <= kKlTableMaxError)) table = nullptr;
+  if (!(table->max_error <= kKlTableMaxError) || kl_table_mode() == KlTableMode::refuse) table = nullptr;
   if (cache.size() >= static_cast<size_t>(kKlTableCacheSize)) cache.erase(cache.begin());
   cache.push_back(Entry{delta, table});
   return table;

@@ -22,11 +22,11 @@ struct KlTableData {
 // so that a training run with a fixed delta builds it once. Thread-safe.
 std::shared_ptr<const KlTableData> kl_table_for(double delta, const ParallelFor& parallel_for);
 
-// Builds the table for delta, uncached and unchecked against the limit (for tests and benchmarks).
-std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFor& parallel_for);
-
-// Whether BANDPO_KL_TABLE allows the table (read once).
-bool kl_table_enabled();
+// What the environment variable BANDPO_KL_TABLE asks for (read once): unset (or any other value) on; "0" off,
+// every call solves exactly; "refuse": tables are built and checked, then refused as if their check had
+// failed, so that the tests reach the fallback (on the CPU and on the device) that no valid delta triggers.
+enum class KlTableMode { on, off, refuse };
+KlTableMode kl_table_mode();
 
 // The view the kernels take: the table, or none when `data` is null or the call does not read one (only
 // "kl" with a float compute type does; float64 always solves).

@@ -69,8 +69,10 @@ void band_bounds_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num
   const Tensor in = as_contiguous(old_logp);
   Tensor lower = empty_like_contiguous(in), upper = empty_like_contiguous(in);
   rethrow_as_value_error([&] {
+    const size_t bytes = cuda::bounds_workspace_bytes(dtype, options);
+    const std::optional<Tensor> ws = bytes > 0 ? std::optional<Tensor>(workspace(bytes, in)) : std::nullopt;
     cuda::band_bounds(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
-                      current_stream(in));
+                      ws ? ws->data_ptr() : nullptr, bytes, current_stream(in));
   });
   stack[0] = from(lower);
   stack[1] = from(upper);

@@ -1,12 +1,14 @@
 // band_bounds on the device: an elementwise kernel over 16-byte chunks of old_logp, calling the same
-// per-token token_bounds() as the CPU loops.
+// per-token token_bounds() as the CPU loops; "kl" in float reads the call's table (kl_table.cuh), built first.
 #include <stdexcept>
+#include <string>
 
 #include "../checks.h"
 #include "../dispatch.h"
 #include "bandpo/bounds.h"
 #include "bandpo/cuda.h"
 #include "common.cuh"
+#include "kl_table.cuh"
 
 namespace bandpo {
 namespace cuda {
@@ -16,10 +18,11 @@ namespace {
 template <class T, Divergence kDiv>
 __global__ void __launch_bounds__(kBlockThreads)
     bounds_kernel(const T* __restrict__ old_logp, int64_t n, BoundParams<typename ComputeType<T>::type> prm,
-                  bool aligned, T* __restrict__ lower, T* __restrict__ upper) {
+                  DeviceKlTable kl_table, bool aligned, T* __restrict__ lower, T* __restrict__ upper) {
   using C = typename ComputeType<T>::type;
   constexpr int N = kChunk<T>;
   prm.divergence = kDiv;  // a compile-time constant for the optimiser
+  use_kl_table(prm, kl_table);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * N;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N; i < n; i += stride) {
     T in[N], lo[N], hi[N];
@@ -38,24 +41,52 @@ __global__ void __launch_bounds__(kBlockThreads)
 }  // namespace
 }  // namespace detail
 
-void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
-                 void* upper, cudaStream_t stream) {
-  bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
+namespace {
+
+void band_bounds_impl(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                      void* upper, bool with_table, void* workspace, cudaStream_t stream) {
   if (n == 0) return;
   bandpo::detail::with_storage_type(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeType<T>::type;
     constexpr int N = detail::kChunk<T>;
+    const detail::DeviceKlTable kl_table =
+        with_table ? detail::enqueue_kl_table(dtype, options, workspace, stream)
+                   : detail::DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
     const bool aligned =
         detail::is_aligned(old_logp, 16) && detail::is_aligned(lower, 16) && detail::is_aligned(upper, 16);
     const int blocks = detail::grid_blocks((n + int64_t(detail::kBlockThreads) * N - 1) / (int64_t(detail::kBlockThreads) * N));
     bandpo::detail::with_divergence(options.divergence, [&](auto div) {
       detail::bounds_kernel<T, decltype(div)::value><<<blocks, detail::kBlockThreads, 0, stream>>>(
-          static_cast<const T*>(old_logp), n, to_params<C>(options), aligned, static_cast<T*>(lower),
+          static_cast<const T*>(old_logp), n, to_params<C>(options), kl_table, aligned, static_cast<T*>(lower),
           static_cast<T*>(upper));
     });
   });
   detail::throw_if_launch_failed("band_bounds");
+}
+
+}  // namespace
+
+size_t bounds_workspace_bytes(DType dtype, const BoundOptions& options) {
+  validate(options);
+  return detail::kl_table_bytes(dtype, options);
+}
+
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                 void* upper, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
+  const size_t needed = detail::kl_table_bytes(dtype, options);
+  if (needed > 0 && (workspace == nullptr || workspace_bytes < needed || !detail::is_aligned(workspace, 16)))
+    throw std::invalid_argument("band_bounds: workspace must be a 16-byte aligned device buffer of at least " +
+                                std::to_string(needed) + " bytes (bounds_workspace_bytes()); got " +
+                                std::to_string(workspace_bytes));
+  band_bounds_impl(dtype, old_logp, n, options, lower, upper, true, workspace, stream);
+}
+
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                 void* upper, cudaStream_t stream) {
+  bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
+  band_bounds_impl(dtype, old_logp, n, options, lower, upper, false, nullptr, stream);
 }
 
 }  // namespace cuda

@@ -14,6 +14,7 @@
 #include "bandpo/cuda.h"
 #include "bandpo/token_loss.h"
 #include "common.cuh"
+#include "kl_table.cuh"
 
 namespace bandpo {
 namespace cuda {
@@ -123,11 +124,12 @@ struct LaneSums {
 
 template <class T, Divergence kDiv>
 __global__ void __launch_bounds__(kBlockThreads)
-    loss_partials_kernel(DeviceInputs<T> in, LossParams<typename ComputeType<T>::type> prm, Tiling tiling,
-                         SegmentSums* __restrict__ partials) {
+    loss_partials_kernel(DeviceInputs<T> in, LossParams<typename ComputeType<T>::type> prm, DeviceKlTable kl_table,
+                         Tiling tiling, SegmentSums* __restrict__ partials) {
   using C = typename ComputeType<T>::type;
   constexpr int N = kChunk<T>;
   prm.bounds.divergence = kDiv;
+  use_kl_table(prm.bounds, kl_table);
   const int lane = threadIdx.x % kWarpSize;
   for (int64_t unit = first_warp_unit(); unit < tiling.units; unit += warp_unit_stride()) {
     const int64_t begin = tiling.begin(unit), end = tiling.end(unit);
@@ -278,11 +280,12 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 template <class T, Divergence kDiv>
 __global__ void __launch_bounds__(kBlockThreads)
-    grad_kernel(DeviceInputs<T> in, LossParams<typename ComputeType<T>::type> prm, Tiling tiling,
-                const double* __restrict__ scales, bool scale_per_row, T* __restrict__ grad) {
+    grad_kernel(DeviceInputs<T> in, LossParams<typename ComputeType<T>::type> prm, DeviceKlTable kl_table,
+                Tiling tiling, const double* __restrict__ scales, bool scale_per_row, T* __restrict__ grad) {
   using C = typename ComputeType<T>::type;
   constexpr int N = kChunk<T>;
   prm.bounds.divergence = kDiv;
+  use_kl_table(prm.bounds, kl_table);
   const int lane = threadIdx.x % kWarpSize;
   for (int64_t unit = first_warp_unit(); unit < tiling.units; unit += warp_unit_stride()) {
     const int64_t begin = tiling.begin(unit), end = tiling.end(unit), row = tiling.row(unit);
@@ -303,28 +306,39 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-// Workspace layout: [units SegmentSums (the backward reuses it for units doubles)] [max(rows, 1) doubles].
-struct Workspace {
-  size_t partials_offset = 0, scales_offset = 0, bytes = 0;
+Tiling loss_tiling(const LossInputs& in, const LossOptions& options) {
+  return Tiling::of(in.rows, in.cols, options.agg == Aggregation::seq_mean_token_mean || in.advantages_per_row);
+}
 
-  static Workspace of(const Tiling& tiling) {
+// Workspace layout: [units SegmentSums (the backward reuses it for units doubles)] [max(rows, 1) doubles]
+// [the KL table (kl_table.cuh), where the call reads one].
+struct Workspace {
+  size_t partials_offset = 0, scales_offset = 0, kl_table_offset = 0, bytes = 0;
+
+  static Workspace of(const LossInputs& in, const LossOptions& options) {
     auto round_up = [](size_t b) { return (b + 255) / 256 * 256; };
+    const Tiling tiling = loss_tiling(in, options);
     Workspace w;
     w.scales_offset = round_up(static_cast<size_t>(tiling.units) * sizeof(SegmentSums));
-    w.bytes = w.scales_offset + round_up(static_cast<size_t>(tiling.rows > 0 ? tiling.rows : 1) * sizeof(double));
+    w.kl_table_offset =
+        w.scales_offset + round_up(static_cast<size_t>(tiling.rows > 0 ? tiling.rows : 1) * sizeof(double));
+    w.bytes = w.kl_table_offset + kl_table_bytes(in.dtype, options.bounds);
     return w;
   }
 };
 
-Tiling loss_tiling(const LossInputs& in, const LossOptions& options) {
-  return Tiling::of(in.rows, in.cols, options.agg == Aggregation::seq_mean_token_mean || in.advantages_per_row);
+// The call's KL table, built first (none where the call reads none, or with no tokens to read it).
+DeviceKlTable enqueue_loss_kl_table(const LossInputs& in, const LossOptions& options, const Tiling& tiling,
+                                    void* workspace, const Workspace& layout, cudaStream_t stream) {
+  if (tiling.units == 0) return DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
+  return enqueue_kl_table(in.dtype, options.bounds, static_cast<char*>(workspace) + layout.kl_table_offset, stream);
 }
 
 // The core's checks of every band_loss entry point (checks.cpp), then the workspace's.
 void check_launch(const char* what, const LossInputs& in, const LossOptions& options, void* workspace,
                   size_t workspace_bytes) {
   bandpo::detail::check_loss_call(in, options, what);
-  const size_t needed = Workspace::of(loss_tiling(in, options)).bytes;
+  const size_t needed = Workspace::of(in, options).bytes;
   if (!workspace || workspace_bytes < needed || !is_aligned(workspace, 16))
     throw std::invalid_argument(std::string(what) + ": workspace must be a 16-byte aligned device buffer of at least " +
                                 std::to_string(needed) + " bytes (loss_workspace_bytes()); got " +
@@ -336,7 +350,7 @@ void check_launch(const char* what, const LossInputs& in, const LossOptions& opt
 
 size_t loss_workspace_bytes(const LossInputs& inputs, const LossOptions& options) {
   bandpo::detail::check_loss_call(inputs, options, "loss_workspace_bytes");
-  return detail::Workspace::of(detail::loss_tiling(inputs, options)).bytes;
+  return detail::Workspace::of(inputs, options).bytes;
 }
 
 void band_loss_forward(const LossInputs& in, const LossOptions& options, void* loss, float* metrics,
@@ -344,8 +358,9 @@ void band_loss_forward(const LossInputs& in, const LossOptions& options, void* l
   detail::check_launch("band_loss_forward", in, options, workspace, workspace_bytes);
   if (!loss || !metrics) throw std::invalid_argument("band_loss_forward: loss and metrics must not be null");
   const detail::Tiling tiling = detail::loss_tiling(in, options);
-  const detail::Workspace layout = detail::Workspace::of(tiling);
+  const detail::Workspace layout = detail::Workspace::of(in, options);
   auto* partials = reinterpret_cast<detail::SegmentSums*>(static_cast<char*>(workspace) + layout.partials_offset);
+  const detail::DeviceKlTable kl_table = detail::enqueue_loss_kl_table(in, options, tiling, workspace, layout, stream);
   bandpo::detail::with_storage_type(in.dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeType<T>::type;
@@ -354,7 +369,7 @@ void band_loss_forward(const LossInputs& in, const LossOptions& options, void* l
       const detail::DeviceInputs<T> d = detail::device_inputs<T>(in, tiling);
       bandpo::detail::with_divergence(options.bounds.divergence, [&](auto div) {
         detail::loss_partials_kernel<T, decltype(div)::value>
-            <<<blocks, detail::kBlockThreads, 0, stream>>>(d, to_params<C>(options), tiling, partials);
+            <<<blocks, detail::kBlockThreads, 0, stream>>>(d, to_params<C>(options), kl_table, tiling, partials);
       });
       detail::throw_if_launch_failed("band_loss forward");
     }
@@ -371,7 +386,8 @@ void band_loss_backward(const LossInputs& in, const LossOptions& options, const 
   const detail::Tiling tiling = detail::loss_tiling(in, options);
   if (tiling.units == 0) return;
   if (!grad_logp) throw std::invalid_argument("band_loss_backward: grad_logp must not be null");
-  const detail::Workspace layout = detail::Workspace::of(tiling);
+  const detail::Workspace layout = detail::Workspace::of(in, options);
+  const detail::DeviceKlTable kl_table = detail::enqueue_loss_kl_table(in, options, tiling, workspace, layout, stream);
   auto* weight_partials = reinterpret_cast<double*>(static_cast<char*>(workspace) + layout.partials_offset);
   auto* scales = reinterpret_cast<double*>(static_cast<char*>(workspace) + layout.scales_offset);
   const int blocks = detail::grid_blocks((tiling.units + detail::kWarpsPerBlock - 1) / detail::kWarpsPerBlock);
@@ -390,7 +406,7 @@ void band_loss_backward(const LossInputs& in, const LossOptions& options, const 
     detail::throw_if_launch_failed("band_loss backward (scales)");
     bandpo::detail::with_divergence(options.bounds.divergence, [&](auto div) {
       detail::grad_kernel<T, decltype(div)::value><<<blocks, detail::kBlockThreads, 0, stream>>>(
-          d, to_params<C>(options), tiling, scales, per_row_scale, static_cast<T*>(grad_logp));
+          d, to_params<C>(options), kl_table, tiling, scales, per_row_scale, static_cast<T*>(grad_logp));
     });
     detail::throw_if_launch_failed("band_loss backward");
   });

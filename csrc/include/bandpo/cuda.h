@@ -24,7 +24,17 @@
 namespace bandpo {
 namespace cuda {
 
-// lower/upper[i] = Band bounds of old_logp[i] for n tokens of `dtype` (device pointers).
+// Device workspace (bytes) that band_bounds needs for these options: 0, except for "kl" on float32, bfloat16
+// and float16, where the call first builds the per-delta table the bounds are read from (kl_table.h; about
+// 260 KB at delta = 0.05, at most about 360 KB).
+size_t bounds_workspace_bytes(DType dtype, const BoundOptions& options);
+
+// lower/upper[i] = Band bounds of old_logp[i] for n tokens of `dtype` (device pointers). `workspace`: at least
+// bounds_workspace_bytes(), 16-byte aligned (may be null where that is 0).
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
+                 void* upper, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// The same without a workspace: "kl" then solves for every token (exact, several times slower on float inputs).
 void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
                  void* upper, cudaStream_t stream);
 

@@ -57,7 +57,7 @@ struct KlTableLayout {
   int32_t n_high;      // its intervals: 1 .. n_high in the table (32 per binade)
   int32_t low_first;   // the low grid's first step k: interval k covers -32 lp in [k, k + 1)
   int32_t n_low;       // its intervals: n_high + 1 .. n_high + n_low in the table
-  int32_t size() const { return n_high + n_low + 2; }
+  BANDPO_HD int32_t size() const { return n_high + n_low + 2; }
 };
 
 // A table in memory (host or device) with its layout; coeffs == nullptr means none (solve exactly).

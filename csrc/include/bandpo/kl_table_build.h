@@ -44,14 +44,16 @@ BANDPO_HD KlTableValues kl_table_exact(double lp, double delta) {
   return KlTableValues{kl_lower_from_root(p, w[0]), 1.0 + v * rest_over_p, w[0], math::log1p(v * rest_over_p)};
 }
 
-// Chebyshev nodes of [0, 1] for a cubic: 1/2 - cos((2j + 1) pi / 8) / 2.
-constexpr double kKlTableNodes[4] = {0.038060233744356624, 0.30865828381745514, 0.69134171618254486,
-                                     0.96193976625564337};
+// Chebyshev node j (0 .. 3) of [0, 1] for a cubic: 1/2 - cos((2j + 1) pi / 8) / 2. (A function rather than a
+// constexpr array: device code may not index a namespace-scope array at run time.)
+BANDPO_HD double kl_table_node(int j) {
+  return j == 0 ? 0.038060233744356624 : j == 1 ? 0.30865828381745514 : j == 2 ? 0.69134171618254486 : 0.96193976625564337;
+}
 
-// The monomial coefficients (t^0 first) of the cubic through (kKlTableNodes[j], f[j]), via Newton's
+// The monomial coefficients (t^0 first) of the cubic through (kl_table_node(j), f[j]), via Newton's
 // divided differences.
 BANDPO_HD void kl_table_cubic_through(const double f[4], double c[4]) {
-  const double* x = kKlTableNodes;
+  const double x[4] = {kl_table_node(0), kl_table_node(1), kl_table_node(2), kl_table_node(3)};
   double d[4] = {f[0], f[1], f[2], f[3]};
   for (int level = 1; level < 4; ++level) {
     for (int j = 3; j >= level; --j) d[j] = (d[j] - d[j - 1]) / (x[j] - x[j - level]);
@@ -70,11 +72,13 @@ BANDPO_HD void kl_table_cubic_through(const double f[4], double c[4]) {
 // Positions where the builder needs exact values: for each tabulated interval the 4 nodes, then the
 // points its check compares at (kl_table_interval_error).
 constexpr int kKlTableChecks = 3;
-constexpr double kKlTableCheckPoints[kKlTableChecks] = {0.0, 0.5, 1.0};
 constexpr int kKlTablePointsPerInterval = 4 + kKlTableChecks;
 
+// Check point j: t = 0, 1/2, 1 (both ends, where neighbouring cubics meet, and the middle).
+BANDPO_HD double kl_table_check_point(int j) { return 0.5 * j; }
+
 BANDPO_HD double kl_table_point_logp(const KlTableLayout& l, int32_t index, int point) {
-  return kl_table_logp(l, index, point < 4 ? kKlTableNodes[point] : kKlTableCheckPoints[point - 4]);
+  return kl_table_logp(l, index, point < 4 ? kl_table_node(point) : kl_table_check_point(point - 4));
 }
 
 // The four tabulated functions at a point, as the table holds them: on the high grid log upper as log(p upper).
@@ -147,7 +151,7 @@ BANDPO_HD double kl_table_interval_error(const KlTableLayout& l, int32_t index, 
   double worst = 0.0;
   for (int j = 0; j < kKlTableChecks; ++j) {
     const KlTableValues want = at_points[4 + j];
-    const float t = static_cast<float>(kKlTableCheckPoints[j]);
+    const float t = static_cast<float>(kl_table_check_point(j));
     double tabulated[4];
     kl_table_tabulated(l, index, kl_table_point_logp(l, index, 4 + j), want, tabulated);
     const double got_lower = kl_table_cubic(c + kKlTableLower, t);
