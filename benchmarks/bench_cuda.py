@@ -107,6 +107,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24, 1 << 26])
     ap.add_argument("--out", default=None, help="JSON file for all results")
+    ap.add_argument("--ops-only", action="store_true",
+                    help="only band_bounds and band_loss (no baselines, no targets): e.g. to compare BANDPO_KL_TABLE=0")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
@@ -137,6 +139,9 @@ def main():
                 runs = [fwd_bwd(torch.ops.bandpo.band_loss, *st, divergence=div) for st in sets]
                 record(f"band_loss[{div}] fwd+bwd", n, dtype, cuda_ms(runs), moved=(7 * s + 2) * n,
                        floor=(4 * s + 1) * n, graph=graph_ms(runs))
+            if args.ops_only:
+                del sets
+                continue
             runs = [fwd_bwd(eager_clip_loss, *st) for st in sets]
             record("eager clip loss fwd+bwd", n, dtype, cuda_ms(runs), graph=graph_ms(runs))
             if dtype == torch.float32 and n <= (1 << 24):
@@ -156,6 +161,13 @@ def main():
     n16 = 1 << 24 if (1 << 24) in args.sizes else args.sizes[0]
     loss = find("band_loss[kl] fwd+bwd", n16)
     targets = {}
+    if args.ops_only:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+        for r in results["rows"]:
+            print(f"{r['case']:30s} {r['tokens']:>9d} {r['dtype']:>5s} graph {r['graph_ms']:.4f} ms")
+        return
     for dt in ("fp32", "bf16"):  # issue 14: KL bounds >= 70% of copy bandwidth, KL fwd+bwd >= 60% of its bytes
         targets[f"band_bounds[kl] 16M {dt}, device time, fraction of copy bandwidth"] = \
             find("band_bounds[kl]", n16, dt)["bw_frac_moved"]

@@ -55,5 +55,8 @@ step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tes
 grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
 step bench 180 "$py" benchmarks/bench_cuda.py --sizes 1048576 16777216 --out "$out/bench.json"
 sed -n '/^$/,$p' "$out/bench.log"
+# the same ops with the exact solve instead of the KL table (issue 14's before/after, same machine)
+BANDPO_KL_TABLE=0 step bench_solve 60 "$py" benchmarks/bench_cuda.py --sizes 16777216 --ops-only
+grep graph "$out/bench_solve.log"
 cat "$out/steps.txt"
 exit $status
