@@ -74,9 +74,14 @@ def copy_bandwidth():
     return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
-def make_inputs(n, dtype, seed):
+def make_inputs(n, dtype, seed, peaked=False):
+    """Uniform p (log clamped at -20), or `peaked`: as sampled LLM tokens mostly are, 80% with p near 1
+    (old_logp = -|N(0, 0.05)|) and the rest uniform. The KL table's lookups touch few intervals then."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     old = torch.log(torch.rand(n, generator=g, device="cuda")).clamp(min=-20)
+    if peaked:
+        near_one = -(0.05 * torch.randn(n, generator=g, device="cuda")).abs()
+        old = torch.where(torch.rand(n, generator=g, device="cuda") < 0.8, near_one, old)
     logp = (old + 0.3 * torch.randn(n, generator=g, device="cuda")).clamp(max=0)
     adv = torch.randn(n, generator=g, device="cuda")
     mask = torch.rand(n, generator=g, device="cuda") > 0.1
@@ -103,13 +108,41 @@ def fwd_bwd(loss_fn, logp, old, adv, mask, **kw):
     return run
 
 
+def kernel_times(n):
+    """Device time of each kernel that band_bounds and band_loss fwd+bwd launch, from torch.profiler (us per call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    logp, old, adv, mask = make_inputs(n, torch.float32, 0)
+    for div in ("kl", "tv"):
+        cases = {"band_bounds": lambda: torch.ops.bandpo.band_bounds(old, divergence=div),
+                 "band_loss fwd+bwd": fwd_bwd(torch.ops.bandpo.band_loss, logp, old, adv, mask, divergence=div)}
+        for name, fn in cases.items():
+            for _ in range(3):
+                fn()
+            torch.cuda.synchronize()
+            reps = 10
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    fn()
+                torch.cuda.synchronize()
+            print(f"{name}[{div}] {n} fp32, device us per call by kernel:")
+            for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
+                if e.device_time_total > 0:
+                    print(f"  {e.device_time_total / reps:9.1f}  {e.key[:110]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24, 1 << 26])
     ap.add_argument("--out", default=None, help="JSON file for all results")
+    ap.add_argument("--kernel-times", type=int, default=0, metavar="N",
+                    help="only print each kernel's device time in band_bounds and band_loss fwd+bwd at N tokens")
     ap.add_argument("--ops-only", action="store_true",
                     help="only band_bounds and band_loss (no baselines, no targets): e.g. to compare BANDPO_KL_TABLE=0")
     args = ap.parse_args()
+    if args.kernel_times:
+        kernel_times(args.kernel_times)
+        return
 
     props = torch.cuda.get_device_properties(0)
     bw = copy_bandwidth()
@@ -129,6 +162,12 @@ def main():
         print(json.dumps(row), flush=True)
         return row
 
+    # The fixed cost of a call: one token (for "kl" in float mostly the build of its table on the device).
+    one = torch.full((1,), -1.0, device="cuda")
+    for div in ("kl", "tv"):
+        fns = [lambda: torch.ops.bandpo.band_bounds(one, divergence=div)]
+        record(f"band_bounds[{div}] one token", 1, torch.float32, cuda_ms(fns), graph=graph_ms(fns))
+    n16 = 1 << 24 if (1 << 24) in args.sizes else args.sizes[0]
     for n in args.sizes:
         for dtype in (torch.float32, torch.bfloat16):
             s = torch.tensor([], dtype=dtype).element_size()
@@ -139,6 +178,14 @@ def main():
                 runs = [fwd_bwd(torch.ops.bandpo.band_loss, *st, divergence=div) for st in sets]
                 record(f"band_loss[{div}] fwd+bwd", n, dtype, cuda_ms(runs), moved=(7 * s + 2) * n,
                        floor=(4 * s + 1) * n, graph=graph_ms(runs))
+            if n == n16:
+                peaked = [make_inputs(n, dtype, seed, peaked=True) for seed in range(3)]
+                bounds = [lambda st=st: torch.ops.bandpo.band_bounds(st[1], divergence="kl") for st in peaked]
+                record("band_bounds[kl] peaked p", n, dtype, cuda_ms(bounds), moved=3 * s * n, graph=graph_ms(bounds))
+                runs = [fwd_bwd(torch.ops.bandpo.band_loss, *st, divergence="kl") for st in peaked]
+                record("band_loss[kl] fwd+bwd peaked p", n, dtype, cuda_ms(runs), moved=(7 * s + 2) * n,
+                       floor=(4 * s + 1) * n, graph=graph_ms(runs))
+                del peaked
             if args.ops_only:
                 del sets
                 continue
@@ -158,7 +205,6 @@ def main():
     def find(case, n, dtype="fp32"):
         return next(r for r in results["rows"] if r["case"] == case and r["tokens"] == n and r["dtype"] == dtype)
 
-    n16 = 1 << 24 if (1 << 24) in args.sizes else args.sizes[0]
     loss = find("band_loss[kl] fwd+bwd", n16)
     targets = {}
     if args.ops_only:
@@ -166,7 +212,7 @@ def main():
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1)
         for r in results["rows"]:
-            print(f"{r['case']:30s} {r['tokens']:>9d} {r['dtype']:>5s} graph {r['graph_ms']:.4f} ms")
+            print(f"{r['case']:32s} {r['tokens']:>9d} {r['dtype']:>5s} graph {r['graph_ms']:.4f} ms")
         return
     for dt in ("fp32", "bf16"):  # issue 14: KL bounds >= 70% of copy bandwidth, KL fwd+bwd >= 60% of its bytes
         targets[f"band_bounds[kl] 16M {dt}, device time, fraction of copy bandwidth"] = \

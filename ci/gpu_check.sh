@@ -64,5 +64,8 @@ sed -n '/^$/,$p' "$out/bench.log"
 # the same ops with the exact solve instead of the KL table (issue 14's before/after, same machine)
 BANDPO_KL_TABLE=0 step bench_solve 60 "$py" benchmarks/bench_cuda.py --sizes 16777216 --ops-only
 grep graph "$out/bench_solve.log"
+# each kernel's device time (torch.profiler) in the KL and TV bounds and loss at 16M float32
+step kernels 60 "$py" benchmarks/bench_cuda.py --kernel-times 16777216
+grep -v "^\[" "$out/kernels.log" | head -n 40
 cat "$out/steps.txt"
 exit $status

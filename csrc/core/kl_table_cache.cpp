@@ -51,10 +51,11 @@ std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFo
       k.kl_table_exact(lp, count * kKlTablePointsPerInterval, delta, values);
       double worst = 0.0;
       for (int64_t i = 0; i < count; ++i) {
-        float* c = &table->coeffs[static_cast<size_t>((first + i) * kKlTableCoeffs)];
+        float c[kKlTableCoeffs];
         const int32_t index = static_cast<int32_t>(first + i);
         kl_table_fit(l, index, &values[i * kKlTablePointsPerInterval], c);
         worst = std::max(worst, kl_table_interval_error(l, index, &values[i * kKlTablePointsPerInterval], c));
+        kl_table_store(l, index, c, table->coeffs.data());
       }
       chunk_error[static_cast<size_t>(chunk)] = worst;
     }
@@ -62,9 +63,10 @@ std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFo
   double worst = 0.0;
   for (double e : chunk_error) worst = std::max(worst, e);
   for (int32_t index : {0, l.size() - 1}) {
-    float* c = &table->coeffs[static_cast<size_t>(index) * kKlTableCoeffs];
+    float c[kKlTableCoeffs];
     kl_table_fill_limit(l, index, delta, c);
     worst = std::max(worst, kl_table_limit_error(l, index, delta, c));
+    kl_table_store(l, index, c, table->coeffs.data());
   }
   // NaN (a solve gone wrong) must not pass the check.
   table->max_error = worst == worst ? worst : INFINITY;

@@ -47,9 +47,9 @@ __global__ void __launch_bounds__(kBuildThreads)
     kl_table_fit(l, index, at_points, c);
     error = kl_table_interval_error(l, index, at_points, c);
   }
-  float4* out = reinterpret_cast<float4*>(coeffs + static_cast<size_t>(index) * kKlTableCoeffs);
 #pragma unroll
-  for (int m = 0; m < kKlTableCoeffs / 4; ++m) out[m] = make_float4(c[4 * m], c[4 * m + 1], c[4 * m + 2], c[4 * m + 3]);
+  for (int r = 0; r < kKlTableCoeffs; r += 4)
+    *reinterpret_cast<float4*>(coeffs + kl_table_at(l, index, r)) = make_float4(c[r], c[r + 1], c[r + 2], c[r + 3]);
   // An integer OR: the same flag whatever the order (NaN errors refuse too).
   if (!(error <= max_error)) atomicOr(refused, 1);
 }

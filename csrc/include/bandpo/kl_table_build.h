@@ -111,6 +111,12 @@ BANDPO_HD void kl_table_fit(const KlTableLayout& l, int32_t index, const KlTable
   }
 }
 
+// Writes interval `index`'s record (kKlTableCoeffs floats, from kl_table_fit or kl_table_fill_limit) to its
+// places in the table's two halves.
+BANDPO_HD void kl_table_store(const KlTableLayout& l, int32_t index, const float* record, float* coeffs) {
+  for (int r = 0; r < kKlTableCoeffs; ++r) coeffs[kl_table_at(l, index, r & ~3) + (r & 3)] = record[r];
+}
+
 // The two constant intervals, 0 (u below the high grid: p -> 1) and size() - 1 (lp below the low grid:
 // p -> 0): the limits of lower and V there.
 BANDPO_HD void kl_table_fill_limit(const KlTableLayout& l, int32_t index, double delta, float* out) {
