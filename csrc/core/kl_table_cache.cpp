@@ -65,7 +65,7 @@ std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFo
   for (int32_t index : {0, l.size() - 1}) {
     float c[kKlTableCoeffs];
     kl_table_fill_limit(l, index, delta, c);
-    worst = std::max(worst, kl_table_limit_error(l, index, delta, c));
+    worst = std::max(worst, kl_table_limit_error(l, index, c, kl_table_exact(kl_table_limit_logp(l, index), delta)));
     kl_table_store(l, index, c, table->coeffs.data());
   }
   // NaN (a solve gone wrong) must not pass the check.

@@ -2,6 +2,7 @@
 // per-token token_bounds() as the CPU loops; "kl" in float reads the call's table (kl_table.cuh), built first.
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../dispatch.h"
@@ -15,14 +16,18 @@ namespace cuda {
 namespace detail {
 namespace {
 
-template <class T, Divergence kDiv>
-__global__ void __launch_bounds__(kBlockThreads)
+// The table variants' registers held down for occupancy: float to 32 (8 blocks per multiprocessor, as the closed
+// forms; 33 otherwise, which leaves 6), the 2-byte types' 8-token chunks to 48 (bfloat16 took 92, 2 blocks;
+// they spill at 32). ptxas -v, sm_90, no spills at these limits.
+template <class T, Divergence kDiv, bool kTable>
+__global__ void __launch_bounds__(kBlockThreads, kTable ? (sizeof(T) == 4 ? 8 : 5) : 1)
     bounds_kernel(const T* __restrict__ old_logp, int64_t n, BoundParams<typename ComputeType<T>::type> prm,
-                  DeviceKlTable kl_table, bool aligned, T* __restrict__ lower, T* __restrict__ upper) {
+                  DeviceKlTable kl_table, const int* run_if_refused, bool aligned, T* __restrict__ lower,
+                  T* __restrict__ upper) {
   using C = typename ComputeType<T>::type;
   constexpr int N = kChunk<T>;
   prm.divergence = kDiv;  // a compile-time constant for the optimiser
-  use_kl_table(prm, kl_table);
+  if (!use_kl_table<kTable>(prm, kl_table, run_if_refused)) return;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * N;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N; i < n; i += stride) {
     T in[N], lo[N], hi[N];
@@ -57,9 +62,15 @@ void band_bounds_impl(DType dtype, const void* old_logp, int64_t n, const BoundO
         detail::is_aligned(old_logp, 16) && detail::is_aligned(lower, 16) && detail::is_aligned(upper, 16);
     const int blocks = detail::grid_blocks((n + int64_t(detail::kBlockThreads) * N - 1) / (int64_t(detail::kBlockThreads) * N));
     bandpo::detail::with_divergence(options.divergence, [&](auto div) {
-      detail::bounds_kernel<T, decltype(div)::value><<<blocks, detail::kBlockThreads, 0, stream>>>(
-          static_cast<const T*>(old_logp), n, to_params<C>(options), kl_table, aligned, static_cast<T*>(lower),
-          static_cast<T*>(upper));
+      constexpr Divergence kDiv = decltype(div)::value;
+      detail::launch_with_kl_table(kl_table, blocks, [&](auto table, const int* run_if_refused, int grid) {
+        // the table variant exists for float KL only (launch_with_kl_table takes it only when there is a table)
+        if constexpr (!decltype(table)::value || (kDiv == Divergence::kl && std::is_same<C, float>::value)) {
+          detail::bounds_kernel<T, kDiv, decltype(table)::value><<<grid, detail::kBlockThreads, 0, stream>>>(
+              static_cast<const T*>(old_logp), n, to_params<C>(options), kl_table, run_if_refused, aligned,
+              static_cast<T*>(lower), static_cast<T*>(upper));
+        }
+      });
     });
   });
   detail::throw_if_launch_failed("band_bounds");

@@ -34,6 +34,10 @@ void throw_if_launch_failed(const char* what);
 // current device several times over, never more than the work.
 int grid_blocks(int64_t work_blocks);
 
+// Blocks of a kernel launched only in case a call's KL table is refused (kl_table.cuh): one per multiprocessor,
+// which costs little when it exits at once (always, for a valid delta) and still covers any size grid-stride.
+int fallback_blocks();
+
 template <int Bytes>
 struct Word;
 template <>

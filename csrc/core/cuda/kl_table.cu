@@ -14,42 +14,59 @@ namespace cuda {
 namespace detail {
 namespace {
 
-constexpr int kIntervalsPerBlock = 32;
-constexpr int kBuildThreads = kIntervalsPerBlock * kKlTablePointsPerInterval;
+constexpr int kIntervalsPerBlock = 16;
+constexpr int kBuildThreads = kIntervalsPerBlock * kKlTablePointsPerInterval * 2;  // one per point and side
 constexpr size_t kFlagBytes = 256;  // the refusal flag, padded so that the coefficients stay 256-byte aligned
 
 size_t round_up(size_t b) { return (b + 255) / 256 * 256; }
 
-// Block b holds table indices 32 b .. 32 b + 31: first every thread solves one point of one interval (into
-// shared memory), then one thread per interval fits its cubics and checks them. The two limit intervals (0 and
-// the last) are filled from the limits and checked against a solve at the grid's end.
+// Block b holds table indices 16 b .. 16 b + 15. First every thread solves one side at one point of one interval
+// (the two limit intervals, 0 and the last, solve at the grid end they are checked at), into shared memory;
+// then four threads per interval fit and check one function each (one thread a whole limit interval).
 __global__ void __launch_bounds__(kBuildThreads)
     build_kl_table_kernel(KlTableLayout l, double delta, double max_error, float* __restrict__ coeffs,
                           int* __restrict__ refused) {
-  __shared__ KlTableValues values[kBuildThreads];
+  __shared__ KlTableValues values[kIntervalsPerBlock * kKlTablePointsPerInterval];
   const int32_t first = static_cast<int32_t>(blockIdx.x) * kIntervalsPerBlock;
   const int32_t size = l.size();
   {
-    const int32_t index = first + static_cast<int32_t>(threadIdx.x) / kKlTablePointsPerInterval;
-    const int point = static_cast<int>(threadIdx.x) % kKlTablePointsPerInterval;
-    if (index >= 1 && index <= size - 2) values[threadIdx.x] = kl_table_exact(kl_table_point_logp(l, index, point), delta);
+    const bool upper_side = (threadIdx.x & 1) != 0;
+    const int slot = static_cast<int>(threadIdx.x >> 1);  // local interval * points + point
+    const int32_t index = first + slot / kKlTablePointsPerInterval;
+    const int point = slot % kKlTablePointsPerInterval;
+    const bool limit = index == 0 || index == size - 1;
+    if ((index >= 1 && index <= size - 2) || (limit && point == 0)) {
+      const double lp = limit ? kl_table_limit_logp(l, index) : kl_table_point_logp(l, index, point);
+      const KlTableSide side = kl_table_exact_side(lp, delta, upper_side);
+      if (upper_side) {
+        values[slot].upper = side.value;
+        values[slot].log_upper = side.log_value;
+      } else {
+        values[slot].lower = side.value;
+        values[slot].log_lower = side.log_value;
+      }
+    }
   }
   __syncthreads();
-  const int32_t index = first + static_cast<int32_t>(threadIdx.x);
-  if (threadIdx.x >= kIntervalsPerBlock || index >= size) return;
-  float c[kKlTableCoeffs];
+  const int local = static_cast<int>(threadIdx.x >> 2), fn = static_cast<int>(threadIdx.x & 3);
+  const int32_t index = first + local;
+  if (local >= kIntervalsPerBlock || index >= size) return;
+  const KlTableValues* at_points = &values[local * kKlTablePointsPerInterval];
   double error;
   if (index == 0 || index == size - 1) {
+    if (fn != 0) return;
+    float c[kKlTableCoeffs];
     kl_table_fill_limit(l, index, delta, c);
-    error = kl_table_limit_error(l, index, delta, c);
-  } else {
-    const KlTableValues* at_points = &values[threadIdx.x * kKlTablePointsPerInterval];
-    kl_table_fit(l, index, at_points, c);
-    error = kl_table_interval_error(l, index, at_points, c);
-  }
+    error = kl_table_limit_error(l, index, c, at_points[0]);
 #pragma unroll
-  for (int r = 0; r < kKlTableCoeffs; r += 4)
-    *reinterpret_cast<float4*>(coeffs + kl_table_at(l, index, r)) = make_float4(c[r], c[r + 1], c[r + 2], c[r + 3]);
+    for (int r = 0; r < kKlTableCoeffs; r += 4)
+      *reinterpret_cast<float4*>(coeffs + kl_table_at(l, index, r)) = make_float4(c[r], c[r + 1], c[r + 2], c[r + 3]);
+  } else {
+    float c[4];
+    kl_table_fit_function(l, index, fn, at_points, c);
+    error = kl_table_function_error(l, index, fn, at_points, c);
+    *reinterpret_cast<float4*>(coeffs + kl_table_at(l, index, 4 * fn)) = make_float4(c[0], c[1], c[2], c[3]);
+  }
   // An integer OR: the same flag whatever the order (NaN errors refuse too).
   if (!(error <= max_error)) atomicOr(refused, 1);
 }

@@ -11,10 +11,12 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <type_traits>
 
 #include "bandpo/bounds.h"
 #include "bandpo/dtypes.h"
 #include "bandpo/options.h"
+#include "common.cuh"
 
 namespace bandpo {
 namespace cuda {
@@ -34,11 +36,33 @@ size_t kl_table_bytes(DType dtype, const BoundOptions& options);
 // Where kl_table_bytes() is 0, enqueues nothing and returns no table.
 DeviceKlTable enqueue_kl_table(DType dtype, const BoundOptions& options, void* workspace, cudaStream_t stream);
 
-// In a kernel, before the token loop: the params with the call's table, or without it where the check refused it.
-template <class C>
-__device__ __forceinline__ void use_kl_table(BoundParams<C>& prm, const DeviceKlTable& t) {
-  prm.kl_table = t.table;
-  if (t.table.coeffs != nullptr && *t.refused != 0) prm.kl_table.coeffs = nullptr;
+// In a kernel, before the token loop. The kernels come in two variants per call that reads a table: kTable,
+// compiled for the table alone (no solve in it: the registers and occupancy of the closed-form divergences),
+// which does nothing when the table was refused; and the solving one, which then runs instead (launched with
+// `run_if_refused` = the flag and fallback_blocks(); with null it always runs, where a call reads no table).
+// Returns whether this kernel does the work.
+template <bool kTable, class C>
+__device__ __forceinline__ bool use_kl_table(BoundParams<C>& prm, const DeviceKlTable& t, const int* run_if_refused) {
+  if constexpr (kTable) {
+    if (*t.refused != 0) return false;
+    prm.kl_table = t.table;
+    if (prm.kl_table.coeffs == nullptr) __builtin_unreachable();  // launched with a table: lets the solve go
+  } else {
+    if (run_if_refused != nullptr && *run_if_refused == 0) return false;
+    prm.kl_table.coeffs = nullptr;
+  }
+  return true;
+}
+
+// How a call launches its token kernels: launch(kTable, run_if_refused, blocks).
+template <class Launch>
+void launch_with_kl_table(const DeviceKlTable& t, int blocks, Launch&& launch) {
+  if (t.table.coeffs != nullptr) {
+    launch(std::true_type{}, nullptr, blocks);
+    launch(std::false_type{}, t.refused, blocks < fallback_blocks() ? blocks : fallback_blocks());
+  } else {
+    launch(std::false_type{}, nullptr, blocks);
+  }
 }
 
 }  // namespace detail

@@ -39,6 +39,8 @@ int multiprocessor_count() {
 
 }  // namespace
 
+int fallback_blocks() { return multiprocessor_count(); }
+
 int grid_blocks(int64_t work_blocks) {
   // 8 resident blocks of 256 threads per multiprocessor fill it (2048 threads); a few waves of that keep
   // the tail short without launching idle blocks.

@@ -33,15 +33,37 @@ struct KlTableValues {
   double log_upper;  // log1p(V expm1(-lp))
 };
 
+// One side of the exact values at lp from its root w (kl_shrink_log_ratio): the lower bound and its log (w itself),
+// or the upper bound and its log.
+struct KlTableSide {
+  double value;
+  double log_value;
+};
+
+BANDPO_HD KlTableSide kl_table_side_from_root(double lp, double p, double q, double w, bool upper_side) {
+  if (!upper_side) return KlTableSide{kl_lower_from_root(p, w), w};
+  const double v = math::select(q > 0.0, 0.0 - math::expm1(w), 1.0);
+  const double rest_over_p = math::expm1(-lp);
+  return KlTableSide{1.0 + v * rest_over_p, math::log1p(v * rest_over_p)};
+}
+
+// Both sides at lp, their two solves in lockstep (the CPU builder's vectorised loop).
 BANDPO_HD KlTableValues kl_table_exact(double lp, double delta) {
   const double p = math::exp(lp), q = rest_mass(lp);
   const double a[2] = {p, q};
   const double b[2] = {q, p};
   double w[2];
   detail::kl_shrink_log_ratios(a, b, delta, w);
-  const double v = math::select(q > 0.0, 0.0 - math::expm1(w[1]), 1.0);
-  const double rest_over_p = math::expm1(-lp);
-  return KlTableValues{kl_lower_from_root(p, w[0]), 1.0 + v * rest_over_p, w[0], math::log1p(v * rest_over_p)};
+  const KlTableSide lower = kl_table_side_from_root(lp, p, q, w[0], false);
+  const KlTableSide upper = kl_table_side_from_root(lp, p, q, w[1], true);
+  return KlTableValues{lower.value, upper.value, lower.log_value, upper.log_value};
+}
+
+// One side at lp (the device builder gives each side its own thread: half the dependent chain).
+BANDPO_HD KlTableSide kl_table_exact_side(double lp, double delta, bool upper_side) {
+  const double p = math::exp(lp), q = rest_mass(lp);
+  const double w = detail::kl_shrink_log_ratio(upper_side ? q : p, upper_side ? p : q, delta);
+  return kl_table_side_from_root(lp, p, q, w, upper_side);
 }
 
 // Chebyshev node j (0 .. 3) of [0, 1] for a cubic: 1/2 - cos((2j + 1) pi / 8) / 2. (A function rather than a
@@ -50,23 +72,15 @@ BANDPO_HD double kl_table_node(int j) {
   return j == 0 ? 0.038060233744356624 : j == 1 ? 0.30865828381745514 : j == 2 ? 0.69134171618254486 : 0.96193976625564337;
 }
 
-// The monomial coefficients (t^0 first) of the cubic through (kl_table_node(j), f[j]), via Newton's
-// divided differences.
+// The monomial coefficients (t^0 first) of the cubic through (kl_table_node(j), f[j]): c = M f with M the
+// inverse of the nodes' Vandermonde matrix (computed to 40 digits with mpmath), so no division.
 BANDPO_HD void kl_table_cubic_through(const double f[4], double c[4]) {
-  const double x[4] = {kl_table_node(0), kl_table_node(1), kl_table_node(2), kl_table_node(3)};
-  double d[4] = {f[0], f[1], f[2], f[3]};
-  for (int level = 1; level < 4; ++level) {
-    for (int j = 3; j >= level; --j) d[j] = (d[j] - d[j - 1]) / (x[j] - x[j - level]);
-  }
-  // p(t) = d0 + (t - x0)(d1 + (t - x1)(d2 + (t - x2) d3)), expanded from the inside out.
-  double poly[4] = {d[3], 0.0, 0.0, 0.0};
-  int degree = 0;
-  for (int k = 2; k >= 0; --k) {
-    for (int m = degree + 1; m >= 1; --m) poly[m] = poly[m - 1] - x[k] * poly[m];
-    poly[0] = d[k] - x[k] * poly[0];
-    ++degree;
-  }
-  for (int m = 0; m < 4; ++m) c[m] = poly[m];
+  const double m[4][4] = {
+      {1.2568348730314620261, -0.3741514406663722544, 0.16704465947982473, -0.049728091844914501728},
+      {-7.1964575485432847993, 10.760659484982681131, -5.1038052354903009358, 1.5396032990509046041},
+      {12.012829501508344619, -25.001535905017072245, 19.344681655524692049, -6.3559752520159644239},
+      {-6.1229349178414363477, 14.782072520180588098, -14.782072520180588098, 6.1229349178414363477}};
+  for (int k = 0; k < 4; ++k) c[k] = m[k][0] * f[0] + m[k][1] * f[1] + m[k][2] * f[2] + m[k][3] * f[3];
 }
 
 // Positions where the builder needs exact values: for each tabulated interval the 4 nodes, then the
@@ -90,25 +104,30 @@ BANDPO_HD void kl_table_tabulated(const KlTableLayout& l, int32_t index, double 
   out[3] = index <= l.n_high ? x.log_upper + lp : x.log_upper;
 }
 
-// The kKlTableCoeffs floats of interval `index` (1 .. size() - 2) from the exact values at its points
-// (kKlTablePointsPerInterval of them, in kl_table_point_logp's order; only the 4 nodes are read).
-BANDPO_HD void kl_table_fit(const KlTableLayout& l, int32_t index, const KlTableValues* at_points, float* out) {
-  double f[4][4];  // [function][node]
+// The cubic (4 floats) of tabulated function fn (0 lower, 1 upper, 2 log lower, 3 log upper: kKlTableLower / 4
+// ...) of interval `index` (1 .. size() - 2), from the exact values at its points (kKlTablePointsPerInterval of
+// them, in kl_table_point_logp's order; only the 4 nodes are read).
+BANDPO_HD void kl_table_fit_function(const KlTableLayout& l, int32_t index, int fn, const KlTableValues* at_points,
+                                     float* out) {
+  double f[4];
   for (int j = 0; j < 4; ++j) {
     double values[4];
     kl_table_tabulated(l, index, kl_table_point_logp(l, index, j), at_points[j], values);
-    for (int fn = 0; fn < 4; ++fn) f[fn][j] = values[fn];
+    f[j] = values[fn];
   }
-  for (int fn = 0; fn < 4; ++fn) {
-    double c[4];
-    kl_table_cubic_through(f[fn], c);
-    for (int m = 0; m < 4; ++m) out[4 * fn + m] = static_cast<float>(c[m]);
-  }
+  double c[4];
+  kl_table_cubic_through(f, c);
+  for (int m = 0; m < 4; ++m) out[m] = static_cast<float>(c[m]);
   // upper past kKlTableUpperOverflow somewhere in the interval (it is largest at t = 0): inf
-  if (math::max(f[1][0], f[1][1]) >= kKlTableUpperOverflow) {
-    out[kKlTableUpper] = INFINITY;
-    for (int m = 1; m < 4; ++m) out[kKlTableUpper + m] = 0.0f;
+  if (fn == kKlTableUpper / 4 && math::max(f[0], f[1]) >= kKlTableUpperOverflow) {
+    out[0] = INFINITY;
+    for (int m = 1; m < 4; ++m) out[m] = 0.0f;
   }
+}
+
+// The interval's record: its kKlTableCoeffs floats.
+BANDPO_HD void kl_table_fit(const KlTableLayout& l, int32_t index, const KlTableValues* at_points, float* out) {
+  for (int fn = 0; fn < 4; ++fn) kl_table_fit_function(l, index, fn, at_points, out + 4 * fn);
 }
 
 // Writes interval `index`'s record (kKlTableCoeffs floats, from kl_table_fit or kl_table_fill_limit) to its
@@ -149,30 +168,47 @@ BANDPO_HD double kl_table_log_error(double got, double want) {
   return error == error ? error : INFINITY;
 }
 
-// Worst error of a tabulated interval's cubics (`c`) at its check points against the exact values there, in
-// the measure of the float path's accuracy: |lower error| / max(lower, 1e-3) and |V error| / V (the upper
-// bound's relative error is at most that). The float cubic is evaluated as the lookup evaluates it.
-BANDPO_HD double kl_table_interval_error(const KlTableLayout& l, int32_t index, const KlTableValues* at_points,
+// Worst error of tabulated function fn's cubic (`c`, 4 floats) of an interval at its check points against the
+// exact values there, in the measure of the float path's accuracy: |lower error| / max(lower, 1e-3), the
+// upper bound's relative error, the log bounds' error in log units. The float cubic is evaluated as the
+// lookup evaluates it.
+BANDPO_HD double kl_table_function_error(const KlTableLayout& l, int32_t index, int fn, const KlTableValues* at_points,
                                          const float* c) {
   double worst = 0.0;
   for (int j = 0; j < kKlTableChecks; ++j) {
-    const KlTableValues want = at_points[4 + j];
-    const float t = static_cast<float>(kl_table_check_point(j));
-    double tabulated[4];
-    kl_table_tabulated(l, index, kl_table_point_logp(l, index, 4 + j), want, tabulated);
-    const double got_lower = kl_table_cubic(c + kKlTableLower, t);
-    worst = math::max(worst, math::max(got_lower - want.lower, want.lower - got_lower) / math::max(want.lower, 1e-3));
-    worst = math::max(worst, kl_table_upper_error(kl_table_cubic(c + kKlTableUpper, t), want.upper));
-    worst = math::max(worst, kl_table_log_error(kl_table_cubic(c + kKlTableLogLower, t), tabulated[2]));
-    worst = math::max(worst, kl_table_log_error(kl_table_cubic(c + kKlTableLogUpper, t), tabulated[3]));
+    double want[4];
+    kl_table_tabulated(l, index, kl_table_point_logp(l, index, 4 + j), at_points[4 + j], want);
+    const double got = kl_table_cubic(c, static_cast<float>(kl_table_check_point(j)));
+    double error;
+    if (fn == kKlTableLower / 4) {
+      error = math::max(got - want[0], want[0] - got) / math::max(want[0], 1e-3);
+    } else if (fn == kKlTableUpper / 4) {
+      error = kl_table_upper_error(got, want[1]);
+    } else {
+      error = kl_table_log_error(got, want[fn]);
+    }
+    worst = math::max(worst, error);
   }
   return worst;
 }
 
-// The error of a constant interval: its limits against the exact values at the grid's far end next to it.
-BANDPO_HD double kl_table_limit_error(const KlTableLayout& l, int32_t index, double delta, const float* c) {
-  const double lp = index == 0 ? kl_table_logp(l, 1, 0.0) : kl_table_logp(l, index - 1, 0.0);
-  const KlTableValues want = kl_table_exact(lp, delta);
+// The worst of the interval's four (its record `c`, kKlTableCoeffs floats).
+BANDPO_HD double kl_table_interval_error(const KlTableLayout& l, int32_t index, const KlTableValues* at_points,
+                                         const float* c) {
+  double worst = 0.0;
+  for (int fn = 0; fn < 4; ++fn) worst = math::max(worst, kl_table_function_error(l, index, fn, at_points, c + 4 * fn));
+  return worst;
+}
+
+// Where a constant interval (0 or size() - 1) is checked: the grid's far end next to it.
+BANDPO_HD double kl_table_limit_logp(const KlTableLayout& l, int32_t index) {
+  return index == 0 ? kl_table_logp(l, 1, 0.0) : kl_table_logp(l, index - 1, 0.0);
+}
+
+// The error of a constant interval's record `c`: its limits against `want`, the exact values at
+// kl_table_limit_logp().
+BANDPO_HD double kl_table_limit_error(const KlTableLayout& l, int32_t index, const float* c, const KlTableValues& want) {
+  const double lp = kl_table_limit_logp(l, index);
   double tabulated[4];
   kl_table_tabulated(l, index == 0 ? 1 : index - 1, lp, want, tabulated);
   const double el = math::max(want.lower - c[kKlTableLower], c[kKlTableLower] - want.lower) / math::max(want.lower, 1e-3);
