@@ -170,6 +170,37 @@ def test_sampling_rows_masks_and_log_probs():
     assert torch.all(roll.old_logp <= 0) and torch.all(roll.entropy >= 0)
 
 
+def test_fused_head_log_probs_and_gradients_equal_the_plain_path(tmp_path, quick):
+    """--fused-head: the loss's log-probs from hidden states (bandpo.linear_logprob_entropy): the same values,
+    entropies and parameter gradients as the model's logits and log_softmax, at temperature != 1 too."""
+    task = SortTask()
+    torch.manual_seed(0)
+    model = CausalLM(VOCAB_SIZE, task.prompt_len + task.response_len, d_model=32, n_layers=1)
+    roll = sample(model, task.sample_prompts(4, torch.Generator().manual_seed(1)), 3, task.response_len,
+                  torch.Generator().manual_seed(2))
+    P = task.prompt_len
+    for temperature in (1.0, 0.7):
+        plain = token_logprobs(model, roll.sequences, P, temperature, with_entropy=True)
+        fused = token_logprobs(model, roll.sequences, P, temperature, with_entropy=True, fused_head=True)
+        for a, b in zip(fused, plain):
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+    adv = torch.randn(len(roll.sequences), generator=torch.Generator().manual_seed(3))
+    old = roll.old_logp - 0.2
+    _, config = parse_method("band-kl")
+    grads = []
+    for fused_head in (False, True):
+        model.zero_grad()
+        loss, _, _ = policy_loss(model, roll.sequences, P, old, adv, roll.mask, config, fused_head=fused_head)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    summary = cli.main(quick + ["--out", str(tmp_path / "run"), "--seeds", "0", "--no-plots", "--methods", "band-kl",
+                                "--fused-head"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["fused_head"] is True
+    assert summary["methods"]["band-kl"]["seeds"] == 1
+
+
 def test_cached_forward_equals_the_full_forward():
     """Sampling feeds the prompt, then one token per call, through the key/value cache."""
     torch.manual_seed(0)

@@ -54,6 +54,7 @@ if torch is not None:
     from . import _ops  # noqa: F401  (fake kernels)
     from . import reference
     from .api import BandLoss, band_bounds, band_loss
+    from .lm_head import fused_linear_band_loss, linear_logprob_entropy
 
     cpu_kernel_isa = _C.cpu_kernel_isa
     has_cuda_kernels = _C.has_cuda_kernels
@@ -69,5 +70,5 @@ if torch is not None:
         """
         _C.set_input_checks(bool(enabled))
 
-    __all__ += ["BandLoss", "band_bounds", "band_loss", "cpu_kernel_isa", "has_cuda_kernels", "input_checks",
-                "reference", "set_input_checks"]
+    __all__ += ["BandLoss", "band_bounds", "band_loss", "cpu_kernel_isa", "fused_linear_band_loss", "has_cuda_kernels",
+                "input_checks", "linear_logprob_entropy", "reference", "set_input_checks"]

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="always compute the warm start; store nothing")
     run = p.add_argument_group("run settings (every method and seed)")
     for f in run_fields():
+        if isinstance(f.default, bool):  # --name / --no-name
+            run.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None,
+                             help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})")
+            continue
         run.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                          help=f"{f.metadata['help']} (default: {f.default})")
     task = p.add_argument_group("task settings (defaults depend on --task)")

@@ -49,13 +49,16 @@ class CausalLM(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
 
-    def forward(self, tokens: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: Optional[list] = None, return_hidden: bool = False) -> torch.Tensor:
         """tokens [b, t] -> logits [b, t, vocab]. cache: a list kept between calls (start with []) to feed the
-        prompt first and then one token per call, each attending to everything before it."""
+        prompt first and then one token per call, each attending to everything before it. return_hidden: the
+        final hidden states [b, t, d_model] instead, which ``self.head`` turns into the logits (a keyword of
+        forward, not a method, so that it also goes through a DistributedDataParallel wrapper)."""
         if cache is not None and not cache:
             cache.extend([] for _ in self.blocks)
         start = 0 if not cache or not cache[0] else cache[0][0].shape[2]
         x = self.tok(tokens) + self.pos(torch.arange(start, start + tokens.shape[1], device=tokens.device))
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache[i])
-        return self.head(self.norm(x))
+        hidden = self.norm(x)
+        return hidden if return_hidden else self.head(hidden)

@@ -32,6 +32,9 @@ class RunConfig:
     n_heads: int = _opt(4, "attention heads per block")
     eval_every: int = _opt(20, "RL steps between evaluations on the held-out prompts (and at the last step)")
     eval_prompts: int = _opt(64, "held-out prompts per evaluation (16 samples each: pass@1/8/16, distinct@16)")
+    fused_head: bool = _opt(False, "the loss's log-probs from the final hidden states and the head's weight "
+                                   "(bandpo.linear_logprob_entropy, no [tokens, vocab] logits); off: the model's "
+                                   "logits and log_softmax. The same values to float rounding")
     checkpoint_every: int = _opt(20, "RL steps between checkpoints (--resume continues from the last)")
 
 

@@ -48,9 +48,10 @@ def aggregation_normalizer(mask: torch.Tensor, agg: str) -> float:
 
 def policy_loss(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int, old_logp: torch.Tensor,
                 advantages: torch.Tensor, mask: torch.Tensor, config: BandConfig, temperature: float = 1.0,
-                ref_logp: Optional[torch.Tensor] = None):
-    """The BandPO loss of one (local) minibatch, scaled for DDP's gradient averaging; returns (loss, metrics, logp)."""
-    logp = token_logprobs(model, sequences, prompt_len, temperature)
+                ref_logp: Optional[torch.Tensor] = None, fused_head: bool = False):
+    """The BandPO loss of one (local) minibatch, scaled for DDP's gradient averaging; returns (loss, metrics, logp).
+    fused_head: the log-probs from hidden states (bandpo.linear_logprob_entropy), see token_logprobs."""
+    logp = token_logprobs(model, sequences, prompt_len, temperature, fused_head=fused_head)
     normalizer = aggregation_normalizer(mask, config.agg)
     out = band_loss(logp, old_logp, advantages, mask, config, normalizer=normalizer, ref_logp=ref_logp)
     return out.loss * world()[1], out.metrics, logp.detach()
@@ -122,7 +123,7 @@ def rl_run(task: Task, cfg: RunConfig, config: BandConfig, seed: int, init: torc
                 idx = idx.to(device)
                 loss, metrics, logp = policy_loss(
                     ddp, roll.sequences[idx], P, roll.old_logp[idx], advantages[idx], roll.mask[idx], config,
-                    cfg.temperature, None if ref_logp is None else ref_logp[idx])
+                    cfg.temperature, None if ref_logp is None else ref_logp[idx], fused_head=cfg.fused_head)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

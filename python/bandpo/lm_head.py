@@ -1,0 +1,302 @@
+"""Per-token log-probs and entropy straight from hidden states, without the [tokens, vocab] logits (issue 16).
+
+    logp, entropy = bandpo.linear_logprob_entropy(hidden, weight, target)   # hidden [N, H], weight [V, H]
+
+is ``log_softmax(z)[target]`` and ``-(softmax(z) * log_softmax(z)).sum(-1)`` for the logits
+
+    raw = hidden @ weight.T + bias
+    y   = logit_scale * raw,  then  y = softcap * tanh(y / softcap)  when softcap > 0
+    z   = y / temperature
+
+computed over chunks of tokens: each chunk's logits are made, reduced to the per-token statistics, and dropped;
+the backward makes them again and turns them into the logits' gradient in place. So the memory beyond inputs,
+outputs and gradients is a few chunk-sized buffers (``chunk_size`` tokens by V, float32), whatever N is, where
+the plain path keeps [N, V] logits and their log-softmax (2 x 4 GiB in float32 at N = 16k, V = 64k).
+
+This first version is written with torch operations (the GEMMs, and the chunk's statistics and gradient as a
+few element-wise passes) and runs on any device torch runs on; ``linear_logprob_entropy_reference`` is the
+plain float64 path the tests hold it to. Units: log-probs in nats, entropy in nats, both float32 [N].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# Target of the chunk's float32 logits buffer (bytes) when chunk_size is 0: a few such buffers are live at once.
+DEFAULT_CHUNK_BYTES = 32 << 20
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the float inputs, float64 for float64 (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_tokens(n: int, vocab: int, chunk_size: int) -> int:
+    if chunk_size > 0:
+        return chunk_size
+    return max(1, min(n, DEFAULT_CHUNK_BYTES // (4 * max(vocab, 1))))
+
+
+def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chunk_size) -> None:
+    """Validates shapes, dtypes, devices and options before any work, naming the argument."""
+    for name, t in (("hidden", hidden), ("weight", weight), ("target", target)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be 2-D [tokens, hidden_size], got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"weight must be [vocab, hidden_size] = [V, {hidden.shape[1]}], got shape {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one row (vocab size 0)")
+    if target.dim() != 1 or target.shape[0] != hidden.shape[0]:
+        raise ValueError(f"target must be 1-D [tokens] = [{hidden.shape[0]}], got shape {tuple(target.shape)}")
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must be int64, got {target.dtype}")
+    if hidden.dtype not in _FLOATS:
+        raise ValueError(f"hidden must be float32, bfloat16, float16 or float64, got {hidden.dtype}")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
+    for name, t in (("weight", weight), ("target", target)):
+        if t.device != hidden.device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+    if bias is not None:
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must be [vocab] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise ValueError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
+        if bias.device != hidden.device:
+            raise ValueError(f"bias is on {bias.device} but hidden is on {hidden.device}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap must be a finite number >= 0 (0: none), got {softcap}")
+    if not (math.isfinite(logit_scale) and logit_scale != 0):
+        raise ValueError(f"logit_scale must be a finite nonzero number, got {logit_scale}")
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size must be >= 0 (0: about {DEFAULT_CHUNK_BYTES >> 20} MiB of logits), got {chunk_size}")
+
+
+def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Tensor:
+    """Positions whose target is neither in [0, vocab) nor ignore_index. On the CPU they raise here (naming the
+    first index); on an accelerator that would need a host sync, so they give NaN log-prob and entropy instead."""
+    bad = ((target < 0) | (target >= vocab)) & (target != ignore_index)
+    if target.device.type == "cpu" and bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"target[{i}] = {int(target[i])} is outside [0, {vocab}) and is not ignore_index ({ignore_index})")
+    return bad
+
+
+def _logits(h: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, softcap: float,
+            logit_scale: float) -> tuple[Tensor, Optional[Tensor]]:
+    """The chunk's float32 logits z [n, V], and dz/draw where it is not a constant (softcap), else None. The GEMM
+    runs in the inputs' dtype, as the model's lm_head would (float32 accumulation in torch's kernels)."""
+    z = (torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())).to(_compute_dtype(h.dtype))
+    dz = None
+    if softcap > 0:
+        z.mul_(logit_scale / softcap).tanh_()          # t = tanh(scale raw / softcap)
+        dz = torch.mul(z, z).neg_().add_(1.0).mul_(logit_scale / temperature)  # (1 - t^2) scale / T
+        z.mul_(softcap / temperature)
+    elif logit_scale != 1.0 or temperature != 1.0:
+        z.mul_(logit_scale / temperature)
+    return z, dz
+
+
+def _chunk_stats(z: Tensor, t: Tensor, ignored: Tensor) -> tuple[Tensor, Tensor]:
+    """logp and entropy of each row of z (float32 [n, V], consumed: overwritten with lse - z)."""
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    z_target = z.gather(1, t.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
+    p = torch.sub(z, lse).exp_()
+    # entropy = sum P (lse - z): non-negative terms, no cancellation between lse and E[z]
+    entropy = torch.einsum("nv,nv->n", p, z.sub_(lse).neg_())
+    logp = (z_target - lse.squeeze(1)).clamp_max(0.0)  # rounding may not make a probability above 1
+    zero = torch.zeros((), device=z.device)
+    return torch.where(ignored, zero, logp), torch.where(ignored, zero, entropy)
+
+
+def linear_logprob_entropy_reference(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
+                                     temperature: float = 1.0, softcap: float = 0.0, logit_scale: float = 1.0,
+                                     ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """The plain path in float64 with the full [N, V] logits (for tests): (logp, entropy), float64 [N]."""
+    raw = hidden.double() @ weight.double().t()
+    if bias is not None:
+        raw = raw + bias.double()
+    y = logit_scale * raw
+    if softcap > 0:
+        y = softcap * torch.tanh(y / softcap)
+    logsm = torch.log_softmax(y / temperature, dim=1)
+    ignored = target == ignore_index
+    t = torch.where(ignored, torch.zeros_like(target), target)
+    logp = logsm.gather(1, t.unsqueeze(1)).squeeze(1)
+    entropy = -(logsm.exp() * logsm).sum(1)
+    return torch.where(ignored, 0.0, logp), torch.where(ignored, 0.0, entropy)
+
+
+@torch.library.custom_op("bandpo::linear_logprob_entropy", mutates_args=())
+def _linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
+                            temperature: float, softcap: float, logit_scale: float, ignore_index: int,
+                            chunk_size: int) -> tuple[Tensor, Tensor]:
+    _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chunk_size)
+    n, vocab = hidden.shape[0], weight.shape[0]
+    bad = _check_targets(target, vocab, ignore_index)
+    logp = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
+    entropy = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
+    step = _chunk_tokens(n, vocab, chunk_size)
+    for b in range(0, n, step):
+        e = min(n, b + step)
+        z, _ = _logits(hidden[b:e], weight, bias, temperature, softcap, logit_scale)
+        lp, ent = _chunk_stats(z, target[b:e], target[b:e] == ignore_index)
+        logp[b:e] = lp
+        entropy[b:e] = ent
+    if hidden.device.type != "cpu":
+        logp.masked_fill_(bad, math.nan)
+        entropy.masked_fill_(bad, math.nan)
+    return logp, entropy
+
+
+@_linear_logprob_entropy.register_fake
+def _(hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_index, chunk_size):
+    _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chunk_size)
+    n = hidden.shape[0]
+    cdt = _compute_dtype(hidden.dtype)
+    return hidden.new_empty(n, dtype=cdt), hidden.new_empty(n, dtype=cdt)
+
+
+@torch.library.custom_op("bandpo::linear_logprob_entropy_backward", mutates_args=())
+def _linear_logprob_entropy_backward(grad_logp: Optional[Tensor], grad_entropy: Optional[Tensor], hidden: Tensor,
+                                     weight: Tensor, target: Tensor, bias: Optional[Tensor], temperature: float,
+                                     softcap: float, logit_scale: float, ignore_index: int, chunk_size: int
+                                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_hidden, grad_weight, grad_bias); grad_bias is empty [0] without a bias. A missing grad_logp or
+    grad_entropy counts as 0 (and the entropy's terms are then not computed)."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    grad_hidden = torch.zeros_like(hidden)
+    cdt = _compute_dtype(hidden.dtype)
+    grad_weight_acc = torch.zeros(weight.shape, dtype=cdt, device=weight.device)
+    grad_bias_acc = torch.zeros(vocab if bias is not None else 0, dtype=cdt, device=weight.device)
+    step = _chunk_tokens(n, vocab, chunk_size)
+    for b in range(0, n, step):
+        e = min(n, b + step)
+        t = target[b:e]
+        live = (t != ignore_index).to(cdt)
+        z, dz = _logits(hidden[b:e], weight, bias, temperature, softcap, logit_scale)
+        # dlogp/dz = onehot - P; dH/dz = -P (z - E[z]). g_z = g_logp (onehot - P) - g_H P (z - E[z]).
+        lse = torch.logsumexp(z, dim=1, keepdim=True)
+        gl = (grad_logp[b:e].to(cdt) * live).unsqueeze(1) if grad_logp is not None else None
+        gh = (grad_entropy[b:e].to(cdt) * live).unsqueeze(1) if grad_entropy is not None else None
+        if gh is not None:
+            p = torch.sub(z, lse).exp_()
+            ez = torch.einsum("nv,nv->n", p, z).unsqueeze(1)
+            g = z.sub_(ez).mul_(p).mul_(gh).neg_()       # -g_H P (z - E[z]), in z's buffer
+            if gl is not None:
+                g.addcmul_(p, gl, value=-1.0)
+            del p
+        else:
+            g = z.sub_(lse).exp_().mul_(gl).neg_() if gl is not None else z.zero_()
+        if gl is not None:
+            g.scatter_add_(1, t.clamp(0, vocab - 1).unsqueeze(1), gl)
+        if dz is not None:
+            g.mul_(dz)
+        elif logit_scale != 1.0 or temperature != 1.0:
+            g.mul_(logit_scale / temperature)
+        gd = g.to(hidden.dtype)
+        grad_hidden[b:e] = torch.mm(gd, weight)
+        grad_weight_acc.addmm_(g.t(), hidden[b:e].to(cdt))
+        if bias is not None:
+            grad_bias_acc.add_(g.sum(0))
+    return grad_hidden, grad_weight_acc.to(weight.dtype), grad_bias_acc.to(hidden.dtype)
+
+
+@_linear_logprob_entropy_backward.register_fake
+def _(grad_logp, grad_entropy, hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_index,
+      chunk_size):
+    return (torch.empty_like(hidden), torch.empty_like(weight),
+            hidden.new_empty(weight.shape[0] if bias is not None else 0))
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_index, chunk_size = inputs
+    ctx.save_for_backward(hidden, weight, target, bias)
+    ctx.options = (temperature, softcap, logit_scale, ignore_index, chunk_size)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_logp, grad_entropy):
+    hidden, weight, target, bias = ctx.saved_tensors
+    if grad_logp is None and grad_entropy is None:
+        return None, None, None, None, None, None, None, None, None
+    gh, gw, gb = _linear_logprob_entropy_backward(grad_logp, grad_entropy, hidden, weight, target, bias, *ctx.options)
+    return (gh if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None, None,
+            gb if bias is not None and ctx.needs_input_grad[3] else None, None, None, None, None, None)
+
+
+_linear_logprob_entropy.register_autograd(_backward, setup_context=_setup_context)
+
+
+def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None, *,
+                           temperature: float = 1.0, softcap: float = 0.0, logit_scale: float = 1.0,
+                           ignore_index: int = -100, chunk_size: int = 0) -> tuple[Tensor, Tensor]:
+    """Log-prob of each target token and the entropy of each position's distribution, from hidden states.
+
+    Args:
+        hidden: [N, H] float32, bfloat16 or float16 (float64 too, computed in float64: for gradcheck); any
+            strides.
+        weight: [V, H] the lm_head weight, hidden's dtype and device.
+        target: [N] int64 token ids in [0, V), or ``ignore_index``.
+        bias: optional [V].
+        temperature: z = logits / temperature (default 1).
+        softcap: logits -> softcap * tanh(logits / softcap) before the temperature; 0 (default) for none.
+        logit_scale: multiplies the logits first (default 1).
+        ignore_index: targets equal to it give logp = entropy = 0 and no gradient (default -100).
+        chunk_size: tokens per chunk; 0 (default) picks about 32 MiB of float32 logits per chunk.
+
+    Returns:
+        (logp, entropy): float32 [N] each (float64 for float64 inputs), in nats; logp <= 0. Differentiable
+        w.r.t. hidden, weight and bias through both outputs.
+
+    >>> import torch, bandpo
+    >>> h, w = torch.randn(6, 16), torch.randn(50, 16)
+    >>> logp, ent = bandpo.linear_logprob_entropy(h, w, torch.tensor([1, 2, 3, 4, 5, -100]))
+    >>> ref = torch.log_softmax(h @ w.t(), dim=1)
+    >>> bool(torch.allclose(logp[:5], ref[torch.arange(5), torch.tensor([1, 2, 3, 4, 5])], atol=1e-5))
+    True
+    >>> float(logp[5]), float(ent[5])
+    (0.0, 0.0)
+    """
+    return _linear_logprob_entropy(hidden, weight, target, bias, float(temperature), float(softcap),
+                                   float(logit_scale), int(ignore_index), int(chunk_size))
+
+
+def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_logp: Tensor, advantages: Tensor,
+                           mask: Optional[Tensor] = None, config=None, *, bias: Optional[Tensor] = None,
+                           temperature: float = 1.0, softcap: float = 0.0, logit_scale: float = 1.0,
+                           ignore_index: int = -100, chunk_size: int = 0, normalizer: Optional[float] = None,
+                           ref_logp: Optional[Tensor] = None, **overrides):
+    """The lm_head and the BandPO loss in one call: :func:`linear_logprob_entropy` gives the new policy's
+    log-probs, :func:`bandpo.band_loss` the loss over them.
+
+    Args:
+        hidden: [B, T, H] (or [N, H]) final hidden states; weight [V, H]; target [B, T] (or [N]) sampled ids.
+        old_logp, advantages, mask, config, normalizer, ref_logp, overrides: as for :func:`bandpo.band_loss`,
+            shaped like target. Positions with target == ignore_index must be masked out (their logp is 0).
+        bias, temperature, softcap, logit_scale, ignore_index, chunk_size: as for :func:`linear_logprob_entropy`.
+
+    Returns a :class:`bandpo.BandLoss` whose metrics also hold ``entropy``: the mask-weighted mean entropy
+    (nats, detached; 0-d float32).
+    """
+    from .api import BandLoss, band_loss
+
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    logp, entropy = linear_logprob_entropy(flat_hidden, weight, target.reshape(-1), bias, temperature=temperature,
+                                           softcap=softcap, logit_scale=logit_scale, ignore_index=ignore_index,
+                                           chunk_size=chunk_size)
+    logp = logp.view(target.shape).to(old_logp.dtype)
+    out = band_loss(logp, old_logp, advantages, mask, config, normalizer=normalizer, ref_logp=ref_logp, **overrides)
+    ent = entropy.detach().view(target.shape).float()
+    w = torch.ones_like(ent) if mask is None else mask.to(torch.float32)
+    mean_entropy = (ent * w).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return BandLoss(out.loss, {**out.metrics, "entropy": mean_entropy}, out.metrics_tensor)
