@@ -47,7 +47,7 @@ def ours(hidden, weight, target):
 def trl_path(hidden, weight, target):
     from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
-    out = ChunkedLogProbFunction.apply(hidden, weight, target)
+    out = ChunkedLogProbFunction.apply(hidden, weight, None, target, 1.0)  # (hidden, weight, bias, targets, T)
     return out[0], out[1]
 
 

@@ -39,7 +39,7 @@ def batch() -> dict:
 
 
 def test_readme_has_the_blocks_this_file_runs():
-    assert len(readme_blocks("python")) == 2 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
+    assert len(readme_blocks("python")) == 3 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
 
 
 def test_readme_use_block_runs():
@@ -47,6 +47,14 @@ def test_readme_use_block_runs():
     scope = batch()
     exec(compile(use, "README.md (Use)", "exec"), scope)
     assert scope["logp"].grad is not None and scope["loss"].dim() == 0 and scope["lower"].shape == (4, 6)
+
+
+def test_readme_lm_head_block_runs():
+    (block,) = [b for b in readme_blocks("python") if "linear_logprob_entropy(" in b]
+    scope = batch()
+    scope.update(torch=torch, bandpo=bandpo)
+    exec(compile(block, "README.md (From hidden states)", "exec"), scope)
+    assert scope["logp"].shape == (24,) and scope["out"].loss.dim() == 0 and "entropy" in scope["out"].metrics
 
 
 def test_package_docstring_example_runs():

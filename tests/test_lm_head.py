@@ -172,3 +172,17 @@ def test_fused_linear_band_loss_equals_the_two_steps():
 def test_docstring_example_runs():
     results = doctest.testmod(lm_head, verbose=False)
     assert results.attempted >= 3 and results.failed == 0
+
+
+def test_matches_trl_chunked_logprob():
+    # TRL's chunked path (trl.kernels.chunked_logprob, TRL >= 1.16): same transform order (scale, softcap,
+    # temperature), same outputs. Its module needs triton, which CPU-only machines lack: skipped there.
+    chunked = pytest.importorskip("trl.kernels.chunked_logprob")
+    hidden, weight, target, bias = make(n=64, h=32, v=503)
+    target = target.clamp(min=0)  # TRL has no ignore_index
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hidden, weight, target, bias = (t.to(device) for t in (hidden, weight, target, bias))
+    theirs = chunked.ChunkedLogProbFunction.apply(hidden, weight, bias, target, 0.8, 5.0, 1.2)
+    ours = linear_logprob_entropy(hidden, weight, target, bias, temperature=0.8, softcap=5.0, logit_scale=1.2)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=2e-5)
+    torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=2e-5)
