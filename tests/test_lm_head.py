@@ -186,3 +186,44 @@ def test_matches_trl_chunked_logprob():
     ours = linear_logprob_entropy(hidden, weight, target, bias, temperature=0.8, softcap=5.0, logit_scale=1.2)
     torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=2e-5)
     torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_kernel_path_equals_the_torch_path(opts, monkeypatch):
+    # On the CPU the chunk statistics and gradient run in bandpo's kernels (logit_chunk_stats / _grad_); other
+    # devices run the same math as torch operations. Both against each other, values and gradients.
+    hidden, weight, target, bias = make(n=150, h=32, v=777)
+    g = torch.Generator().manual_seed(9)
+    a, c = torch.randn(150, generator=g), torch.randn(150, generator=g)
+    results = []
+    for kernels in (True, False):
+        monkeypatch.setattr(lm_head, "_uses_kernels", lambda h, k=kernels: k)
+        ins = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        logp, ent = linear_logprob_entropy(ins[0], ins[1], target, ins[2], chunk_size=40, **opts)
+        ((logp * a).sum() + (ent * c).sum()).backward()
+        results.append([logp, ent] + [t.grad for t in ins])
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)  # gradients here reach 7; both within 7e-6 of float64
+
+
+def test_chunk_ops_opcheck_and_errors():
+    g = torch.Generator().manual_seed(2)
+    raw = torch.randn(5, 40, generator=g)
+    target = torch.tensor([0, 39, -100, 7, 3])
+    torch.library.opcheck(torch.ops.bandpo.logit_chunk_stats.default, (raw, target),
+                          dict(ignore_index=-100, logit_scale=1.0, softcap=3.0, temperature=0.9))
+    torch.library.opcheck(torch.ops.bandpo.logit_chunk_grad_.default,
+                          (raw.clone(), target, torch.randn(5, generator=g), None),
+                          dict(ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0))
+    with pytest.raises(ValueError, match=r"target\[1\] = 40 is outside \[0, 40\)"):
+        torch.ops.bandpo.logit_chunk_stats(raw, torch.tensor([0, 40, 1, 2, 3]))
+    with pytest.raises(TypeError, match="raw must be float32"):
+        torch.ops.bandpo.logit_chunk_stats(raw.double(), target)
+    with pytest.raises(ValueError, match="target must be"):
+        torch.ops.bandpo.logit_chunk_stats(raw, target[:3])
+    with pytest.raises(ValueError, match="temperature must be"):
+        torch.ops.bandpo.logit_chunk_stats(raw, target, temperature=-1.0)
+    with pytest.raises(ValueError, match="columns must be contiguous"):
+        torch.ops.bandpo.logit_chunk_grad_(raw.t().contiguous().t(), target, None, None)
+    with pytest.raises(ValueError, match="grad_logp must be"):
+        torch.ops.bandpo.logit_chunk_grad_(raw.clone(), target, torch.randn(4), None)

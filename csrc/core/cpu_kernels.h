@@ -8,6 +8,7 @@
 #include "aggregation.h"
 #include "bandpo/cpu.h"
 #include "bandpo/kl_table_build.h"
+#include "bandpo/logit_stats.h"
 
 namespace bandpo {
 namespace detail {
@@ -27,6 +28,14 @@ struct KernelTable {
   double (*weight_sum)(const LossInputs& in, int64_t begin, int64_t end);
   // values[i] = kl_table_exact(lp[i], delta) (kl_table_build.h) for i in [0, n): the table builder's solves.
   void (*kl_table_exact)(const double* lp, int64_t n, double delta, KlTableValues* values);
+  // Rows [begin, end) of raw logits (row r at raw + r * stride, `vocab` of them; logit_stats.h): logp[r] and
+  // entropy[r]; targets already checked (in [0, vocab) or ignore_index).
+  void (*logit_stats)(const float* raw, int64_t stride, int64_t vocab, int64_t begin, int64_t end,
+                      const int64_t* target, int64_t ignore_index, const LogitTransform& t, float* logp,
+                      float* entropy);
+  // The same rows overwritten with d loss / d raw (grad_logp / grad_entropy may be null: 0).
+  void (*logit_grad)(float* raw, int64_t stride, int64_t vocab, int64_t begin, int64_t end, const int64_t* target,
+                     int64_t ignore_index, const LogitTransform& t, const float* grad_logp, const float* grad_entropy);
 };
 
 const KernelTable& kernel_table_baseline();

@@ -13,9 +13,10 @@ the backward makes them again and turns them into the logits' gradient in place.
 outputs and gradients is a few chunk-sized buffers (``chunk_size`` tokens by V, float32), whatever N is, where
 the plain path keeps [N, V] logits and their log-softmax (2 x 4 GiB in float32 at N = 16k, V = 64k).
 
-This first version is written with torch operations (the GEMMs, and the chunk's statistics and gradient as a
-few element-wise passes) and runs on any device torch runs on; ``linear_logprob_entropy_reference`` is the
-plain float64 path the tests hold it to. Units: log-probs in nats, entropy in nats, both float32 [N].
+The GEMMs are torch's. Each chunk's statistics and its logits-to-gradient step are bandpo's kernels on the CPU
+(torch.ops.bandpo.logit_chunk_stats / logit_chunk_grad_: one pass per row in cache, the per-element math in
+csrc/include/bandpo/logit_stats.h) and the same math as torch operations elsewhere (CUDA for now, and float64);
+``linear_logprob_entropy_reference`` is the plain float64 path the tests hold both to. Units: log-probs in nats, entropy in nats, both float32 [N].
 """
 
 from __future__ import annotations
@@ -91,6 +92,18 @@ def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Tensor:
     return bad
 
 
+def _uses_kernels(hidden: Tensor) -> bool:
+    """Whether a chunk's statistics and gradient run in bandpo's kernels (torch.ops.bandpo.logit_chunk_stats,
+    logit_chunk_grad_: one pass per row, csrc/include/bandpo/logit_stats.h): on the CPU, in float32. Elsewhere
+    (other devices, float64) the same math runs as torch operations below."""
+    return hidden.device.type == "cpu" and hidden.dtype != torch.float64
+
+
+def _raw_logits(h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """hidden @ weight.T + bias in the inputs' dtype (as the model's lm_head), then float32."""
+    return (torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())).float()
+
+
 def _logits(h: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, softcap: float,
             logit_scale: float) -> tuple[Tensor, Optional[Tensor]]:
     """The chunk's float32 logits z [n, V], and dz/draw where it is not a constant (softcap), else None. The GEMM
@@ -148,14 +161,30 @@ def _linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias
     step = _chunk_tokens(n, vocab, chunk_size)
     for b in range(0, n, step):
         e = min(n, b + step)
-        z, _ = _logits(hidden[b:e], weight, bias, temperature, softcap, logit_scale)
-        lp, ent = _chunk_stats(z, target[b:e], target[b:e] == ignore_index)
+        t = target[b:e]
+        if _uses_kernels(hidden):
+            lp, ent = torch.ops.bandpo.logit_chunk_stats(
+                _raw_logits(hidden[b:e], weight, bias), t, ignore_index=ignore_index, logit_scale=logit_scale,
+                softcap=softcap, temperature=temperature)
+        else:
+            z, _ = _logits(hidden[b:e], weight, bias, temperature, softcap, logit_scale)
+            lp, ent = _chunk_stats(z, t, t == ignore_index)
         logp[b:e] = lp
         entropy[b:e] = ent
     if hidden.device.type != "cpu":
         logp.masked_fill_(bad, math.nan)
         entropy.masked_fill_(bad, math.nan)
     return logp, entropy
+
+
+@torch.library.register_fake("bandpo::logit_chunk_stats")
+def _(raw, target, *, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0):
+    return raw.new_empty(raw.shape[0], dtype=torch.float32), raw.new_empty(raw.shape[0], dtype=torch.float32)
+
+
+@torch.library.register_fake("bandpo::logit_chunk_grad_")
+def _(raw, target, grad_logp, grad_entropy, *, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0):
+    return None
 
 
 @_linear_logprob_entropy.register_fake
@@ -182,33 +211,49 @@ def _linear_logprob_entropy_backward(grad_logp: Optional[Tensor], grad_entropy: 
     for b in range(0, n, step):
         e = min(n, b + step)
         t = target[b:e]
+        if _uses_kernels(hidden):
+            g = _raw_logits(hidden[b:e], weight, bias)
+            torch.ops.bandpo.logit_chunk_grad_(
+                g, t, None if grad_logp is None else grad_logp[b:e].float().contiguous(),
+                None if grad_entropy is None else grad_entropy[b:e].float().contiguous(), ignore_index=ignore_index,
+                logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+            _accumulate_grads(g, hidden, weight, bias, b, e, grad_hidden, grad_weight_acc, grad_bias_acc)
+            continue
         live = (t != ignore_index).to(cdt)
         z, dz = _logits(hidden[b:e], weight, bias, temperature, softcap, logit_scale)
         # dlogp/dz = onehot - P; dH/dz = -P (z - E[z]). g_z = g_logp (onehot - P) - g_H P (z - E[z]).
-        lse = torch.logsumexp(z, dim=1, keepdim=True)
+        # Shifted by the row's max first: E[z] is then a sum of terms near 0 for the likely tokens (unshifted,
+        # float32 sums of logits around 10 lost 2e-5 of E[z], 1e-4 of the gradient).
+        z.sub_(z.amax(dim=1, keepdim=True))
+        p = torch.exp(z)
+        p.div_(p.sum(dim=1, keepdim=True))
         gl = (grad_logp[b:e].to(cdt) * live).unsqueeze(1) if grad_logp is not None else None
         gh = (grad_entropy[b:e].to(cdt) * live).unsqueeze(1) if grad_entropy is not None else None
         if gh is not None:
-            p = torch.sub(z, lse).exp_()
             ez = torch.einsum("nv,nv->n", p, z).unsqueeze(1)
             g = z.sub_(ez).mul_(p).mul_(gh).neg_()       # -g_H P (z - E[z]), in z's buffer
             if gl is not None:
                 g.addcmul_(p, gl, value=-1.0)
-            del p
         else:
-            g = z.sub_(lse).exp_().mul_(gl).neg_() if gl is not None else z.zero_()
+            g = p.mul_(gl).neg_() if gl is not None else p.zero_()
+        del p
         if gl is not None:
             g.scatter_add_(1, t.clamp(0, vocab - 1).unsqueeze(1), gl)
         if dz is not None:
             g.mul_(dz)
         elif logit_scale != 1.0 or temperature != 1.0:
             g.mul_(logit_scale / temperature)
-        gd = g.to(hidden.dtype)
-        grad_hidden[b:e] = torch.mm(gd, weight)
-        grad_weight_acc.addmm_(g.t(), hidden[b:e].to(cdt))
-        if bias is not None:
-            grad_bias_acc.add_(g.sum(0))
+        _accumulate_grads(g, hidden, weight, bias, b, e, grad_hidden, grad_weight_acc, grad_bias_acc)
     return grad_hidden, grad_weight_acc.to(weight.dtype), grad_bias_acc.to(hidden.dtype)
+
+
+def _accumulate_grads(g, hidden, weight, bias, b, e, grad_hidden, grad_weight_acc, grad_bias_acc):
+    """From the chunk's d loss / d raw logits g [e - b, V]: its rows of d hidden, and its share of d weight and
+    d bias (accumulated in the compute dtype, chunk after chunk in order: the same bits for every run)."""
+    grad_hidden[b:e] = torch.mm(g.to(hidden.dtype), weight)
+    grad_weight_acc.addmm_(g.t(), hidden[b:e].to(grad_weight_acc.dtype))
+    if bias is not None:
+        grad_bias_acc.add_(g.sum(0))
 
 
 @_linear_logprob_entropy_backward.register_fake

@@ -1,0 +1,78 @@
+// Per-element math of log-probs and entropy from a row of raw logits (the lm_head's output), written once for
+// the CPU loops and any device kernel: the logit transform, its derivative, and each logit's share of the
+// gradient. The row reductions (max, sums) are the drivers' (csrc/core/lm_head_cpu.cpp).
+//
+// For raw logits r_j of one token (hidden . W_j + b_j), the logits are
+//     y_j = scale r_j,  then  y_j = softcap tanh(y_j / softcap)  when softcap > 0,   z_j = y_j / T
+// (TRL's order: scale, softcap, temperature). With m = max_j z_j, s = sum_j e^(z_j - m) and
+// a = sum_j e^(z_j - m) (z_j - m):
+//     log p_target = z_target - m - log s,      entropy H = log s - a / s
+// (both terms of H are >= 0: no cancellation). Gradients w.r.t. z_j, with P_j = e^(z_j - m) / s:
+//     d log p_target / d z_j = [j = target] - P_j,      d H / d z_j = -P_j (z_j - E[z]),  E[z] = m + a / s,
+// and dz_j / dr_j = scale (1 - tanh^2) / T with softcap, scale / T without.
+#pragma once
+
+#include "bandpo/config.h"
+#include "bandpo/math.h"
+
+namespace bandpo {
+
+// The transform's constants, from (logit_scale, softcap, temperature): softcap 0 means none.
+struct LogitTransform {
+  float scale_over_softcap;       // scale / softcap (softcap > 0)
+  float softcap_over_temperature; // softcap / T
+  float scale_over_temperature;   // scale / T
+  bool softcap;
+};
+
+inline LogitTransform make_logit_transform(double logit_scale, double softcap, double temperature) {
+  LogitTransform t;
+  t.softcap = softcap > 0.0;
+  t.scale_over_softcap = t.softcap ? static_cast<float>(logit_scale / softcap) : 0.0f;
+  t.softcap_over_temperature = static_cast<float>(softcap / temperature);
+  t.scale_over_temperature = static_cast<float>(logit_scale / temperature);
+  return t;
+}
+
+// tanh for the softcap: 1 - 2 / (e^(2x) + 1), exact at 0 sign-wise and saturating to +-1 without NaN.
+BANDPO_HD float logit_tanh(float x) {
+  const float e = math::exp(2.0f * math::min(math::max(x, -40.0f), 40.0f));
+  return 1.0f - 2.0f / (e + 1.0f);
+}
+
+// z of a raw logit.
+BANDPO_HD float logit_z(float raw, const LogitTransform& t) {
+  return t.softcap ? t.softcap_over_temperature * logit_tanh(t.scale_over_softcap * raw) : t.scale_over_temperature * raw;
+}
+
+// z and dz/draw of a raw logit.
+BANDPO_HD float logit_z_and_slope(float raw, const LogitTransform& t, float& slope) {
+  if (!t.softcap) {
+    slope = t.scale_over_temperature;
+    return t.scale_over_temperature * raw;
+  }
+  const float th = logit_tanh(t.scale_over_softcap * raw);
+  slope = t.scale_over_temperature * (1.0f - th * th);
+  return t.softcap_over_temperature * th;
+}
+
+// The row's statistics and the upstream gradients a logit's gradient needs.
+struct LogitRowGrad {
+  float max;        // m
+  float log_sum;    // log s
+  float mean_z;     // E[z] - m = a / s
+  float grad_logp;  // d loss / d log p_target (0 for an ignored row)
+  float grad_entropy;
+};
+
+// d loss / d raw_j of logit j (is_target: j is the row's target).
+BANDPO_HD float logit_grad(float raw, bool is_target, const LogitRowGrad& g, const LogitTransform& t) {
+  float slope;
+  const float zm = logit_z_and_slope(raw, t, slope) - g.max;  // z_j - m
+  const float p = math::exp(zm - g.log_sum);
+  float dz = -p * (g.grad_logp + g.grad_entropy * (zm - g.mean_z));
+  dz += is_target ? g.grad_logp : 0.0f;
+  return dz * slope;
+}
+
+}  // namespace bandpo
