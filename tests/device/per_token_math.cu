@@ -1,6 +1,7 @@
 // Compile-only check (tests/test_device_headers.py): the shared per-token math must build as CUDA device
 // code, unchanged, so that the CUDA kernels use the same definitions as the CPU loops.
 #include "bandpo/dtypes.h"
+#include "bandpo/logit_stats.h"
 #include "bandpo/token_loss.h"
 
 namespace bandpo_device_check {
@@ -16,6 +17,16 @@ __global__ void every_per_token_function(const C* old_logp, const C* logp, const
   const bandpo::KlPenalty<C> k = bandpo::kl_penalty(logp[i], old_logp[i], bandpo::KlEstimator::k3);
   out[i] = b.lower + b.upper + pair.second.upper + t.pg_loss + t.pg_grad + t.clipped_upper + k.value + k.grad +
            bandpo::clipped_pg_loss(old_logp[i], adv[i], loss);
+}
+
+// The lm_head statistics' per-logit math (logit_stats.h).
+__global__ void every_per_logit_function(const float* raw, float* out, long n, bandpo::LogitTransform t,
+                                         bandpo::LogitRowGrad g) {
+  const long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  float slope;
+  out[i] = bandpo::logit_z(raw[i], t) + bandpo::logit_z_and_slope(raw[i], t, slope) + slope +
+           bandpo::logit_grad(raw[i], i == 0, g, t);
 }
 
 __global__ void half_types(const bandpo::bfloat16* a, const bandpo::float16* b, bandpo::bfloat16* c,
