@@ -37,12 +37,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >>"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
-# The torch module builds on the stable ABI, where torch's bundled pybind11 headers refuse to be included: the
-# build needs the pybind11 package. The lent machines lack it and have no network: carry a copy of it
-# (pip's package folder) as gpu-carry/pybind11 (ci/README.md).
-if [ -z "$wheel" ] && ! "$py" -c "import pybind11" 2>/dev/null && [ -d gpu-carry/pybind11 ]; then
-  export PYTHONPATH="$PWD/gpu-carry${PYTHONPATH:+:$PYTHONPATH}"
-fi
 if [ -n "$wheel" ]; then
   rm -rf build-gpu/site
   step install 120 "$py" -m pip install --no-deps --target build-gpu/site "$wheel" || { echo "install failed"; exit 1; }
