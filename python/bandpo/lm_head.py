@@ -100,15 +100,16 @@ def _uses_kernels(hidden: Tensor) -> bool:
 
 
 def _raw_logits(h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """hidden @ weight.T + bias in the inputs' dtype (as the model's lm_head), then float32."""
-    return (torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())).float()
+    """hidden @ weight.T + bias in the inputs' dtype (as the model's lm_head would: float32 accumulation in
+    torch's kernels), then in the compute dtype (float32; float64 for float64)."""
+    raw = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
+    return raw.to(_compute_dtype(h.dtype))
 
 
 def _logits(h: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, softcap: float,
             logit_scale: float) -> tuple[Tensor, Optional[Tensor]]:
-    """The chunk's float32 logits z [n, V], and dz/draw where it is not a constant (softcap), else None. The GEMM
-    runs in the inputs' dtype, as the model's lm_head would (float32 accumulation in torch's kernels)."""
-    z = (torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())).to(_compute_dtype(h.dtype))
+    """The chunk's logits z [n, V] (torch path), and dz/draw where it is not a constant (softcap), else None."""
+    z = _raw_logits(h, weight, bias)
     dz = None
     if softcap > 0:
         z.mul_(logit_scale / softcap).tanh_()          # t = tanh(scale raw / softcap)
