@@ -8,8 +8,8 @@ Each case is log-probs and entropy of N tokens from hidden [N, H] and weight [V,
   eager  the plain path: logits = hidden @ weight.T, log_softmax, gather, entropy (full [N, V] logits)
   bandpo bandpo.linear_logprob_entropy (chunks of about 32 MiB of logits)
   trl    trl.kernels.chunked_logprob.ChunkedLogProbFunction, when trl is installed (TRL 1.16's chunked path)
-Time: median of --reps fwd+bwd calls, the cases interleaved in one process (a, b, c, a, b, c, ...), after one
-warm-up each. Extra peak memory: each case runs once in a fresh child process (before any timing); its peak RSS
+Time: median of --reps fwd+bwd calls, the cases interleaved in one process (a, b, c, a, b, c, ...), after
+--warmup untimed rounds. Extra peak memory: each case runs once in a fresh child process (before any timing); its peak RSS
 minus that of a child that only makes the inputs and the gradient buffers (ru_maxrss). Targets (issue 16): bandpo's extra peak
 memory <= 1/8 of eager's, its time <= eager's, ahead of TRL's on both.
 """
@@ -47,7 +47,11 @@ def ours(hidden, weight, target):
 def trl_path(hidden, weight, target):
     from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
-    out = ChunkedLogProbFunction.apply(hidden, weight, None, target, 1.0)  # (hidden, weight, bias, targets, T)
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE  # the vocabulary tile TRL's trainers use
+
+    # TRL 1.16: (hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs)
+    out = ChunkedLogProbFunction.apply(hidden, weight, None, target, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
+                                       ("entropy",))
     return out[0], out[1]
 
 
@@ -96,6 +100,7 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=["4096x512x32768", "4096x1024x32768", "8192x512x32768",
                                                      "8192x1024x32768"], help="NxHxV")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls of each case first (default 1)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     cases = ["eager", "bandpo"] + (["trl"] if have_trl() else [])
@@ -112,8 +117,9 @@ def main():
     for shape in shapes:
         inputs = make(*shape)
         times = {c: [] for c in cases}
-        for c in cases:
-            fwd_bwd(CASES[c], *inputs)  # warm-up
+        for _ in range(args.warmup):
+            for c in cases:
+                fwd_bwd(CASES[c], *inputs)
         for _ in range(args.reps):
             for c in cases:
                 t = time.perf_counter()

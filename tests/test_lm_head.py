@@ -175,14 +175,15 @@ def test_docstring_example_runs():
 
 
 def test_matches_trl_chunked_logprob():
-    # TRL's chunked path (trl.kernels.chunked_logprob, TRL >= 1.16): same transform order (scale, softcap,
-    # temperature), same outputs. Its module needs triton, which CPU-only machines lack: skipped there.
+    # TRL's chunked path (trl.kernels.chunked_logprob, TRL 1.16: Triton on CUDA, torch ops elsewhere): same
+    # transform order (scale, softcap, temperature), same outputs. Skipped where TRL is not installed.
     chunked = pytest.importorskip("trl.kernels.chunked_logprob")
     hidden, weight, target, bias = make(n=64, h=32, v=503)
     target = target.clamp(min=0)  # TRL has no ignore_index
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hidden, weight, target, bias = (t.to(device) for t in (hidden, weight, target, bias))
-    theirs = chunked.ChunkedLogProbFunction.apply(hidden, weight, bias, target, 0.8, 5.0, 1.2)
+    # (hidden, weight, bias, targets, temperature, vocab chunk, softcap, logit_scale): 503 = 3 x 128 + 119
+    theirs = chunked.ChunkedLogProbFunction.apply(hidden, weight, bias, target, 0.8, 128, 5.0, 1.2)
     ours = linear_logprob_entropy(hidden, weight, target, bias, temperature=0.8, softcap=5.0, logit_scale=1.2)
     torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=2e-5)
     torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=2e-5)
