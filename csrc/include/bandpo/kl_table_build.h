@@ -24,7 +24,7 @@ BANDPO_HD double kl_table_logp(const KlTableLayout& l, int32_t index, double t) 
   return (t - static_cast<double>(k + 1)) * (1.0 / (1 << kKlTableLowStepsLog2));
 }
 
-// The two tabulated functions at lp, exactly (float64 solve): the lower bound and V = -expm1(w_upper).
+// The exact values at lp (float64 solve) the four tabulated functions come from: both bounds and their logs.
 // (Returned by value, so that a loop over many positions vectorises.)
 struct KlTableValues {
   double lower;
@@ -137,7 +137,7 @@ BANDPO_HD void kl_table_store(const KlTableLayout& l, int32_t index, const float
 }
 
 // The two constant intervals, 0 (u below the high grid: p -> 1) and size() - 1 (lp below the low grid:
-// p -> 0): the limits of lower and V there.
+// p -> 0): the limits of the four tabulated functions there.
 BANDPO_HD void kl_table_fill_limit(const KlTableLayout& l, int32_t index, double delta, float* out) {
   for (int m = 0; m < kKlTableCoeffs; ++m) out[m] = 0.0f;
   if (index == 0) {  // lower e^-delta, upper 1, log lower -delta, log(p upper) 0
