@@ -33,9 +33,11 @@ struct KernelTable {
   void (*logit_stats)(const float* raw, int64_t stride, int64_t vocab, int64_t begin, int64_t end,
                       const int64_t* target, int64_t ignore_index, const LogitTransform& t, float* logp,
                       float* entropy);
-  // The same rows overwritten with d loss / d raw (grad_logp / grad_entropy may be null: 0).
+  // The same rows overwritten with d loss / d raw (grad_logp / grad_entropy may be null: 0). With logp and
+  // entropy (the rows' logit_stats outputs; else null) the row's sums come from them: one pass, not three.
   void (*logit_grad)(float* raw, int64_t stride, int64_t vocab, int64_t begin, int64_t end, const int64_t* target,
-                     int64_t ignore_index, const LogitTransform& t, const float* grad_logp, const float* grad_entropy);
+                     int64_t ignore_index, const LogitTransform& t, const float* grad_logp, const float* grad_entropy,
+                     const float* logp, const float* entropy);
 };
 
 const KernelTable& kernel_table_baseline();

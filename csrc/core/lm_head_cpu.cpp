@@ -54,14 +54,15 @@ void logit_stats_cpu(const float* raw, int64_t rows, int64_t vocab, int64_t row_
 
 void logit_grad_cpu(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
                     int64_t ignore_index, double logit_scale, double softcap, double temperature,
-                    const float* grad_logp, const float* grad_entropy, const ParallelFor& parallel_for) {
+                    const float* grad_logp, const float* grad_entropy, const float* logp, const float* entropy,
+                    const ParallelFor& parallel_for) {
   const LogitTransform t = checked_transform("logit_grad_cpu", rows, vocab, row_stride, raw, target, ignore_index,
                                              logit_scale, softcap, temperature);
   const detail::KernelTable& k = detail::cpu_kernels();
   const int64_t per = rows_per_item(vocab);
   detail::run_parallel(parallel_for, (rows + per - 1) / per, [&](int64_t b, int64_t e) {
     k.logit_grad(raw, row_stride, vocab, b * per, std::min(rows, e * per), target, ignore_index, t, grad_logp,
-                 grad_entropy);
+                 grad_entropy, logp, entropy);
   });
 }
 

@@ -150,9 +150,9 @@ void logit_chunk_stats_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_
 }
 
 // logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, int ignore_index,
-//                   float logit_scale, float softcap, float temperature) -> ()
+//                   float logit_scale, float softcap, float temperature, Tensor? logp, Tensor? entropy) -> ()
 void logit_chunk_grad_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("logit_chunk_grad_", num_args, 8, num_outputs, 0);
+  check_stack("logit_chunk_grad_", num_args, 10, num_outputs, 0);
   const LogitChunk c = logit_chunk("logit_chunk_grad_", to<Tensor>(stack[0]), to<Tensor>(stack[1]));
   std::optional<Tensor> keep_logp, keep_entropy;
   const float* grad_logp = optional_row_values("logit_chunk_grad_", "grad_logp", to<std::optional<Tensor>>(stack[2]), c, keep_logp);
@@ -160,10 +160,16 @@ void logit_chunk_grad_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t
       optional_row_values("logit_chunk_grad_", "grad_entropy", to<std::optional<Tensor>>(stack[3]), c, keep_entropy);
   const int64_t ignore_index = to<int64_t>(stack[4]);
   const double logit_scale = to<double>(stack[5]), softcap = to<double>(stack[6]), temperature = to<double>(stack[7]);
+  std::optional<Tensor> keep_row_logp, keep_row_entropy;
+  const float* logp = optional_row_values("logit_chunk_grad_", "logp", to<std::optional<Tensor>>(stack[8]), c, keep_row_logp);
+  const float* entropy =
+      optional_row_values("logit_chunk_grad_", "entropy", to<std::optional<Tensor>>(stack[9]), c, keep_row_entropy);
+  BANDPO_CHECK_VALUE((logp == nullptr) == (entropy == nullptr), "logit_chunk_grad_: logp and entropy come together ",
+                     "(the chunk's logit_chunk_stats outputs), got only ", logp ? "logp" : "entropy");
   rethrow_as_value_error([&] {
     logit_grad_cpu(static_cast<float*>(c.raw.data_ptr()), c.rows, c.vocab, c.row_stride,
                    static_cast<const int64_t*>(c.target.data_ptr()), ignore_index, logit_scale, softcap, temperature,
-                   grad_logp, grad_entropy, torch_parallel_for());
+                   grad_logp, grad_entropy, logp, entropy, torch_parallel_for());
   });
 }
 

@@ -22,8 +22,10 @@ STABLE_TORCH_LIBRARY(bandpo, m) {
   // python/bandpo/lm_head.py: float32 raw [rows, vocab] with unit column stride.
   m.def("logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index=-100, float logit_scale=1., "
         "float softcap=0., float temperature=1.) -> (Tensor, Tensor)");
+  // logp and entropy: the chunk's logit_chunk_stats outputs, when kept (then one pass per row, not three).
   m.def("logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, "
-        "int ignore_index=-100, float logit_scale=1., float softcap=0., float temperature=1.) -> ()");
+        "int ignore_index=-100, float logit_scale=1., float softcap=0., float temperature=1., Tensor? logp=None, "
+        "Tensor? entropy=None) -> ()");
 }
 
 }  // namespace bandpo

@@ -25,8 +25,9 @@ __global__ void every_per_logit_function(const float* raw, float* out, long n, b
   const long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   float slope;
+  const bandpo::LogitRowGrad from_outputs = bandpo::logit_row_grad_from_outputs(raw[0], -1.0f, 2.0f, 1.0f, 0.5f);
   out[i] = bandpo::logit_z(raw[i], t) + bandpo::logit_z_and_slope(raw[i], t, slope) + slope +
-           bandpo::logit_grad(raw[i], i == 0, g, t);
+           bandpo::logit_grad(raw[i], i == 0, g, t) + bandpo::logit_grad(raw[i], false, from_outputs, t);
 }
 
 __global__ void half_types(const bandpo::bfloat16* a, const bandpo::float16* b, bandpo::bfloat16* c,

@@ -52,11 +52,14 @@ void logit_stats_cpu(const float* raw, int64_t rows, int64_t vocab, int64_t row_
                      float* entropy, const ParallelFor& parallel_for = {});
 
 // The backward of logit_stats_cpu: overwrites raw with d loss / d raw, given grad_logp[r] = d loss / d logp[r]
-// and grad_entropy[r] = d loss / d entropy[r] (either may be null: 0; ignored rows get 0). The caller then
-// forms d hidden = d raw @ W, d W += d raw^T @ hidden, d b += sum over rows of d raw.
+// and grad_entropy[r] = d loss / d entropy[r] (either may be null: 0; ignored rows get 0). logp and entropy are
+// logit_stats_cpu's outputs for these rows, or null: given both, each row is one pass (its sums follow from
+// them), else three. The caller then forms d hidden = d raw @ W, d W += d raw^T @ hidden, d b += the column sums
+// of d raw.
 void logit_grad_cpu(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
                     int64_t ignore_index, double logit_scale, double softcap, double temperature,
-                    const float* grad_logp, const float* grad_entropy, const ParallelFor& parallel_for = {});
+                    const float* grad_logp, const float* grad_entropy, const float* logp, const float* entropy,
+                    const ParallelFor& parallel_for = {});
 
 // The library's version, "MAJOR.MINOR.PATCH" (BANDPO_VERSION_STRING of the build, for run-time checks).
 const char* version();

@@ -65,6 +65,14 @@ struct LogitRowGrad {
   float grad_entropy;
 };
 
+// The row's LogitRowGrad from the row's outputs instead of its sums (no pass over the row): with
+// lse = m + log s = z_target - logp and E[z] = lse - H, logit_grad's terms are the same for max = lse,
+// log_sum = 0 and mean_z = E[z] - lse = -H.
+BANDPO_HD LogitRowGrad logit_row_grad_from_outputs(float z_target, float logp, float entropy, float grad_logp,
+                                                   float grad_entropy) {
+  return LogitRowGrad{z_target - logp, 0.0f, -entropy, grad_logp, grad_entropy};
+}
+
 // d loss / d raw_j of logit j (is_target: j is the row's target).
 BANDPO_HD float logit_grad(float raw, bool is_target, const LogitRowGrad& g, const LogitTransform& t) {
   float slope;
