@@ -8,6 +8,9 @@
 #                 BANDPO_PYTHON=python3.12 for the lent machines' Python) without dependencies, and test it
 #   PYTHON        interpreter with torch (default python3)
 #   BANDPO_ARCHS  CUDA architectures to build (default 90: the machine's own; CI compiles 80 and 90)
+# The lm_head benchmark compares with TRL's chunked log-prob and Liger's fused GRPO loss where they import: the
+# lent machines have neither and no network, so a session may carry them in build/gpu_extras/site (put on
+# PYTHONPATH after bandpo; see ci/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 wheel=""
@@ -48,8 +51,10 @@ else
   cp "$so" build-gpu/_np*.so python/bandpo/ && export PYTHONPATH="$PWD/python"
 fi
 "$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo', bandpo.__file__, 'CUDA kernels loaded')"
+if [ -d build/gpu_extras/site ]; then export PYTHONPATH="$PYTHONPATH:$PWD/build/gpu_extras/site"; fi
 
-step tests 180 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py tests/test_kl_table.py -k "cuda or not kl_table"
+step tests 240 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py tests/test_kl_table.py \
+  tests/test_lm_head.py -k "cuda or not kl_table"
 grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/tests.log" | head -n 40
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tests/device/memcheck_case.py
 grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
@@ -61,5 +66,17 @@ grep graph "$out/bench_solve.log"
 # each kernel's device time (torch.profiler) in the KL and TV bounds and loss at 16M float32
 step kernels 60 "$py" benchmarks/bench_cuda.py --kernel-times 16777216
 grep -v "^\[" "$out/kernels.log" | head -n 40
+# issue 16: the head and the fused loss at N 8192, H 4096, V 131072, bf16, against the three GEMMs alone
+step lm_head_loss 240 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --loss --reps 3 \
+  --out "$out/lm_head_loss.json"
+sed -n '/^$/,$p' "$out/lm_head_loss.log"
+step lm_head_op 120 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --reps 3 --cases gemms eager bandpo trl \
+  --out "$out/lm_head_op.json"
+sed -n '/^$/,$p' "$out/lm_head_op.log"
+for c in 128 1024 2048; do  # the fused loss at other chunk sizes (default: 256 MiB of logits, 512 tokens here)
+  step "lm_head_c$c" 60 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --loss --reps 3 \
+    --cases gemms bandpo --chunk-size "$c"
+  grep -E "^ *8192" "$out/lm_head_c$c.log"
+done
 cat "$out/steps.txt"
 exit $status

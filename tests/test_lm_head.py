@@ -146,27 +146,103 @@ def test_bad_arguments_are_named(change, match):
         linear_logprob_entropy(args["hidden"], args["weight"], args["target"], args["bias"], **kw)
 
 
-def test_fused_linear_band_loss_equals_the_two_steps():
-    g = torch.Generator().manual_seed(4)
-    hidden = torch.randn(3, 7, 16, generator=g, requires_grad=True)
-    weight = torch.randn(50, 16, generator=g) / 4
-    target = torch.randint(0, 50, (3, 7), generator=g)
-    mask = torch.rand(3, 7, generator=g) > 0.2
+def _fused_case(seed=4, b=3, t=7, h=16, v=50, float_mask=False):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(b, t, h, generator=g)
+    weight = torch.randn(v, h, generator=g) / 4
+    bias = 0.1 * torch.randn(v, generator=g)
+    target = torch.randint(0, v, (b, t), generator=g)
+    mask = torch.rand(b, t, generator=g) > 0.2
+    if float_mask:
+        mask = mask * torch.rand(b, t, generator=g)
     with torch.no_grad():
-        old = linear_logprob_entropy(hidden.reshape(-1, 16), weight, target.reshape(-1))[0].view(3, 7)
-        old = old + 0.1 * torch.randn(3, 7, generator=g)
-        old = old.clamp(max=0)
-    adv = torch.randn(3, generator=g)
-    out = bandpo.fused_linear_band_loss(hidden, weight, target, old, adv, mask, agg="seq-mean-token-mean")
+        old = linear_logprob_entropy(hidden.reshape(-1, h), weight, target.reshape(-1), bias)[0].view(b, t)
+        # up to e^(+-0.9) away: some tokens clipped by the band, a few by the dual clip at 2
+        old = (old + 0.3 * torch.randn(b, t, generator=g)).clamp(max=0)
+    return hidden, weight, bias, target, mask, old, torch.randn(b, generator=g), old - 0.2
+
+
+def _two_steps(hidden, weight, bias, target, mask, old, adv, ref, entropy_coef=0.0, **kw):
+    """The same loss through the op and band_loss, the entropy bonus aggregated in plain torch (verl's agg_loss)."""
+    b, t, h = hidden.shape
+    logp, ent = linear_logprob_entropy(hidden.reshape(-1, h), weight, target.reshape(-1), bias)
+    out = bandpo.band_loss(logp.view(b, t), old, adv, mask, ref_logp=ref, **kw)
+    m, ent = mask.float(), ent.view(b, t)
+    agg = kw.get("agg", "token-mean")
+    if kw.get("normalizer"):
+        bonus = (ent * m).sum() / kw["normalizer"]
+    elif agg == "seq-mean-token-mean":
+        bonus = ((ent * m).sum(1) / m.sum(1)).sum() / b
+    else:
+        bonus = (ent * m).sum() / {"token-mean": m.sum(), "seq-mean-token-sum": b, "seq-mean-token-sum-norm": b * t}[agg]
+    return out.loss - entropy_coef * bonus, ent
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("kw", [dict(), dict(dual_clip=2.0, kl_coef=0.1), dict(normalizer=5.0), dict(entropy_coef=0.03),
+                                dict(divergence="clip", float_mask=True), dict(torch_path=True, entropy_coef=0.01)])
+def test_fused_linear_band_loss_equals_the_two_steps(agg, kw, monkeypatch):
+    # Gradients formed in the forward (three GEMMs) against autograd through the op and band_loss, for every
+    # aggregation, the KL penalty, dual clip, a normalizer, weight masks and the entropy bonus; chunks of 5 tokens
+    # across sequence boundaries; the CPU kernels and the torch path (other devices).
+    kw = dict(kw)
+    if kw.pop("torch_path", False):
+        monkeypatch.setattr(lm_head, "_uses_kernels", lambda x: False)
+    hidden, weight, bias, target, mask, old, adv, ref = _fused_case(float_mask=kw.pop("float_mask", False))
+    ref = ref if kw.get("kl_coef") else None
+    ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    out = bandpo.fused_linear_band_loss(ins[0], ins[1], target, old, adv, mask, bias=ins[2], ref_logp=ref,
+                                        chunk_size=5, agg=agg, **kw)
     out.loss.backward()
-    h2 = hidden.detach().clone().requires_grad_()
-    logp, ent = linear_logprob_entropy(h2.reshape(-1, 16), weight, target.reshape(-1))
-    want = bandpo.band_loss(logp.view(3, 7), old, adv, mask, agg="seq-mean-token-mean")
-    want.loss.backward()
-    torch.testing.assert_close(out.loss, want.loss)
-    torch.testing.assert_close(hidden.grad, h2.grad)
+    want_ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    want, ent = _two_steps(*want_ins, target, mask, old, adv, ref, agg=agg, **kw)
+    want.backward()
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    for x, y in zip(ins, want_ins):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
     m = mask.float()
-    torch.testing.assert_close(out.metrics["entropy"], (ent.view(3, 7) * m).sum() / m.sum())
+    torch.testing.assert_close(out.metrics["entropy"], (ent * m).sum() / m.sum())
+
+
+def test_fused_linear_band_loss_float64_and_frozen_weight():
+    # float64 computes in float64: the gradients formed in the forward equal autograd through the op (itself
+    # gradchecked above) to 1e-12; a frozen head forms d hidden only (weight's and bias's GEMMs skipped)
+    hidden, weight, bias, target, mask, old, adv, _ = _fused_case(b=2, t=4, h=5, v=9)
+    old, adv = old.double(), adv.double()
+    for frozen in (False, True):
+        ins = [x.double().requires_grad_(i == 0 or not frozen) for i, x in enumerate((hidden, weight, bias))]
+        out = bandpo.fused_linear_band_loss(ins[0], ins[1], target, old, adv, mask, bias=ins[2], chunk_size=3,
+                                            entropy_coef=0.1)
+        out.loss.backward()
+        want_ins = [x.double().requires_grad_() for x in (hidden, weight, bias)]
+        want, _ = _two_steps(*want_ins, target, mask, old, adv, None, entropy_coef=0.1)
+        want.backward()
+        torch.testing.assert_close(out.loss, want, rtol=1e-12, atol=1e-12)
+        for x, y in zip(ins, want_ins):
+            if x.requires_grad:
+                torch.testing.assert_close(x.grad, y.grad, rtol=1e-12, atol=1e-12)
+            else:
+                assert x.grad is None
+
+
+def test_fused_linear_band_loss_without_grad_and_errors():
+    hidden, weight, bias, target, mask, old, adv, _ = _fused_case()
+    with torch.no_grad():
+        a = bandpo.fused_linear_band_loss(hidden.requires_grad_(), weight, target, old, adv, mask, bias=bias)
+    b = bandpo.fused_linear_band_loss(hidden, weight, target, old, adv, mask, bias=bias)
+    torch.testing.assert_close(a.loss, b.loss.detach())
+    assert a.metrics.keys() == b.metrics.keys()
+    b.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        b.loss.backward()
+    with pytest.raises(ValueError, match="entropy_coef"):
+        bandpo.fused_linear_band_loss(hidden, weight, target, old, adv, mask, entropy_coef=math.nan)
+    with pytest.raises(ValueError, match=r"target\[3\]"):
+        bad = target.clone()
+        bad.view(-1)[3] = 50
+        bandpo.fused_linear_band_loss(hidden, weight, bad, old, adv, mask)
+    with pytest.raises(ValueError, match="old_logp"):
+        bandpo.fused_linear_band_loss(hidden, weight, target, old[:, :3], adv, mask)
 
 
 def test_docstring_example_runs():
@@ -228,3 +304,88 @@ def test_chunk_ops_opcheck_and_errors():
         torch.ops.bandpo.logit_chunk_grad_(raw.t().contiguous().t(), target, None, None)
     with pytest.raises(ValueError, match="grad_logp must be"):
         torch.ops.bandpo.logit_chunk_grad_(raw.clone(), target, torch.randn(4), None)
+    lp, ent = torch.ops.bandpo.logit_chunk_stats(raw, target)
+    with pytest.raises(ValueError, match="logp and entropy come together"):
+        torch.ops.bandpo.logit_chunk_grad_(raw.clone(), target, None, None, logp=lp)
+    with pytest.raises(ValueError, match="entropy must be"):
+        torch.ops.bandpo.logit_chunk_grad_(raw.clone(), target, None, None, logp=lp, entropy=ent[:2])
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_chunk_grad_from_outputs_equals_from_sums(opts):
+    # Given the chunk's logp and entropy, logit_chunk_grad_ takes each row's log-sum-exp and mean logit from them
+    # (one pass) instead of summing the row again (three): the same gradient to float rounding, for both paths.
+    # Logits up to about 25 in size, the ignored row's and all.
+    g = torch.Generator().manual_seed(5)
+    raw = 8 * torch.randn(9, 3001, generator=g)
+    target = torch.randint(0, 3001, (9,), generator=g)
+    target[4] = -100
+    gl, gh = torch.randn(9, generator=g), torch.randn(9, generator=g)
+    kw = dict(ignore_index=-100, logit_scale=opts.get("logit_scale", 1.0), softcap=opts.get("softcap", 0.0),
+              temperature=opts.get("temperature", 1.0))
+    lp, ent = torch.ops.bandpo.logit_chunk_stats(raw, target, **kw)
+    from_sums, from_outputs = raw.clone(), raw.clone()
+    torch.ops.bandpo.logit_chunk_grad_(from_sums, target, gl, gh, **kw)
+    torch.ops.bandpo.logit_chunk_grad_(from_outputs, target, gl, gh, logp=lp, entropy=ent, **kw)
+    torch.library.opcheck(torch.ops.bandpo.logit_chunk_grad_.default, (raw.clone(), target, gl, gh),
+                          dict(kw, logp=lp, entropy=ent))
+    scale = from_sums.abs().max()
+    torch.testing.assert_close(from_outputs, from_sums, rtol=0, atol=2e-6 * float(scale))
+    assert not from_outputs[4].any()
+    order = (kw["temperature"], kw["softcap"], kw["logit_scale"])
+    torch_path = lm_head._chunk_logit_grad_  # on float64 raw: the torch path, both ways, against the kernel
+    for outputs in (dict(), dict(logp=lp.double(), entropy=ent.double())):
+        got = torch_path(raw.double(), target, gl, gh, -100, *order, **outputs)
+        torch.testing.assert_close(got.float(), from_sums, rtol=0, atol=2e-6 * float(scale))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_cuda_matches_the_reference_and_the_cpu(opts):
+    # CUDA runs the chunk steps as torch operations (lm_head._uses_kernels): values and gradients against the
+    # float64 reference, and against the CPU's kernel path on the same inputs.
+    hidden, weight, target, bias = make(n=300, v=1009)
+    g = torch.Generator().manual_seed(3)
+    a, c = torch.randn(300, generator=g), torch.randn(300, generator=g)
+    results = []
+    for device in ("cpu", "cuda"):
+        ins = [t.to(device).requires_grad_() for t in (hidden, weight, bias)]
+        logp, ent = linear_logprob_entropy(ins[0], ins[1], target.to(device), ins[2], chunk_size=64, **opts)
+        ((logp * a.to(device)).sum() + (ent * c.to(device)).sum()).backward()
+        results.append([x.detach().cpu() for x in (logp, ent)] + [t.grad.cpu() for t in ins])
+    want_logp, want_ent = linear_logprob_entropy_reference(hidden, weight, target, bias, **opts)
+    torch.testing.assert_close(results[1][0].double(), want_logp, rtol=0, atol=2e-5)
+    torch.testing.assert_close(results[1][1].double(), want_ent, rtol=0, atol=2e-5)
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=2e-5)
+
+
+@cuda
+def test_cuda_half_fused_loss_and_bad_targets():
+    # bf16 on CUDA: the op against log_softmax over the bf16 GEMM's float32 upcast; the fused loss (gradients in
+    # the forward) against the two steps; an out-of-range target gives NaN there (no host sync), not a raise.
+    hidden, weight, target, bias = (t.cuda() for t in make(dtype=torch.bfloat16))
+    logp, ent = linear_logprob_entropy(hidden, weight, target, bias, chunk_size=50)
+    logsm = torch.log_softmax(torch.addmm(bias, hidden, weight.t()).float(), 1)
+    live = target != -100
+    torch.testing.assert_close(logp[live], logsm[live].gather(1, target[live].unsqueeze(1)).squeeze(1), rtol=0,
+                               atol=1e-5)
+    bad = target.clone()
+    bad[5] = 5000
+    logp, ent = linear_logprob_entropy(hidden, weight, bad, bias)
+    assert bool(logp[5].isnan()) and bool(ent[5].isnan()) and not bool(logp[6:].isnan().any())
+    case = [t.cuda() if isinstance(t, torch.Tensor) else t for t in _fused_case()]
+    hidden, weight, bias, target, mask, old, adv, ref = case
+    ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    out = bandpo.fused_linear_band_loss(ins[0], ins[1], target, old, adv, mask, bias=ins[2], ref_logp=ref,
+                                        kl_coef=0.1, chunk_size=5, entropy_coef=0.02)
+    out.loss.backward()
+    want_ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+    want, _ = _two_steps(*want_ins, target, mask, old, adv, ref, entropy_coef=0.02, kl_coef=0.1)
+    want.backward()
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    for x, y in zip(ins, want_ins):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 # Target of the chunk's float32 logits buffer (bytes) when chunk_size is 0: a few such buffers are live at once.
-DEFAULT_CHUNK_BYTES = 32 << 20
+# On the CPU about a last-level cache's worth of rows per thread pass; on a GPU larger, so that each GEMM has
+# enough rows (M) to run near its peak (512 tokens at V = 131072).
+DEFAULT_CHUNK_BYTES = {"cpu": 32 << 20, "other": 256 << 20}
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -37,10 +39,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _chunk_tokens(n: int, vocab: int, chunk_size: int) -> int:
+def _chunk_tokens(n: int, vocab: int, chunk_size: int, device: torch.device) -> int:
     if chunk_size > 0:
         return chunk_size
-    return max(1, min(n, DEFAULT_CHUNK_BYTES // (4 * max(vocab, 1))))
+    budget = DEFAULT_CHUNK_BYTES["cpu" if device.type == "cpu" else "other"]
+    return max(1, min(n, budget // (4 * max(vocab, 1))))
 
 
 def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chunk_size) -> None:
@@ -79,7 +82,8 @@ def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chun
     if not (math.isfinite(logit_scale) and logit_scale != 0):
         raise ValueError(f"logit_scale must be a finite nonzero number, got {logit_scale}")
     if chunk_size < 0:
-        raise ValueError(f"chunk_size must be >= 0 (0: about {DEFAULT_CHUNK_BYTES >> 20} MiB of logits), got {chunk_size}")
+        raise ValueError(f"chunk_size must be >= 0 (0: about {DEFAULT_CHUNK_BYTES['cpu'] >> 20} MiB of logits on the CPU, "
+                         f"{DEFAULT_CHUNK_BYTES['other'] >> 20} MiB elsewhere), got {chunk_size}")
 
 
 def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Tensor:
@@ -92,11 +96,12 @@ def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Tensor:
     return bad
 
 
-def _uses_kernels(hidden: Tensor) -> bool:
+def _uses_kernels(x: Tensor) -> bool:
     """Whether a chunk's statistics and gradient run in bandpo's kernels (torch.ops.bandpo.logit_chunk_stats,
-    logit_chunk_grad_: one pass per row, csrc/include/bandpo/logit_stats.h): on the CPU, in float32. Elsewhere
-    (other devices, float64) the same math runs as torch operations below."""
-    return hidden.device.type == "cpu" and hidden.dtype != torch.float64
+    logit_chunk_grad_: one pass per row, csrc/include/bandpo/logit_stats.h): on the CPU, in float32 (x: the
+    hidden states or the chunk's raw logits). Elsewhere (other devices, float64) the same math runs as torch
+    operations below."""
+    return x.device.type == "cpu" and x.dtype != torch.float64
 
 
 def _raw_logits(h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -106,10 +111,10 @@ def _raw_logits(h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return raw.to(_compute_dtype(h.dtype))
 
 
-def _logits(h: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, softcap: float,
-            logit_scale: float) -> tuple[Tensor, Optional[Tensor]]:
-    """The chunk's logits z [n, V] (torch path), and dz/draw where it is not a constant (softcap), else None."""
-    z = _raw_logits(h, weight, bias)
+def _transform_(raw: Tensor, temperature: float, softcap: float, logit_scale: float) -> tuple[Tensor, Optional[Tensor]]:
+    """The chunk's logits z [n, V] from its raw logits (torch path; in raw's buffer), and dz/draw where it is not
+    a constant (softcap), else None."""
+    z = raw
     dz = None
     if softcap > 0:
         z.mul_(logit_scale / softcap).tanh_()          # t = tanh(scale raw / softcap)
@@ -159,17 +164,11 @@ def _linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias
     bad = _check_targets(target, vocab, ignore_index)
     logp = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
     entropy = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
-    step = _chunk_tokens(n, vocab, chunk_size)
+    step = _chunk_tokens(n, vocab, chunk_size, hidden.device)
     for b in range(0, n, step):
         e = min(n, b + step)
-        t = target[b:e]
-        if _uses_kernels(hidden):
-            lp, ent = torch.ops.bandpo.logit_chunk_stats(
-                _raw_logits(hidden[b:e], weight, bias), t, ignore_index=ignore_index, logit_scale=logit_scale,
-                softcap=softcap, temperature=temperature)
-        else:
-            z, _ = _logits(hidden[b:e], weight, bias, temperature, softcap, logit_scale)
-            lp, ent = _chunk_stats(z, t, t == ignore_index)
+        lp, ent = _chunk_logp_entropy(_raw_logits(hidden[b:e], weight, bias), target[b:e], ignore_index,
+                                      temperature, softcap, logit_scale)
         logp[b:e] = lp
         entropy[b:e] = ent
     if hidden.device.type != "cpu":
@@ -184,7 +183,8 @@ def _(raw, target, *, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperatu
 
 
 @torch.library.register_fake("bandpo::logit_chunk_grad_")
-def _(raw, target, grad_logp, grad_entropy, *, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0):
+def _(raw, target, grad_logp, grad_entropy, *, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0,
+      logp=None, entropy=None):
     return None
 
 
@@ -199,83 +199,131 @@ def _(hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_in
 @torch.library.custom_op("bandpo::linear_logprob_entropy_backward", mutates_args=())
 def _linear_logprob_entropy_backward(grad_logp: Optional[Tensor], grad_entropy: Optional[Tensor], hidden: Tensor,
                                      weight: Tensor, target: Tensor, bias: Optional[Tensor], temperature: float,
-                                     softcap: float, logit_scale: float, ignore_index: int, chunk_size: int
-                                     ) -> tuple[Tensor, Tensor, Tensor]:
+                                     softcap: float, logit_scale: float, ignore_index: int, chunk_size: int,
+                                     logp: Tensor, entropy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_hidden, grad_weight, grad_bias); grad_bias is empty [0] without a bias. A missing grad_logp or
-    grad_entropy counts as 0 (and the entropy's terms are then not computed)."""
+    grad_entropy counts as 0 (and the entropy's terms are then not computed). logp and entropy are the forward's
+    outputs: each row's softmax sums follow from them, so a chunk's gradient is one pass over its logits."""
     n, vocab = hidden.shape[0], weight.shape[0]
-    grad_hidden = torch.zeros_like(hidden)
-    cdt = _compute_dtype(hidden.dtype)
-    grad_weight_acc = torch.zeros(weight.shape, dtype=cdt, device=weight.device)
-    grad_bias_acc = torch.zeros(vocab if bias is not None else 0, dtype=cdt, device=weight.device)
-    step = _chunk_tokens(n, vocab, chunk_size)
+    grads = _GradAccumulator(hidden, weight, bias)
+    transform = (temperature, softcap, logit_scale)
+    step = _chunk_tokens(n, vocab, chunk_size, hidden.device)
     for b in range(0, n, step):
         e = min(n, b + step)
-        t = target[b:e]
-        if _uses_kernels(hidden):
-            g = _raw_logits(hidden[b:e], weight, bias)
-            torch.ops.bandpo.logit_chunk_grad_(
-                g, t, None if grad_logp is None else grad_logp[b:e].float().contiguous(),
-                None if grad_entropy is None else grad_entropy[b:e].float().contiguous(), ignore_index=ignore_index,
-                logit_scale=logit_scale, softcap=softcap, temperature=temperature)
-            _accumulate_grads(g, hidden, weight, bias, b, e, grad_hidden, grad_weight_acc, grad_bias_acc)
-            continue
-        live = (t != ignore_index).to(cdt)
-        z, dz = _logits(hidden[b:e], weight, bias, temperature, softcap, logit_scale)
-        # dlogp/dz = onehot - P; dH/dz = -P (z - E[z]). g_z = g_logp (onehot - P) - g_H P (z - E[z]).
+        raw = _raw_logits(hidden[b:e], weight, bias)
+        g = _chunk_logit_grad_(raw, target[b:e], None if grad_logp is None else grad_logp[b:e],
+                               None if grad_entropy is None else grad_entropy[b:e], ignore_index, *transform,
+                               logp=logp[b:e], entropy=entropy[b:e])
+        grads.add(g, b, e)
+    return grads.result()
+
+
+def _chunk_logp_entropy(raw: Tensor, t: Tensor, ignore_index: int, temperature: float, softcap: float,
+                        logit_scale: float, keep_raw: bool = False) -> tuple[Tensor, Tensor]:
+    """logp and entropy [n] of the chunk's raw logits [n, V] (compute dtype). raw is consumed unless keep_raw."""
+    if _uses_kernels(raw):
+        return torch.ops.bandpo.logit_chunk_stats(raw, t, ignore_index=ignore_index, logit_scale=logit_scale,
+                                                  softcap=softcap, temperature=temperature)
+    z, _ = _transform_(raw.clone() if keep_raw else raw, temperature, softcap, logit_scale)
+    return _chunk_stats(z, t, t == ignore_index)
+
+
+def _chunk_logit_grad_(raw: Tensor, t: Tensor, grad_logp: Optional[Tensor], grad_entropy: Optional[Tensor],
+                       ignore_index: int, temperature: float, softcap: float, logit_scale: float,
+                       logp: Optional[Tensor] = None, entropy: Optional[Tensor] = None) -> Tensor:
+    """d loss / d raw logits [n, V] of the chunk (in raw's buffer where it can), from the upstream gradients of
+    its logp and entropy ([n] each, or None for 0). logp and entropy: the chunk's own outputs (or None), from
+    which each row's log-sum-exp and mean logit follow without a pass over the row."""
+    if _uses_kernels(raw):
+        torch.ops.bandpo.logit_chunk_grad_(
+            raw, t, None if grad_logp is None else grad_logp.float().contiguous(),
+            None if grad_entropy is None else grad_entropy.float().contiguous(), ignore_index=ignore_index,
+            logit_scale=logit_scale, softcap=softcap, temperature=temperature, logp=logp, entropy=entropy)
+        return raw
+    cdt, vocab = raw.dtype, raw.shape[1]
+    ignored = t == ignore_index
+    live = (~ignored).to(cdt)
+    z, dz = _transform_(raw, temperature, softcap, logit_scale)
+    # dlogp/dz = onehot - P; dH/dz = -P (z - E[z]). g_z = g_logp (onehot - P) - g_H P (z - E[z]).
+    if logp is not None and entropy is not None:
+        # from the outputs (logit_stats.h logit_row_grad_from_outputs): lse = z_target - logp, E[z] = lse - H
+        z.sub_(z.gather(1, t.clamp(0, vocab - 1).unsqueeze(1)).sub_(logp.to(cdt).unsqueeze(1)))  # z - lse
+        p = torch.exp(z)
+        ez = entropy.to(cdt).neg().unsqueeze(1)  # E[z] - lse
+    else:
         # Shifted by the row's max first: E[z] is then a sum of terms near 0 for the likely tokens (unshifted,
         # float32 sums of logits around 10 lost 2e-5 of E[z], 1e-4 of the gradient).
         z.sub_(z.amax(dim=1, keepdim=True))
         p = torch.exp(z)
         p.div_(p.sum(dim=1, keepdim=True))
-        gl = (grad_logp[b:e].to(cdt) * live).unsqueeze(1) if grad_logp is not None else None
-        gh = (grad_entropy[b:e].to(cdt) * live).unsqueeze(1) if grad_entropy is not None else None
-        if gh is not None:
+        ez = None
+    gl = (grad_logp.to(cdt) * live).unsqueeze(1) if grad_logp is not None else None
+    gh = (grad_entropy.to(cdt) * live).unsqueeze(1) if grad_entropy is not None else None
+    if gh is not None:
+        if ez is None:
             ez = torch.einsum("nv,nv->n", p, z).unsqueeze(1)
-            g = z.sub_(ez).mul_(p).mul_(gh).neg_()       # -g_H P (z - E[z]), in z's buffer
-            if gl is not None:
-                g.addcmul_(p, gl, value=-1.0)
-        else:
-            g = p.mul_(gl).neg_() if gl is not None else p.zero_()
-        del p
+        g = z.sub_(ez).mul_(p).mul_(gh).neg_()       # -g_H P (z - E[z]), in z's buffer
         if gl is not None:
-            g.scatter_add_(1, t.clamp(0, vocab - 1).unsqueeze(1), gl)
-        if dz is not None:
-            g.mul_(dz)
-        elif logit_scale != 1.0 or temperature != 1.0:
-            g.mul_(logit_scale / temperature)
-        _accumulate_grads(g, hidden, weight, bias, b, e, grad_hidden, grad_weight_acc, grad_bias_acc)
-    return grad_hidden, grad_weight_acc.to(weight.dtype), grad_bias_acc.to(hidden.dtype)
+            g.addcmul_(p, gl, value=-1.0)
+    else:
+        g = p.mul_(gl).neg_() if gl is not None else p.zero_()
+    del p
+    if gl is not None:
+        g.scatter_add_(1, t.clamp(0, vocab - 1).unsqueeze(1), gl)
+    if dz is not None:
+        g.mul_(dz)
+    elif logit_scale != 1.0 or temperature != 1.0:
+        g.mul_(logit_scale / temperature)
+    # an ignored row's P from the outputs is not a distribution (its logp and entropy are 0): inf there times 0
+    return g.masked_fill_(ignored.unsqueeze(1), 0.0)
 
 
-def _accumulate_grads(g, hidden, weight, bias, b, e, grad_hidden, grad_weight_acc, grad_bias_acc):
-    """From the chunk's d loss / d raw logits g [e - b, V]: its rows of d hidden, and its share of d weight and
-    d bias (accumulated in the compute dtype, chunk after chunk in order: the same bits for every run)."""
-    grad_hidden[b:e] = torch.mm(g.to(hidden.dtype), weight)
-    grad_weight_acc.addmm_(g.t(), hidden[b:e].to(grad_weight_acc.dtype))
-    if bias is not None:
-        grad_bias_acc.add_(g.sum(0))
+class _GradAccumulator:
+    """d hidden, d weight and d bias, chunk by chunk from each chunk's d loss / d raw logits g [e - b, V]: its rows
+    of d hidden, and its share of d weight and d bias (accumulated in the compute dtype, chunk after chunk in
+    order: the same bits for every run). A gradient not wanted (needs[i] False) is neither computed nor kept."""
+
+    def __init__(self, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], needs=(True, True, True)):
+        cdt = _compute_dtype(hidden.dtype)
+        self.hidden, self.weight = hidden, weight
+        self.needs = (needs[0], needs[1], needs[2] and bias is not None)
+        self.grad_hidden = torch.zeros_like(hidden) if self.needs[0] else None
+        self.grad_weight = torch.zeros(weight.shape, dtype=cdt, device=weight.device) if self.needs[1] else None
+        self.grad_bias = torch.zeros(weight.shape[0] if self.needs[2] else 0, dtype=cdt, device=weight.device)
+
+    def add(self, g: Tensor, b: int, e: int) -> None:
+        if self.needs[0]:
+            self.grad_hidden[b:e] = torch.mm(g.to(self.hidden.dtype), self.weight)
+        if self.needs[1]:
+            self.grad_weight.addmm_(g.t(), self.hidden[b:e].to(self.grad_weight.dtype))
+        if self.needs[2]:
+            self.grad_bias.add_(g.sum(0))
+
+    def result(self) -> tuple[Optional[Tensor], Optional[Tensor], Tensor]:
+        gw = None if self.grad_weight is None else self.grad_weight.to(self.weight.dtype)
+        return self.grad_hidden, gw, self.grad_bias.to(self.hidden.dtype)
 
 
 @_linear_logprob_entropy_backward.register_fake
 def _(grad_logp, grad_entropy, hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_index,
-      chunk_size):
+      chunk_size, logp, entropy):
     return (torch.empty_like(hidden), torch.empty_like(weight),
             hidden.new_empty(weight.shape[0] if bias is not None else 0))
 
 
 def _setup_context(ctx, inputs, output):
     hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_index, chunk_size = inputs
-    ctx.save_for_backward(hidden, weight, target, bias)
+    ctx.save_for_backward(hidden, weight, target, bias, *output)
     ctx.options = (temperature, softcap, logit_scale, ignore_index, chunk_size)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_logp, grad_entropy):
-    hidden, weight, target, bias = ctx.saved_tensors
+    hidden, weight, target, bias, logp, entropy = ctx.saved_tensors
     if grad_logp is None and grad_entropy is None:
         return None, None, None, None, None, None, None, None, None
-    gh, gw, gb = _linear_logprob_entropy_backward(grad_logp, grad_entropy, hidden, weight, target, bias, *ctx.options)
+    gh, gw, gb = _linear_logprob_entropy_backward(grad_logp, grad_entropy, hidden, weight, target, bias, *ctx.options,
+                                                  logp, entropy)
     return (gh if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None, None,
             gb if bias is not None and ctx.needs_input_grad[3] else None, None, None, None, None, None)
 
@@ -298,7 +346,8 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
         softcap: logits -> softcap * tanh(logits / softcap) before the temperature; 0 (default) for none.
         logit_scale: multiplies the logits first (default 1).
         ignore_index: targets equal to it give logp = entropy = 0 and no gradient (default -100).
-        chunk_size: tokens per chunk; 0 (default) picks about 32 MiB of float32 logits per chunk.
+        chunk_size: tokens per chunk; 0 (default) picks about 32 MiB of float32 logits per chunk on the CPU,
+            256 MiB on a GPU (DEFAULT_CHUNK_BYTES).
 
     Returns:
         (logp, entropy): float32 [N] each (float64 for float64 inputs), in nats; logp <= 0. Differentiable
@@ -317,32 +366,145 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
                                    float(logit_scale), int(ignore_index), int(chunk_size))
 
 
+def _loss_weights(old_logp: Tensor, mask: Optional[Tensor], loss_kwargs: dict, normalizer: Optional[float]) -> Tensor:
+    """a [like old_logp]: each token's weight in the loss, loss = sum_n a_n l_n with l_n the token's own loss
+    (its mask weight over the aggregation's denominator: sum(mask), B, B T, the row's weight times B, or the
+    normalizer). Asked of the op itself, so that the aggregation rules stay written once (aggregation.h): at
+    logp = old_logp, A = -1 and no KL penalty or dual clip, the token's loss is -A r = r, whose slope in logp is
+    exactly 1 (r = 1 lies inside every band), so band_loss_backward returns a_n."""
+    kwargs = {**loss_kwargs, "kl_coef": 0.0, "dual_clip": None}
+    one = torch.ones((), dtype=old_logp.dtype, device=old_logp.device)
+    return torch.ops.bandpo.band_loss_backward(one, old_logp, old_logp, -torch.ones_like(old_logp), mask, None,
+                                               normalizer=normalizer, **kwargs)
+
+
+class _FusedLinearBandLoss(torch.autograd.Function):
+    """The head and the loss with the gradients formed in the forward, chunk by chunk: each chunk's logits are made
+    once, reduced to logp and entropy, turned into d loss / d logits right away (the loss's per-token gradient
+    needs only the token and its weight a_n) and folded into d hidden, d weight, d bias by two GEMMs. Three GEMMs
+    in all, where the op's own backward recomputes the logits (four). The backward scales them by d out / d loss."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, run):
+        loss, logp, entropy, grads = run(hidden, weight, bias, ctx.needs_input_grad[:3])
+        ctx.mark_non_differentiable(logp, entropy)
+        ctx.save_for_backward(*grads)
+        ctx.used = False
+        return loss, logp, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_logp, _grad_entropy):
+        if ctx.used:
+            raise RuntimeError("fused_linear_band_loss: its gradients were scaled in place by a first backward; a "
+                               "second backward through the same graph (retain_graph=True) is not supported")
+        ctx.used = True
+        # In place: the saved gradients are ours, and the same size as what is returned.
+        return tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors) + (None,)
+
+
 def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_logp: Tensor, advantages: Tensor,
                            mask: Optional[Tensor] = None, config=None, *, bias: Optional[Tensor] = None,
                            temperature: float = 1.0, softcap: float = 0.0, logit_scale: float = 1.0,
                            ignore_index: int = -100, chunk_size: int = 0, normalizer: Optional[float] = None,
-                           ref_logp: Optional[Tensor] = None, **overrides):
-    """The lm_head and the BandPO loss in one call: :func:`linear_logprob_entropy` gives the new policy's
-    log-probs, :func:`bandpo.band_loss` the loss over them.
+                           ref_logp: Optional[Tensor] = None, entropy_coef: float = 0.0, **overrides):
+    """The lm_head and the BandPO loss in one call: the new policy's log-probs as :func:`linear_logprob_entropy`
+    gives them, the loss over them as :func:`bandpo.band_loss` gives it, minus ``entropy_coef`` times the entropy
+    aggregated as the loss is (verl's entropy bonus).
+
+    Where a gradient is wanted, it is formed in the forward, chunk by chunk, from each chunk's logits made once:
+    three GEMMs of [N, H] x [H, V] in all (the plain path's count; the op's backward would recompute the logits,
+    a fourth), and the memory beyond inputs and gradients stays a few chunks. The gradients are kept until
+    backward, which scales them by the loss's upstream gradient in place (one backward per graph).
 
     Args:
         hidden: [B, T, H] (or [N, H]) final hidden states; weight [V, H]; target [B, T] (or [N]) sampled ids.
         old_logp, advantages, mask, config, normalizer, ref_logp, overrides: as for :func:`bandpo.band_loss`,
             shaped like target. Positions with target == ignore_index must be masked out (their logp is 0).
         bias, temperature, softcap, logit_scale, ignore_index, chunk_size: as for :func:`linear_logprob_entropy`.
+        entropy_coef: weight of the entropy bonus (default 0: none); the loss is band_loss - entropy_coef *
+            (entropy aggregated with the loss's weights).
 
     Returns a :class:`bandpo.BandLoss` whose metrics also hold ``entropy``: the mask-weighted mean entropy
-    (nats, detached; 0-d float32).
+    (nats, detached; 0-d float32). The loss is computed from log-probs in old_logp's dtype, as band_loss's;
+    the gradient in float32 (float64 for float64).
     """
-    from .api import BandLoss, band_loss
+    from .api import _DEFAULT, BandLoss, band_loss
 
+    cfg = (config or _DEFAULT).replace(**overrides) if overrides else (config or _DEFAULT)
+    if not math.isfinite(entropy_coef):
+        raise ValueError(f"entropy_coef must be a finite number, got {entropy_coef}")
+    if old_logp.shape != target.shape:
+        raise ValueError(f"old_logp must have target's shape {tuple(target.shape)}, got {tuple(old_logp.shape)}")
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-    logp, entropy = linear_logprob_entropy(flat_hidden, weight, target.reshape(-1), bias, temperature=temperature,
-                                           softcap=softcap, logit_scale=logit_scale, ignore_index=ignore_index,
-                                           chunk_size=chunk_size)
-    logp = logp.view(target.shape).to(old_logp.dtype)
-    out = band_loss(logp, old_logp, advantages, mask, config, normalizer=normalizer, ref_logp=ref_logp, **overrides)
-    ent = entropy.detach().view(target.shape).float()
-    w = torch.ones_like(ent) if mask is None else mask.to(torch.float32)
-    mean_entropy = (ent * w).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
-    return BandLoss(out.loss, {**out.metrics, "entropy": mean_entropy}, out.metrics_tensor)
+    flat_target = target.reshape(-1)
+    options = (float(temperature), float(softcap), float(logit_scale))
+
+    def finish(logp: Tensor, entropy: Tensor, weights: Optional[Tensor]):
+        logp = logp.view(target.shape).to(old_logp.dtype)
+        out = band_loss(logp, old_logp, advantages, mask, cfg, normalizer=normalizer, ref_logp=ref_logp)
+        ent = entropy.detach().view(target.shape)
+        w = torch.ones_like(ent, dtype=torch.float32) if mask is None else mask.to(torch.float32)
+        mean_entropy = (ent.float() * w).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+        loss = out.loss.detach()
+        if entropy_coef != 0.0:
+            if weights is None:
+                weights = _loss_weights(old_logp.to(ent.dtype), _mask_as(mask, ent.dtype), cfg.loss_kwargs(), normalizer)
+            loss = loss - (entropy_coef * (weights.view(target.shape) * ent).sum()).to(loss.dtype)
+        return loss, {**out.metrics, "entropy": mean_entropy}, out.metrics_tensor
+
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if not wants_grad:
+        logp, entropy = linear_logprob_entropy(flat_hidden, weight, flat_target, bias, temperature=temperature,
+                                               softcap=softcap, logit_scale=logit_scale, ignore_index=ignore_index,
+                                               chunk_size=chunk_size)
+        return BandLoss(*finish(logp, entropy, None))
+
+    def run(h, w, b, needs):
+        flat_hidden = h.reshape(-1, h.shape[-1])
+        _check(flat_hidden, w, flat_target, b, *options, int(chunk_size))
+        n, vocab = flat_hidden.shape[0], w.shape[0]
+        bad = _check_targets(flat_target, vocab, int(ignore_index))  # raises on the CPU; NaN rows elsewhere
+        cdt = _compute_dtype(flat_hidden.dtype)
+        old = old_logp.reshape(-1).to(cdt)
+        # each token's loss weight, then the token's gradient in each chunk: the op's own backward on the chunk
+        # with a_n as its mask and the denominator 1 gives a_n dl_n/dlogp
+        weights = _loss_weights(old_logp.to(cdt), _mask_as(mask, cdt), cfg.loss_kwargs(), normalizer).reshape(-1)
+        adv = (advantages.reshape(target.shape[0], *([1] * (target.dim() - 1))) if advantages.dim() < target.dim()
+               else advantages).expand(target.shape).reshape(-1).to(cdt)
+        ref = None if ref_logp is None else ref_logp.reshape(-1).to(cdt)
+        chunk_kwargs = {**cfg.loss_kwargs(), "agg": "token-mean"}
+        one = torch.ones((), dtype=cdt, device=flat_hidden.device)
+        logp = torch.empty(n, dtype=cdt, device=flat_hidden.device)
+        entropy = torch.empty(n, dtype=cdt, device=flat_hidden.device)
+        grads = _GradAccumulator(flat_hidden, w, b, needs)
+        step = _chunk_tokens(n, vocab, int(chunk_size), flat_hidden.device)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            t = flat_target[s:e]
+            raw = _raw_logits(flat_hidden[s:e], w, b)
+            lp, ent = _chunk_logp_entropy(raw, t, int(ignore_index), *options, keep_raw=True)
+            if flat_hidden.device.type != "cpu":
+                lp, ent = lp.masked_fill(bad[s:e], math.nan), ent.masked_fill(bad[s:e], math.nan)
+            logp[s:e] = lp
+            entropy[s:e] = ent
+            g_logp = torch.ops.bandpo.band_loss_backward(
+                one, lp, old[s:e], adv[s:e], weights[s:e], None if ref is None else ref[s:e], normalizer=1.0,
+                **chunk_kwargs)
+            g_entropy = weights[s:e] * -entropy_coef if entropy_coef != 0.0 else None
+            grads.add(_chunk_logit_grad_(raw, t, g_logp, g_entropy, int(ignore_index), *options, logp=lp, entropy=ent),
+                      s, e)
+        loss, metrics, metrics_tensor = finish(logp, entropy, weights)
+        run.metrics = (metrics, metrics_tensor)
+        gh, gw, gb = grads.result()
+        gh = gh.reshape(h.shape) if gh is not None else None
+        return loss, logp, entropy, (gh, gw, gb if bias is not None and needs[2] else None)
+
+    loss, _, _ = _FusedLinearBandLoss.apply(hidden, weight, bias, run)
+    return BandLoss(loss, *run.metrics)
+
+
+def _mask_as(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """The mask as band_loss takes it beside logp of `dtype`: bool stays bool, weights in that dtype."""
+    return mask if mask is None or mask.dtype == torch.bool else mask.to(dtype)
