@@ -195,6 +195,20 @@ def timed(fn, inputs, cuda):
     return time.perf_counter() - t
 
 
+def print_kernel_times(name, fn, inputs, top=8):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fwd_bwd(fn, *inputs)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events)
+    print(f"{name}: device ms by kernel (total {total / 1e3:.1f})")
+    for e in events[:top]:
+        print(f"  {e.device_time_total / 1e3:8.2f} x{e.count:<4} {e.key[:100]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=None, help="NxHxV (default: the issue's shapes for the device)")
@@ -205,6 +219,8 @@ def main():
     ap.add_argument("--loss", action="store_true", help="the BandPO loss on top (fused_linear_band_loss)")
     ap.add_argument("--cases", nargs="+", default=None, help="a subset of the cases")
     ap.add_argument("--chunk-size", type=int, default=0, help="bandpo's chunk_size (default 0: its own choice)")
+    ap.add_argument("--kernel-times", action="store_true",
+                    help="CUDA: after the timing, each case's top kernels over one fwd+bwd (torch.profiler)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     cuda = args.device == "cuda"
@@ -246,6 +262,9 @@ def main():
         for _ in range(args.reps):
             for c in cases:
                 times[c].append(timed(table[c], inputs, cuda))
+        if cuda and args.kernel_times:
+            for c in cases:
+                print_kernel_times(c, table[c], inputs)
         for c in cases:
             row = {"mode": "loss" if args.loss else "op", "device": device_name, "dtype": args.dtype, "N": shape[0],
                    "H": shape[1], "V": shape[2], "case": c, "s": statistics.median(times[c]),
@@ -258,10 +277,11 @@ def main():
           f"{'mem/eager':>9}")
     for r in rows:
         same = [x for x in rows if (x["N"], x["H"], x["V"]) == (r["N"], r["H"], r["V"])]
-        ref = next(x for x in same if x["case"] == ref_case)
-        e = next(x for x in same if x["case"] == "eager")
+        ref = next((x for x in same if x["case"] == ref_case), r)
+        e = next((x for x in same if x["case"] == "eager"), None)
+        mem = f"{r['extra_peak_MiB'] / max(e['extra_peak_MiB'], 1e-9):>9.3f}" if e else f"{'-':>9}"
         print(f"{r['N']:>5} {r['H']:>5} {r['V']:>6} {r['case']:>7} {r['s'] * 1e3:>9.1f} {r['extra_peak_MiB']:>10.0f} "
-              f"{r['s'] / ref['s']:>11.2f} {r['extra_peak_MiB'] / max(e['extra_peak_MiB'], 1e-9):>9.3f}")
+              f"{r['s'] / ref['s']:>11.2f} {mem}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -8,6 +8,7 @@
 #                 BANDPO_PYTHON=python3.12 for the lent machines' Python) without dependencies, and test it
 #   PYTHON        interpreter with torch (default python3)
 #   BANDPO_ARCHS  CUDA architectures to build (default 90: the machine's own; CI compiles 80 and 90)
+#   GPU_CHECK_ONLY=lm_head  skips the band_bounds / band_loss benchmarks (tests and memcheck still run)
 # The lm_head benchmark compares with TRL's chunked log-prob and Liger's fused GRPO loss where they import: the
 # lent machines have neither and no network, so a session may carry them in build/gpu_extras/site (put on
 # PYTHONPATH after bandpo; see ci/README.md).
@@ -58,6 +59,7 @@ step tests 240 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_
 grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/tests.log" | head -n 40
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tests/device/memcheck_case.py
 grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
+if [ "${GPU_CHECK_ONLY:-}" != lm_head ]; then
 step bench 180 "$py" benchmarks/bench_cuda.py --sizes 1048576 16777216 --out "$out/bench.json"
 sed -n '/^$/,$p' "$out/bench.log"
 # the same ops with the exact solve instead of the KL table (issue 14's before/after, same machine)
@@ -66,6 +68,7 @@ grep graph "$out/bench_solve.log"
 # each kernel's device time (torch.profiler) in the KL and TV bounds and loss at 16M float32
 step kernels 60 "$py" benchmarks/bench_cuda.py --kernel-times 16777216
 grep -v "^\[" "$out/kernels.log" | head -n 40
+fi
 # issue 16: the head and the fused loss at N 8192, H 4096, V 131072, bf16, against the three GEMMs alone
 step lm_head_loss 240 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --loss --reps 3 \
   --out "$out/lm_head_loss.json"
@@ -73,7 +76,10 @@ sed -n '/^$/,$p' "$out/lm_head_loss.log"
 step lm_head_op 120 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --reps 3 --cases gemms eager bandpo trl \
   --out "$out/lm_head_op.json"
 sed -n '/^$/,$p' "$out/lm_head_op.log"
-for c in 128 1024 2048; do  # the fused loss at other chunk sizes (default: 256 MiB of logits, 512 tokens here)
+step lm_head_kernels 60 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --loss --reps 1 \
+  --cases gemms bandpo trl --kernel-times
+grep -E "^[a-z]+: device|^  " "$out/lm_head_kernels.log"
+for c in 1024 4096; do  # the fused loss at other chunk sizes (default: 1 GiB of float32 logits, 2048 tokens here)
   step "lm_head_c$c" 60 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --loss --reps 3 \
     --cases gemms bandpo --chunk-size "$c"
   grep -E "^ *8192" "$out/lm_head_c$c.log"

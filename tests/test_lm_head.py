@@ -352,7 +352,7 @@ def test_cuda_matches_the_reference_and_the_cpu(opts):
     a, c = torch.randn(300, generator=g), torch.randn(300, generator=g)
     results = []
     for device in ("cpu", "cuda"):
-        ins = [t.to(device).requires_grad_() for t in (hidden, weight, bias)]
+        ins = [t.detach().to(device).requires_grad_() for t in (hidden, weight, bias)]
         logp, ent = linear_logprob_entropy(ins[0], ins[1], target.to(device), ins[2], chunk_size=64, **opts)
         ((logp * a.to(device)).sum() + (ent * c.to(device)).sum()).backward()
         results.append([x.detach().cpu() for x in (logp, ent)] + [t.grad.cpu() for t in ins])
@@ -389,3 +389,49 @@ def test_cuda_half_fused_loss_and_bad_targets():
     torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
     for x, y in zip(ins, want_ins):
         torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("opts", OPTIONS[:3])
+def test_cuda_kernels_equal_the_torch_path(dtype, opts, monkeypatch):
+    # The CUDA chunk kernels (csrc/core/cuda/lm_head.cu, reading bf16 logits as the GEMM gives them) against the
+    # torch operations on the same device: values and gradients through both outputs, op and fused loss.
+    hidden, weight, target, bias = (t.cuda() for t in make(n=200, h=32, v=1001, dtype=dtype))
+    g = torch.Generator().manual_seed(7)
+    a, c = torch.randn(200, generator=g).cuda(), torch.randn(200, generator=g).cuda()
+    results = []
+    for kernels in (True, False):
+        monkeypatch.setattr(lm_head, "_uses_kernels", lambda x, k=kernels: k and x.dtype != torch.float64)
+        ins = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        logp, ent = linear_logprob_entropy(ins[0], ins[1], target, ins[2], chunk_size=48, **opts)
+        ((logp * a).sum() + (ent * c).sum()).backward()
+        results.append([logp, ent] + [t.grad.float() for t in ins])
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, **tol)
+
+
+@cuda
+def test_cuda_chunk_ops_against_the_cpu():
+    # the ops themselves: bf16 raw on CUDA against its float32 upcast on the CPU, rows off 16-byte boundaries, an
+    # odd vocabulary, ignored and out-of-range targets (NaN there: no host sync), opcheck on CUDA
+    g = torch.Generator().manual_seed(8)
+    full = (4 * torch.randn(6, 1004, generator=g)).bfloat16()
+    raw = full[:, 3:]  # rows start 6 bytes past a 16-byte boundary
+    target = torch.tensor([0, 1000, -100, 5, 999, 17])
+    lp, ent = torch.ops.bandpo.logit_chunk_stats(raw.cuda(), target.cuda(), softcap=5.0)
+    want_lp, want_ent = torch.ops.bandpo.logit_chunk_stats(raw.float().contiguous(), target, softcap=5.0)
+    torch.testing.assert_close(lp.cpu(), want_lp, rtol=0, atol=2e-5)
+    torch.testing.assert_close(ent.cpu(), want_ent, rtol=0, atol=2e-5)
+    gl, gh = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    got = raw.cuda()
+    torch.ops.bandpo.logit_chunk_grad_(got, target.cuda(), gl.cuda(), gh.cuda(), softcap=5.0, logp=lp, entropy=ent)
+    want = raw.float().contiguous()
+    torch.ops.bandpo.logit_chunk_grad_(want, target, gl, gh, softcap=5.0)
+    torch.testing.assert_close(got.cpu().float(), want.bfloat16().float(), rtol=0, atol=1e-2)
+    bad = torch.tensor([0, 1001, -100, 5, -3, 17]).cuda()
+    lp, ent = torch.ops.bandpo.logit_chunk_stats(raw.cuda(), bad)
+    assert lp[[1, 4]].isnan().all() and not lp[[0, 2, 3, 5]].isnan().any() and float(lp[2]) == 0.0
+    torch.library.opcheck(torch.ops.bandpo.logit_chunk_stats.default, (raw.cuda().contiguous(), target.cuda()),
+                          dict(ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0))

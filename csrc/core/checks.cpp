@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <cmath>
 #include <cstddef>
 #include <limits>
 
@@ -55,6 +56,23 @@ int64_t check_loss_call(const LossInputs& in, const LossOptions& options, const 
   if (n > 0 && in.mask_kind != MaskKind::none && !in.mask) fail(op, "mask is null but mask_kind is not none");
   if (options.kl_coef != 0.0 && !in.ref_logp) fail(op, "kl_coef != 0 needs ref_logp");
   return n;
+}
+
+void check_logit_chunk(const char* op, int64_t rows, int64_t vocab, int64_t row_stride, const void* raw,
+                       const int64_t* target, double logit_scale, double softcap, double temperature) {
+  const std::string o(op);
+  if (rows < 0) throw std::invalid_argument(o + ": rows = " + std::to_string(rows) + " must be >= 0");
+  if (vocab < 1) throw std::invalid_argument(o + ": vocab = " + std::to_string(vocab) + " must be >= 1");
+  if (row_stride < vocab)
+    throw std::invalid_argument(o + ": row_stride = " + std::to_string(row_stride) + " must be >= vocab (" +
+                                std::to_string(vocab) + ")");
+  if (rows > 0 && (!raw || !target)) throw std::invalid_argument(o + ": raw and target must not be null when rows > 0");
+  if (!(std::isfinite(temperature) && temperature > 0))
+    throw std::invalid_argument(o + ": temperature must be a finite number > 0, got " + std::to_string(temperature));
+  if (!(std::isfinite(softcap) && softcap >= 0))
+    throw std::invalid_argument(o + ": softcap must be a finite number >= 0 (0: none), got " + std::to_string(softcap));
+  if (!(std::isfinite(logit_scale) && logit_scale != 0))
+    throw std::invalid_argument(o + ": logit_scale must be a finite nonzero number, got " + std::to_string(logit_scale));
 }
 
 }  // namespace detail

@@ -7,6 +7,7 @@
 
 #include "bandpo/cpu.h"
 #include "bandpo/logit_stats.h"
+#include "checks.h"
 #include "cpu_dispatch.h"
 #include "thread_pool.h"
 
@@ -18,13 +19,7 @@ namespace {
 LogitTransform checked_transform(const char* op, int64_t rows, int64_t vocab, int64_t row_stride, const void* raw,
                                  const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,
                                  double temperature) {
-  if (rows < 0) fail(op, "rows = " + std::to_string(rows) + " must be >= 0");
-  if (vocab < 1) fail(op, "vocab = " + std::to_string(vocab) + " must be >= 1");
-  if (row_stride < vocab) fail(op, "row_stride = " + std::to_string(row_stride) + " must be >= vocab (" + std::to_string(vocab) + ")");
-  if (rows > 0 && (!raw || !target)) fail(op, "raw and target must not be null when rows > 0");
-  if (!(std::isfinite(temperature) && temperature > 0)) fail(op, "temperature must be a finite number > 0, got " + std::to_string(temperature));
-  if (!(std::isfinite(softcap) && softcap >= 0)) fail(op, "softcap must be a finite number >= 0 (0: none), got " + std::to_string(softcap));
-  if (!(std::isfinite(logit_scale) && logit_scale != 0)) fail(op, "logit_scale must be a finite nonzero number, got " + std::to_string(logit_scale));
+  detail::check_logit_chunk(op, rows, vocab, row_stride, raw, target, logit_scale, softcap, temperature);
   for (int64_t r = 0; r < rows; ++r) {  // before any work: an index outside the row would read past it
     const int64_t t = target[r];
     if (t != ignore_index && (t < 0 || t >= vocab))

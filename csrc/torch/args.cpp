@@ -259,6 +259,39 @@ LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& adv
   return a;
 }
 
+LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target, bool half_ok) {
+  BANDPO_CHECK_VALUE(raw.dim() == 2, op, ": raw must be 2-D [rows, vocab], got shape [", shape_string(raw), "]");
+  const ScalarType st = raw.scalar_type();
+  BANDPO_CHECK_TYPE(st == ScalarType::Float || (half_ok && (st == ScalarType::BFloat16 || st == ScalarType::Half)),
+                    op, ": raw must be float32", half_ok ? ", bfloat16 or float16" : "", " on ", device_name(raw),
+                    ", got ", dtype_name(st));
+  BANDPO_CHECK_VALUE(raw.size(1) >= 1, op, ": raw must have at least one column (vocab)");
+  BANDPO_CHECK_VALUE(raw.size(0) <= 1 || raw.size(1) <= 1 || raw.stride(1) == 1, op,
+                     ": raw's columns must be contiguous (stride 1), got stride ", raw.stride(1));
+  BANDPO_CHECK_VALUE(target.dim() == 1 && target.size(0) == raw.size(0), op, ": target must be [rows] = [",
+                     raw.size(0), "], got shape [", shape_string(target), "]");
+  BANDPO_CHECK_TYPE(target.scalar_type() == ScalarType::Long, op, ": target must be int64, got ",
+                    dtype_name(target.scalar_type()));
+  BANDPO_CHECK_VALUE(target.device() == raw.device(), op, ": target is on ", device_name(target), " but raw is on ",
+                     device_name(raw));
+  const int64_t row_stride = raw.size(0) <= 1 ? raw.size(1) : raw.stride(0);
+  BANDPO_CHECK_VALUE(row_stride >= raw.size(1), op, ": raw's rows overlap (row stride ", row_stride, ")");
+  return LogitChunk{raw, as_contiguous(target), raw.size(0), raw.size(1), row_stride};
+}
+
+const float* optional_row_values(const char* op, const char* name, const std::optional<Tensor>& t,
+                                 const LogitChunk& c, std::optional<Tensor>& keep) {
+  if (!t.has_value()) return nullptr;
+  BANDPO_CHECK_VALUE(t->dim() == 1 && t->size(0) == c.rows, op, ": ", name, " must be [rows] = [", c.rows,
+                     "], got shape [", shape_string(*t), "]");
+  BANDPO_CHECK_TYPE(t->scalar_type() == ScalarType::Float, op, ": ", name, " must be float32, got ",
+                    dtype_name(t->scalar_type()));
+  BANDPO_CHECK_VALUE(t->device() == c.raw.device(), op, ": ", name, " is on ", device_name(*t), " but raw is on ",
+                     device_name(c.raw));
+  keep = as_contiguous(*t);
+  return static_cast<const float*>(keep->data_ptr());
+}
+
 namespace {
 std::atomic<bool>& input_checks_flag() {
   static std::atomic<bool> flag([] {

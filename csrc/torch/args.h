@@ -113,6 +113,20 @@ Tensor empty_like_contiguous(const Tensor& like);
 Tensor empty_on(std::initializer_list<int64_t> sizes, ScalarType dtype, const Tensor& device_of);
 Tensor as_contiguous(const Tensor& t);
 
+// The chunk arguments of logit_chunk_stats / logit_chunk_grad_ (either device), checked: raw [rows, vocab] with
+// unit column stride (rows may be strided), float32 (or, where half_ok, bfloat16 / float16: the CUDA kernels
+// read the GEMM's output as it is), target [rows] int64 on raw's device.
+struct LogitChunk {
+  Tensor raw, target;
+  int64_t rows, vocab, row_stride;
+};
+LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target, bool half_ok);
+
+// An optional float32 [rows] argument of those ops (grad_logp, grad_entropy, logp, entropy), checked and made
+// contiguous (kept alive in `keep`): its data, or null when absent.
+const float* optional_row_values(const char* op, const char* name, const std::optional<Tensor>& t,
+                                 const LogitChunk& c, std::optional<Tensor>& keep);
+
 // Whether the CUDA band_loss synchronises after its forward to raise a ValueError (naming the argument and
 // index) for bad values at valid positions. Off by default: the ops never synchronise, and bad values make
 // the loss and the metrics NaN instead. Initialised from the environment variable BANDPO_CHECK_INPUTS=1;

@@ -93,50 +93,13 @@ void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64
   stack[0] = from(grad);
 }
 
-// The chunk arguments of logit_chunk_stats / logit_chunk_grad_, checked: raw [rows, vocab] float32 with unit
-// column stride (rows may be strided), target [rows] int64, on the CPU.
-struct LogitChunk {
-  Tensor raw, target;
-  int64_t rows, vocab, row_stride;
-};
-
-LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target) {
-  BANDPO_CHECK_VALUE(raw.dim() == 2, op, ": raw must be 2-D [rows, vocab], got shape [", shape_string(raw), "]");
-  BANDPO_CHECK_TYPE(raw.scalar_type() == ScalarType::Float, op, ": raw must be float32, got ", dtype_name(raw.scalar_type()));
-  BANDPO_CHECK_VALUE(raw.size(1) >= 1, op, ": raw must have at least one column (vocab)");
-  BANDPO_CHECK_VALUE(raw.size(0) <= 1 || raw.size(1) <= 1 || raw.stride(1) == 1, op,
-                     ": raw's columns must be contiguous (stride 1), got stride ", raw.stride(1));
-  BANDPO_CHECK_VALUE(target.dim() == 1 && target.size(0) == raw.size(0), op, ": target must be [rows] = [",
-                     raw.size(0), "], got shape [", shape_string(target), "]");
-  BANDPO_CHECK_TYPE(target.scalar_type() == ScalarType::Long, op, ": target must be int64, got ",
-                    dtype_name(target.scalar_type()));
-  BANDPO_CHECK_VALUE(target.device() == raw.device(), op, ": target is on ", device_name(target), " but raw is on ",
-                     device_name(raw));
-  const int64_t row_stride = raw.size(0) <= 1 ? raw.size(1) : raw.stride(0);
-  BANDPO_CHECK_VALUE(row_stride >= raw.size(1), op, ": raw's rows overlap (row stride ", row_stride, ")");
-  return LogitChunk{raw, as_contiguous(target), raw.size(0), raw.size(1), row_stride};
-}
-
-const float* optional_row_values(const char* op, const char* name, const std::optional<Tensor>& t, const LogitChunk& c,
-                                 std::optional<Tensor>& keep) {
-  if (!t.has_value()) return nullptr;
-  BANDPO_CHECK_VALUE(t->dim() == 1 && t->size(0) == c.rows, op, ": ", name, " must be [rows] = [", c.rows,
-                     "], got shape [", shape_string(*t), "]");
-  BANDPO_CHECK_TYPE(t->scalar_type() == ScalarType::Float, op, ": ", name, " must be float32, got ",
-                    dtype_name(t->scalar_type()));
-  BANDPO_CHECK_VALUE(t->device() == c.raw.device(), op, ": ", name, " is on ", device_name(*t), " but raw is on ",
-                     device_name(c.raw));
-  keep = as_contiguous(*t);
-  return static_cast<const float*>(keep->data_ptr());
-}
-
 // logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index, float logit_scale, float softcap,
 //                   float temperature) -> (Tensor logp, Tensor entropy)
 void logit_chunk_stats_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   check_stack("logit_chunk_stats", num_args, 6, num_outputs, 2);
   Tensor raw = to<Tensor>(stack[0]);
   if (raw.dim() == 2 && raw.size(0) > 1 && raw.size(1) > 1 && raw.stride(1) != 1) raw = as_contiguous(raw);
-  const LogitChunk c = logit_chunk("logit_chunk_stats", raw, to<Tensor>(stack[1]));
+  const LogitChunk c = logit_chunk("logit_chunk_stats", raw, to<Tensor>(stack[1]), false);
   const int64_t ignore_index = to<int64_t>(stack[2]);
   const double logit_scale = to<double>(stack[3]), softcap = to<double>(stack[4]), temperature = to<double>(stack[5]);
   Tensor logp = empty_on({c.rows}, ScalarType::Float, c.raw), entropy = empty_on({c.rows}, ScalarType::Float, c.raw);
@@ -153,7 +116,7 @@ void logit_chunk_stats_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_
 //                   float logit_scale, float softcap, float temperature, Tensor? logp, Tensor? entropy) -> ()
 void logit_chunk_grad_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   check_stack("logit_chunk_grad_", num_args, 10, num_outputs, 0);
-  const LogitChunk c = logit_chunk("logit_chunk_grad_", to<Tensor>(stack[0]), to<Tensor>(stack[1]));
+  const LogitChunk c = logit_chunk("logit_chunk_grad_", to<Tensor>(stack[0]), to<Tensor>(stack[1]), false);
   std::optional<Tensor> keep_logp, keep_entropy;
   const float* grad_logp = optional_row_values("logit_chunk_grad_", "grad_logp", to<std::optional<Tensor>>(stack[2]), c, keep_logp);
   const float* grad_entropy =

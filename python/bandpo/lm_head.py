@@ -21,6 +21,7 @@ csrc/include/bandpo/logit_stats.h) and the same math as torch operations elsewhe
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -28,9 +29,11 @@ import torch
 from torch import Tensor
 
 # Target of the chunk's float32 logits buffer (bytes) when chunk_size is 0: a few such buffers are live at once.
-# On the CPU about a last-level cache's worth of rows per thread pass; on a GPU larger, so that each GEMM has
-# enough rows (M) to run near its peak (512 tokens at V = 131072).
-DEFAULT_CHUNK_BYTES = {"cpu": 32 << 20, "other": 256 << 20}
+# On the CPU about a last-level cache's worth of rows per thread pass. On a GPU larger: each chunk adds its
+# share of d weight into a float32 [V, H] sum, a pass over V H 8 bytes that costs about 220 / chunk tokens of
+# the chunk's three GEMMs on an H200 (bf16), so chunks of 2048 tokens at V = 131072 (measured there: 512 tokens
+# gave 1.82x the three GEMMs alone, 1024 1.48x, 2048 1.35x); the logits buffer is then 512 MiB in bf16.
+DEFAULT_CHUNK_BYTES = {"cpu": 32 << 20, "other": 1 << 30}
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -98,16 +101,29 @@ def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Tensor:
 
 def _uses_kernels(x: Tensor) -> bool:
     """Whether a chunk's statistics and gradient run in bandpo's kernels (torch.ops.bandpo.logit_chunk_stats,
-    logit_chunk_grad_: one pass per row, csrc/include/bandpo/logit_stats.h): on the CPU, in float32 (x: the
-    hidden states or the chunk's raw logits). Elsewhere (other devices, float64) the same math runs as torch
-    operations below."""
-    return x.device.type == "cpu" and x.dtype != torch.float64
+    logit_chunk_grad_: one pass per row, csrc/include/bandpo/logit_stats.h): on the CPU and on CUDA (where the
+    wheel has its CUDA kernels), for float inputs other than float64 (x: the hidden states or the chunk's raw
+    logits). Elsewhere (other devices, float64) the same math runs as torch operations below."""
+    if x.dtype == torch.float64:
+        return False
+    return x.device.type == "cpu" or (x.device.type == "cuda" and _has_cuda_kernels())
+
+
+@functools.cache
+def _has_cuda_kernels() -> bool:
+    from . import has_cuda_kernels
+
+    return has_cuda_kernels()
 
 
 def _raw_logits(h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """hidden @ weight.T + bias in the inputs' dtype (as the model's lm_head would: float32 accumulation in
-    torch's kernels), then in the compute dtype (float32; float64 for float64)."""
+    torch's kernels), then in the compute dtype (float32; float64 for float64), except where the CUDA kernels
+    read the GEMM's output as it is (bfloat16 / float16: half the bytes, no conversion pass; the gradient then
+    comes back in that dtype, the one its two GEMMs take)."""
     raw = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
+    if raw.is_cuda and _uses_kernels(raw):
+        return raw
     return raw.to(_compute_dtype(h.dtype))
 
 
@@ -292,12 +308,19 @@ class _GradAccumulator:
         self.grad_bias = torch.zeros(weight.shape[0] if self.needs[2] else 0, dtype=cdt, device=weight.device)
 
     def add(self, g: Tensor, b: int, e: int) -> None:
+        g_in = g.to(self.hidden.dtype)
         if self.needs[0]:
-            self.grad_hidden[b:e] = torch.mm(g.to(self.hidden.dtype), self.weight)
+            self.grad_hidden[b:e] = torch.mm(g_in, self.weight)
         if self.needs[1]:
-            self.grad_weight.addmm_(g.t(), self.hidden[b:e].to(self.grad_weight.dtype))
+            if g_in.is_cuda and g_in.dtype in (torch.bfloat16, torch.float16):
+                # the GEMM in the inputs' dtype (a float32 one is several times slower on tensor-core GPUs), its
+                # product added to the float32 sum unrounded
+                torch.addmm(self.grad_weight, g_in.t(), self.hidden[b:e], out_dtype=torch.float32,
+                            out=self.grad_weight)
+            else:
+                self.grad_weight.addmm_(g.t(), self.hidden[b:e].to(self.grad_weight.dtype))
         if self.needs[2]:
-            self.grad_bias.add_(g.sum(0))
+            self.grad_bias.add_(g.sum(0, dtype=self.grad_bias.dtype))
 
     def result(self) -> tuple[Optional[Tensor], Optional[Tensor], Tensor]:
         gw = None if self.grad_weight is None else self.grad_weight.to(self.weight.dtype)
@@ -347,7 +370,7 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
         logit_scale: multiplies the logits first (default 1).
         ignore_index: targets equal to it give logp = entropy = 0 and no gradient (default -100).
         chunk_size: tokens per chunk; 0 (default) picks about 32 MiB of float32 logits per chunk on the CPU,
-            256 MiB on a GPU (DEFAULT_CHUNK_BYTES).
+            1 GiB on a GPU (DEFAULT_CHUNK_BYTES).
 
     Returns:
         (logp, entropy): float32 [N] each (float64 for float64 inputs), in nats; logp <= 0. Differentiable

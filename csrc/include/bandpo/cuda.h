@@ -52,5 +52,20 @@ void band_loss_forward(const LossInputs& inputs, const LossOptions& options, voi
 void band_loss_backward(const LossInputs& inputs, const LossOptions& options, const double* grad_loss,
                         void* grad_logp, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// The lm_head statistics of one chunk of raw logits on the device, the CUDA side of cpu.h logit_stats_cpu /
+// logit_grad_cpu (same transform, outputs and gradient): raw [rows, vocab] of `dtype` (float32, bfloat16 or
+// float16: the GEMM's output as it is) at raw + r * row_stride elements; logp, entropy, grad_logp and
+// grad_entropy float32 [rows]. A target neither in [0, vocab) nor ignore_index gives NaN in its row (the
+// device cannot raise without a synchronisation). One block per row, rows < 2^31.
+void logit_stats(DType dtype, const void* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
+                 int64_t ignore_index, double logit_scale, double softcap, double temperature, float* logp,
+                 float* entropy, cudaStream_t stream);
+
+// Overwrites raw with d loss / d raw (in raw's dtype); grad_logp / grad_entropy may be null (0); logp and
+// entropy (the rows' logit_stats outputs) may both be null, and then each row is read twice instead of once.
+void logit_grad(DType dtype, void* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
+                int64_t ignore_index, double logit_scale, double softcap, double temperature, const float* grad_logp,
+                const float* grad_entropy, const float* logp, const float* entropy, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace bandpo

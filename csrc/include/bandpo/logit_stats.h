@@ -12,6 +12,8 @@
 // and dz_j / dr_j = scale (1 - tanh^2) / T with softcap, scale / T without.
 #pragma once
 
+#include <math.h>
+
 #include "bandpo/config.h"
 #include "bandpo/math.h"
 
@@ -56,6 +58,47 @@ BANDPO_HD float logit_z_and_slope(float raw, const LogitTransform& t, float& slo
   return t.softcap_over_temperature * th;
 }
 
+// A row's (or a part's) sums relative to its largest logit m: s = sum e^(z - m), a = sum e^(z - m) (z - m).
+// Empty: s = 0 (m = -inf).
+struct LogitRowSums {
+  float max;
+  float sum;
+  float moment;
+};
+
+// The sums with one more logit z (the device kernels' single pass; the CPU's vectorised loops take the max
+// first, then sum, which needs no rescaling).
+BANDPO_HD LogitRowSums logit_sums_add(LogitRowSums x, float z) {
+  if (x.sum == 0.0f) return LogitRowSums{z, 1.0f, 0.0f};
+  if (z > x.max) {  // re-based to z: e^(d) (a + s d) with d = m - z < 0; z itself adds e^0 * 0
+    const float d = x.max - z, f = math::exp(d);
+    return LogitRowSums{z, f * x.sum + 1.0f, f * (x.moment + x.sum * d)};
+  }
+  const float zm = z - x.max, e = math::exp(zm);
+  return LogitRowSums{x.max, x.sum + e, x.moment + e * zm};
+}
+
+// The sums of two parts (the device kernels' reductions), re-based to the larger max.
+BANDPO_HD LogitRowSums logit_sums_merge(LogitRowSums x, LogitRowSums y) {
+  if (y.sum == 0.0f) return x;
+  if (x.sum == 0.0f) return y;
+  if (y.max > x.max) {
+    const LogitRowSums t = x;
+    x = y;
+    y = t;
+  }
+  const float d = y.max - x.max, f = math::exp(d);
+  return LogitRowSums{x.max, x.sum + f * y.sum, x.moment + f * (y.moment + y.sum * d)};
+}
+
+// logp of the target (z_target its logit) and the entropy from the row's sums; rounding never makes logp
+// above 0 or the entropy below 0.
+BANDPO_HD void logit_outputs(const LogitRowSums& x, float z_target, float& logp, float& entropy) {
+  const float log_sum = logf(x.sum);  // libm on the host, CUDA's logf on the device
+  logp = math::min(z_target - x.max - log_sum, 0.0f);
+  entropy = math::max(log_sum - x.moment / x.sum, 0.0f);
+}
+
 // The row's statistics and the upstream gradients a logit's gradient needs.
 struct LogitRowGrad {
   float max;        // m
@@ -64,6 +107,11 @@ struct LogitRowGrad {
   float grad_logp;  // d loss / d log p_target (0 for an ignored row)
   float grad_entropy;
 };
+
+// The row's LogitRowGrad from its sums.
+BANDPO_HD LogitRowGrad logit_row_grad_from_sums(const LogitRowSums& x, float grad_logp, float grad_entropy) {
+  return LogitRowGrad{x.max, logf(x.sum), x.moment / x.sum, grad_logp, grad_entropy};
+}
 
 // The row's LogitRowGrad from the row's outputs instead of its sums (no pass over the row): with
 // lse = m + log s = z_target - logp and E[z] = lse - H, logit_grad's terms are the same for max = lse,
