@@ -224,3 +224,32 @@ def test_unsupported_settings_are_refused(tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
         BandGRPOTrainer(model=tiny_model(), reward_funcs=count_a_reward, args=make_args(tmp_path, **setting),
                         train_dataset=prompts(), processing_class=tiny_tokenizer())
+
+
+def test_band_lm_head_gives_trls_log_probs_and_gradients(tmp_path):
+    # band_lm_head=True: the trainer's per-token log-probs and entropies come from bandpo.linear_logprob_entropy
+    # in place of TRL's chunked kernel; the same values and parameter gradients, at a temperature != 1; the swap
+    # is undone after each call; training runs with it. bf16=False: TRL's default bf16 autocast runs its head's
+    # forward in bf16 and its backward's recompute in float32, which moves its gradients by about 1e-3 (bandpo's
+    # op casts its inputs to autocast's dtype and runs both in it: test_lm_head.py).
+    trainer = train_probe(tmp_path, loss_type="grpo", band_divergence="clip", band_lm_head=True, temperature=0.7,
+                          bf16=False)
+    from trl.trainer import utils as trl_utils
+    from trl.kernels import ChunkedLogProbFunction
+
+    assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbFunction
+    assert_equal_to_trl(trainer)  # TRL's loss here runs on the same (bandpo) head: the loss rule is TRL's
+    model = trainer.model
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, 4 + len(WORDS), (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    a, c = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for swap in (True, False):
+        trainer.args.band_lm_head = swap
+        logps, ent, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5, compute_entropy=True)
+        grads = torch.autograd.grad((logps * a).sum() + (ent * c).sum(), params)
+        results.append([logps.detach(), ent.detach(), *grads])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-5)

@@ -435,3 +435,33 @@ def test_cuda_chunk_ops_against_the_cpu():
     assert lp[[1, 4]].isnan().all() and not lp[[0, 2, 3, 5]].isnan().any() and float(lp[2]) == 0.0
     torch.library.opcheck(torch.ops.bandpo.logit_chunk_stats.default, (raw.cuda().contiguous(), target.cuda()),
                           dict(ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0))
+
+
+def test_autocast_runs_the_head_in_its_dtype_forward_and_backward():
+    # Under autocast the op is the op on inputs cast to autocast's dtype (as a plain lm_head would be), forward and
+    # backward alike (the gradients reach the float32 leaves through the cast); so is the fused loss.
+    hidden, weight, target, bias = make(n=120, h=32, v=301)
+    g = torch.Generator().manual_seed(11)
+    a, c = torch.randn(120, generator=g), torch.randn(120, generator=g)
+    results = []
+    for autocast in (True, False):
+        ins = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            args = ins if autocast else [t.bfloat16() for t in ins]
+            logp, ent = linear_logprob_entropy(args[0], args[1], target, args[2], chunk_size=50)
+        ((logp * a).sum() + (ent * c).sum()).backward()
+        results.append([logp, ent] + [t.grad for t in ins])
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    hidden, weight, bias, target, mask, old, adv, _ = _fused_case()
+    losses = []
+    for autocast in (True, False):
+        h = hidden.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            x = h if autocast else h.bfloat16()
+            w, b = (weight, bias) if autocast else (weight.bfloat16(), bias.bfloat16())
+            out = bandpo.fused_linear_band_loss(x, w, target, old, adv, mask, bias=b, chunk_size=5)
+        out.loss.backward()
+        losses.append((out.loss, h.grad))
+    torch.testing.assert_close(losses[0][0], losses[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(losses[0][1], losses[1][1], rtol=0, atol=0)

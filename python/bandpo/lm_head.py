@@ -14,9 +14,14 @@ outputs and gradients is a few chunk-sized buffers (``chunk_size`` tokens by V, 
 the plain path keeps [N, V] logits and their log-softmax (2 x 4 GiB in float32 at N = 16k, V = 64k).
 
 The GEMMs are torch's. Each chunk's statistics and its logits-to-gradient step are bandpo's kernels on the CPU
-(torch.ops.bandpo.logit_chunk_stats / logit_chunk_grad_: one pass per row in cache, the per-element math in
-csrc/include/bandpo/logit_stats.h) and the same math as torch operations elsewhere (CUDA for now, and float64);
-``linear_logprob_entropy_reference`` is the plain float64 path the tests hold both to. Units: log-probs in nats, entropy in nats, both float32 [N].
+and on CUDA (torch.ops.bandpo.logit_chunk_stats / logit_chunk_grad_: one pass per row, the per-element math in
+csrc/include/bandpo/logit_stats.h; the gradient takes each row's sums from the forward's logp and entropy) and
+the same math as torch operations elsewhere (other devices, float64, a build without CUDA kernels);
+``linear_logprob_entropy_reference`` is the plain float64 path the tests hold both to. Units: log-probs in
+nats, entropy in nats, both float32 [N].
+
+``fused_linear_band_loss`` puts ``band_loss`` on top and forms the gradients in the forward (three GEMMs, not
+four: the loss's per-token gradient needs only the token and its aggregation weight).
 """
 
 from __future__ import annotations
@@ -385,8 +390,21 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
     >>> float(logp[5]), float(ent[5])
     (0.0, 0.0)
     """
-    return _linear_logprob_entropy(hidden, weight, target, bias, float(temperature), float(softcap),
-                                   float(logit_scale), int(ignore_index), int(chunk_size))
+    hidden, weight, bias = _under_autocast(hidden, weight, bias)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _linear_logprob_entropy(hidden, weight, target, bias, float(temperature), float(softcap),
+                                       float(logit_scale), int(ignore_index), int(chunk_size))
+
+
+def _under_autocast(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    """Under autocast the head runs in autocast's dtype, as a plain lm_head would: hidden, weight and bias are cast
+    to it here (differentiably: the gradients reach the float32 parameters), and the op then runs with autocast
+    off, so that its forward and its backward (which autocast never covers) compute the same logits."""
+    device = hidden.device.type if isinstance(hidden, Tensor) else "cpu"
+    if not (isinstance(hidden, Tensor) and torch.is_autocast_enabled(device) and hidden.is_floating_point()):
+        return hidden, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 def _loss_weights(old_logp: Tensor, mask: Optional[Tensor], loss_kwargs: dict, normalizer: Optional[float]) -> Tensor:
@@ -524,7 +542,9 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
         gh = gh.reshape(h.shape) if gh is not None else None
         return loss, logp, entropy, (gh, gw, gb if bias is not None and needs[2] else None)
 
-    loss, _, _ = _FusedLinearBandLoss.apply(hidden, weight, bias, run)
+    hidden, weight, bias = _under_autocast(hidden, weight, bias)
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss, _, _ = _FusedLinearBandLoss.apply(hidden, weight, bias, run)
     return BandLoss(loss, *run.metrics)
 
 

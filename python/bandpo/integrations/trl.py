@@ -35,6 +35,11 @@ Refused at construction with a ValueError naming the setting (they are not a cli
 per-token bounds, or not reproduced here): other loss types (cispo, sapo, vespo, luspo),
 ``importance_sampling_level="sequence"``, and the entropy bonus (``entropy_coef`` / ``use_adaptive_entropy``).
 
+``band_lm_head=True`` computes the policy's per-token log-probs and entropies with
+:func:`bandpo.linear_logprob_entropy` instead of TRL's chunked kernel (``trl.kernels.ChunkedLogProbFunction``,
+which TRL 1.16's fused LM head calls): the same values and gradients (tested), one token-chunked op for CPU and
+CUDA. It is swapped in only around the trainer's own log-prob calls.
+
 Logged metrics keep TRL's names and meanings with the Band bounds in place of the interval:
 ``clip_ratio/low_mean`` (A < 0 and ratio below the lower bound), ``clip_ratio/high_mean`` (A > 0 and ratio
 above the upper bound), ``clip_ratio/region_mean``, ``clip_ratio/low_min``, ``clip_ratio/high_max``, plus
@@ -83,6 +88,10 @@ class BandGRPOConfig(GRPOConfig):
     band_relax_high_p: bool = dataclasses.field(
         default=_BAND_DEFAULTS.relax_high_p,
         metadata={"help": "Never tighter than [1 - epsilon, 1 + epsilon_high]: unite the band with it."})
+    band_lm_head: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Per-token log-probs and entropies from bandpo.linear_logprob_entropy in place of TRL's "
+                          "chunked log-prob kernel (same outputs)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,6 +125,41 @@ def _refuse_unsupported(args) -> None:
         refuse("the entropy bonus (entropy_coef / use_adaptive_entropy)", "not reproduced here")
 
 
+class _BandpoChunkedLogProb:
+    """Stands in for ``trl.kernels.ChunkedLogProbFunction`` where TRL 1.16's fused LM head calls it
+    (``trl.trainer.utils.add_fused_lm_head``): ``apply(hidden, weight, bias, targets, temperature, chunk_size,
+    softcap, logit_scale, outputs)`` -> (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1), here from
+    :func:`bandpo.linear_logprob_entropy` (TRL's transform order: scale, softcap, temperature). TRL's vocabulary
+    chunk does not apply (bandpo chunks tokens); outputs beyond log-probs and entropy are refused."""
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature=1.0, chunk_size=None, softcap=None, logit_scale=1.0,
+              outputs=("log_probs",)):
+        from ..lm_head import linear_logprob_entropy
+
+        extra = [o for o in outputs if o not in ("log_probs", "entropy")]
+        if extra:
+            raise ValueError(f"band_lm_head: bandpo.linear_logprob_entropy gives log_probs and entropy, not {extra}")
+        logp, entropy = linear_logprob_entropy(hidden, weight, targets, bias, temperature=float(temperature),
+                                               softcap=float(softcap or 0.0), logit_scale=float(logit_scale))
+        return logp, entropy if "entropy" in outputs else None, None, None, None
+
+
+class _SwappedChunkedLogProb:
+    """Within it, TRL's fused LM head calls :class:`_BandpoChunkedLogProb` (it reads the module attribute at each
+    call); the attribute is restored on exit."""
+
+    def __enter__(self):
+        from trl.trainer import utils as trl_utils
+
+        self._module, self._saved = trl_utils, trl_utils._ChunkedLogProbFunction
+        trl_utils._ChunkedLogProbFunction = _BandpoChunkedLogProb
+
+    def __exit__(self, *exc):
+        self._module._ChunkedLogProbFunction = self._saved
+        return False
+
+
 class BandGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose clipped surrogate uses per-token Band bounds (the fused BandPO op).
 
@@ -131,6 +175,12 @@ class BandGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         _refuse_unsupported(self.args)
         self.band_config = band_config_from_args(self.args)
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        if not getattr(self.args, "band_lm_head", False):
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        with _SwappedChunkedLogProb():
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
 
     def _aggregation(self, mask: torch.Tensor, inputs: dict, mode: str):
         """(agg, normalizer, divisor): loss = band_loss(agg, normalizer) / divisor equals TRL's aggregation
