@@ -75,5 +75,11 @@ void check_logit_chunk(const char* op, int64_t rows, int64_t vocab, int64_t row_
     throw std::invalid_argument(o + ": logit_scale must be a finite nonzero number, got " + std::to_string(logit_scale));
 }
 
+void check_logit_outputs(const char* op, const float* logp, const float* entropy) {
+  if ((logp == nullptr) != (entropy == nullptr))
+    throw std::invalid_argument(std::string(op) + ": logp and entropy come together (the rows' logit_stats outputs), got only " +
+                                (logp ? "logp" : "entropy"));
+}
+
 }  // namespace detail
 }  // namespace bandpo

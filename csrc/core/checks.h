@@ -39,6 +39,9 @@ int64_t check_loss_call(const LossInputs& inputs, const LossOptions& options, co
 void check_logit_chunk(const char* op, int64_t rows, int64_t vocab, int64_t row_stride, const void* raw,
                        const int64_t* target, double logit_scale, double softcap, double temperature);
 
+// The gradient's optional row outputs (logp, entropy): both or neither.
+void check_logit_outputs(const char* op, const float* logp, const float* entropy);
+
 // A host workspace of `count` values: an allocation failure becomes bandpo::out_of_memory naming the size
 // and the shape that asked for it (std::bad_alloc says neither).
 template <class T>

@@ -53,6 +53,7 @@ void logit_grad_cpu(float* raw, int64_t rows, int64_t vocab, int64_t row_stride,
                     const ParallelFor& parallel_for) {
   const LogitTransform t = checked_transform("logit_grad_cpu", rows, vocab, row_stride, raw, target, ignore_index,
                                              logit_scale, softcap, temperature);
+  detail::check_logit_outputs("logit_grad_cpu", logp, entropy);
   const detail::KernelTable& k = detail::cpu_kernels();
   const int64_t per = rows_per_item(vocab);
   detail::run_parallel(parallel_for, (rows + per - 1) / per, [&](int64_t b, int64_t e) {

@@ -279,8 +279,12 @@ LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target, 
   return LogitChunk{raw, as_contiguous(target), raw.size(0), raw.size(1), row_stride};
 }
 
-const float* optional_row_values(const char* op, const char* name, const std::optional<Tensor>& t,
-                                 const LogitChunk& c, std::optional<Tensor>& keep) {
+namespace {
+// An optional float32 [rows] argument of logit_chunk_grad_, checked and made contiguous (kept alive in `keep`):
+// its data, or null when absent.
+const float* optional_row_values(const char* name, const std::optional<Tensor>& t, const LogitChunk& c,
+                                 std::optional<Tensor>& keep) {
+  const char* op = "logit_chunk_grad_";
   if (!t.has_value()) return nullptr;
   BANDPO_CHECK_VALUE(t->dim() == 1 && t->size(0) == c.rows, op, ": ", name, " must be [rows] = [", c.rows,
                      "], got shape [", shape_string(*t), "]");
@@ -290,6 +294,42 @@ const float* optional_row_values(const char* op, const char* name, const std::op
                      device_name(c.raw));
   keep = as_contiguous(*t);
   return static_cast<const float*>(keep->data_ptr());
+}
+
+// The transform's arguments, in the stack from `first` on: ignore_index, logit_scale, softcap, temperature.
+void unbox_transform(StableIValue* stack, int first, LogitChunkCall& call) {
+  call.ignore_index = to<int64_t>(stack[first]);
+  call.logit_scale = to<double>(stack[first + 1]);
+  call.softcap = to<double>(stack[first + 2]);
+  call.temperature = to<double>(stack[first + 3]);
+}
+}  // namespace
+
+// logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index, float logit_scale, float softcap,
+//                   float temperature) -> (Tensor logp, Tensor entropy)
+LogitChunkCall unbox_logit_stats(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok) {
+  check_stack("logit_chunk_stats", num_args, 6, num_outputs, 2);
+  Tensor raw = to<Tensor>(stack[0]);
+  if (raw.dim() == 2 && raw.size(0) > 1 && raw.size(1) > 1 && raw.stride(1) != 1) raw = as_contiguous(raw);
+  LogitChunkCall call{logit_chunk("logit_chunk_stats", raw, to<Tensor>(stack[1]), half_ok)};
+  unbox_transform(stack, 2, call);
+  return call;
+}
+
+// logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, int ignore_index,
+//                   float logit_scale, float softcap, float temperature, Tensor? logp, Tensor? entropy) -> ()
+LogitChunkCall unbox_logit_grad(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok) {
+  check_stack("logit_chunk_grad_", num_args, 10, num_outputs, 0);
+  LogitChunkCall call{logit_chunk("logit_chunk_grad_", to<Tensor>(stack[0]), to<Tensor>(stack[1]), half_ok)};
+  unbox_transform(stack, 4, call);
+  const auto row_values = [&](const char* name, int at, int keep) {
+    return optional_row_values(name, to<std::optional<Tensor>>(stack[at]), call.chunk, call.keep[keep]);
+  };
+  call.grad_logp = row_values("grad_logp", 2, 0);
+  call.grad_entropy = row_values("grad_entropy", 3, 1);
+  call.logp = row_values("logp", 8, 2);
+  call.entropy = row_values("entropy", 9, 3);
+  return call;
 }
 
 namespace {

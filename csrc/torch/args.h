@@ -120,12 +120,23 @@ struct LogitChunk {
   Tensor raw, target;
   int64_t rows, vocab, row_stride;
 };
-LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target, bool half_ok);
 
-// An optional float32 [rows] argument of those ops (grad_logp, grad_entropy, logp, entropy), checked and made
-// contiguous (kept alive in `keep`): its data, or null when absent.
-const float* optional_row_values(const char* op, const char* name, const std::optional<Tensor>& t,
-                                 const LogitChunk& c, std::optional<Tensor>& keep);
+// A call of logit_chunk_stats or logit_chunk_grad_ (schemas.cpp), unboxed and checked for either device: the
+// chunk (a raw with strided columns is made contiguous for the stats; the gradient writes raw in place and
+// refuses it), the transform, and for the gradient its float32 [rows] arguments grad_logp, grad_entropy, logp
+// and entropy (null where absent; `keep` holds their contiguous copies alive).
+struct LogitChunkCall {
+  LogitChunk chunk;
+  int64_t ignore_index = -100;
+  double logit_scale = 1.0, softcap = 0.0, temperature = 1.0;
+  const float* grad_logp = nullptr;
+  const float* grad_entropy = nullptr;
+  const float* logp = nullptr;
+  const float* entropy = nullptr;
+  std::optional<Tensor> keep[4];
+};
+LogitChunkCall unbox_logit_stats(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok);
+LogitChunkCall unbox_logit_grad(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok);
 
 // Whether the CUDA band_loss synchronises after its forward to raise a ValueError (naming the argument and
 // index) for bad values at valid positions. Off by default: the ops never synchronise, and bad values make

@@ -93,46 +93,27 @@ void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64
   stack[0] = from(grad);
 }
 
-// logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index, float logit_scale, float softcap,
-//                   float temperature) -> (Tensor logp, Tensor entropy)
 void logit_chunk_stats_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("logit_chunk_stats", num_args, 6, num_outputs, 2);
-  Tensor raw = to<Tensor>(stack[0]);
-  if (raw.dim() == 2 && raw.size(0) > 1 && raw.size(1) > 1 && raw.stride(1) != 1) raw = as_contiguous(raw);
-  const LogitChunk c = logit_chunk("logit_chunk_stats", raw, to<Tensor>(stack[1]), false);
-  const int64_t ignore_index = to<int64_t>(stack[2]);
-  const double logit_scale = to<double>(stack[3]), softcap = to<double>(stack[4]), temperature = to<double>(stack[5]);
+  const LogitChunkCall call = unbox_logit_stats(stack, num_args, num_outputs, false);
+  const LogitChunk& c = call.chunk;
   Tensor logp = empty_on({c.rows}, ScalarType::Float, c.raw), entropy = empty_on({c.rows}, ScalarType::Float, c.raw);
   rethrow_as_value_error([&] {
     logit_stats_cpu(static_cast<const float*>(c.raw.data_ptr()), c.rows, c.vocab, c.row_stride,
-                    static_cast<const int64_t*>(c.target.data_ptr()), ignore_index, logit_scale, softcap, temperature,
-                    static_cast<float*>(logp.data_ptr()), static_cast<float*>(entropy.data_ptr()), torch_parallel_for());
+                    static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale, call.softcap,
+                    call.temperature, static_cast<float*>(logp.data_ptr()), static_cast<float*>(entropy.data_ptr()),
+                    torch_parallel_for());
   });
   stack[0] = from(logp);
   stack[1] = from(entropy);
 }
 
-// logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, int ignore_index,
-//                   float logit_scale, float softcap, float temperature, Tensor? logp, Tensor? entropy) -> ()
 void logit_chunk_grad_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("logit_chunk_grad_", num_args, 10, num_outputs, 0);
-  const LogitChunk c = logit_chunk("logit_chunk_grad_", to<Tensor>(stack[0]), to<Tensor>(stack[1]), false);
-  std::optional<Tensor> keep_logp, keep_entropy;
-  const float* grad_logp = optional_row_values("logit_chunk_grad_", "grad_logp", to<std::optional<Tensor>>(stack[2]), c, keep_logp);
-  const float* grad_entropy =
-      optional_row_values("logit_chunk_grad_", "grad_entropy", to<std::optional<Tensor>>(stack[3]), c, keep_entropy);
-  const int64_t ignore_index = to<int64_t>(stack[4]);
-  const double logit_scale = to<double>(stack[5]), softcap = to<double>(stack[6]), temperature = to<double>(stack[7]);
-  std::optional<Tensor> keep_row_logp, keep_row_entropy;
-  const float* logp = optional_row_values("logit_chunk_grad_", "logp", to<std::optional<Tensor>>(stack[8]), c, keep_row_logp);
-  const float* entropy =
-      optional_row_values("logit_chunk_grad_", "entropy", to<std::optional<Tensor>>(stack[9]), c, keep_row_entropy);
-  BANDPO_CHECK_VALUE((logp == nullptr) == (entropy == nullptr), "logit_chunk_grad_: logp and entropy come together ",
-                     "(the chunk's logit_chunk_stats outputs), got only ", logp ? "logp" : "entropy");
+  const LogitChunkCall call = unbox_logit_grad(stack, num_args, num_outputs, false);
+  const LogitChunk& c = call.chunk;
   rethrow_as_value_error([&] {
     logit_grad_cpu(static_cast<float*>(c.raw.data_ptr()), c.rows, c.vocab, c.row_stride,
-                   static_cast<const int64_t*>(c.target.data_ptr()), ignore_index, logit_scale, softcap, temperature,
-                   grad_logp, grad_entropy, logp, entropy, torch_parallel_for());
+                   static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale, call.softcap,
+                   call.temperature, call.grad_logp, call.grad_entropy, call.logp, call.entropy, torch_parallel_for());
   });
 }
 

@@ -137,41 +137,29 @@ DType logit_dtype(const Tensor& raw) {
 }
 
 void logit_chunk_stats_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("logit_chunk_stats", num_args, 6, num_outputs, 2);
-  Tensor raw = to<Tensor>(stack[0]);
-  if (raw.dim() == 2 && raw.size(0) > 1 && raw.size(1) > 1 && raw.stride(1) != 1) raw = as_contiguous(raw);
-  const LogitChunk c = logit_chunk("logit_chunk_stats", raw, to<Tensor>(stack[1]), true);
-  const torch::stable::accelerator::DeviceGuard device_guard(raw.get_device_index());
-  const int64_t ignore_index = to<int64_t>(stack[2]);
-  const double logit_scale = to<double>(stack[3]), softcap = to<double>(stack[4]), temperature = to<double>(stack[5]);
+  const LogitChunkCall call = unbox_logit_stats(stack, num_args, num_outputs, true);
+  const LogitChunk& c = call.chunk;
+  const torch::stable::accelerator::DeviceGuard device_guard(c.raw.get_device_index());
   Tensor logp = empty_on({c.rows}, ScalarType::Float, c.raw), entropy = empty_on({c.rows}, ScalarType::Float, c.raw);
   rethrow_as_value_error([&] {
     cuda::logit_stats(logit_dtype(c.raw), c.raw.data_ptr(), c.rows, c.vocab, c.row_stride,
-                      static_cast<const int64_t*>(c.target.data_ptr()), ignore_index, logit_scale, softcap, temperature,
-                      static_cast<float*>(logp.data_ptr()), static_cast<float*>(entropy.data_ptr()), current_stream(raw));
+                      static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale,
+                      call.softcap, call.temperature, static_cast<float*>(logp.data_ptr()),
+                      static_cast<float*>(entropy.data_ptr()), current_stream(c.raw));
   });
   stack[0] = from(logp);
   stack[1] = from(entropy);
 }
 
 void logit_chunk_grad_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("logit_chunk_grad_", num_args, 10, num_outputs, 0);
-  const LogitChunk c = logit_chunk("logit_chunk_grad_", to<Tensor>(stack[0]), to<Tensor>(stack[1]), true);
+  const LogitChunkCall call = unbox_logit_grad(stack, num_args, num_outputs, true);
+  const LogitChunk& c = call.chunk;
   const torch::stable::accelerator::DeviceGuard device_guard(c.raw.get_device_index());
-  std::optional<Tensor> keep[4];
-  const char* names[4] = {"grad_logp", "grad_entropy", "logp", "entropy"};
-  const float* rows[4];
-  const int at[4] = {2, 3, 8, 9};
-  for (int k = 0; k < 4; ++k)
-    rows[k] = optional_row_values("logit_chunk_grad_", names[k], to<std::optional<Tensor>>(stack[at[k]]), c, keep[k]);
-  BANDPO_CHECK_VALUE((rows[2] == nullptr) == (rows[3] == nullptr), "logit_chunk_grad_: logp and entropy come together ",
-                     "(the chunk's logit_chunk_stats outputs), got only ", rows[2] ? "logp" : "entropy");
-  const int64_t ignore_index = to<int64_t>(stack[4]);
-  const double logit_scale = to<double>(stack[5]), softcap = to<double>(stack[6]), temperature = to<double>(stack[7]);
   rethrow_as_value_error([&] {
     cuda::logit_grad(logit_dtype(c.raw), c.raw.data_ptr(), c.rows, c.vocab, c.row_stride,
-                     static_cast<const int64_t*>(c.target.data_ptr()), ignore_index, logit_scale, softcap, temperature,
-                     rows[0], rows[1], rows[2], rows[3], current_stream(c.raw));
+                     static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale,
+                     call.softcap, call.temperature, call.grad_logp, call.grad_entropy, call.logp, call.entropy,
+                     current_stream(c.raw));
   });
 }
 

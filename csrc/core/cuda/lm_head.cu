@@ -185,7 +185,7 @@ void logit_grad(DType dtype, void* raw, int64_t rows, int64_t vocab, int64_t row
   bandpo::detail::check_logit_chunk("logit_grad", rows, vocab, row_stride, raw, target, logit_scale, softcap,
                                     temperature);
   if (rows > 0x7fffffff) throw std::invalid_argument("logit_grad: rows = " + std::to_string(rows) + " must be < 2^31");
-  if ((logp == nullptr) != (entropy == nullptr)) throw std::invalid_argument("logit_grad: logp and entropy come together");
+  bandpo::detail::check_logit_outputs("logit_grad", logp, entropy);
   if (rows == 0) return;
   const LogitTransform t = make_logit_transform(logit_scale, softcap, temperature);
   detail::with_logit_type(dtype, "logit_grad", [&](auto tag) {
