@@ -152,8 +152,9 @@ def fwd_bwd(fn, hidden, weight, target, a, c):
     return h.grad, w.grad
 
 
-def _child(case, shape, loss_mode, queue):
+def _child(case, shape, loss_mode, chunk_tokens, queue):
     torch.set_num_threads(torch.get_num_threads())
+    CHUNK["tokens"] = chunk_tokens  # a spawned child starts from the module's defaults
     cases = LOSS_CASES if loss_mode else CASES
     hidden, weight, target, a, c = make(*shape)
     if case == "baseline":  # inputs and the two gradient buffers
@@ -167,7 +168,7 @@ def _child(case, shape, loss_mode, queue):
 def peak_bytes_cpu(case, shape, loss_mode):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(case, shape, loss_mode, q))
+    p = ctx.Process(target=_child, args=(case, shape, loss_mode, CHUNK["tokens"], q))
     p.start()
     value = q.get()
     p.join()

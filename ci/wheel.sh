@@ -42,7 +42,7 @@ export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}" PATH="$(dirname "$builder"):$PA
 rm -rf build/wheel dist/raw
 mkdir -p dist
 t0=$SECONDS
-echo "wheel: building (CPU kernels x3 instruction sets; CUDA $cuda: $archs) -- about 6 minutes on 2 cores"
+echo "wheel: building (CPU kernels x3 instruction sets; CUDA $cuda: $archs) -- about 5 minutes on 2 cores"
 "$builder" -m pip wheel -v --no-build-isolation --no-deps -w dist/raw . \
   -Cbuild-dir=build/wheel -Ccmake.define.BANDPO_CUDA="$cuda" -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$archs" \
   -Ccmake.define.CMAKE_CUDA_COMPILER="$nvcc" 2>&1 |

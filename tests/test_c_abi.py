@@ -163,3 +163,60 @@ def test_bad_option_values_name_the_option(lib, field, value):
     setattr(o, field, value)
     status, message = _loss_status(lib, LossInputs(1, 1, 1, ptr(x), ptr(x), ptr(x), 0, None, 0, None), o)
     assert status == 1 and field in message, message
+
+
+def _logit_functions(lib):
+    f64, i64, vp = ctypes.c_double, ctypes.c_int64, ctypes.c_void_p
+    lib.bandpo_logit_stats.argtypes = [vp, i64, i64, i64, vp, i64, f64, f64, f64, vp, vp]
+    lib.bandpo_logit_grad.argtypes = [vp, i64, i64, i64, vp, i64, f64, f64, f64, vp, vp, vp, vp]
+    return lib.bandpo_logit_stats, lib.bandpo_logit_grad
+
+
+@pytest.mark.parametrize("transform", [(1.0, 0.0, 1.0), (0.7, 30.0, 0.6)])
+def test_logit_chunk_steps_bit_for_bit(lib, transform):
+    """bandpo_logit_stats / bandpo_logit_grad (a C++ trainer's own GEMM, then our chunk steps) give the bits of
+    torch.ops.bandpo.logit_chunk_stats / logit_chunk_grad_, on rows with a stride (a slice of a wider buffer)
+    and an ignored row."""
+    stats, grad = _logit_functions(lib)
+    scale, softcap, temperature = transform
+    g = torch.Generator().manual_seed(5)
+    wide = torch.randn(6, 131, generator=g) * 4
+    raw = wide[:, :127]  # row_stride 131, vocab 127 (a prime)
+    target = torch.tensor([0, 126, -100, 5, 64, 3])
+    kw = dict(ignore_index=-100, logit_scale=scale, softcap=softcap, temperature=temperature)
+    lp_ref, ent_ref = torch.ops.bandpo.logit_chunk_stats(raw, target, **kw)
+    lp, ent = torch.empty(6), torch.empty(6)
+    args = (6, 127, 131, ptr(target), -100, scale, softcap, temperature)
+    assert stats(ptr(raw), *args, ptr(lp), ptr(ent)) == 0, lib.bandpo_last_error()
+    assert torch.equal(lp, lp_ref) and torch.equal(ent, ent_ref)
+    assert (lp <= 0).all() and lp[2] == 0 and ent[2] == 0
+    gl, ge = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    expected = raw.clone()
+    torch.ops.bandpo.logit_chunk_grad_(expected, target, gl, ge, logp=lp_ref, entropy=ent_ref, **kw)
+    for outputs in ((lp, ent), (None, None)):  # one pass from the outputs, or three from the logits
+        got = wide.clone()
+        assert grad(ptr(got), *args, ptr(gl), ptr(ge), *(ptr(o) for o in outputs)) == 0, lib.bandpo_last_error()
+        torch.testing.assert_close(got[:, :127], expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got[:, 127:], wide[:, 127:])  # the stride's gap is not written
+    got = wide.clone()
+    assert grad(ptr(got), *args, ptr(gl), ptr(ge), ptr(lp), ptr(ent)) == 0
+    assert torch.equal(got[:, :127], expected)
+
+
+def test_logit_chunk_step_errors_are_statuses_naming_the_argument(lib):
+    stats, grad = _logit_functions(lib)
+    raw, out = torch.zeros(2, 8), torch.empty(2)
+    bad_target = torch.tensor([1, 8])
+    assert stats(ptr(raw), 2, 8, 8, ptr(bad_target), -100, 1.0, 0.0, 1.0, ptr(out), ptr(out.clone())) == 1
+    assert b"target[1] = 8 is outside [0, 8)" in lib.bandpo_last_error()
+    target = torch.tensor([1, 2])
+    for call, word in (((2, 8, 4), b"row_stride = 4 must be >= vocab"), ((2, 0, 8), b"vocab = 0"),
+                       ((-1, 8, 8), b"rows = -1"), ((1 << 40, 8, 1 << 40), b"more than one buffer can hold")):
+        assert stats(ptr(raw), *call, ptr(target), -100, 1.0, 0.0, 1.0, ptr(out), ptr(out.clone())) == 1
+        assert word in lib.bandpo_last_error(), lib.bandpo_last_error()
+    assert stats(ptr(raw), 2, 8, 8, ptr(target), -100, 1.0, 0.0, 0.0, ptr(out), ptr(out.clone())) == 1
+    assert b"temperature" in lib.bandpo_last_error()
+    assert grad(ptr(raw), 2, 8, 8, ptr(target), -100, 1.0, 0.0, 1.0, None, None, ptr(out), None) == 1
+    assert b"logp and entropy come together" in lib.bandpo_last_error()
+    assert stats(ptr(raw), 2, 8, 8, ptr(target), -100, 1.0, 0.0, 1.0, None, None) == 1
+    assert b"must not be null" in lib.bandpo_last_error()

@@ -139,6 +139,26 @@ bandpo_status bandpo_band_loss(const bandpo_loss_inputs* in, const bandpo_option
   });
 }
 
+bandpo_status bandpo_logit_stats(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride,
+                                 const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,
+                                 double temperature, float* logp, float* entropy) {
+  return guarded([&] {
+    // The core checks the sizes, pointers, options and targets (checks.cpp check_logit_chunk).
+    bandpo::logit_stats_cpu(raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature,
+                            logp, entropy, parallel_for());
+  });
+}
+
+bandpo_status bandpo_logit_grad(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
+                                int64_t ignore_index, double logit_scale, double softcap, double temperature,
+                                const float* grad_logp, const float* grad_entropy, const float* logp,
+                                const float* entropy) {
+  return guarded([&] {
+    bandpo::logit_grad_cpu(raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature,
+                           grad_logp, grad_entropy, logp, entropy, parallel_for());
+  });
+}
+
 const char* bandpo_last_error(void) { return last_error.c_str(); }
 const char* bandpo_version(void) { return bandpo::version(); }
 int bandpo_abi_version(void) { return BANDPO_ABI_VERSION; }

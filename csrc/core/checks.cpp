@@ -66,6 +66,11 @@ void check_logit_chunk(const char* op, int64_t rows, int64_t vocab, int64_t row_
   if (row_stride < vocab)
     throw std::invalid_argument(o + ": row_stride = " + std::to_string(row_stride) + " must be >= vocab (" +
                                 std::to_string(vocab) + ")");
+  constexpr int64_t kMaxBytes = std::numeric_limits<std::ptrdiff_t>::max();
+  if (rows > 0 && row_stride > kMaxBytes / 4 / rows)  // raw's extent, so that every offset r * row_stride fits
+    throw std::invalid_argument(o + ": rows = " + std::to_string(rows) + " times row_stride = " +
+                                std::to_string(row_stride) + " float32 logits is more than one buffer can hold (" +
+                                std::to_string(kMaxBytes) + " bytes)");
   if (rows > 0 && (!raw || !target)) throw std::invalid_argument(o + ": raw and target must not be null when rows > 0");
   if (!(std::isfinite(temperature) && temperature > 0))
     throw std::invalid_argument(o + ": temperature must be a finite number > 0, got " + std::to_string(temperature));

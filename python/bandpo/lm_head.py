@@ -34,11 +34,14 @@ import torch
 from torch import Tensor
 
 # Target of the chunk's float32 logits buffer (bytes) when chunk_size is 0: a few such buffers are live at once.
-# On the CPU about a last-level cache's worth of rows per thread pass. On a GPU larger: each chunk adds its
+# On the CPU 64 MiB: the chunk's GEMM [n, H] x [H, V] runs near the full GEMM's rate from n = 512 tokens at
+# V = 32768 (measured on a 2-core EPYC at H = 512, float32: 256-token chunks took 1.21x the full GEMM's time,
+# 512 1.05x; with 64 MiB the op's fwd+bwd went from 1.26x to 1.17x of the plain path at N 4096, its extra
+# memory from 1/16 to 1/11 of the plain path's; 128 MiB gave no more speed and 1/7). On a GPU larger: each chunk adds its
 # share of d weight into a float32 [V, H] sum, a pass over V H 8 bytes that costs about 220 / chunk tokens of
 # the chunk's three GEMMs on an H200 (bf16), so chunks of 2048 tokens at V = 131072 (measured there: 512 tokens
 # gave 1.82x the three GEMMs alone, 1024 1.48x, 2048 1.35x); the logits buffer is then 512 MiB in bf16.
-DEFAULT_CHUNK_BYTES = {"cpu": 32 << 20, "other": 1 << 30}
+DEFAULT_CHUNK_BYTES = {"cpu": 64 << 20, "other": 1 << 30}
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -94,14 +97,17 @@ def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chun
                          f"{DEFAULT_CHUNK_BYTES['other'] >> 20} MiB elsewhere), got {chunk_size}")
 
 
-def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Tensor:
+def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Optional[Tensor]:
     """Positions whose target is neither in [0, vocab) nor ignore_index. On the CPU they raise here (naming the
-    first index); on an accelerator that would need a host sync, so they give NaN log-prob and entropy instead."""
+    first index; then None is returned); on an accelerator that would need a host sync, so the positions are
+    returned and give NaN log-prob and entropy instead (_nan_where_bad)."""
     bad = ((target < 0) | (target >= vocab)) & (target != ignore_index)
-    if target.device.type == "cpu" and bool(bad.any()):
+    if target.device.type != "cpu":
+        return bad
+    if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"target[{i}] = {int(target[i])} is outside [0, {vocab}) and is not ignore_index ({ignore_index})")
-    return bad
+    return None
 
 
 def _uses_kernels(x: Tensor) -> bool:
@@ -130,6 +136,22 @@ def _raw_logits(h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     if raw.is_cuda and _uses_kernels(raw):
         return raw
     return raw.to(_compute_dtype(h.dtype))
+
+
+def _logit_chunks(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], chunk_size: int):
+    """(b, e, raw) chunk after chunk: raw = the raw logits of rows [b, e) of hidden (_raw_logits). The one place
+    the tokens are cut into chunks, for the op's forward, its backward and the fused loss alike."""
+    n = hidden.shape[0]
+    step = _chunk_tokens(n, weight.shape[0], chunk_size, hidden.device)
+    for b in range(0, n, step):
+        e = min(n, b + step)
+        yield b, e, _raw_logits(hidden[b:e], weight, bias)
+
+
+def _nan_where_bad(values: tuple[Tensor, ...], bad: Optional[Tensor]) -> tuple[Tensor, ...]:
+    """Rows with an out-of-range target read NaN off the CPU, where checking them would sync the host (the CPU
+    raised in _check_targets already; bad is None there)."""
+    return values if bad is None else tuple(v.masked_fill(bad, math.nan) for v in values)
 
 
 def _transform_(raw: Tensor, temperature: float, softcap: float, logit_scale: float) -> tuple[Tensor, Optional[Tensor]]:
@@ -185,17 +207,10 @@ def _linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias
     bad = _check_targets(target, vocab, ignore_index)
     logp = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
     entropy = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
-    step = _chunk_tokens(n, vocab, chunk_size, hidden.device)
-    for b in range(0, n, step):
-        e = min(n, b + step)
-        lp, ent = _chunk_logp_entropy(_raw_logits(hidden[b:e], weight, bias), target[b:e], ignore_index,
-                                      temperature, softcap, logit_scale)
-        logp[b:e] = lp
-        entropy[b:e] = ent
-    if hidden.device.type != "cpu":
-        logp.masked_fill_(bad, math.nan)
-        entropy.masked_fill_(bad, math.nan)
-    return logp, entropy
+    for b, e, raw in _logit_chunks(hidden, weight, bias, chunk_size):
+        logp[b:e], entropy[b:e] = _chunk_logp_entropy(raw, target[b:e], ignore_index, temperature, softcap,
+                                                      logit_scale)
+    return _nan_where_bad((logp, entropy), bad)
 
 
 @torch.library.register_fake("bandpo::logit_chunk_stats")
@@ -225,13 +240,9 @@ def _linear_logprob_entropy_backward(grad_logp: Optional[Tensor], grad_entropy: 
     """(grad_hidden, grad_weight, grad_bias); grad_bias is empty [0] without a bias. A missing grad_logp or
     grad_entropy counts as 0 (and the entropy's terms are then not computed). logp and entropy are the forward's
     outputs: each row's softmax sums follow from them, so a chunk's gradient is one pass over its logits."""
-    n, vocab = hidden.shape[0], weight.shape[0]
     grads = _GradAccumulator(hidden, weight, bias)
     transform = (temperature, softcap, logit_scale)
-    step = _chunk_tokens(n, vocab, chunk_size, hidden.device)
-    for b in range(0, n, step):
-        e = min(n, b + step)
-        raw = _raw_logits(hidden[b:e], weight, bias)
+    for b, e, raw in _logit_chunks(hidden, weight, bias, chunk_size):
         g = _chunk_logit_grad_(raw, target[b:e], None if grad_logp is None else grad_logp[b:e],
                                None if grad_entropy is None else grad_entropy[b:e], ignore_index, *transform,
                                logp=logp[b:e], entropy=entropy[b:e])
@@ -374,7 +385,7 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
         softcap: logits -> softcap * tanh(logits / softcap) before the temperature; 0 (default) for none.
         logit_scale: multiplies the logits first (default 1).
         ignore_index: targets equal to it give logp = entropy = 0 and no gradient (default -100).
-        chunk_size: tokens per chunk; 0 (default) picks about 32 MiB of float32 logits per chunk on the CPU,
+        chunk_size: tokens per chunk; 0 (default) picks about 64 MiB of float32 logits per chunk on the CPU,
             1 GiB on a GPU (DEFAULT_CHUNK_BYTES).
 
     Returns:
@@ -520,14 +531,10 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
         logp = torch.empty(n, dtype=cdt, device=flat_hidden.device)
         entropy = torch.empty(n, dtype=cdt, device=flat_hidden.device)
         grads = _GradAccumulator(flat_hidden, w, b, needs)
-        step = _chunk_tokens(n, vocab, int(chunk_size), flat_hidden.device)
-        for s in range(0, n, step):
-            e = min(n, s + step)
+        for s, e, raw in _logit_chunks(flat_hidden, w, b, int(chunk_size)):
             t = flat_target[s:e]
-            raw = _raw_logits(flat_hidden[s:e], w, b)
-            lp, ent = _chunk_logp_entropy(raw, t, int(ignore_index), *options, keep_raw=True)
-            if flat_hidden.device.type != "cpu":
-                lp, ent = lp.masked_fill(bad[s:e], math.nan), ent.masked_fill(bad[s:e], math.nan)
+            lp, ent = _nan_where_bad(_chunk_logp_entropy(raw, t, int(ignore_index), *options, keep_raw=True),
+                                     None if bad is None else bad[s:e])
             logp[s:e] = lp
             entropy[s:e] = ent
             g_logp = torch.ops.bandpo.band_loss_backward(

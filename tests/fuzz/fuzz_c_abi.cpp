@@ -1,4 +1,5 @@
-// libFuzzer harness over the C ABI (bandpo_band_bounds, bandpo_band_loss), built by ci/fuzz.sh with clang,
+// libFuzzer harness over the C ABI (bandpo_band_bounds, bandpo_band_loss, and bandpo_logit_stats/_grad on the
+// rest of each input: fuzz_logits lists its invariants), built by ci/fuzz.sh with clang,
 // AddressSanitizer and UndefinedBehaviorSanitizer. From each input it draws options (out-of-range enum codes
 // and special floats included), a dtype code, a shape (0 and 1 included, and sizes whose byte count cannot
 // exist), a mask kind and the values (NaN, +-inf, +-0, subnormals, huge, log-probs above 0).
@@ -13,6 +14,7 @@
 #include <bandpo/dtypes.h>
 #include <fuzzer/FuzzedDataProvider.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -359,6 +361,72 @@ void fuzz_loss(FuzzedDataProvider& in) {
   }
 }
 
+// The lm_head chunk steps (bandpo_logit_stats, then bandpo_logit_grad on its outputs) on what is left of the
+// input: rows and vocab from 0, a row stride from vocab - 1, targets in range, ignored or outside, logits
+// mostly plausible and sometimes special, options mostly valid. Invariants: a non-OK status has a message; a
+// target outside [0, vocab) that is not ignored, or a stride below vocab, is BANDPO_INVALID_ARGUMENT; with
+// finite logits in [-1e4, 1e4] and a tame transform, logp is finite and <= 1e-6 (0 for ignored rows), entropy
+// finite in [-1e-4, log(vocab) + 1e-3] and the gradient finite.
+void fuzz_logits(FuzzedDataProvider& in) {
+  const int64_t rows = in.ConsumeIntegralInRange<int64_t>(0, 5);
+  const int64_t vocab = in.ConsumeIntegralInRange<int64_t>(0, 37);
+  const int64_t stride = vocab + in.ConsumeIntegralInRange<int64_t>(-1, 3);
+  const bool tame_options = in.ConsumeIntegralInRange<int>(0, 7) != 0;
+  const double logit_scale = tame_options ? in.ConsumeFloatingPointInRange<double>(0.1, 4.0) : special_double(in);
+  const double softcap = tame_options ? (in.ConsumeBool() ? 0.0 : in.ConsumeFloatingPointInRange<double>(1.0, 50.0))
+                                      : special_double(in);
+  const double temperature = tame_options ? in.ConsumeFloatingPointInRange<double>(0.1, 4.0) : special_double(in);
+  constexpr int64_t kIgnore = -100;
+  std::vector<int64_t> target(static_cast<size_t>(rows));
+  bool targets_ok = true;
+  for (auto& t : target) {
+    switch (in.ConsumeIntegralInRange<int>(0, 9)) {
+      case 0: t = kIgnore; break;
+      case 1: t = in.ConsumeBool() ? -1 : vocab; break;
+      default: t = vocab > 0 ? in.ConsumeIntegralInRange<int64_t>(0, vocab - 1) : 0; break;
+    }
+    targets_ok = targets_ok && (t == kIgnore || (t >= 0 && t < vocab));
+  }
+  std::vector<float> raw(static_cast<size_t>(std::max<int64_t>(1, rows * std::max<int64_t>(stride, 0))));
+  bool tame_logits = true;
+  for (auto& x : raw) {
+    x = static_cast<float>(value(in, -1e4, 1e4));
+    tame_logits = tame_logits && std::fabs(x) <= 1e4f;
+  }
+  std::vector<float> logp(static_cast<size_t>(rows) + 1), entropy(static_cast<size_t>(rows) + 1);
+  const bandpo_status s = bandpo_logit_stats(raw.data(), rows, vocab, stride, target.data(), kIgnore, logit_scale,
+                                             softcap, temperature, logp.data(), entropy.data());
+  if (s != BANDPO_OK) EXPECT(bandpo_last_error()[0] != '\0');
+  const bool shape_ok = vocab >= 1 && stride >= vocab;
+  if (rows > 0 && (!shape_ok || !targets_ok)) EXPECT(s == BANDPO_INVALID_ARGUMENT);
+  if (s != BANDPO_OK) return;
+  const bool check = tame_options && tame_logits;
+  for (int64_t r = 0; r < rows && check; ++r) {
+    if (target[static_cast<size_t>(r)] == kIgnore) {
+      EXPECT(logp[static_cast<size_t>(r)] == 0.0f && entropy[static_cast<size_t>(r)] == 0.0f);
+      continue;
+    }
+    EXPECT(std::isfinite(logp[static_cast<size_t>(r)]) && logp[static_cast<size_t>(r)] <= 1e-6f);
+    EXPECT(std::isfinite(entropy[static_cast<size_t>(r)]) && entropy[static_cast<size_t>(r)] >= -1e-4f &&
+           entropy[static_cast<size_t>(r)] <= std::log(static_cast<float>(vocab)) + 1e-3f);
+  }
+  std::vector<float> grad_logp(static_cast<size_t>(rows) + 1), grad_entropy(static_cast<size_t>(rows) + 1);
+  for (auto& g : grad_logp) g = static_cast<float>(value(in, -2, 2));
+  for (auto& g : grad_entropy) g = static_cast<float>(value(in, -2, 2));
+  bool tame_grads = true;
+  for (int64_t r = 0; r < rows; ++r)
+    tame_grads = tame_grads && std::fabs(grad_logp[static_cast<size_t>(r)]) <= 2 &&
+                 std::fabs(grad_entropy[static_cast<size_t>(r)]) <= 2;
+  const bool from_outputs = in.ConsumeBool();
+  const bandpo_status g = bandpo_logit_grad(raw.data(), rows, vocab, stride, target.data(), kIgnore, logit_scale,
+                                            softcap, temperature, grad_logp.data(), grad_entropy.data(),
+                                            from_outputs ? logp.data() : nullptr,
+                                            from_outputs ? entropy.data() : nullptr);
+  EXPECT(g == BANDPO_OK);
+  for (int64_t r = 0; r < rows && check && tame_grads; ++r)
+    for (int64_t j = 0; j < vocab; ++j) EXPECT(std::isfinite(raw[static_cast<size_t>(r * stride + j)]));
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -370,5 +438,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   if (in.ConsumeBool()) fuzz_bounds(in);
   else fuzz_loss(in);
+  fuzz_logits(in);  // on what is left: the corpus keeps steering the two above as before
   return 0;
 }

@@ -1,4 +1,5 @@
-/* bandpo C ABI: Band (trust-region) ratio bounds and the BandPO loss on raw CPU buffers, for FFI (Rust,
+/* bandpo C ABI: Band (trust-region) ratio bounds, the BandPO loss and the lm_head's chunk steps (log-probs and
+ * entropy from logits, and their gradient) on raw CPU buffers, for FFI (Rust,
  * Julia, ctypes, XLA custom calls). No C++ types cross this boundary and no exception leaves it: every
  * function returns a status, and bandpo_last_error() gives the message of the calling thread's last failure.
  *
@@ -93,6 +94,25 @@ bandpo_status bandpo_band_bounds(bandpo_dtype dtype, const void* old_logp, int64
  * gradient of the loss w.r.t. logp (dtype of the inputs, rows * cols). */
 bandpo_status bandpo_band_loss(const bandpo_loss_inputs* inputs, const bandpo_options* options, double* loss,
                                float* metrics, void* grad_logp);
+
+/* Log-probs and entropy from raw float32 logits, for an lm_head the caller computes in chunks of rows (one
+ * chunk of hidden @ W^T + b at a time, by any GEMM): row r's vocab logits at raw + r * row_stride
+ * (row_stride >= vocab). With z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) /
+ * temperature, logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log softmax(z),
+ * in nats; rows with target[r] == ignore_index give 0. A target outside [0, vocab) otherwise is
+ * BANDPO_INVALID_ARGUMENT naming its index. */
+bandpo_status bandpo_logit_stats(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride,
+                                 const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,
+                                 double temperature, float* logp, float* entropy);
+
+/* The backward of bandpo_logit_stats: overwrites raw with d loss / d raw, given grad_logp[r] = d loss / d logp[r]
+ * and grad_entropy[r] = d loss / d entropy[r] (either may be NULL: 0; ignored rows get 0). logp and entropy:
+ * bandpo_logit_stats's outputs for these rows, or both NULL (given, each row is one pass over its logits, else
+ * three). The caller then forms d hidden = d raw @ W, d W += d raw^T @ hidden and d b += d raw's column sums. */
+bandpo_status bandpo_logit_grad(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
+                                int64_t ignore_index, double logit_scale, double softcap, double temperature,
+                                const float* grad_logp, const float* grad_entropy, const float* logp,
+                                const float* entropy);
 
 /* Message of this thread's last failed call ("" if none). Valid until this thread's next bandpo call. */
 const char* bandpo_last_error(void);
