@@ -1,5 +1,5 @@
-/* ctest for the C ABI (bandpo/bandpo.h), compiled as C: defaults, bounds, loss + gradient, statuses and
- * the thread-local error message. */
+/* ctest for the C ABI (bandpo/bandpo.h), compiled as C: defaults, bounds, loss + gradient, the lm_head chunk
+ * steps, statuses and the thread-local error message. */
 #include <bandpo/bandpo.h>
 
 #include <math.h>
@@ -88,6 +88,22 @@ int main(void) {
   CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_INVALID_ARGUMENT);
   CHECK(strstr(bandpo_last_error(), "normalizer") != NULL);
   bandpo_default_options(&o);
+
+  /* The lm_head chunk steps: logits (0, log 2, log 3) with target 2 give logp = log(1/2) and the entropy of
+   * (1/6, 1/3, 1/2); their gradient for d loss / d logp = 1 is onehot - softmax. */
+  {
+    float raw[3] = {0.0f, (float)log(2.0), (float)log(3.0)}, logp1 = 0, ent = 0;
+    const int64_t target = 2;
+    CHECK(bandpo_logit_stats(raw, 1, 3, 3, &target, -100, 1.0, 0.0, 1.0, &logp1, &ent) == BANDPO_OK);
+    CHECK(fabs(logp1 - log(0.5)) < 1e-6);
+    CHECK(fabs(ent - (log(6.0) / 6 + log(3.0) / 3 + log(2.0) / 2)) < 1e-6);
+    const float one = 1.0f;
+    CHECK(bandpo_logit_grad(raw, 1, 3, 3, &target, -100, 1.0, 0.0, 1.0, &one, NULL, &logp1, &ent) == BANDPO_OK);
+    CHECK(fabs(raw[0] + 1.0 / 6) < 1e-6 && fabs(raw[1] + 1.0 / 3) < 1e-6 && fabs(raw[2] - 0.5) < 1e-6);
+    const int64_t bad = 3;
+    CHECK(bandpo_logit_stats(raw, 1, 3, 3, &bad, -100, 1.0, 0.0, 1.0, &logp1, &ent) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "target[0] = 3") != NULL);
+  }
 
   printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;
