@@ -37,10 +37,11 @@ from torch import Tensor
 # On the CPU 64 MiB: the chunk's GEMM [n, H] x [H, V] runs near the full GEMM's rate from n = 512 tokens at
 # V = 32768 (measured on a 2-core EPYC at H = 512, float32: 256-token chunks took 1.21x the full GEMM's time,
 # 512 1.05x; with 64 MiB the op's fwd+bwd went from 1.26x to 1.17x of the plain path at N 4096, its extra
-# memory from 1/16 to 1/11 of the plain path's; 128 MiB gave no more speed and 1/7). On a GPU larger: each chunk adds its
-# share of d weight into a float32 [V, H] sum, a pass over V H 8 bytes that costs about 220 / chunk tokens of
-# the chunk's three GEMMs on an H200 (bf16), so chunks of 2048 tokens at V = 131072 (measured there: 512 tokens
-# gave 1.82x the three GEMMs alone, 1024 1.48x, 2048 1.35x); the logits buffer is then 512 MiB in bf16.
+# memory from 1/16 to 1/11 of the plain path's; 128 MiB gave no more speed and 1/7). On a GPU larger: each
+# chunk adds its share of d weight into a float32 [V, H] sum, a pass over V H 8 bytes that costs about
+# 220 / chunk tokens of the chunk's three GEMMs on an H200 (bf16), so chunks of 2048 tokens at V = 131072
+# (measured there: 512 tokens gave 1.82x the three GEMMs alone, 1024 1.48x, 2048 1.35x); the logits buffer is
+# then 512 MiB in bf16.
 DEFAULT_CHUNK_BYTES = {"cpu": 64 << 20, "other": 1 << 30}
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
