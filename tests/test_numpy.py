@@ -85,3 +85,67 @@ def test_works_without_torch(tmp_path):
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert run.returncode == 0, run.stderr
     assert float(run.stdout.strip()) == want
+
+
+@pytest.mark.parametrize("transform", [{}, {"logit_scale": 0.7, "softcap": 30.0, "temperature": 0.6}])
+def test_logit_chunk_steps_equal_the_ops(transform):
+    """bnp.logit_stats / logit_grad_ give the bits of torch.ops.bandpo.logit_chunk_stats / logit_chunk_grad_, on
+    strided rows (a slice of a wider buffer) with an ignored row; the gradient from the outputs (one pass) and from
+    the logits (three passes) agree."""
+    rng = np.random.default_rng(3)
+    wide = (rng.standard_normal((5, 67)) * 4).astype(np.float32)
+    raw = wide[:, :61]
+    target = np.array([0, 60, -100, 7, 33], dtype=np.int64)
+    lp_ref, ent_ref = torch.ops.bandpo.logit_chunk_stats(torch.from_numpy(raw), torch.from_numpy(target), **transform)
+    lp, ent = bnp.logit_stats(raw, target, **transform)
+    assert lp.dtype == np.float32 and np.array_equal(lp, lp_ref.numpy()) and np.array_equal(ent, ent_ref.numpy())
+    assert lp[2] == 0 and ent[2] == 0 and (lp <= 0).all()
+    gl, ge = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    expected = torch.from_numpy(raw.copy())
+    torch.ops.bandpo.logit_chunk_grad_(expected, torch.from_numpy(target), torch.from_numpy(gl), torch.from_numpy(ge),
+                                       logp=lp_ref, entropy=ent_ref, **transform)
+    got = wide.copy()
+    assert bnp.logit_grad_(got[:, :61], target, gl, ge, logp=lp, entropy=ent, **transform).base is got
+    assert np.array_equal(got[:, :61], expected.numpy()) and np.array_equal(got[:, 61:], wide[:, 61:])
+    three = raw.copy()
+    bnp.logit_grad_(three, target, gl, ge, **transform)
+    np.testing.assert_allclose(three, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_logit_chunk_step_errors_name_the_argument():
+    raw, target = np.zeros((2, 8), dtype=np.float32), np.array([1, 2], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"target\[1\] = 8 is outside \[0, 8\)"):
+        bnp.logit_stats(raw, np.array([1, 8]))
+    with pytest.raises(TypeError, match="raw must be float32"):
+        bnp.logit_stats(raw.astype(np.float64), target)
+    with pytest.raises(TypeError, match="target must be a int64"):
+        bnp.logit_stats(raw, target.astype(np.int32))
+    with pytest.raises(ValueError, match=r"target must have shape \(2,\)"):
+        bnp.logit_stats(raw, np.array([1]))
+    with pytest.raises(ValueError, match="raw must be 2-D"):
+        bnp.logit_stats(raw[0], target[:1])
+    with pytest.raises(ValueError, match="rows must each be contiguous"):
+        bnp.logit_stats(np.asfortranarray(raw), target)
+    with pytest.raises(ValueError, match="temperature"):
+        bnp.logit_stats(raw, target, temperature=0.0)
+    with pytest.raises(ValueError, match="logp and entropy come together"):
+        bnp.logit_grad_(raw, target, logp=np.zeros(2, dtype=np.float32))
+    with pytest.raises(TypeError, match="grad_logp must be a float32"):
+        bnp.logit_grad_(raw, target, np.zeros(2))
+    read_only = raw.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="raw must be writeable"):
+        bnp.logit_grad_(read_only, target)
+
+
+def test_module_docstring_example_runs():
+    import re
+
+    code = "\n".join(line[4:] for line in re.search(r"\n\n((?:    .*\n)+)", bnp.__doc__).group(1).splitlines())
+    rng = np.random.default_rng(0)
+    logp = -rng.random((2, 5)).astype(np.float32)
+    scope = {"logp": logp, "old_logp": logp - 0.1, "advantages": np.array([1.0, -1.0], dtype=np.float32),
+             "mask": np.ones((2, 5), dtype=bool), "logits_chunk": rng.standard_normal((3, 11)).astype(np.float32),
+             "target": np.array([0, 5, 10])}
+    exec(compile(code, "bandpo/np.py", "exec"), scope)
+    assert scope["upper"].shape == (2, 5) and scope["out"].grad.shape == (2, 5) and scope["entropy"].shape == (3,)

@@ -9,6 +9,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bandpo/cpu.h"
@@ -178,6 +179,75 @@ py::tuple band_loss(const py::array& logp_in, const py::array& old_logp_in, cons
   return py::make_tuple(r.loss, metrics, grad);
 }
 
+// A chunk of raw float32 logits [rows, vocab] as the core takes it: a pointer, its row stride in elements (rows
+// may be apart, the logits of a row must be adjacent) and its sizes.
+struct LogitChunk {
+  float* data;
+  int64_t rows, vocab, row_stride;
+};
+
+LogitChunk logit_chunk(const py::array& raw, bool writeable) {
+  if (!(raw.dtype().kind() == 'f' && raw.dtype().itemsize() == 4))
+    throw py::type_error("raw must be float32 logits; got " + py::str(raw.dtype()).cast<std::string>());
+  if (raw.ndim() != 2) throw py::value_error("raw must be 2-D [rows, vocab]; got " + std::to_string(raw.ndim()) + "-D");
+  const int64_t rows = raw.shape(0), vocab = raw.shape(1);
+  if (vocab > 1 && raw.strides(1) != 4)
+    throw py::value_error("raw's rows must each be contiguous (stride 4 bytes along vocab); got " +
+                          std::to_string(raw.strides(1)));
+  if (rows > 1 && (raw.strides(0) <= 0 || raw.strides(0) % 4 != 0))
+    throw py::value_error("raw's row stride must be a positive multiple of 4 bytes; got " +
+                          std::to_string(raw.strides(0)));
+  if (writeable && !raw.writeable()) throw py::value_error("raw must be writeable (its gradient is written in place)");
+  return LogitChunk{static_cast<float*>(const_cast<void*>(raw.data())), rows, vocab,
+                    rows > 1 ? static_cast<int64_t>(raw.strides(0) / 4) : vocab};
+}
+
+// A per-row array of the chunk ([rows], contiguous); `dtype` float32 or int64.
+template <class T>
+py::array_t<T> row_array(const py::handle& a, const char* name, int64_t rows) {
+  const py::array arr = py::array::ensure(a);
+  const char kind = std::is_same<T, float>::value ? 'f' : 'i';
+  if (!arr || arr.dtype().kind() != kind || arr.dtype().itemsize() != static_cast<ssize_t>(sizeof(T)))
+    throw py::type_error(std::string(name) + " must be a " + (std::is_same<T, float>::value ? "float32" : "int64") +
+                         " array; got " + (arr ? py::str(arr.dtype()).cast<std::string>() : std::string("no array")));
+  if (arr.ndim() != 1 || arr.shape(0) != rows)
+    throw py::value_error(std::string(name) + " must have shape (" + std::to_string(rows) + ",), one value per row of raw");
+  return py::array_t<T, py::array::c_style>::ensure(arr);
+}
+
+py::tuple logit_stats(const py::array& raw_in, const py::handle& target_in, int64_t ignore_index, double logit_scale,
+                      double softcap, double temperature) {
+  const LogitChunk c = logit_chunk(raw_in, false);
+  const py::array_t<int64_t> target = row_array<int64_t>(target_in, "target", c.rows);
+  py::array_t<float> logp(c.rows), entropy(c.rows);
+  float *lp = logp.mutable_data(), *ent = entropy.mutable_data();
+  const int64_t* t = target.data();
+  {
+    py::gil_scoped_release release;
+    bandpo::logit_stats_cpu(c.data, c.rows, c.vocab, c.row_stride, t, ignore_index, logit_scale, softcap,
+                            temperature, lp, ent);
+  }
+  return py::make_tuple(logp, entropy);
+}
+
+void logit_grad_(const py::array& raw_in, const py::handle& target_in, const py::object& grad_logp_in,
+                 const py::object& grad_entropy_in, const py::object& logp_in, const py::object& entropy_in,
+                 int64_t ignore_index, double logit_scale, double softcap, double temperature) {
+  const LogitChunk c = logit_chunk(raw_in, true);
+  const py::array_t<int64_t> target = row_array<int64_t>(target_in, "target", c.rows);
+  auto optional_rows = [&](const py::object& a, const char* name) {
+    return a.is_none() ? py::array_t<float>() : row_array<float>(a, name, c.rows);
+  };
+  const py::array_t<float> gl = optional_rows(grad_logp_in, "grad_logp"), ge = optional_rows(grad_entropy_in, "grad_entropy"),
+                           lp = optional_rows(logp_in, "logp"), ent = optional_rows(entropy_in, "entropy");
+  auto ptr = [](const py::object& given, const py::array_t<float>& a) { return given.is_none() ? nullptr : a.data(); };
+  const float *g1 = ptr(grad_logp_in, gl), *g2 = ptr(grad_entropy_in, ge), *o1 = ptr(logp_in, lp), *o2 = ptr(entropy_in, ent);
+  const int64_t* t = target.data();
+  py::gil_scoped_release release;
+  bandpo::logit_grad_cpu(c.data, c.rows, c.vocab, c.row_stride, t, ignore_index, logit_scale, softcap, temperature,
+                         g1, g2, o1, o2);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_np, m) {
@@ -198,5 +268,10 @@ PYBIND11_MODULE(_np, m) {
       "validate_options", [](const py::kwargs& options) { options_from<bandpo::LossOptions>(options); },
       "Validate band_loss options (keyword arguments, any subset) as the ops do: ValueError/TypeError naming "
       "the option.");
+  m.def("logit_stats", &logit_stats, py::arg("raw"), py::arg("target"), py::arg("ignore_index"),
+        py::arg("logit_scale"), py::arg("softcap"), py::arg("temperature"));
+  m.def("logit_grad_", &logit_grad_, py::arg("raw"), py::arg("target"), py::arg("grad_logp"), py::arg("grad_entropy"),
+        py::arg("logp"), py::arg("entropy"), py::arg("ignore_index"), py::arg("logit_scale"), py::arg("softcap"),
+        py::arg("temperature"));
   m.def("version", &bandpo::version);
 }

@@ -3,6 +3,7 @@
     import numpy as np, bandpo.np as bnp
     lower, upper = bnp.band_bounds(old_logp)                      # Band-KL, delta 0.05
     out = bnp.band_loss(logp, old_logp, advantages, mask)         # loss, metrics, grad (d loss / d logp)
+    logp, entropy = bnp.logit_stats(logits_chunk, target)         # an lm_head chunk (your GEMM's logits)
 
 Arrays: float32, float64 or float16 (all value arrays one dtype); mask bool/uint8 or float weights.
 Shapes, options, aggregations and errors are those of ``torch.ops.bandpo.band_loss`` (README.md);
@@ -46,3 +47,25 @@ def band_loss(logp: np.ndarray, old_logp: np.ndarray, advantages: np.ndarray, ma
         None if ref_logp is None else np.asarray(ref_logp), with_grad, normalizer=normalizer,
         **_config(config, overrides).loss_kwargs())
     return NumpyBandLoss(loss, dict(zip(METRIC_NAMES, metrics.tolist())), grad)
+
+
+def logit_stats(raw: np.ndarray, target: np.ndarray, *, ignore_index: int = -100, logit_scale: float = 1.0,
+                softcap: float = 0.0, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Log-prob of each row's target and the row's entropy (nats, float32 [rows] each) from a chunk of raw logits
+    ``raw`` (float32 [rows, vocab], rows may be strided, e.g. a slice of a wider buffer), as
+    ``torch.ops.bandpo.logit_chunk_stats`` gives them: z = (logit_scale * raw, then softcap * tanh(. / softcap)
+    when softcap > 0) / temperature; target [rows] int64 in [0, vocab) or ``ignore_index`` (that row gives 0).
+    For an lm_head whose GEMM the caller runs chunk by chunk (see README, the C ABI's bandpo_logit_stats)."""
+    return _np.logit_stats(raw, target, int(ignore_index), float(logit_scale), float(softcap), float(temperature))
+
+
+def logit_grad_(raw: np.ndarray, target: np.ndarray, grad_logp: Optional[np.ndarray] = None,
+                grad_entropy: Optional[np.ndarray] = None, *, logp: Optional[np.ndarray] = None,
+                entropy: Optional[np.ndarray] = None, ignore_index: int = -100, logit_scale: float = 1.0,
+                softcap: float = 0.0, temperature: float = 1.0) -> np.ndarray:
+    """The backward of :func:`logit_stats`, in place: overwrites ``raw`` with d loss / d raw given grad_logp and
+    grad_entropy (float32 [rows] each, None for 0). logp and entropy: logit_stats's outputs for these rows (then
+    each row is one pass over its logits), or both None. Returns ``raw``."""
+    _np.logit_grad_(raw, target, grad_logp, grad_entropy, logp, entropy, int(ignore_index), float(logit_scale),
+                    float(softcap), float(temperature))
+    return raw
