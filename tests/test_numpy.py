@@ -118,7 +118,7 @@ def test_logit_chunk_step_errors_name_the_argument():
         bnp.logit_stats(raw, np.array([1, 8]))
     with pytest.raises(TypeError, match="raw must be float32"):
         bnp.logit_stats(raw.astype(np.float64), target)
-    with pytest.raises(TypeError, match="target must be a int64"):
+    with pytest.raises(TypeError, match="target must be an int64"):
         bnp.logit_stats(raw, target.astype(np.int32))
     with pytest.raises(ValueError, match=r"target must have shape \(2,\)"):
         bnp.logit_stats(raw, np.array([1]))

@@ -208,7 +208,7 @@ py::array_t<T> row_array(const py::handle& a, const char* name, int64_t rows) {
   const py::array arr = py::array::ensure(a);
   const char kind = std::is_same<T, float>::value ? 'f' : 'i';
   if (!arr || arr.dtype().kind() != kind || arr.dtype().itemsize() != static_cast<ssize_t>(sizeof(T)))
-    throw py::type_error(std::string(name) + " must be a " + (std::is_same<T, float>::value ? "float32" : "int64") +
+    throw py::type_error(std::string(name) + " must be " + (std::is_same<T, float>::value ? "a float32" : "an int64") +
                          " array; got " + (arr ? py::str(arr.dtype()).cast<std::string>() : std::string("no array")));
   if (arr.ndim() != 1 || arr.shape(0) != rows)
     throw py::value_error(std::string(name) + " must have shape (" + std::to_string(rows) + ",), one value per row of raw");
@@ -235,13 +235,17 @@ void logit_grad_(const py::array& raw_in, const py::handle& target_in, const py:
                  int64_t ignore_index, double logit_scale, double softcap, double temperature) {
   const LogitChunk c = logit_chunk(raw_in, true);
   const py::array_t<int64_t> target = row_array<int64_t>(target_in, "target", c.rows);
-  auto optional_rows = [&](const py::object& a, const char* name) {
-    return a.is_none() ? py::array_t<float>() : row_array<float>(a, name, c.rows);
+  // An optional per-row array: null for None, else its data, the array kept alive in `keep`.
+  py::array_t<float> keep[4];
+  auto rows_or_null = [&](const py::object& a, const char* name, py::array_t<float>& kept) -> const float* {
+    if (a.is_none()) return nullptr;
+    kept = row_array<float>(a, name, c.rows);
+    return kept.data();
   };
-  const py::array_t<float> gl = optional_rows(grad_logp_in, "grad_logp"), ge = optional_rows(grad_entropy_in, "grad_entropy"),
-                           lp = optional_rows(logp_in, "logp"), ent = optional_rows(entropy_in, "entropy");
-  auto ptr = [](const py::object& given, const py::array_t<float>& a) { return given.is_none() ? nullptr : a.data(); };
-  const float *g1 = ptr(grad_logp_in, gl), *g2 = ptr(grad_entropy_in, ge), *o1 = ptr(logp_in, lp), *o2 = ptr(entropy_in, ent);
+  const float* g1 = rows_or_null(grad_logp_in, "grad_logp", keep[0]);
+  const float* g2 = rows_or_null(grad_entropy_in, "grad_entropy", keep[1]);
+  const float* o1 = rows_or_null(logp_in, "logp", keep[2]);
+  const float* o2 = rows_or_null(entropy_in, "entropy", keep[3]);
   const int64_t* t = target.data();
   py::gil_scoped_release release;
   bandpo::logit_grad_cpu(c.data, c.rows, c.vocab, c.row_stride, t, ignore_index, logit_scale, softcap, temperature,
