@@ -146,6 +146,74 @@ def test_bad_arguments_are_named(change, match):
         linear_logprob_entropy(args["hidden"], args["weight"], args["target"], args["bias"], **kw)
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_row_with_nan_or_inf_logits_gives_nan_not_zero(kernels, bad, monkeypatch):
+    # A diverged model (NaN or inf in the hidden states) must show as NaN, as log_softmax shows it: the clamps that
+    # keep logp <= 0 and entropy >= 0 once turned the row's NaN into 0, a plausible log-prob. Other rows unchanged.
+    monkeypatch.setattr(lm_head, "_uses_kernels", lambda h, k=kernels: k)
+    hidden, weight, target, bias = make(n=40, h=16, v=101)
+    target[5] = 3
+    broken = hidden.clone()
+    broken[5, 2] = bad
+    logp, ent = linear_logprob_entropy(broken, weight, target, bias)
+    want = linear_logprob_entropy(hidden, weight, target, bias)
+    assert math.isnan(logp[5]) and math.isnan(ent[5])
+    rest = torch.arange(40) != 5
+    torch.testing.assert_close(logp[rest], want[0][rest], rtol=0, atol=0)
+    torch.testing.assert_close(ent[rest], want[1][rest], rtol=0, atol=0)
+    ref = linear_logprob_entropy_reference(broken, weight, target, bias)
+    assert math.isnan(ref[0][5]) and math.isnan(ref[1][5])
+    # one bad logit (through the bias, off the target) spoils every row: each has that vocabulary entry
+    bad_bias = bias.clone()
+    bad_bias[7] = bad
+    logp, ent = linear_logprob_entropy(hidden, weight, target.clamp(min=8), bad_bias)
+    assert bool(logp.isnan().all()) and bool(ent.isnan().all())
+    # and the fused loss refuses it on the CPU, naming the log-probs
+    old, adv = torch.full((40,), -3.0), torch.randn(40)
+    with pytest.raises(ValueError, match=r"logp\[5\] is NaN"):
+        bandpo.fused_linear_band_loss(broken.requires_grad_(), weight, target, old, adv, target != -100, bias=bias)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logits_masked_to_minus_inf_by_the_bias(kernels, dtype, monkeypatch):
+    # Vocabulary entries masked by a bias of -inf have probability 0: they add nothing to the entropy (p log p -> 0)
+    # and get no gradient, where 0 * -inf made the entropy and every gradient of the row NaN.
+    if kernels and dtype == torch.float64:
+        pytest.skip("float64 runs the torch path only")
+    monkeypatch.setattr(lm_head, "_uses_kernels", lambda h, k=kernels: k)
+    hidden, weight, target, bias = make(n=60, h=16, v=101, dtype=dtype)
+    bias[::3] = -math.inf
+    target = torch.where(target % 3 == 0, target + 1, target).clamp(max=100)
+    g = torch.Generator().manual_seed(5)
+    a, c = torch.randn(60, generator=g, dtype=dtype), torch.randn(60, generator=g, dtype=dtype)
+    grads = []
+    for fn in (linear_logprob_entropy, linear_logprob_entropy_reference):
+        ins = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        logp, ent = fn(ins[0], ins[1], target, ins[2], temperature=0.9)
+        ((logp.to(dtype) * a).sum() + (ent.to(dtype) * c).sum()).backward()
+        grads.append([logp.detach().double(), ent.detach().double(), ins[0].grad, ins[1].grad])
+    assert all(bool(x.isfinite().all()) for x in grads[0])
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for x, y in zip(*grads):
+        torch.testing.assert_close(x.double(), y.double(), rtol=tol, atol=tol)
+
+
+def test_meta_tensors_and_arguments_that_are_not_tensors():
+    logp, ent = linear_logprob_entropy(torch.empty(5, 8, device="meta"), torch.empty(11, 8, device="meta"),
+                                       torch.empty(5, dtype=torch.int64, device="meta"))
+    assert logp.shape == ent.shape == (5,) and logp.device.type == "meta"
+    h, w, t = torch.randn(5, 8), torch.randn(11, 8), torch.zeros(5, dtype=torch.int64)
+    for args, name in (([[1.0], w, t], "hidden"), ([h, w.numpy(), t], "weight"), ([h, w, [0] * 5], "target"),
+                       ([h, w, t, [0.0] * 11], "bias")):
+        with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor"):
+            linear_logprob_entropy(*args)
+        with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor"):
+            bandpo.fused_linear_band_loss(*args[:3], torch.zeros(5), torch.zeros(5),
+                                          bias=args[3] if len(args) > 3 else None)
+
+
 def _fused_case(seed=4, b=3, t=7, h=16, v=50, float_mask=False):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(b, t, h, generator=g)
@@ -243,6 +311,38 @@ def test_fused_linear_band_loss_without_grad_and_errors():
         bandpo.fused_linear_band_loss(hidden, weight, bad, old, adv, mask)
     with pytest.raises(ValueError, match="old_logp"):
         bandpo.fused_linear_band_loss(hidden, weight, target, old[:, :3], adv, mask)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(adv=torch.zeros(2)), "advantages must have the shape"),
+    (dict(mask=torch.ones(3, 4, dtype=torch.bool)), "mask must have the shape"),
+    (dict(ref_logp=torch.zeros(3, 6), kl_coef=0.1), "ref_logp must have the shape"),
+    (dict(old_nan=True), r"old_logp\[8\] is NaN"),
+    (dict(adv_inf=True), r"advantages\[1\] = inf"),
+    (dict(delta=-1.0), "delta must be in"),
+    (dict(normalizer=0.0), "normalizer"),
+])
+def test_fused_loss_refuses_bad_loss_inputs_before_the_head_runs(change, match, monkeypatch):
+    # The loss's inputs are checked (by the op's own checks, naming the argument) before any of the head's GEMMs:
+    # the chunk loop is never entered.
+    hidden, weight, bias, target, mask, old, adv, _ = _fused_case()
+    def no_head(*args, **kwargs):
+        raise AssertionError("the head ran before the loss inputs were checked")
+    monkeypatch.setattr(lm_head, "_logit_chunks", no_head)
+    monkeypatch.setattr(lm_head, "linear_logprob_entropy", no_head)
+    kw = dict(change)
+    adv = kw.pop("adv", adv)
+    mask = kw.pop("mask", mask)
+    if kw.pop("old_nan", False):
+        old = old.clone()
+        old.view(-1)[8] = math.nan
+        mask = torch.ones_like(mask)
+    if kw.pop("adv_inf", False):
+        adv = adv.clone()
+        adv[1] = math.inf
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=match):
+            bandpo.fused_linear_band_loss(hidden.requires_grad_(), weight, target, old, adv, mask, bias=bias, **kw)
 
 
 def test_docstring_example_runs():

@@ -26,6 +26,7 @@ four: the loss's per-token gradient needs only the token and its aggregation wei
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Optional
@@ -58,11 +59,16 @@ def _chunk_tokens(n: int, vocab: int, chunk_size: int, device: torch.device) -> 
     return max(1, min(n, budget // (4 * max(vocab, 1))))
 
 
+def _check_types(hidden, weight, target, bias) -> None:
+    """TypeError naming the argument that is not a tensor (bias may be None)."""
+    for name, t in (("hidden", hidden), ("weight", weight), ("target", target), ("bias", bias)):
+        if not isinstance(t, Tensor) and not (name == "bias" and t is None):
+            raise TypeError(f"{name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, got {type(t).__name__}")
+
+
 def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chunk_size) -> None:
     """Validates shapes, dtypes, devices and options before any work, naming the argument."""
-    for name, t in (("hidden", hidden), ("weight", weight), ("target", target)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_types(hidden, weight, target, bias)
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be 2-D [tokens, hidden_size], got shape {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
@@ -171,11 +177,14 @@ def _transform_(raw: Tensor, temperature: float, softcap: float, logit_scale: fl
 
 def _chunk_stats(z: Tensor, t: Tensor, ignored: Tensor) -> tuple[Tensor, Tensor]:
     """logp and entropy of each row of z (float32 [n, V], consumed: overwritten with lse - z)."""
+    # a logit of +inf leaves no distribution: NaN, as log_softmax and the kernels give (logsumexp says +inf)
     lse = torch.logsumexp(z, dim=1, keepdim=True)
+    lse.masked_fill_(lse == math.inf, math.nan)
     z_target = z.gather(1, t.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
     p = torch.sub(z, lse).exp_()
-    # entropy = sum P (lse - z): non-negative terms, no cancellation between lse and E[z]
-    entropy = torch.einsum("nv,nv->n", p, z.sub_(lse).neg_())
+    # entropy = sum P (lse - z): non-negative terms, no cancellation between lse and E[z]; a logit of -inf (P = 0)
+    # adds 0, the limit of p log p, not 0 * inf = NaN (logit_stats.h weighted_term)
+    entropy = torch.einsum("nv,nv->n", p, z.sub_(lse).neg_().masked_fill_(p == 0, 0.0))
     logp = (z_target - lse.squeeze(1)).clamp_max(0.0)  # rounding may not make a probability above 1
     zero = torch.zeros((), device=z.device)
     return torch.where(ignored, zero, logp), torch.where(ignored, zero, entropy)
@@ -195,7 +204,8 @@ def linear_logprob_entropy_reference(hidden: Tensor, weight: Tensor, target: Ten
     ignored = target == ignore_index
     t = torch.where(ignored, torch.zeros_like(target), target)
     logp = logsm.gather(1, t.unsqueeze(1)).squeeze(1)
-    entropy = -(logsm.exp() * logsm).sum(1)
+    p = logsm.exp()
+    entropy = -(p * torch.where(p > 0, logsm, 0.0)).sum(1)  # p log p -> 0 at p = 0 (a logit of -inf)
     return torch.where(ignored, 0.0, logp), torch.where(ignored, 0.0, entropy)
 
 
@@ -293,6 +303,7 @@ def _chunk_logit_grad_(raw: Tensor, t: Tensor, grad_logp: Optional[Tensor], grad
     gl = (grad_logp.to(cdt) * live).unsqueeze(1) if grad_logp is not None else None
     gh = (grad_entropy.to(cdt) * live).unsqueeze(1) if grad_entropy is not None else None
     if gh is not None:
+        z.masked_fill_(p == 0, 0.0)  # a logit of -inf (P = 0) has no entropy gradient, not 0 * -inf = NaN
         if ez is None:
             ez = torch.einsum("nv,nv->n", p, z).unsqueeze(1)
         g = z.sub_(ez).mul_(p).mul_(gh).neg_()       # -g_H P (z - E[z]), in z's buffer
@@ -391,7 +402,8 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
 
     Returns:
         (logp, entropy): float32 [N] each (float64 for float64 inputs), in nats; logp <= 0. Differentiable
-        w.r.t. hidden, weight and bias through both outputs.
+        w.r.t. hidden, weight and bias through both outputs. A row with a NaN or +inf logit gives NaN (as
+        log_softmax does); a logit of -inf (e.g. a bias of -inf) has probability 0.
 
     >>> import torch, bandpo
     >>> h, w = torch.randn(6, 16), torch.randn(50, 16)
@@ -402,8 +414,9 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
     >>> float(logp[5]), float(ent[5])
     (0.0, 0.0)
     """
+    _check_types(hidden, weight, target, bias)
     hidden, weight, bias = _under_autocast(hidden, weight, bias)
-    with torch.autocast(hidden.device.type, enabled=False):
+    with _autocast_off(hidden.device.type):
         return _linear_logprob_entropy(hidden, weight, target, bias, float(temperature), float(softcap),
                                        float(logit_scale), int(ignore_index), int(chunk_size))
 
@@ -411,12 +424,20 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
 def _under_autocast(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]):
     """Under autocast the head runs in autocast's dtype, as a plain lm_head would: hidden, weight and bias are cast
     to it here (differentiably: the gradients reach the float32 parameters), and the op then runs with autocast
-    off, so that its forward and its backward (which autocast never covers) compute the same logits."""
-    device = hidden.device.type if isinstance(hidden, Tensor) else "cpu"
-    if not (isinstance(hidden, Tensor) and torch.is_autocast_enabled(device) and hidden.is_floating_point()):
+    off (_autocast_off), so that its forward and its backward (which autocast never covers) compute the same
+    logits."""
+    device = hidden.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device) and hidden.is_floating_point()):
         return hidden, weight, bias
     dtype = torch.get_autocast_dtype(device)
     return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _autocast_off(device_type: str):
+    """Autocast off for the op's call, on devices that have autocast (not "meta", for one)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _loss_weights(old_logp: Tensor, mask: Optional[Tensor], loss_kwargs: dict, normalizer: Optional[float]) -> Tensor:
@@ -485,10 +506,16 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
     from .api import _DEFAULT, BandLoss, band_loss
 
     cfg = (config or _DEFAULT).replace(**overrides) if overrides else (config or _DEFAULT)
+    _check_types(hidden, weight, target, bias)
     if not math.isfinite(entropy_coef):
         raise ValueError(f"entropy_coef must be a finite number, got {entropy_coef}")
+    if not isinstance(old_logp, Tensor):
+        raise TypeError(f"old_logp must be a torch.Tensor, got {type(old_logp).__name__}")
     if old_logp.shape != target.shape:
         raise ValueError(f"old_logp must have target's shape {tuple(target.shape)}, got {tuple(old_logp.shape)}")
+    # The loss's own checks (shapes, dtypes, values, options; the op's messages) on its inputs before the head's
+    # GEMMs, not after them: band_loss with log-probs of 0 standing in for the head's (old_logp's shape and dtype).
+    band_loss(torch.zeros_like(old_logp), old_logp, advantages, mask, cfg, normalizer=normalizer, ref_logp=ref_logp)
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_target = target.reshape(-1)
     options = (float(temperature), float(softcap), float(logit_scale))
@@ -551,7 +578,7 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
         return loss, logp, entropy, (gh, gw, gb if bias is not None and needs[2] else None)
 
     hidden, weight, bias = _under_autocast(hidden, weight, bias)
-    with torch.autocast(hidden.device.type, enabled=False):
+    with _autocast_off(hidden.device.type):
         loss, _, _ = _FusedLinearBandLoss.apply(hidden, weight, bias, run)
     return BandLoss(loss, *run.metrics)
 

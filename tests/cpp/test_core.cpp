@@ -1,6 +1,7 @@
 // ctest for the C++ API of the core library (no torch, no Python): bounds against the 50-digit mpmath
 // table, the gradient of band_loss_cpu against central finite differences, and the bad-argument paths.
 #include <bandpo/cpu.h>
+#include <bandpo/logit_stats.h>
 #include <bandpo/version.h>
 
 #include <cmath>
@@ -161,6 +162,63 @@ void test_bad_arguments() {
 
 }  // namespace
 
+// The CUDA kernels fold a row in one pass (logit_sums_add per logit in each thread, then logit_sums_merge across
+// threads, bandpo/logit_stats.h); the CPU takes the max first, then sums (logit_stats_cpu). Both from the same
+// header: the device's fold is run here on the host, in the device's order (256 threads striding by 8-logit
+// chunks, then a butterfly over 32 lanes and warp 0 over 8 warps), against the CPU on rows with logits of -inf
+// (a masked vocabulary entry: 0 to the entropy, first in a thread's share too), a NaN and a +inf (NaN out).
+void test_device_fold_matches_the_cpu() {
+  const int64_t vocab = 5000, rows = 6;
+  std::vector<float> raw(rows * vocab);
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (auto& x : raw) x = normal(gen);
+  for (int64_t j = 0; j < vocab; j += 7) raw[1 * vocab + j] = -INFINITY;  // every 7th masked, logit 0 among them
+  for (int64_t j = 0; j < vocab; ++j) raw[2 * vocab + j] = j % 9 == 1 ? raw[2 * vocab + j] : -INFINITY;
+  raw[3 * vocab + 4000] = NAN;
+  raw[4 * vocab + 17] = INFINITY;
+  for (int64_t j = 0; j < vocab; ++j) raw[5 * vocab + j] *= 30.0f;  // a spread of hundreds: far-apart maxima
+  const std::vector<int64_t> target = {3, 1, 10, 5, 6, 2};
+  std::vector<float> logp(rows), entropy(rows);
+  bandpo::logit_stats_cpu(raw.data(), rows, vocab, vocab, target.data(), -100, 1.0, 0.0, 1.0, logp.data(), entropy.data());
+  const bandpo::LogitTransform t = bandpo::make_logit_transform(1.0, 0.0, 1.0);
+  constexpr int kThreads = 256, kChunk = 8, kWarp = 32;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = raw.data() + r * vocab;
+    bandpo::LogitRowSums lane[kThreads];
+    for (int th = 0; th < kThreads; ++th) {
+      bandpo::LogitRowSums x{-INFINITY, 0.0f, 0.0f};
+      for (int64_t i = int64_t(th) * kChunk; i < vocab; i += int64_t(kThreads) * kChunk)
+        for (int j = 0; j < kChunk && i + j < vocab; ++j) x = bandpo::logit_sums_add(x, bandpo::logit_z(row[i + j], t));
+      lane[th] = x;
+    }
+    bandpo::LogitRowSums warps[kThreads / kWarp];
+    for (int w = 0; w < kThreads / kWarp; ++w) {
+      bandpo::LogitRowSums* l = lane + w * kWarp;
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+        bandpo::LogitRowSums next[kWarp];
+        for (int k = 0; k < kWarp; ++k) next[k] = bandpo::logit_sums_merge(l[k], l[k ^ offset]);
+        for (int k = 0; k < kWarp; ++k) l[k] = next[k];
+      }
+      warps[w] = l[0];
+    }
+    bandpo::LogitRowSums total = warps[0];
+    for (int w = 1; w < kThreads / kWarp; ++w) total = bandpo::logit_sums_merge(total, warps[w]);
+    float dev_logp, dev_entropy;
+    bandpo::logit_outputs(total, bandpo::logit_z(row[target[r]], t), dev_logp, dev_entropy);
+    const std::string at = "row " + std::to_string(r);
+    if (r == 3 || r == 4) {
+      check(std::isnan(dev_logp) && std::isnan(dev_entropy) && std::isnan(logp[r]) && std::isnan(entropy[r]),
+            "device fold and CPU give NaN for a NaN or +inf logit, " + at);
+      continue;
+    }
+    check(std::isfinite(dev_logp) && std::isfinite(dev_entropy) && std::isfinite(logp[r]) && std::isfinite(entropy[r]),
+          "finite logp and entropy, " + at);
+    check(std::fabs(dev_logp - logp[r]) <= 1e-5f * (1.0f + std::fabs(logp[r])), "device fold logp = CPU logp, " + at);
+    check(std::fabs(dev_entropy - entropy[r]) <= 1e-5f * (1.0f + entropy[r]), "device fold entropy = CPU entropy, " + at);
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::printf("usage: %s tests/data/kl_bounds_mpmath.csv\n", argv[0]);
@@ -170,6 +228,7 @@ int main(int argc, char** argv) {
   test_bounds_match_mpmath(argv[1]);
   test_gradient_matches_finite_differences();
   test_bad_arguments();
+  test_device_fold_matches_the_cpu();
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;
 }

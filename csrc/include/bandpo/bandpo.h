@@ -100,7 +100,8 @@ bandpo_status bandpo_band_loss(const bandpo_loss_inputs* inputs, const bandpo_op
  * (row_stride >= vocab). With z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) /
  * temperature, logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log softmax(z),
  * in nats; rows with target[r] == ignore_index give 0. A target outside [0, vocab) otherwise is
- * BANDPO_INVALID_ARGUMENT naming its index. */
+ * BANDPO_INVALID_ARGUMENT naming its index. A row with a NaN or +inf logit gives NaN; a logit of -inf has
+ * probability 0. */
 bandpo_status bandpo_logit_stats(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride,
                                  const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,
                                  double temperature, float* logp, float* entropy);

@@ -46,7 +46,8 @@ LossResult band_loss_cpu(const LossInputs& inputs, const LossOptions& options, v
 // transform z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) / temperature (bandpo/
 // logit_stats.h), logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log softmax(z),
 // in nats; rows with target[r] == ignore_index give 0. Targets must lie in [0, vocab) otherwise: the call
-// throws std::invalid_argument naming the first that does not (also for bad sizes and options).
+// throws std::invalid_argument naming the first that does not (also for bad sizes and options). A row with a NaN
+// or +inf logit gives NaN; a logit of -inf has probability 0 (adds nothing to the entropy or the gradient).
 void logit_stats_cpu(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
                      int64_t ignore_index, double logit_scale, double softcap, double temperature, float* logp,
                      float* entropy, const ParallelFor& parallel_for = {});

@@ -58,6 +58,11 @@ BANDPO_HD float logit_z_and_slope(float raw, const LogitTransform& t, float& slo
   return t.softcap_over_temperature * th;
 }
 
+// w v for a logit's weight w = e^(z - ...) >= 0 times a term in z (the CPU's moment sum, each logit's gradient): 0
+// where the weight is 0, the limit of p log p at p = 0. So a logit of -inf (a vocabulary entry masked by a bias of
+// -inf) adds nothing, where 0 * -inf would make the row's entropy and gradient NaN. A NaN weight stays NaN.
+BANDPO_HD float weighted_term(float w, float v) { return math::select(w == 0.0f, 0.0f, w * v); }
+
 // A row's (or a part's) sums relative to its largest logit m: s = sum e^(z - m), a = sum e^(z - m) (z - m).
 // Empty: s = 0 (m = -inf).
 struct LogitRowSums {
@@ -67,8 +72,12 @@ struct LogitRowSums {
 };
 
 // The sums with one more logit z (the device kernels' single pass; the CPU's vectorised loops take the max
-// first, then sum, which needs no rescaling).
+// first, then sum, which needs no rescaling). A logit of -inf (a masked vocabulary entry) adds nothing, so a
+// part's max is finite once it has a sum; NaN or +inf leave no distribution: NaN sums, which every later add and
+// merge keeps (the CPU's two passes give NaN there too). Checked against the CPU on the host (tests/cpp).
 BANDPO_HD LogitRowSums logit_sums_add(LogitRowSums x, float z) {
+  if (z == -INFINITY) return x;
+  if (!(z < INFINITY)) return LogitRowSums{NAN, NAN, NAN};
   if (x.sum == 0.0f) return LogitRowSums{z, 1.0f, 0.0f};
   if (z > x.max) {  // re-based to z: e^(d) (a + s d) with d = m - z < 0; z itself adds e^0 * 0
     const float d = x.max - z, f = math::exp(d);
@@ -92,11 +101,13 @@ BANDPO_HD LogitRowSums logit_sums_merge(LogitRowSums x, LogitRowSums y) {
 }
 
 // logp of the target (z_target its logit) and the entropy from the row's sums; rounding never makes logp
-// above 0 or the entropy below 0.
+// above 0 or the entropy below 0. A row with a NaN logit (or +inf: inf - inf) gives NaN, as log_softmax does: the
+// clamps alone would turn its NaN into 0, a plausible log-prob that hides a diverged model.
 BANDPO_HD void logit_outputs(const LogitRowSums& x, float z_target, float& logp, float& entropy) {
   const float log_sum = logf(x.sum);  // libm on the host, CUDA's logf on the device
-  logp = math::min(z_target - x.max - log_sum, 0.0f);
-  entropy = math::max(log_sum - x.moment / x.sum, 0.0f);
+  const float lp = z_target - x.max - log_sum, h = log_sum - x.moment / x.sum;
+  logp = math::select(math::isnan(lp), lp, math::min(lp, 0.0f));
+  entropy = math::select(math::isnan(h), h, math::max(h, 0.0f));
 }
 
 // The row's statistics and the upstream gradients a logit's gradient needs.
@@ -126,7 +137,7 @@ BANDPO_HD float logit_grad(float raw, bool is_target, const LogitRowGrad& g, con
   float slope;
   const float zm = logit_z_and_slope(raw, t, slope) - g.max;  // z_j - m
   const float p = math::exp(zm - g.log_sum);
-  float dz = -p * (g.grad_logp + g.grad_entropy * (zm - g.mean_z));
+  float dz = -weighted_term(p, g.grad_logp + g.grad_entropy * (zm - g.mean_z));  // 0 for a logit of -inf
   dz += is_target ? g.grad_logp : 0.0f;
   return dz * slope;
 }
