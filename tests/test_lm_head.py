@@ -136,12 +136,14 @@ def test_opcheck_and_compile_without_graph_breaks():
     (dict(softcap=-1.0), "softcap must be"),
     (dict(logit_scale=math.inf), "logit_scale must be"),
     (dict(chunk_size=-3), "chunk_size must be"),
+    (dict(chunk_size=1 << 64), "chunk_size must fit in int64"),
+    (dict(ignore_index=-(1 << 70)), "ignore_index must fit in int64"),
 ])
 def test_bad_arguments_are_named(change, match):
     args = dict(hidden=torch.randn(4, 8), weight=torch.randn(10, 8), target=torch.tensor([0, 1, 9, -100]),
                 bias=torch.randn(10))
     args.update(change)
-    kw = {k: args.pop(k) for k in ("temperature", "softcap", "logit_scale", "chunk_size") if k in args}
+    kw = {k: args.pop(k) for k in ("temperature", "softcap", "logit_scale", "chunk_size", "ignore_index") if k in args}
     with pytest.raises(ValueError, match=match):
         linear_logprob_entropy(args["hidden"], args["weight"], args["target"], args["bias"], **kw)
 

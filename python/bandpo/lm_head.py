@@ -66,6 +66,15 @@ def _check_types(hidden, weight, target, bias) -> None:
             raise TypeError(f"{name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, got {type(t).__name__}")
 
 
+def _int64(name: str, value) -> int:
+    """value as an int that the op's int64 argument takes, else ValueError naming it (the schema's own message for
+    an integer beyond int64 names neither the argument nor the range)."""
+    v = int(value)
+    if not -(1 << 63) <= v < (1 << 63):
+        raise ValueError(f"{name} must fit in int64, got {v}")
+    return v
+
+
 def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chunk_size) -> None:
     """Validates shapes, dtypes, devices and options before any work, naming the argument."""
     _check_types(hidden, weight, target, bias)
@@ -418,7 +427,8 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
     hidden, weight, bias = _under_autocast(hidden, weight, bias)
     with _autocast_off(hidden.device.type):
         return _linear_logprob_entropy(hidden, weight, target, bias, float(temperature), float(softcap),
-                                       float(logit_scale), int(ignore_index), int(chunk_size))
+                                       float(logit_scale), _int64("ignore_index", ignore_index),
+                                       _int64("chunk_size", chunk_size))
 
 
 def _under_autocast(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]):
@@ -516,6 +526,7 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
     # The loss's own checks (shapes, dtypes, values, options; the op's messages) on its inputs before the head's
     # GEMMs, not after them: band_loss with log-probs of 0 standing in for the head's (old_logp's shape and dtype).
     band_loss(torch.zeros_like(old_logp), old_logp, advantages, mask, cfg, normalizer=normalizer, ref_logp=ref_logp)
+    ignore_index, chunk_size = _int64("ignore_index", ignore_index), _int64("chunk_size", chunk_size)
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_target = target.reshape(-1)
     options = (float(temperature), float(softcap), float(logit_scale))
@@ -543,9 +554,9 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
 
     def run(h, w, b, needs):
         flat_hidden = h.reshape(-1, h.shape[-1])
-        _check(flat_hidden, w, flat_target, b, *options, int(chunk_size))
+        _check(flat_hidden, w, flat_target, b, *options, chunk_size)
         n, vocab = flat_hidden.shape[0], w.shape[0]
-        bad = _check_targets(flat_target, vocab, int(ignore_index))  # raises on the CPU; NaN rows elsewhere
+        bad = _check_targets(flat_target, vocab, ignore_index)  # raises on the CPU; NaN rows elsewhere
         cdt = _compute_dtype(flat_hidden.dtype)
         old = old_logp.reshape(-1).to(cdt)
         # each token's loss weight, then the token's gradient in each chunk: the op's own backward on the chunk
@@ -559,9 +570,9 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
         logp = torch.empty(n, dtype=cdt, device=flat_hidden.device)
         entropy = torch.empty(n, dtype=cdt, device=flat_hidden.device)
         grads = _GradAccumulator(flat_hidden, w, b, needs)
-        for s, e, raw in _logit_chunks(flat_hidden, w, b, int(chunk_size)):
+        for s, e, raw in _logit_chunks(flat_hidden, w, b, chunk_size):
             t = flat_target[s:e]
-            lp, ent = _nan_where_bad(_chunk_logp_entropy(raw, t, int(ignore_index), *options, keep_raw=True),
+            lp, ent = _nan_where_bad(_chunk_logp_entropy(raw, t, ignore_index, *options, keep_raw=True),
                                      None if bad is None else bad[s:e])
             logp[s:e] = lp
             entropy[s:e] = ent
@@ -569,7 +580,7 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
                 one, lp, old[s:e], adv[s:e], weights[s:e], None if ref is None else ref[s:e], normalizer=1.0,
                 **chunk_kwargs)
             g_entropy = weights[s:e] * -entropy_coef if entropy_coef != 0.0 else None
-            grads.add(_chunk_logit_grad_(raw, t, g_logp, g_entropy, int(ignore_index), *options, logp=lp, entropy=ent),
+            grads.add(_chunk_logit_grad_(raw, t, g_logp, g_entropy, ignore_index, *options, logp=lp, entropy=ent),
                       s, e)
         loss, metrics, metrics_tensor = finish(logp, entropy, weights)
         run.metrics = (metrics, metrics_tensor)
