@@ -161,3 +161,21 @@ def test_log_probabilities_within_rounding_of_zero_are_accepted(b):
     logp.view(-1)[3] = 9e-7
     ref.view(-1)[4] = 9e-7
     assert torch.isfinite(call(logp, old, adv, mask, ref_logp=ref)[0])
+
+
+def test_a_config_that_is_not_a_band_config_is_named(b):
+    # Options passed as a dict where a BandConfig goes: a TypeError naming config, from every face (one rule,
+    # bandpo.config.resolve_config), not an AttributeError from deep inside.
+    import bandpo.np as bnp
+
+    logp, old, adv, mask, _ = b
+    h, w = torch.randn(logp.numel(), 4), torch.randn(7, 4)
+    target = torch.zeros(logp.shape, dtype=torch.int64)
+    calls = [lambda c: bandpo.band_loss(logp, old, adv, mask, c), lambda c: bandpo.band_bounds(old, c),
+             lambda c: bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), c),
+             lambda c: bnp.band_bounds(old.numpy(), c),
+             lambda c: bandpo.fused_linear_band_loss(h, w, target, old, adv, mask, c)]
+    for call in calls:
+        with pytest.raises(TypeError, match="config must be a bandpo.BandConfig"):
+            call({"delta": 0.1})
+    assert bandpo.band_bounds(old, None, delta=0.1)[0].shape == old.shape  # None: the defaults, overridden

@@ -7,9 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .config import METRIC_NAMES, BandConfig
-
-_DEFAULT = BandConfig()
+from .config import METRIC_NAMES, BandConfig, resolve_config
 
 
 class BandLoss(NamedTuple):
@@ -39,7 +37,7 @@ def band_bounds(old_logp: Tensor, config: Optional[BandConfig] = None, **overrid
 
     Returns lower in [0, 1] and upper in [1, ratio_max].
     """
-    cfg = (config or _DEFAULT).replace(**overrides) if overrides else (config or _DEFAULT)
+    cfg = resolve_config(config, overrides)
     return torch.ops.bandpo.band_bounds(old_logp, **cfg.bound_kwargs())
 
 
@@ -62,7 +60,7 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     an infinite advantage there (CPU; CUDA gives a NaN loss unless input checks are on), bad shapes or
     options; TypeError for dtypes. See README.md for the exact formulas and the option ranges.
     """
-    cfg = (config or _DEFAULT).replace(**overrides) if overrides else (config or _DEFAULT)
+    cfg = resolve_config(config, overrides)
     loss, metrics = torch.ops.bandpo.band_loss(logp, old_logp, advantages, mask, normalizer=normalizer,
                                                ref_logp=ref_logp, **cfg.loss_kwargs())
     return BandLoss(loss, dict(zip(METRIC_NAMES, metrics.unbind())), metrics)

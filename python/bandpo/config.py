@@ -89,3 +89,18 @@ BandConfig.__doc__ = """Options shared by :func:`bandpo.band_bounds` and :func:`
         kl_coef: coefficient of the per-token KL penalty to ``ref_logp`` (0 = off, the default).
         kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (verl's low_var_kl; the default).
     """
+
+
+_DEFAULT_CONFIG = BandConfig()
+
+
+def resolve_config(config: Optional[BandConfig], overrides: dict) -> BandConfig:
+    """The options a call runs with: ``config`` (default ``BandConfig()``) with keyword ``overrides`` replacing
+    single fields, the one rule of every face (torch, numpy, the fused head). TypeError naming ``config`` when it
+    is not a BandConfig (a dict of options, say) and naming a field that does not exist."""
+    if config is None:
+        config = _DEFAULT_CONFIG
+    elif not isinstance(config, BandConfig):
+        raise TypeError(f"config must be a bandpo.BandConfig or None, got {type(config).__name__} "
+                        "(options as keywords go to the call itself, e.g. band_loss(..., delta=0.1))")
+    return config.replace(**overrides) if overrides else config

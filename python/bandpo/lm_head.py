@@ -34,6 +34,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .config import resolve_config
+
 # Target of the chunk's float32 logits buffer (bytes) when chunk_size is 0: a few such buffers are live at once.
 # On the CPU 64 MiB: the chunk's GEMM [n, H] x [H, V] runs near the full GEMM's rate from n = 512 tokens at
 # V = 32768 (measured on a 2-core EPYC at H = 512, float32: 256-token chunks took 1.21x the full GEMM's time,
@@ -513,9 +515,9 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
     (nats, detached; 0-d float32). The loss is computed from log-probs in old_logp's dtype, as band_loss's;
     the gradient in float32 (float64 for float64).
     """
-    from .api import _DEFAULT, BandLoss, band_loss
+    from .api import BandLoss, band_loss
 
-    cfg = (config or _DEFAULT).replace(**overrides) if overrides else (config or _DEFAULT)
+    cfg = resolve_config(config, overrides)
     _check_types(hidden, weight, target, bias)
     if not math.isfinite(entropy_coef):
         raise ValueError(f"entropy_coef must be a finite number, got {entropy_coef}")

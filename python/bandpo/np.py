@@ -17,9 +17,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _np
-from .config import METRIC_NAMES, BandConfig
-
-_DEFAULT = BandConfig()
+from .config import METRIC_NAMES, BandConfig, resolve_config
 
 
 class NumpyBandLoss(NamedTuple):
@@ -28,14 +26,9 @@ class NumpyBandLoss(NamedTuple):
     grad: Optional[np.ndarray]  # d loss / d logp, logp's shape and dtype (None with with_grad=False)
 
 
-def _config(config: Optional[BandConfig], overrides: dict) -> BandConfig:
-    cfg = config or _DEFAULT
-    return cfg.replace(**overrides) if overrides else cfg
-
-
 def band_bounds(old_logp: np.ndarray, config: Optional[BandConfig] = None, **overrides) -> tuple[np.ndarray, np.ndarray]:
     """Per-token ratio bounds (lower, upper), shaped and typed like ``old_logp`` (see bandpo.band_bounds)."""
-    return _np.band_bounds(np.asarray(old_logp), **_config(config, overrides).bound_kwargs())
+    return _np.band_bounds(np.asarray(old_logp), **resolve_config(config, overrides).bound_kwargs())
 
 
 def band_loss(logp: np.ndarray, old_logp: np.ndarray, advantages: np.ndarray, mask: Optional[np.ndarray] = None,
@@ -45,7 +38,7 @@ def band_loss(logp: np.ndarray, old_logp: np.ndarray, advantages: np.ndarray, ma
     loss, metrics, grad = _np.band_loss(
         np.asarray(logp), np.asarray(old_logp), np.asarray(advantages), None if mask is None else np.asarray(mask),
         None if ref_logp is None else np.asarray(ref_logp), with_grad, normalizer=normalizer,
-        **_config(config, overrides).loss_kwargs())
+        **resolve_config(config, overrides).loss_kwargs())
     return NumpyBandLoss(loss, dict(zip(METRIC_NAMES, metrics.tolist())), grad)
 
 
