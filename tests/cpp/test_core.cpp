@@ -162,13 +162,15 @@ void test_bad_arguments() {
 
 }  // namespace
 
-// The CUDA kernels fold a row in one pass (logit_sums_add per logit in each thread, then logit_sums_merge across
-// threads, bandpo/logit_stats.h); the CPU takes the max first, then sums (logit_stats_cpu). Both from the same
-// header: the device's fold is run here on the host, in the device's order (256 threads striding by 8-logit
-// chunks, then a butterfly over 32 lanes and warp 0 over 8 warps), against the CPU on rows with logits of -inf
-// (a masked vocabulary entry: 0 to the entropy, first in a thread's share too), a NaN and a +inf (NaN out).
+// The CUDA kernels fold a row in one pass (logit_sums_add per 16-byte load in each thread, then logit_sums_merge
+// across threads, bandpo/logit_stats.h); the CPU takes the max first, then sums (logit_stats_cpu). Both from the
+// same header: the device's fold is run here on the host, in the device's order (256 threads striding by loads of
+// 8 bf16 or 4 float logits, the row's end padded with -inf as the kernel pads it, then a butterfly over 32 lanes
+// and warp 0 over 8 warps), against the CPU on rows with logits of -inf (a masked vocabulary entry: 0 to the
+// entropy, whole loads and threads of them too), a NaN and a +inf (NaN out), and far-apart maxima.
+template <int kChunk>
 void test_device_fold_matches_the_cpu() {
-  const int64_t vocab = 5000, rows = 6;
+  const int64_t vocab = 5003, rows = 6;  // not a multiple of a load: the last one padded
   std::vector<float> raw(rows * vocab);
   std::mt19937 gen(11);
   std::normal_distribution<float> normal(0.0f, 3.0f);
@@ -182,14 +184,17 @@ void test_device_fold_matches_the_cpu() {
   std::vector<float> logp(rows), entropy(rows);
   bandpo::logit_stats_cpu(raw.data(), rows, vocab, vocab, target.data(), -100, 1.0, 0.0, 1.0, logp.data(), entropy.data());
   const bandpo::LogitTransform t = bandpo::make_logit_transform(1.0, 0.0, 1.0);
-  constexpr int kThreads = 256, kChunk = 8, kWarp = 32;
+  constexpr int kThreads = 256, kWarp = 32;
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = raw.data() + r * vocab;
     bandpo::LogitRowSums lane[kThreads];
     for (int th = 0; th < kThreads; ++th) {
       bandpo::LogitRowSums x{-INFINITY, 0.0f, 0.0f};
-      for (int64_t i = int64_t(th) * kChunk; i < vocab; i += int64_t(kThreads) * kChunk)
-        for (int j = 0; j < kChunk && i + j < vocab; ++j) x = bandpo::logit_sums_add(x, bandpo::logit_z(row[i + j], t));
+      for (int64_t i = int64_t(th) * kChunk; i < vocab; i += int64_t(kThreads) * kChunk) {
+        float z[kChunk];
+        for (int j = 0; j < kChunk; ++j) z[j] = i + j < vocab ? bandpo::logit_z(row[i + j], t) : -INFINITY;
+        x = bandpo::logit_sums_add(x, z);
+      }
       lane[th] = x;
     }
     bandpo::LogitRowSums warps[kThreads / kWarp];
@@ -206,7 +211,7 @@ void test_device_fold_matches_the_cpu() {
     for (int w = 1; w < kThreads / kWarp; ++w) total = bandpo::logit_sums_merge(total, warps[w]);
     float dev_logp, dev_entropy;
     bandpo::logit_outputs(total, bandpo::logit_z(row[target[r]], t), dev_logp, dev_entropy);
-    const std::string at = "row " + std::to_string(r);
+    const std::string at = "row " + std::to_string(r) + ", loads of " + std::to_string(kChunk);
     if (r == 3 || r == 4) {
       check(std::isnan(dev_logp) && std::isnan(dev_entropy) && std::isnan(logp[r]) && std::isnan(entropy[r]),
             "device fold and CPU give NaN for a NaN or +inf logit, " + at);
@@ -228,7 +233,8 @@ int main(int argc, char** argv) {
   test_bounds_match_mpmath(argv[1]);
   test_gradient_matches_finite_differences();
   test_bad_arguments();
-  test_device_fold_matches_the_cpu();
+  test_device_fold_matches_the_cpu<8>();
+  test_device_fold_matches_the_cpu<4>();
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;
 }

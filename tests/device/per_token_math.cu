@@ -30,6 +30,21 @@ __global__ void every_per_logit_function(const float* raw, float* out, long n, b
            bandpo::logit_grad(raw[i], i == 0, g, t) + bandpo::logit_grad(raw[i], false, from_outputs, t);
 }
 
+// The lm_head statistics' fold of a row (the device kernels' one pass: a 16-byte load of logits at a time, merged
+// across threads).
+__global__ void row_fold(const float* raw, float* out, long n) {
+  bandpo::LogitRowSums x{-INFINITY, 0.0f, 0.0f};
+  for (long i = threadIdx.x * 8L; i < n; i += blockDim.x * 8L) {
+    float z[8];
+    for (int j = 0; j < 8; ++j) z[j] = i + j < n ? raw[i + j] : -INFINITY;
+    x = bandpo::logit_sums_add(x, z);
+  }
+  x = bandpo::logit_sums_merge(x, bandpo::LogitRowSums{raw[0], 1.0f, 0.0f});
+  float logp, entropy;
+  bandpo::logit_outputs(x, raw[0], logp, entropy);
+  out[threadIdx.x] = logp + entropy;
+}
+
 __global__ void half_types(const bandpo::bfloat16* a, const bandpo::float16* b, bandpo::bfloat16* c,
                            bandpo::float16* d) {
   c[0] = bandpo::from_float_bf16(bandpo::to_float(a[0]));

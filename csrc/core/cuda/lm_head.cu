@@ -1,8 +1,9 @@
 // CUDA kernels of the lm_head statistics (bandpo/cuda.h logit_stats, logit_grad): one block per row of raw
 // logits, the per-element math of bandpo/logit_stats.h (the CPU loops' own).
 //
-// Stats: one pass over the row (16-byte loads), each thread folding its logits into running sums
-// (logit_sums_add), then a fixed-order block reduction (logit_sums_merge): deterministic. Grad: with the row's
+// Stats: one pass over the row (16-byte loads), each thread folding each load's logits into running sums
+// (logit_sums_add, re-based at most once per load), then a fixed-order block reduction (logit_sums_merge):
+// deterministic. Grad: with the row's
 // logp and entropy given, one pass that reads each logit and writes its gradient in place; without them, the
 // stats pass first. A target outside [0, vocab) (and not ignore_index) cannot raise without a host sync: its
 // row gives NaN.
@@ -77,10 +78,10 @@ __device__ LogitRowSums row_sums(const T* row, int64_t vocab, bool aligned, cons
   for (int64_t i = static_cast<int64_t>(threadIdx.x) * N; i < vocab; i += static_cast<int64_t>(blockDim.x) * N) {
     T v[N];
     load_chunk<N>(row, i, vocab, aligned, v);
+    float z[N];
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      if (i + j < vocab) x = logit_sums_add(x, logit_z(logit_to_float(v[j]), t));
-    }
+    for (int j = 0; j < N; ++j) z[j] = i + j < vocab ? logit_z(logit_to_float(v[j]), t) : -INFINITY;  // -inf: none
+    x = logit_sums_add(x, z);
   }
   return block_sums(x);
 }

@@ -71,20 +71,36 @@ struct LogitRowSums {
   float moment;
 };
 
-// The sums with one more logit z (the device kernels' single pass; the CPU's vectorised loops take the max
-// first, then sum, which needs no rescaling). A logit of -inf (a masked vocabulary entry) adds nothing, so a
-// part's max is finite once it has a sum; NaN or +inf leave no distribution: NaN sums, which every later add and
-// merge keeps (the CPU's two passes give NaN there too). Checked against the CPU on the host (tests/cpp).
-BANDPO_HD LogitRowSums logit_sums_add(LogitRowSums x, float z) {
-  if (z == -INFINITY) return x;
-  if (!(z < INFINITY)) return LogitRowSums{NAN, NAN, NAN};
-  if (x.sum == 0.0f) return LogitRowSums{z, 1.0f, 0.0f};
-  if (z > x.max) {  // re-based to z: e^(d) (a + s d) with d = m - z < 0; z itself adds e^0 * 0
-    const float d = x.max - z, f = math::exp(d);
-    return LogitRowSums{z, f * x.sum + 1.0f, f * (x.moment + x.sum * d)};
+// The sums with N more logits z[0..N) (the device kernels' single pass, one 16-byte load at a time; the CPU's
+// vectorised loops take the row's max first, then sum). The chunk's max first: the sums are re-based at most once
+// per chunk, and the N exponentials are one straight run the compiler can interleave (a branch per logit on a new
+// maximum serialised them). A logit of -inf (a masked vocabulary entry, or the padding past the row's end) adds
+// nothing; NaN or +inf leave no distribution: NaN sums, which every later add and merge keeps (the CPU's two passes
+// give NaN there too). Checked against the CPU on the host, in the device's order (tests/cpp/test_core.cpp).
+template <int N>
+BANDPO_HD LogitRowSums logit_sums_add(LogitRowSums x, const float (&z)[N]) {
+  float m = -INFINITY;
+  bool bad = false;
+  BANDPO_UNROLL
+  for (int j = 0; j < N; ++j) {
+    m = math::max(m, z[j]);
+    bad = bad | !(z[j] < INFINITY);  // NaN or +inf
   }
-  const float zm = z - x.max, e = math::exp(zm);
-  return LogitRowSums{x.max, x.sum + e, x.moment + e * zm};
+  if (bad) return LogitRowSums{NAN, NAN, NAN};
+  if (m == -INFINITY) return x;  // all masked
+  if (x.sum == 0.0f) {
+    x = LogitRowSums{m, 0.0f, 0.0f};
+  } else if (m > x.max) {  // re-based to m: e^d (a + s d) and e^d s with d = max - m < 0
+    const float d = x.max - m, f = math::exp(d);
+    x = LogitRowSums{m, f * x.sum, f * (x.moment + x.sum * d)};
+  }
+  BANDPO_UNROLL
+  for (int j = 0; j < N; ++j) {
+    const float zm = z[j] - x.max, e = math::exp(zm);
+    x.sum += e;
+    x.moment += weighted_term(e, zm);
+  }
+  return x;
 }
 
 // The sums of two parts (the device kernels' reductions), re-based to the larger max.
