@@ -194,7 +194,7 @@ def _chunk_stats(z: Tensor, t: Tensor, ignored: Tensor) -> tuple[Tensor, Tensor]
     z_target = z.gather(1, t.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
     p = torch.sub(z, lse).exp_()
     # entropy = sum P (lse - z): non-negative terms, no cancellation between lse and E[z]; a logit of -inf (P = 0)
-    # adds 0, the limit of p log p, not 0 * inf = NaN (logit_stats.h weighted_term)
+    # adds 0, the limit of p log p, not 0 * inf = NaN (logit_stats.h logit_offset)
     entropy = torch.einsum("nv,nv->n", p, z.sub_(lse).neg_().masked_fill_(p == 0, 0.0))
     logp = (z_target - lse.squeeze(1)).clamp_max(0.0)  # rounding may not make a probability above 1
     zero = torch.zeros((), device=z.device)

@@ -58,10 +58,12 @@ BANDPO_HD float logit_z_and_slope(float raw, const LogitTransform& t, float& slo
   return t.softcap_over_temperature * th;
 }
 
-// w v for a logit's weight w = e^(z - ...) >= 0 times a term in z (the CPU's moment sum, each logit's gradient): 0
-// where the weight is 0, the limit of p log p at p = 0. So a logit of -inf (a vocabulary entry masked by a bias of
-// -inf) adds nothing, where 0 * -inf would make the row's entropy and gradient NaN. A NaN weight stays NaN.
-BANDPO_HD float weighted_term(float w, float v) { return math::select(w == 0.0f, 0.0f, w * v); }
+// z - m for a logit z and a max m >= z, held at exp's underflow (FloatTraits<float>::kExpMin, below which e^(z - m) is
+// 0 anyway) so that a logit of -inf (a vocabulary entry masked by a bias of -inf) has weight 0 and a finite offset:
+// its terms e^(z - m) (z - m) in the entropy and the gradient are 0, the limit of p log p at p = 0, not 0 * -inf =
+// NaN. Finite logits get the same bits as plain z - m (one max, no select in the vectorised loops); NaN stays NaN
+// (max(a, b) is b when they are unordered).
+BANDPO_HD float logit_offset(float z, float m) { return math::max(math::FloatTraits<float>::kExpMin, z - m); }
 
 // A row's (or a part's) sums relative to its largest logit m: s = sum e^(z - m), a = sum e^(z - m) (z - m).
 // Empty: s = 0 (m = -inf).
@@ -96,9 +98,9 @@ BANDPO_HD LogitRowSums logit_sums_add(LogitRowSums x, const float (&z)[N]) {
   }
   BANDPO_UNROLL
   for (int j = 0; j < N; ++j) {
-    const float zm = z[j] - x.max, e = math::exp(zm);
+    const float zm = logit_offset(z[j], x.max), e = math::exp(zm);
     x.sum += e;
-    x.moment += weighted_term(e, zm);
+    x.moment += e * zm;
   }
   return x;
 }
@@ -151,9 +153,9 @@ BANDPO_HD LogitRowGrad logit_row_grad_from_outputs(float z_target, float logp, f
 // d loss / d raw_j of logit j (is_target: j is the row's target).
 BANDPO_HD float logit_grad(float raw, bool is_target, const LogitRowGrad& g, const LogitTransform& t) {
   float slope;
-  const float zm = logit_z_and_slope(raw, t, slope) - g.max;  // z_j - m
+  const float zm = logit_offset(logit_z_and_slope(raw, t, slope), g.max);  // z_j - m
   const float p = math::exp(zm - g.log_sum);
-  float dz = -weighted_term(p, g.grad_logp + g.grad_entropy * (zm - g.mean_z));  // 0 for a logit of -inf
+  float dz = -p * (g.grad_logp + g.grad_entropy * (zm - g.mean_z));
   dz += is_target ? g.grad_logp : 0.0f;
   return dz * slope;
 }
