@@ -515,6 +515,40 @@ def test_cuda_kernels_equal_the_torch_path(dtype, opts, monkeypatch):
 
 
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernels_on_nan_inf_and_masked_logits(dtype):
+    # The device's one-pass fold (logit_sums_add per 16-byte load) on rows the host test of the fold covers
+    # (tests/cpp/test_core.cpp): a NaN or +inf logit gives NaN for that row only; logits of -inf from the bias
+    # (masked entries, whole loads of them) add nothing and get no gradient. float32 against the CPU's kernels.
+    hidden, weight, target, bias = make(n=64, h=16, v=1001)
+    masked = torch.zeros(1001, dtype=torch.bool)
+    masked[::3] = True
+    masked[500:540] = True  # whole 16-byte loads masked
+    bias[masked] = -math.inf
+    target = torch.where((target >= 0) & masked[target.clamp(min=0)], torch.full_like(target, 541), target)
+    broken = hidden.clone()
+    broken[5, 3], broken[9, 0] = math.nan, math.inf
+    bad_rows = torch.zeros(64, dtype=torch.bool)
+    bad_rows[[5, 9]] = True
+    results = []
+    for device in ("cpu", "cuda"):
+        cast = dtype if device == "cuda" else torch.float32
+        w, b = weight.to(device, cast), bias.to(device, cast)
+        logp, ent = linear_logprob_entropy(broken.to(device, cast), w, target.to(device), b, chunk_size=24)
+        ins = [t.to(device, cast).detach().requires_grad_() for t in (hidden, weight, bias)]
+        clean = linear_logprob_entropy(ins[0], ins[1], target.to(device), ins[2], chunk_size=24)
+        (clean[0].sum() + clean[1].sum()).backward()
+        results.append([logp.float().cpu(), ent.float().cpu(), ins[1].grad.float().cpu()])
+    for logp, ent, grad_weight in results:
+        assert bool(logp.isnan().eq(bad_rows).all()) and bool(ent.isnan().eq(bad_rows).all())
+        assert bool(grad_weight.isfinite().all()) and bool((grad_weight[masked] == 0).all())
+    if dtype == torch.float32:
+        for x, y in zip(*results):
+            good = ~x.isnan()
+            torch.testing.assert_close(y[good], x[good], rtol=1e-5, atol=2e-5)
+
+
+@cuda
 def test_cuda_chunk_ops_against_the_cpu():
     # the ops themselves: bf16 raw on CUDA against its float32 upcast on the CPU, rows off 16-byte boundaries, an
     # odd vocabulary, ignored and out-of-range targets (NaN there: no host sync), opcheck on CUDA
