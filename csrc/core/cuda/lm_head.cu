@@ -3,9 +3,8 @@
 //
 // Stats: one pass over the row (16-byte loads), each thread folding each load's logits into running sums
 // (logit_sums_add, re-based at most once per load), then a fixed-order block reduction (logit_sums_merge):
-// deterministic. Grad: with the row's
-// logp and entropy given, one pass that reads each logit and writes its gradient in place; without them, the
-// stats pass first. A target outside [0, vocab) (and not ignore_index) cannot raise without a host sync: its
+// deterministic. Grad: with the row's logp and entropy given, one pass that reads each logit and writes its
+// gradient in place; without them, the stats pass first. A target outside [0, vocab) (and not ignore_index) cannot raise without a host sync: its
 // row gives NaN.
 #include <cmath>
 #include <stdexcept>
