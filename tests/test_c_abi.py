@@ -63,7 +63,7 @@ def options(lib, **kw):
 
 def test_version(lib):
     assert lib.bandpo_version().decode() == bandpo.__version__
-    assert lib.bandpo_abi_version() == 1
+    assert lib.bandpo_abi_version() == 2
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

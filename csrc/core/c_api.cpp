@@ -7,6 +7,10 @@
 #include <stdexcept>
 #include <string>
 
+#include <cstddef>
+#include <type_traits>
+
+#include "bandpo/arrays.h"
 #include "bandpo/cpu.h"
 #include "bandpo/errors.h"
 
@@ -21,6 +25,9 @@ bandpo_status guarded(F&& f) {
     f();
     last_error.clear();
     return BANDPO_OK;
+  } catch (const bandpo::dtype_error& e) {
+    last_error = e.what();
+    return BANDPO_WRONG_DTYPE;
   } catch (const std::invalid_argument& e) {
     last_error = e.what();
     return BANDPO_INVALID_ARGUMENT;
@@ -92,8 +99,66 @@ BANDPO_SAME_CODE(bandpo::kNumAggregations, BANDPO_NUM_AGGREGATIONS)
 BANDPO_SAME_CODE(bandpo::kNumKlEstimators, BANDPO_NUM_KL_ESTIMATORS)
 BANDPO_SAME_CODE(bandpo::kNumMetrics, BANDPO_NUM_METRICS)
 
+// The struct's fields are in the rows' order (the Python face builds it from the rows).
+#define BANDPO_OFFSET_OF(name, ...) offsetof(bandpo_options, name),
+constexpr size_t kOptionOffsets[] = {BANDPO_BOUND_OPTION_TABLE(BANDPO_OFFSET_OF) BANDPO_LOSS_OPTION_TABLE(BANDPO_OFFSET_OF)};
+constexpr bool offsets_ascend() {
+  for (size_t i = 1; i < sizeof(kOptionOffsets) / sizeof(kOptionOffsets[0]); ++i)
+    if (kOptionOffsets[i] <= kOptionOffsets[i - 1]) return false;
+  return true;
+}
+static_assert(offsets_ascend(), "bandpo_options' fields must follow the order of tables.h's rows");
+
+// A C array description as the core's (bandpo/arrays.h); absent for ndim < 0.
+bandpo::ArrayDesc describe(const bandpo_array& a, const char* name) {
+  bandpo::ArrayDesc d;
+  if (a.ndim < 0) return d;
+  d.present = true;
+  d.type = checked_enum<bandpo::ElementType>(a.dtype, static_cast<int>(bandpo::ElementType::other) + 1,
+                                             (std::string(name) + ".dtype").c_str());
+  d.ndim = a.ndim;
+  d.shape = a.shape;
+  d.type_name = a.dtype_name;
+  return d;
+}
+
 bandpo::ParallelFor parallel_for() {
   return num_threads > 0 ? bandpo::thread_pool_parallel_for(num_threads) : bandpo::ParallelFor();
+}
+
+// ---- the tables (bandpo_table_get) ----
+#define BANDPO_CHOICE_ROW(value, name, ...) {name, "", "", "", "", 0, 0.0},
+#define BANDPO_METRIC_ROW(value, name) {name, "", "", "", "", 0, 0.0},
+#define BANDPO_CONSTANT_ROW(cpp, python, value) {#python, "", "", "", "", 0, value},
+#define BANDPO_OPTION_ROW0(name, ctype, type, schema_default, cpp_default, scope, valid, requirement) \
+  {#name, type, schema_default, #scope, requirement, 0, 0.0},
+#define BANDPO_OPTION_ROW1(name, ctype, type, schema_default, cpp_default, scope, valid, requirement) \
+  {#name, type, schema_default, #scope, requirement, 1, 0.0},
+const bandpo_table_row kDivergenceRows[] = {BANDPO_DIVERGENCE_TABLE(BANDPO_CHOICE_ROW)};
+const bandpo_table_row kAggregationRows[] = {BANDPO_AGGREGATION_TABLE(BANDPO_CHOICE_ROW)};
+const bandpo_table_row kKlEstimatorRows[] = {BANDPO_KL_ESTIMATOR_TABLE(BANDPO_CHOICE_ROW)};
+const bandpo_table_row kMetricRows[] = {BANDPO_METRIC_TABLE(BANDPO_METRIC_ROW)};
+const bandpo_table_row kOptionRows[] = {BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION_ROW0)
+                                            BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION_ROW1)};
+const bandpo_table_row kConstantRows[] = {BANDPO_CONSTANT_TABLE(BANDPO_CONSTANT_ROW)};
+
+struct Table {
+  const bandpo_table_row* rows;
+  int size;
+};
+template <size_t N>
+constexpr Table table_of(const bandpo_table_row (&rows)[N]) { return Table{rows, static_cast<int>(N)}; }
+
+Table table(int code) {
+  switch (code) {
+    case BANDPO_TABLE_DIVERGENCES: return table_of(kDivergenceRows);
+    case BANDPO_TABLE_AGGREGATIONS: return table_of(kAggregationRows);
+    case BANDPO_TABLE_KL_ESTIMATORS: return table_of(kKlEstimatorRows);
+    case BANDPO_TABLE_METRICS: return table_of(kMetricRows);
+    case BANDPO_TABLE_OPTIONS: return table_of(kOptionRows);
+    case BANDPO_TABLE_CONSTANTS: return table_of(kConstantRows);
+    default: return Table{nullptr, -1};
+  }
 }
 
 }  // namespace
@@ -156,6 +221,92 @@ bandpo_status bandpo_logit_grad(float* raw, int64_t rows, int64_t vocab, int64_t
   return guarded([&] {
     bandpo::logit_grad_cpu(raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature,
                            grad_logp, grad_entropy, logp, entropy, parallel_for());
+  });
+}
+
+bandpo_status bandpo_loss_layout_of(const bandpo_loss_arrays* arrays, const bandpo_options* options,
+                                    bandpo_loss_layout* layout) {
+  return guarded([&] {
+    if (!arrays || !layout) throw std::invalid_argument("arrays and layout must not be null");
+    const bandpo::LossArrays a{describe(arrays->logp, "logp"), describe(arrays->old_logp, "old_logp"),
+                               describe(arrays->advantages, "advantages"), describe(arrays->mask, "mask"),
+                               describe(arrays->ref_logp, "ref_logp")};
+    const bandpo::LossLayout l = bandpo::loss_layout(a, loss_options(options));
+    layout->compute_dtype = static_cast<bandpo_dtype>(l.compute);
+    layout->rows = l.rows;
+    layout->cols = l.cols;
+    layout->advantages_per_row = l.advantages_per_row ? 1 : 0;
+    layout->mask_kind = static_cast<bandpo_mask_kind>(l.mask_kind);
+    layout->convert = static_cast<int>(l.convert);
+  });
+}
+
+bandpo_status bandpo_band_bounds_array(const bandpo_array* old_logp, const bandpo_options* options, void* lower,
+                                       void* upper) {
+  return guarded([&] {
+    if (!old_logp) throw std::invalid_argument("old_logp must not be null");
+    const bandpo::ArrayDesc d = describe(*old_logp, "old_logp");
+    if (!d.present) throw std::invalid_argument("old_logp is required");
+    const bandpo::DType dtype = bandpo::float_dtype(d, "old_logp");
+    const int64_t n = bandpo::element_count(d, "old_logp");
+    bandpo::band_bounds_cpu(dtype, old_logp->data, n, loss_options(options).bounds, lower, upper, parallel_for());
+  });
+}
+
+bandpo_status bandpo_logit_chunk_layout(const char* op, const bandpo_array* raw, int64_t raw_row_stride,
+                                        int64_t raw_col_stride, const bandpo_array* target, int64_t* rows,
+                                        int64_t* vocab, int64_t* row_stride) {
+  return guarded([&] {
+    if (!op || !raw || !target || !rows || !vocab || !row_stride)
+      throw std::invalid_argument("op, raw, target, rows, vocab and row_stride must not be null");
+    const bandpo::LogitChunkLayout l = bandpo::logit_chunk_layout(op, describe(*raw, "raw"), raw_row_stride,
+                                                                  raw_col_stride, describe(*target, "target"), false);
+    *rows = l.rows;
+    *vocab = l.vocab;
+    *row_stride = l.row_stride;
+  });
+}
+
+bandpo_status bandpo_check_row_values(const char* op, const char* name, const bandpo_array* values, int64_t rows) {
+  return guarded([&] {
+    if (!op || !name || !values) throw std::invalid_argument("op, name and values must not be null");
+    bandpo::check_row_values(op, name, describe(*values, name), rows);
+  });
+}
+
+bandpo_status bandpo_check_options(const bandpo_options* options) {
+  return guarded([&] { bandpo::validate(loss_options(options)); });
+}
+
+int bandpo_table_size(bandpo_table t) { return table(static_cast<int>(t)).size; }
+
+bandpo_status bandpo_table_get(bandpo_table t, int index, bandpo_table_row* row) {
+  return guarded([&] {
+    const Table tab = table(static_cast<int>(t));
+    if (tab.size < 0) throw std::invalid_argument("table = " + std::to_string(static_cast<int>(t)) + " is not a table");
+    if (index < 0 || index >= tab.size)
+      throw std::invalid_argument("index = " + std::to_string(index) + " is not in [0, " + std::to_string(tab.size) + ")");
+    if (!row) throw std::invalid_argument("row must not be null");
+    *row = tab.rows[index];
+  });
+}
+
+bandpo_status bandpo_parse_choice(const char* option, const char* value, int* code) {
+  return guarded([&] {
+    if (!option || !value || !code) throw std::invalid_argument("option, value and code must not be null");
+    bandpo::LossOptions o;
+    bool found = false;
+    bandpo::for_each_option(o, [&](const bandpo::OptionInfo& info, auto& field) {
+      using Field = std::decay_t<decltype(field)>;
+      if constexpr (!std::is_same_v<Field, double> && !std::is_same_v<Field, bool>) {
+        if (std::string(info.name) == option) {
+          bandpo::parse_choice(value, field);
+          *code = static_cast<int>(field);
+          found = true;
+        }
+      }
+    });
+    if (!found) throw std::invalid_argument(std::string("option = '") + option + "' is not an option with choices");
   });
 }
 

@@ -105,6 +105,63 @@ int main(void) {
     CHECK(strstr(bandpo_last_error(), "target[0] = 3") != NULL);
   }
 
+  /* Arrays with shapes: the rules every face uses. A [2, 3] float32 call with per-row advantages [2], a bool mask
+   * and a float64 old_logp (refused: BANDPO_WRONG_DTYPE naming it), then the layout of a good call. */
+  {
+    const int64_t shape23[2] = {2, 3}, shape2[1] = {2}, shape22[2] = {2, 2};
+    bandpo_loss_arrays a;
+    bandpo_array absent = {NULL, BANDPO_FLOAT32, -1, NULL, NULL};
+    bandpo_loss_layout layout;
+    a.logp = (bandpo_array){NULL, BANDPO_FLOAT32, 2, shape23, NULL};
+    a.old_logp = (bandpo_array){NULL, BANDPO_FLOAT64, 2, shape23, NULL};
+    a.advantages = (bandpo_array){NULL, BANDPO_FLOAT32, 1, shape2, NULL};
+    a.mask = (bandpo_array){NULL, BANDPO_BOOL, 2, shape23, NULL};
+    a.ref_logp = absent;
+    CHECK(bandpo_loss_layout_of(&a, &o, &layout) == BANDPO_WRONG_DTYPE);
+    CHECK(strstr(bandpo_last_error(), "old_logp has dtype float64 but logp has float32") != NULL);
+    a.old_logp.dtype = BANDPO_FLOAT32;
+    CHECK(bandpo_loss_layout_of(&a, &o, &layout) == BANDPO_OK);
+    CHECK(layout.compute_dtype == BANDPO_FLOAT32 && layout.rows == 2 && layout.cols == 3 &&
+          layout.advantages_per_row == 1 && layout.mask_kind == BANDPO_MASK_BOOL && layout.convert == 0);
+    a.mask = (bandpo_array){NULL, BANDPO_OTHER_DTYPE, 2, shape23, "int32"};
+    CHECK(bandpo_loss_layout_of(&a, &o, &layout) == BANDPO_WRONG_DTYPE);
+    CHECK(strcmp(bandpo_last_error(), "mask must be bool, uint8 or floating point; got int32") == 0);
+    a.mask = absent;
+    a.advantages.ndim = 2;
+    a.advantages.shape = shape22;
+    CHECK(bandpo_loss_layout_of(&a, &o, &layout) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "advantages must have the shape of logp [2, 3]") != NULL);
+    /* Mixed precision: a bfloat16 logp beside float32 values computes in float32, converting logp. */
+    a.advantages = a.old_logp;
+    a.logp.dtype = BANDPO_BFLOAT16;
+    CHECK(bandpo_loss_layout_of(&a, &o, &layout) == BANDPO_OK);
+    CHECK(layout.compute_dtype == BANDPO_FLOAT32 && layout.convert == 1);
+    /* Bounds of an array: a non-float one is named. */
+    a.logp.dtype = BANDPO_INT64;
+    CHECK(bandpo_band_bounds_array(&a.logp, &o, NULL, NULL) == BANDPO_WRONG_DTYPE);
+    CHECK(strcmp(bandpo_last_error(), "old_logp must be float32, float64, bfloat16 or float16; got int64") == 0);
+  }
+
+  /* The tables and choices by name. */
+  {
+    bandpo_table_row row;
+    int code = -1;
+    CHECK(bandpo_table_size(BANDPO_TABLE_DIVERGENCES) == BANDPO_NUM_DIVERGENCES);
+    CHECK(bandpo_table_size(BANDPO_TABLE_METRICS) == BANDPO_NUM_METRICS);
+    CHECK(bandpo_table_size((bandpo_table)42) == -1);
+    CHECK(bandpo_table_get(BANDPO_TABLE_OPTIONS, 1, &row) == BANDPO_OK);
+    CHECK(strcmp(row.name, "delta") == 0 && strcmp(row.type, "float") == 0 && strcmp(row.default_value, "0.05") == 0);
+    CHECK(bandpo_table_get(BANDPO_TABLE_OPTIONS, 99, &row) == BANDPO_INVALID_ARGUMENT);
+    CHECK(bandpo_parse_choice("divergence", "tv", &code) == BANDPO_OK && code == BANDPO_TV);
+    CHECK(bandpo_parse_choice("agg", "sum", &code) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "agg must be one of 'token-mean'") != NULL);
+    CHECK(bandpo_parse_choice("delta", "x", &code) == BANDPO_INVALID_ARGUMENT);
+    o.delta = -1;
+    CHECK(bandpo_check_options(&o) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strcmp(bandpo_last_error(), "delta must be in [1e-12, 1e+06]; got -1") == 0);
+    bandpo_default_options(&o);
+  }
+
   printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
   return failures ? 1 : 0;
 }

@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define BANDPO_ABI_VERSION 1
+#define BANDPO_ABI_VERSION 2 /* 2: arrays with shapes (bandpo_loss_layout), the tables, BANDPO_WRONG_DTYPE */
 
 /* In C++ the enums get int as their fixed underlying type (the size and values they have in C): a C caller
  * may pass any int in them (an out-of-range code is BANDPO_INVALID_ARGUMENT), and only with a fixed
@@ -33,10 +33,17 @@ typedef enum bandpo_status BANDPO_ENUM_BASE {
   BANDPO_OK = 0,
   BANDPO_INVALID_ARGUMENT = 1, /* bad option, size, pointer, enum code, or a bad value at a valid position */
   BANDPO_INTERNAL_ERROR = 2,
-  BANDPO_OUT_OF_MEMORY = 3 /* a workspace could not be allocated; the message gives its size */
+  BANDPO_OUT_OF_MEMORY = 3, /* a workspace could not be allocated; the message gives its size */
+  BANDPO_WRONG_DTYPE = 4     /* an argument of a dtype it may not have (Python's TypeError); the message names it */
 } bandpo_status;
 
-typedef enum bandpo_dtype BANDPO_ENUM_BASE { BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3 } bandpo_dtype;
+/* The loss and the bounds take the four float codes. The others describe a bandpo_array that is not one: a
+ * mask (bool, uint8), or an argument of a dtype the rules refuse, named in the error (bandpo_array.dtype_name
+ * for BANDPO_OTHER_DTYPE). */
+typedef enum bandpo_dtype BANDPO_ENUM_BASE {
+  BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3,
+  BANDPO_BOOL = 4, BANDPO_UINT8 = 5, BANDPO_INT64 = 6, BANDPO_OTHER_DTYPE = 7
+} bandpo_dtype;
 typedef enum bandpo_divergence BANDPO_ENUM_BASE { BANDPO_KL = 0, BANDPO_TV = 1, BANDPO_CHI2 = 2, BANDPO_CLIP = 3, BANDPO_DCPO = 4 } bandpo_divergence;
 typedef enum bandpo_aggregation BANDPO_ENUM_BASE {
   BANDPO_TOKEN_MEAN = 0,
@@ -114,6 +121,87 @@ bandpo_status bandpo_logit_grad(float* raw, int64_t rows, int64_t vocab, int64_t
                                 int64_t ignore_index, double logit_scale, double softcap, double temperature,
                                 const float* grad_logp, const float* grad_entropy, const float* logp,
                                 const float* entropy);
+
+/* ---- Arrays as a caller holds them: the argument rules of every face -------------------------------------
+ * A contiguous row-major array: its data, dtype and shape (ndim sizes). Absent (an optional argument not
+ * given): ndim = -1. dtype_name: the caller's name of a BANDPO_OTHER_DTYPE dtype ("int32") for the message,
+ * or NULL. */
+typedef struct bandpo_array {
+  const void* data;
+  bandpo_dtype dtype;
+  int32_t ndim;
+  const int64_t* shape;
+  const char* dtype_name;
+} bandpo_array;
+
+/* The five tensors of band_loss, in its argument order. */
+typedef struct bandpo_loss_arrays {
+  bandpo_array logp, old_logp, advantages, mask, ref_logp;
+} bandpo_loss_arrays;
+
+/* What bandpo_loss_layout decides. compute_dtype: the dtype the loss runs in, logp's, or float32 for a
+ * bfloat16/float16 logp beside float32 old_logp, advantages or ref_logp (mixed precision: the caller converts
+ * logp, and the gradient comes out in float32). convert: bit i (0 logp, 1 old_logp, 2 advantages, 3 mask,
+ * 4 ref_logp) set when that array must be converted to compute_dtype before bandpo_band_loss (a float mask of
+ * another dtype, logp under mixed precision). The rest fills bandpo_loss_inputs. */
+typedef struct bandpo_loss_layout {
+  bandpo_dtype compute_dtype;
+  int64_t rows, cols;
+  int advantages_per_row;
+  bandpo_mask_kind mask_kind;
+  int convert;
+} bandpo_loss_layout;
+
+/* The rules of band_loss's arguments, the same for the torch op, this ABI and bandpo.np (README, "Shapes and
+ * dtypes"): BANDPO_WRONG_DTYPE or BANDPO_INVALID_ARGUMENT with a message naming the argument; the options
+ * are checked too. Reads no data. */
+bandpo_status bandpo_loss_layout_of(const bandpo_loss_arrays* arrays, const bandpo_options* options,
+                                    bandpo_loss_layout* layout);
+
+/* bandpo_band_bounds of an array: old_logp of any shape (a float dtype, else BANDPO_WRONG_DTYPE naming
+ * old_logp); lower and upper of its shape and dtype. */
+bandpo_status bandpo_band_bounds_array(const bandpo_array* old_logp, const bandpo_options* options, void* lower,
+                                       void* upper);
+
+/* The lm_head chunk steps' argument rules over arrays (`op` starts each message): raw [rows, vocab] float32,
+ * its strides in elements (columns adjacent; rows apart by >= vocab), target [rows] int64. Writes the rows,
+ * vocab and row_stride that bandpo_logit_stats / bandpo_logit_grad take. */
+bandpo_status bandpo_logit_chunk_layout(const char* op, const bandpo_array* raw, int64_t raw_row_stride,
+                                        int64_t raw_col_stride, const bandpo_array* target, int64_t* rows,
+                                        int64_t* vocab, int64_t* row_stride);
+/* An optional float32 [rows] argument of bandpo_logit_grad (grad_logp, grad_entropy, logp, entropy; absent:
+ * ndim -1), checked with a message naming it. */
+bandpo_status bandpo_check_row_values(const char* op, const char* name, const bandpo_array* values, int64_t rows);
+
+/* Checks options as every face does (a message naming the option). */
+bandpo_status bandpo_check_options(const bandpo_options* options);
+
+/* ---- The tables of bandpo/tables.h, for faces that read options by name (the Python package does) ---------
+ * Rows in order (a choice's index is its code). Every string is static. */
+typedef enum bandpo_table BANDPO_ENUM_BASE {
+  BANDPO_TABLE_DIVERGENCES = 0,
+  BANDPO_TABLE_AGGREGATIONS = 1,
+  BANDPO_TABLE_KL_ESTIMATORS = 2,
+  BANDPO_TABLE_METRICS = 3,
+  BANDPO_TABLE_OPTIONS = 4,  /* band_bounds' options, then band_loss's further ones (group 0 / 1) */
+  BANDPO_TABLE_CONSTANTS = 5 /* constants of the per-token math that Python applies too */
+} bandpo_table;
+typedef struct bandpo_table_row {
+  const char* name;          /* the choice, metric, option or constant (constants: their Python name) */
+  const char* type;          /* options: "float", "float?", "bool" or "str"; else "" */
+  const char* default_value; /* options: the default as a schema / Python literal ("0.05", "\"kl\"", "None") */
+  const char* scope;         /* options: "config" (a BandConfig field) or "call" (per call, e.g. normalizer) */
+  const char* requirement;   /* options: what a valid value is ("in [1e-12, 1e+06]"); "" where any parse is */
+  int group;                 /* options: 0 band_bounds', 1 band_loss's further options */
+  double value;              /* constants */
+} bandpo_table_row;
+/* Rows of a table; -1 for a code that is no table. */
+int bandpo_table_size(bandpo_table table);
+bandpo_status bandpo_table_get(bandpo_table table, int index, bandpo_table_row* row);
+/* The code of a choice option's value: option "divergence", "agg" or "kl_estimator", value its name; *code =
+ * the value's index in its table, or BANDPO_INVALID_ARGUMENT naming the option and its choices ("divergence
+ * must be one of 'kl', ...; got 'x'"). */
+bandpo_status bandpo_parse_choice(const char* option, const char* value, int* code);
 
 /* Message of this thread's last failed call ("" if none). Valid until this thread's next bandpo call. */
 const char* bandpo_last_error(void);
