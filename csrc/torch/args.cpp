@@ -54,15 +54,33 @@ std::string shape_string(const Tensor& t) {
   return s + "]";
 }
 
-DType to_dtype(const Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case ScalarType::Float: return DType::float32;
-    case ScalarType::Double: return DType::float64;
-    case ScalarType::BFloat16: return DType::bfloat16;
-    case ScalarType::Half: return DType::float16;
-    default:
-      raise_type_error(cat(name, " must be float32, float64, bfloat16 or float16; got ", dtype_name(t.scalar_type())));
+ElementType element_type(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return ElementType::float32;
+    case ScalarType::Double: return ElementType::float64;
+    case ScalarType::BFloat16: return ElementType::bfloat16;
+    case ScalarType::Half: return ElementType::float16;
+    case ScalarType::Bool: return ElementType::boolean;
+    case ScalarType::Byte: return ElementType::uint8;
+    case ScalarType::Long: return ElementType::int64;
+    default: return ElementType::other;
   }
+}
+
+TensorDesc::TensorDesc(const Tensor& t) {
+  const int64_t dim = t.dim();
+  sizes.resize(static_cast<size_t>(dim));
+  for (int64_t i = 0; i < dim; ++i) sizes[static_cast<size_t>(i)] = t.size(i);
+  desc.present = true;
+  desc.type = element_type(t.scalar_type());
+  desc.ndim = static_cast<int>(dim);
+  desc.shape = sizes.data();
+  desc.type_name = dtype_name(t.scalar_type());
+}
+
+DType to_dtype(const Tensor& t, const char* name) {
+  const TensorDesc d(t);
+  return with_python_errors([&] { return float_dtype(d.desc, name); });
 }
 
 namespace {
@@ -126,28 +144,10 @@ Options unbox(StableIValue* stack) {
   return o;
 }
 
-void check_same(const Tensor& t, const char* name, const Tensor& logp) {
-  BANDPO_CHECK_TYPE(t.scalar_type() == logp.scalar_type(), name, " has dtype ", dtype_name(t.scalar_type()),
-                    " but logp has ", dtype_name(logp.scalar_type()),
-                    ": logp, old_logp, advantages and ref_logp must share one dtype");
-  BANDPO_CHECK_VALUE(t.device() == logp.device(), name, " is on ", device_name(t), " but logp is on ",
-                     device_name(logp));
-}
-
-bool same_shape(const Tensor& a, const Tensor& b) {
-  if (a.dim() != b.dim()) return false;
-  for (int64_t i = 0; i < a.dim(); ++i)
-    if (a.size(i) != b.size(i)) return false;
-  return true;
-}
-
-void check_same_shape(const Tensor& t, const char* name, const Tensor& logp) {
-  BANDPO_CHECK_VALUE(same_shape(t, logp), name, " must have the shape of logp ", shape_string(logp), "; got ",
-                     shape_string(t));
-}
-
-bool is_floating(ScalarType t) {
-  return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::BFloat16 || t == ScalarType::Half;
+void check_device(const std::optional<Tensor>& t, const char* name, const Tensor& logp) {
+  if (t.has_value())
+    BANDPO_CHECK_VALUE(t->device() == logp.device(), name, " is on ", device_name(*t), " but logp is on ",
+                       device_name(logp));
 }
 
 }  // namespace
@@ -193,90 +193,67 @@ Tensor empty_on(std::initializer_list<int64_t> sizes, ScalarType dtype, const Te
 LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
                    const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
                    const LossOptions& options) {
+  check_device(old_logp, "old_logp", logp);
+  check_device(advantages, "advantages", logp);
+  check_device(mask, "mask", logp);
+  check_device(ref_logp, "ref_logp", logp);
+  // The rules are the core's (bandpo/arrays.h), the same for every face.
+  const std::optional<TensorDesc> descs[] = {TensorDesc(logp), TensorDesc(old_logp), TensorDesc(advantages),
+                                             mask ? std::optional<TensorDesc>(TensorDesc(*mask)) : std::nullopt,
+                                             ref_logp ? std::optional<TensorDesc>(TensorDesc(*ref_logp)) : std::nullopt};
+  const auto desc = [&](int i) { return descs[i] ? descs[i]->desc : ArrayDesc{}; };
+  const LossArrays arrays{desc(kArgLogp), desc(kArgOldLogp), desc(kArgAdvantages), desc(kArgMask), desc(kArgRefLogp)};
+  const LossLayout layout = with_python_errors([&] { return loss_layout(arrays, options); });
+
   LossArgs a;
+  a.logp_dtype = logp.scalar_type();
   LossInputs& in = a.inputs;
-  in.dtype = to_dtype(logp, "logp");
-  check_same(old_logp, "old_logp", logp);
-  check_same(advantages, "advantages", logp);
-  check_same_shape(old_logp, "old_logp", logp);
-
-  const int64_t dim = logp.dim();
-  const bool seq_agg = options.agg != Aggregation::token_mean;
-  BANDPO_CHECK_VALUE(!seq_agg || dim == 2, "agg='", aggregation_name(options.agg),
-                     "' needs 2-D [batch, tokens] inputs; got logp of shape ", shape_string(logp));
-  if (dim == 2) {
-    in.rows = logp.size(0);
-    in.cols = logp.size(1);
-  } else if (dim == 0) {
-    in.rows = in.cols = 1;
-  } else {
-    in.cols = logp.size(dim - 1);
-    in.rows = in.cols > 0 ? logp.numel() / in.cols : 0;
-  }
-
-  if (same_shape(advantages, logp)) {
-    a.advantages = as_contiguous(advantages);
-  } else {
-    const bool per_row = dim == 2 && ((advantages.dim() == 1 && advantages.size(0) == in.rows) ||
-                                      (advantages.dim() == 2 && advantages.size(0) == in.rows && advantages.size(1) == 1));
-    BANDPO_CHECK_VALUE(per_row, "advantages must have the shape of logp ", shape_string(logp),
-                       " or, for 2-D logp, one value per sequence ([B] or [B, 1]); got ", shape_string(advantages));
-    a.advantages = as_contiguous(advantages);  // [B] or [B, 1]: the same B values in memory
-    in.advantages_per_row = true;
-  }
-
-  a.logp = as_contiguous(logp);
-  a.old_logp = as_contiguous(old_logp);
+  in.dtype = layout.compute;
+  in.rows = layout.rows;
+  in.cols = layout.cols;
+  in.advantages_per_row = layout.advantages_per_row;
+  in.mask_kind = layout.mask_kind;
+  const ScalarType compute = scalar_type(layout.compute);
+  // Contiguous, and in the compute dtype where the layout asks ([B] or [B, 1] advantages: the same B values).
+  const auto ready = [&](const Tensor& t, LossArg arg) {
+    return as_contiguous(layout.converts(arg) ? torch::stable::to(t, compute) : t);
+  };
+  a.logp = ready(logp, kArgLogp);
+  a.old_logp = ready(old_logp, kArgOldLogp);
+  a.advantages = ready(advantages, kArgAdvantages);
   in.logp = a.logp->data_ptr();
   in.old_logp = a.old_logp->data_ptr();
   in.advantages = a.advantages->data_ptr();
-
   if (mask.has_value()) {
-    const Tensor& m = *mask;
-    BANDPO_CHECK_VALUE(m.device() == logp.device(), "mask is on ", device_name(m), " but logp is on ",
-                       device_name(logp));
-    check_same_shape(m, "mask", logp);
-    if (m.scalar_type() == ScalarType::Bool || m.scalar_type() == ScalarType::Byte) {
-      in.mask_kind = MaskKind::boolean;
-      a.mask = as_contiguous(m);
-    } else {
-      BANDPO_CHECK_TYPE(is_floating(m.scalar_type()), "mask must be bool, uint8 or floating point; got ",
-                        dtype_name(m.scalar_type()));
-      in.mask_kind = MaskKind::values;
-      // Weights are read in logp's dtype: a mask of another float dtype is converted (one mask-sized copy).
-      a.mask = m.scalar_type() == logp.scalar_type() ? as_contiguous(m) : as_contiguous(torch::stable::to(m, logp.scalar_type()));
-    }
+    a.mask = ready(*mask, kArgMask);
     in.mask = a.mask->data_ptr();
   }
   if (ref_logp.has_value()) {
-    check_same(*ref_logp, "ref_logp", logp);
-    check_same_shape(*ref_logp, "ref_logp", logp);
-    a.ref_logp = as_contiguous(*ref_logp);
+    a.ref_logp = ready(*ref_logp, kArgRefLogp);
     in.ref_logp = a.ref_logp->data_ptr();
   }
-  BANDPO_CHECK_VALUE(options.kl_coef == 0.0 || ref_logp.has_value(), "kl_coef = ", options.kl_coef,
-                     " needs ref_logp (the reference policy's log-probabilities)");
   return a;
 }
 
+ScalarType scalar_type(DType d) {
+  switch (d) {
+    case DType::float32: return ScalarType::Float;
+    case DType::float64: return ScalarType::Double;
+    case DType::bfloat16: return ScalarType::BFloat16;
+    case DType::float16: return ScalarType::Half;
+  }
+  return ScalarType::Float;
+}
+
 LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target, bool half_ok) {
-  BANDPO_CHECK_VALUE(raw.dim() == 2, op, ": raw must be 2-D [rows, vocab], got shape [", shape_string(raw), "]");
-  const ScalarType st = raw.scalar_type();
-  BANDPO_CHECK_TYPE(st == ScalarType::Float || (half_ok && (st == ScalarType::BFloat16 || st == ScalarType::Half)),
-                    op, ": raw must be float32", half_ok ? ", bfloat16 or float16" : "", " on ", device_name(raw),
-                    ", got ", dtype_name(st));
-  BANDPO_CHECK_VALUE(raw.size(1) >= 1, op, ": raw must have at least one column (vocab)");
-  BANDPO_CHECK_VALUE(raw.size(0) <= 1 || raw.size(1) <= 1 || raw.stride(1) == 1, op,
-                     ": raw's columns must be contiguous (stride 1), got stride ", raw.stride(1));
-  BANDPO_CHECK_VALUE(target.dim() == 1 && target.size(0) == raw.size(0), op, ": target must be [rows] = [",
-                     raw.size(0), "], got shape [", shape_string(target), "]");
-  BANDPO_CHECK_TYPE(target.scalar_type() == ScalarType::Long, op, ": target must be int64, got ",
-                    dtype_name(target.scalar_type()));
+  const TensorDesc r(raw), t(target);
+  const int64_t dim = raw.dim();
+  const LogitChunkLayout l = with_python_errors([&] {
+    return logit_chunk_layout(op, r.desc, dim == 2 ? raw.stride(0) : 0, dim == 2 ? raw.stride(1) : 1, t.desc, half_ok);
+  });
   BANDPO_CHECK_VALUE(target.device() == raw.device(), op, ": target is on ", device_name(target), " but raw is on ",
                      device_name(raw));
-  const int64_t row_stride = raw.size(0) <= 1 ? raw.size(1) : raw.stride(0);
-  BANDPO_CHECK_VALUE(row_stride >= raw.size(1), op, ": raw's rows overlap (row stride ", row_stride, ")");
-  return LogitChunk{raw, as_contiguous(target), raw.size(0), raw.size(1), row_stride};
+  return LogitChunk{raw, as_contiguous(target), l.rows, l.vocab, l.row_stride};
 }
 
 namespace {
@@ -286,10 +263,8 @@ const float* optional_row_values(const char* name, const std::optional<Tensor>& 
                                  std::optional<Tensor>& keep) {
   const char* op = "logit_chunk_grad_";
   if (!t.has_value()) return nullptr;
-  BANDPO_CHECK_VALUE(t->dim() == 1 && t->size(0) == c.rows, op, ": ", name, " must be [rows] = [", c.rows,
-                     "], got shape [", shape_string(*t), "]");
-  BANDPO_CHECK_TYPE(t->scalar_type() == ScalarType::Float, op, ": ", name, " must be float32, got ",
-                    dtype_name(t->scalar_type()));
+  const TensorDesc d(*t);
+  with_python_errors([&] { check_row_values(op, name, d.desc, c.rows); });
   BANDPO_CHECK_VALUE(t->device() == c.raw.device(), op, ": ", name, " is on ", device_name(*t), " but raw is on ",
                      device_name(c.raw));
   keep = as_contiguous(*t);

@@ -15,6 +15,10 @@
 #include <string>
 #include <utility>
 
+#include <vector>
+
+#include "bandpo/arrays.h"
+#include "bandpo/errors.h"
 #include "bandpo/inputs.h"
 #include "bandpo/options.h"
 
@@ -51,7 +55,18 @@ const char* dtype_name(ScalarType t);
 std::string device_name(const Tensor& t);
 std::string shape_string(const Tensor& t);
 
+// A tensor as the core's rules see it (bandpo/arrays.h): its element type and sizes (held here).
+struct TensorDesc {
+  explicit TensorDesc(const Tensor& t);
+  std::vector<int64_t> sizes;
+  ArrayDesc desc;
+  TensorDesc(const TensorDesc& o) : sizes(o.sizes), desc(o.desc) { desc.shape = sizes.data(); }
+  TensorDesc& operator=(const TensorDesc&) = delete;
+};
+
+// The core's rule for a float argument (TypeError naming it otherwise).
 DType to_dtype(const Tensor& t, const char* name);
+ScalarType scalar_type(DType dtype);
 
 // The op's options from its boxed stack, in schema order (tables.h). Every entry is consumed (strings and
 // tensors on the stack are owned by the kernel). Throws ValueError naming the option.
@@ -67,14 +82,21 @@ constexpr uint64_t kNumLossOptions = kNumBoundOptions BANDPO_LOSS_OPTION_TABLE(B
 void check_stack(const char* op, uint64_t num_args, uint64_t expected_args, uint64_t num_outputs,
                  uint64_t expected_outputs);
 
-// Runs the core, turning its std::invalid_argument (bad values, naming argument and index) into ValueError.
+// Runs the core, turning its bandpo::dtype_error into TypeError and its std::invalid_argument (bad values,
+// shapes, options, naming argument and index) into ValueError.
 template <class F>
-auto rethrow_as_value_error(F&& f) -> decltype(f()) {
+auto with_python_errors(F&& f) -> decltype(f()) {
   try {
     return f();
+  } catch (const dtype_error& e) {
+    raise_type_error(e.what());
   } catch (const std::invalid_argument& e) {
     raise_value_error(e.what());
   }
+}
+template <class F>
+auto rethrow_as_value_error(F&& f) -> decltype(f()) {
+  return with_python_errors(std::forward<F>(f));
 }
 
 // The arguments of band_loss (and of band_loss_backward after its grad_loss) from the boxed stack: the
@@ -96,10 +118,18 @@ BackwardCall unbox_backward_call(StableIValue* stack, uint64_t num_args, uint64_
 
 // Checked, contiguous views of band_loss's tensors and the LossInputs pointing into them.
 // (optional: an empty stable Tensor is not free, it allocates a handle)
+// inputs.dtype is the compute dtype (float32 under mixed precision); the loss and the gradient are returned
+// in logp_dtype.
 struct LossArgs {
   std::optional<Tensor> logp, old_logp, advantages, mask, ref_logp;
   LossInputs inputs;
+  ScalarType logp_dtype = ScalarType::Float;
 };
+
+// An output computed in the compute dtype (the loss, the gradient), returned in logp's dtype.
+inline Tensor in_logp_dtype(const Tensor& t, const LossArgs& a) {
+  return t.scalar_type() == a.logp_dtype ? t : torch::stable::to(t, a.logp_dtype);
+}
 
 LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
                    const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,

@@ -85,7 +85,7 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_o
   const LossOptions& options = call.options;
   const torch::stable::accelerator::DeviceGuard device_guard(logp.get_device_index());
   const LossArgs args = loss_args(call);
-  Tensor loss = empty_on({}, logp.scalar_type(), logp);
+  Tensor loss = empty_on({}, scalar_type(args.inputs.dtype), logp);
   Tensor metrics = empty_on({kNumMetrics}, ScalarType::Float, logp);
   const bool check = input_checks_enabled();
   std::optional<Tensor> invalid;
@@ -102,7 +102,7 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_o
     const int64_t n = *static_cast<const int64_t*>(count.data_ptr());
     if (n > 0) raise_for_bad_values(call, n);
   }
-  stack[0] = from(loss);
+  stack[0] = from(in_logp_dtype(loss, args));
   stack[1] = from(metrics);
 }
 
@@ -124,7 +124,7 @@ void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t num_args, uint6
     cuda::band_loss_backward(args.inputs, options, static_cast<const double*>(g.data_ptr()), grad.data_ptr(),
                              ws.data_ptr(), bytes, current_stream(logp));
   });
-  stack[0] = from(grad);
+  stack[0] = from(in_logp_dtype(grad, args));
 }
 
 // logit_chunk_stats / logit_chunk_grad_ (schemas.cpp), as on the CPU; raw may also be bfloat16 or float16.
