@@ -1,5 +1,5 @@
-"""Every face reads the options, choices and metrics from tables.h: the parse, the compiled op's schema, the
-numpy module, BandConfig and the C++ defaults all agree, row by row."""
+"""Every face reads the options, choices and metrics from tables.h: the library's tables (its C ABI), the
+compiled op's schema, the numpy face, BandConfig and the C++ defaults all agree, row by row."""
 
 import dataclasses
 import math
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import bandpo
-from bandpo import _np, _tables
+import bandpo.np as bnp
+from bandpo import _capi, _tables
 
 
 def schema_options(op):
@@ -49,11 +50,11 @@ def test_numpy_face_takes_every_option_by_name():
 
     x = np.full((2, 3), -1.0)
     for o in _tables.ALL_OPTIONS:
-        _np.band_loss(x, x, x, None, None, False, **{o.name: o.default})
-    with pytest.raises(TypeError, match="unexpected option 'deltaa'"):
-        _np.band_loss(x, x, x, None, None, False, deltaa=0.1)
+        bnp.band_loss(x, x, x, with_grad=False, **{o.name: o.default})
+    with pytest.raises(TypeError, match="unknown option 'deltaa' \\(did you mean 'delta'\\?\\); the options are divergence, delta"):
+        bnp.band_loss(x, x, x, deltaa=0.1)
     with pytest.raises(ValueError, match="delta"):
-        _np.validate_options(delta=-1.0)
+        _capi.options({"delta": -1.0})
 
 
 @pytest.mark.parametrize("name", ["normalizer", "dual_clip"])
@@ -64,9 +65,17 @@ def test_optional_options_refuse_nan_in_every_face(name):
     with pytest.raises(ValueError, match=name):
         torch.ops.bandpo.band_loss(x, x, x, **{name: math.nan})
     with pytest.raises(ValueError, match=name):
-        _np.band_loss(np.full((2, 3), -1.0), np.full((2, 3), -1.0), np.full((2, 3), 1.0), None, None, False,
+        bnp.band_loss(np.full((2, 3), -1.0), np.full((2, 3), -1.0), np.full((2, 3), 1.0), with_grad=False,
                       **{name: math.nan})
 
 
 def test_version_is_one():
-    assert bandpo.__version__ == bandpo._C.version() == _np.version()
+    assert bandpo.__version__ == bandpo._C.version() == _capi.version()
+
+
+def test_tables_come_from_the_library_not_a_header_parse():
+    """The Python tables are the library's rows (bandpo_table_get), and the C struct follows their order."""
+    rows = _capi.table(_capi.TABLE_OPTIONS)
+    assert [r.name.decode() for r in rows] == [o.name for o in _tables.ALL_OPTIONS]
+    assert [f[0] for f in _capi.Options._fields_] == [o.name for o in _tables.ALL_OPTIONS]
+    assert _capi.lib.bandpo_table_size(99) == -1

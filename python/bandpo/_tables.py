@@ -1,17 +1,15 @@
-"""The options, choices and metrics of bandpo, read from their one definition: ``bandpo/tables.h``.
-
-The C++ header (shipped in the package under ``include/``; in a source tree under ``csrc/include``) holds
-one row per option; this module parses those rows so that Python (BandConfig, bandpo.reference, the fake
-kernels, the numpy face) never repeats a name, default or order. Needs no compiled module and no torch.
-``tests/test_tables.py`` checks the parse against the compiled op's schema and the numpy module.
+"""The options, choices, metrics and constants of bandpo, read from their one definition (``bandpo/tables.h``)
+through the library's C ABI (``bandpo_table_get``): Python (BandConfig, bandpo.reference, the fake kernels, the
+numpy face) never repeats a name, default or order. Needs no compiled Python module and no torch.
+``tests/test_tables.py`` checks these against the compiled op's schema.
 """
 
 from __future__ import annotations
 
 import ast
-import os
-import re
 from typing import Any, NamedTuple
+
+from . import _capi
 
 
 class Option(NamedTuple):
@@ -21,51 +19,22 @@ class Option(NamedTuple):
     scope: str  # "config" (a BandConfig field) or "call" (a per-call argument such as normalizer)
 
 
-def _header_path() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "include", "bandpo", "tables.h"),  # installed package
-                      os.path.join(here, "..", "..", "csrc", "include", "bandpo", "tables.h")):  # source tree
-        if os.path.exists(candidate):
-            return candidate
-    raise ImportError(f"bandpo: tables.h not found next to {here} (a broken installation?)")
+def _names(code: int) -> tuple:
+    return tuple(row.name.decode() for row in _capi.table(code))
 
 
-def _macro_body(text: str, name: str) -> str:
-    match = re.search(r"#define " + name + r"\(\w+\)((?:.*\\\n)*.*\n)", text)
-    if match is None:
-        raise ImportError(f"bandpo: {name} missing from tables.h")
-    return match.group(1)
+def _options(group: int) -> tuple:
+    return tuple(Option(r.name.decode(), r.type.decode(), ast.literal_eval(r.default_value.decode()), r.scope.decode())
+                 for r in _capi.OPTION_ROWS if r.group == group)
 
 
-def _rows(text: str, name: str) -> list[list[str]]:
-    body = _macro_body(text, name)
-    rows = []
-    for line in body.splitlines():
-        m = re.search(r"\w+\((.*)\)\s*\\?\s*$", line)
-        if m:
-            # Split on commas outside string literals.
-            rows.append([c.strip() for c in re.findall(r'(?:"(?:\\.|[^"\\])*"|[^,])+', m.group(1))])
-    return rows
-
-
-def _load():
-    with open(_header_path(), encoding="utf-8") as f:
-        text = f.read()
-
-    def choices(name):
-        return tuple(ast.literal_eval(r[1]) for r in _rows(text, name))
-
-    def options(name):
-        return tuple(Option(r[0], ast.literal_eval(r[2]), ast.literal_eval(ast.literal_eval(r[3])), r[5])
-                     for r in _rows(text, name))
-
-    constants = {r[1]: float(r[2]) for r in _rows(text, "BANDPO_CONSTANT_TABLE")}
-    return (choices("BANDPO_DIVERGENCE_TABLE"), choices("BANDPO_AGGREGATION_TABLE"),
-            choices("BANDPO_KL_ESTIMATOR_TABLE"), choices("BANDPO_METRIC_TABLE"),
-            options("BANDPO_BOUND_OPTION_TABLE"), options("BANDPO_LOSS_OPTION_TABLE"), constants)
-
-
-DIVERGENCES, AGGREGATIONS, KL_ESTIMATORS, METRIC_NAMES, BOUND_OPTIONS, LOSS_OPTIONS, CONSTANTS = _load()
+DIVERGENCES = _names(_capi.TABLE_DIVERGENCES)
+AGGREGATIONS = _names(_capi.TABLE_AGGREGATIONS)
+KL_ESTIMATORS = _names(_capi.TABLE_KL_ESTIMATORS)
+METRIC_NAMES = _names(_capi.TABLE_METRICS)
+BOUND_OPTIONS = _options(0)
+LOSS_OPTIONS = _options(1)
+CONSTANTS = {row.name.decode(): row.value for row in _capi.table(_capi.TABLE_CONSTANTS)}
 # band_loss's options in schema order (band_bounds' first).
 ALL_OPTIONS = BOUND_OPTIONS + LOSS_OPTIONS
 DEFAULTS = {o.name: o.default for o in ALL_OPTIONS}

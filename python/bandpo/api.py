@@ -10,6 +10,14 @@ from torch import Tensor
 from .config import METRIC_NAMES, BandConfig, resolve_config
 
 
+def _check_tensors(**tensors) -> None:
+    """TypeError naming an argument that is not a tensor (a numpy array, say: torch's own error prints it whole)."""
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__module__}.{type(t).__name__} (numpy "
+                            "arrays: bandpo.np has the same functions, or convert with torch.from_numpy)")
+
+
 class BandLoss(NamedTuple):
     """Result of :func:`band_loss`.
 
@@ -37,6 +45,7 @@ def band_bounds(old_logp: Tensor, config: Optional[BandConfig] = None, **overrid
 
     Returns lower in [0, 1] and upper in [1, ratio_max].
     """
+    _check_tensors(old_logp=old_logp)
     cfg = resolve_config(config, overrides)
     return torch.ops.bandpo.band_bounds(old_logp, **cfg.bound_kwargs())
 
@@ -50,7 +59,9 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
         logp: new-policy log-probabilities of the sampled tokens, [B, T] (or any shape for token-mean).
         old_logp: old-policy log-probabilities, same shape; the bounds come from these (no gradient).
         advantages: same shape as logp, or one per sequence ([B] or [B, 1]) for 2-D logp.
-        mask: bool, or weights in logp's dtype, same shape; 0 = padding (may hold NaN/inf elsewhere).
+        mask: bool, or float weights (read in the dtype the math runs in), same shape; 0 = padding (may hold
+            NaN/inf elsewhere). old_logp, advantages and ref_logp: logp's dtype, or float32 beside a bfloat16 /
+            float16 logp (mixed precision: computed in float32, loss and gradient in logp's dtype).
         config: the options (default ``BandConfig()``); keyword overrides replace single fields.
         normalizer: replaces the aggregation's denominator (sum(mask), B or B*T): a global token or
             sequence count for data-parallel or gradient-accumulation use, in [1e-6, 1e18] (default None).
@@ -60,6 +71,7 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     an infinite advantage there (CPU; CUDA gives a NaN loss unless input checks are on), bad shapes or
     options; TypeError for dtypes. See README.md for the exact formulas and the option ranges.
     """
+    _check_tensors(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp)
     cfg = resolve_config(config, overrides)
     loss, metrics = torch.ops.bandpo.band_loss(logp, old_logp, advantages, mask, normalizer=normalizer,
                                                ref_logp=ref_logp, **cfg.loss_kwargs())

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 from typing import Any, Optional
 
+from . import _capi
 from ._tables import AGGREGATIONS, DEFAULTS, DIVERGENCES, KL_ESTIMATORS, METRIC_NAMES  # noqa: F401  (re-exported)
 from ._tables import ALL_OPTIONS, BOUND_OPTIONS
 
@@ -13,9 +16,7 @@ _PYTHON_TYPES = {"float": float, "float?": Optional[float], "bool": bool, "str":
 
 class _BandConfigMethods:
     def __post_init__(self) -> None:
-        from . import _np  # the core's validation (torch-free); imported here to keep this module import-light
-
-        _np.validate_options(**self.loss_kwargs())
+        _capi.options(self.loss_kwargs())  # the core's checks, through the C ABI: TypeError / ValueError naming the field
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> "BandConfig":
@@ -91,6 +92,30 @@ BandConfig.__doc__ = """Options shared by :func:`bandpo.band_bounds` and :func:`
     """
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(BandConfig))
+
+
+def check_option_names(names, where: str = "") -> None:
+    """TypeError for a name that is no option (a misspelling, say), listing the options and the closest one."""
+    for name in names:
+        if name not in _FIELDS:
+            close = difflib.get_close_matches(name, _FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{where}unknown option {name!r}{hint}; the options are {', '.join(_FIELDS)}")
+
+
+_dataclass_init = BandConfig.__init__
+
+
+def _init(self, *args: Any, **kwargs: Any) -> None:
+    check_option_names(kwargs, "BandConfig: ")
+    _dataclass_init(self, *args, **kwargs)
+
+
+_init.__doc__ = _dataclass_init.__doc__
+_init.__signature__ = inspect.signature(_dataclass_init)
+BandConfig.__init__ = _init
+
 _DEFAULT_CONFIG = BandConfig()
 
 
@@ -103,4 +128,7 @@ def resolve_config(config: Optional[BandConfig], overrides: dict) -> BandConfig:
     elif not isinstance(config, BandConfig):
         raise TypeError(f"config must be a bandpo.BandConfig or None, got {type(config).__name__} "
                         "(options as keywords go to the call itself, e.g. band_loss(..., delta=0.1))")
-    return config.replace(**overrides) if overrides else config
+    if not overrides:
+        return config
+    check_option_names(overrides)
+    return config.replace(**overrides)

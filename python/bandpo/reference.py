@@ -4,7 +4,7 @@ their math.
 Everything here is ordinary differentiable torch code that runs on any device and dtype; it computes in
 float64 and returns the input dtype. It is slower than ``torch.ops.bandpo`` (many kernels, N-sized
 temporaries). It is not a fallback for a missing extension: it ships in the same package and checks its
-options with the package's compiled core (``bandpo._np``), exactly as the ops do.
+options and arguments with the package's core library (its C ABI), exactly as the ops do.
 
 The math is the same as csrc/include/bandpo/bounds.h and token_loss.h (see there for the derivation); the
 KL solve uses torch's own expm1/log1p and one more Halley step than the compiled float64 path.
@@ -124,13 +124,13 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
 
     Differentiable w.r.t. ``logp`` through ordinary autograd.
     """
-    from . import _np  # the core's option checks (torch-free), as BandConfig uses them
+    from . import _capi  # the core's rules for options, dtypes and shapes, as every face applies them
 
-    _np.validate_options(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high,
-                         relax_high_p=relax_high_p, ratio_max=ratio_max, dual_clip=dual_clip, agg=agg,
-                         normalizer=normalizer, kl_coef=kl_coef, kl_estimator=kl_estimator)
-    if agg != "token-mean" and logp.dim() != 2:
-        raise ValueError(f"agg={agg!r} needs 2-D [batch, tokens] inputs; got logp of shape {tuple(logp.shape)}")
+    opts = _capi.options(dict(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high,
+                              relax_high_p=relax_high_p, ratio_max=ratio_max, dual_clip=dual_clip, agg=agg,
+                              normalizer=normalizer, kl_coef=kl_coef, kl_estimator=kl_estimator))
+    _capi.loss_layout([None if t is None else (0, str(t.dtype).replace("torch.", ""), tuple(t.shape))
+                       for t in (logp, old_logp, advantages, mask, ref_logp)], opts)
     out_dtype = logp.dtype
     x = logp.double()
     old_raw = old_logp.detach().double()
@@ -166,8 +166,6 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
         ref = torch.where(valid, ref_logp.detach().double(), zero)
         ref_kl = kl_penalty(x, ref, kl_estimator)
         total = pg + kl_coef * ref_kl if kl_coef != 0 else pg  # no 0 * inf (token_loss.h kl_term)
-    elif kl_coef != 0:
-        raise ValueError(f"kl_coef = {kl_coef} needs ref_logp")
 
     weighted = torch.where(valid, weight, zero)
     n_tokens = weighted.sum()

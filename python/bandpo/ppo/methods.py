@@ -8,23 +8,30 @@ clip-higher, dcpo, trgppo, band-kl, band-tv, band-chi2) and the keys are fields 
 from __future__ import annotations
 
 import dataclasses
-import math
 
+from .._tables import ALL_OPTIONS
 from ..config import PRESETS, BandConfig
 
 DEFAULT_METHODS = ("clip", "clip-higher", "dcpo", "trgppo", "band-kl")  # the paper's comparison
+_TYPES = {o.name: o.schema_type for o in ALL_OPTIONS}
 
 
-def _value(field: dataclasses.Field, text: str):
-    if field.name == "relax_high_p":
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"relax_high_p must be true or false; got {text!r}")
-        return text.lower() in ("true", "1")
-    if field.name in ("divergence", "agg", "kl_estimator"):
+def _value(name: str, text: str, spec: str):
+    """An option's value from its text, by the option's type in the tables (bandpo/tables.h)."""
+    kind = _TYPES[name]
+    if kind == "str":
         return text
-    if field.name == "dual_clip" and text.lower() == "none":
+    if kind == "bool":
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{name} in method {spec!r} must be true or false; got {text!r}")
+        return text.lower() in ("true", "1")
+    if kind == "float?" and text.lower() == "none":
         return None
-    return math.inf if text.lower() == "inf" else float(text)
+    try:
+        return float(text)  # also "inf"
+    except ValueError:
+        none = " (or none)" if kind == "float?" else ""
+        raise ValueError(f"{name} in method {spec!r} must be a number{none}; got {text!r}") from None
 
 
 def parse_method(spec: str, **common) -> tuple[str, BandConfig]:
@@ -38,5 +45,5 @@ def parse_method(spec: str, **common) -> tuple[str, BandConfig]:
         key, eq, text = item.partition("=")
         if not eq or key not in fields:
             raise ValueError(f"bad option {item!r} in method {spec!r}; options: {', '.join(fields)}")
-        options[key] = _value(fields[key], text)
+        options[key] = _value(key, text, spec)
     return spec, BandConfig(**options)

@@ -1,0 +1,181 @@
+"""libbandpo's C ABI (``bandpo/bandpo.h``) through ctypes: the one compiled piece the torch-free parts of the
+package use (the tables of options, their checks, ``bandpo.np``). No compiled Python module and no torch:
+this is what lets one wheel serve every Python.
+
+The structs below mirror ``bandpo.h``; the library's ``bandpo_abi_version()`` is checked at load, and the
+options struct is built from the library's own table rows (its field order is theirs, checked in C++).
+Errors come back as the library's status and message: ``ValueError`` (a bad value, shape or option),
+``TypeError`` (a wrong dtype or type), ``MemoryError``, ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import numbers
+import os
+from ctypes import POINTER, Structure, byref, c_char_p, c_double, c_int, c_int32, c_int64, c_void_p
+from typing import Any
+
+ABI_VERSION = 2  # BANDPO_ABI_VERSION of the header these structs mirror
+
+# bandpo_status -> Python exception
+_EXCEPTIONS = {1: ValueError, 2: RuntimeError, 3: MemoryError, 4: TypeError}
+
+# bandpo_dtype codes, by the dtype names numpy and torch share (ml_dtypes' bfloat16 included).
+DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3, "bool": 4, "uint8": 5, "int64": 6}
+OTHER_DTYPE = 7
+FLOAT_DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")  # by code
+
+
+class Array(Structure):
+    _fields_ = [("data", c_void_p), ("dtype", c_int), ("ndim", c_int32), ("shape", POINTER(c_int64)),
+                ("dtype_name", c_char_p)]
+
+
+class LossArrays(Structure):
+    _fields_ = [(name, Array) for name in ("logp", "old_logp", "advantages", "mask", "ref_logp")]
+
+
+class LossLayout(Structure):
+    _fields_ = [("compute_dtype", c_int), ("rows", c_int64), ("cols", c_int64), ("advantages_per_row", c_int),
+                ("mask_kind", c_int), ("convert", c_int)]
+
+
+class LossInputs(Structure):
+    _fields_ = [("dtype", c_int), ("rows", c_int64), ("cols", c_int64), ("logp", c_void_p), ("old_logp", c_void_p),
+                ("advantages", c_void_p), ("advantages_per_row", c_int), ("mask", c_void_p), ("mask_kind", c_int),
+                ("ref_logp", c_void_p)]
+
+
+class TableRow(Structure):
+    _fields_ = [("name", c_char_p), ("type", c_char_p), ("default_value", c_char_p), ("scope", c_char_p),
+                ("requirement", c_char_p), ("group", c_int), ("value", c_double)]
+
+
+# bandpo_table codes
+TABLE_DIVERGENCES, TABLE_AGGREGATIONS, TABLE_KL_ESTIMATORS, TABLE_METRICS, TABLE_OPTIONS, TABLE_CONSTANTS = range(6)
+
+
+def library_path() -> str:
+    """libbandpo.so of this package (``bandpo/lib``); ``BANDPO_LIBRARY`` names another build of it."""
+    return os.environ.get("BANDPO_LIBRARY") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib",
+                                                             "libbandpo.so")
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise ImportError(f"bandpo: cannot load its library {path} ({e}); a broken installation?") from None
+    if lib.bandpo_abi_version() != ABI_VERSION:
+        raise ImportError(f"bandpo: {path} has C ABI version {lib.bandpo_abi_version()}, this package needs "
+                          f"{ABI_VERSION} (a library from another bandpo version)")
+    lib.bandpo_last_error.restype = c_char_p
+    lib.bandpo_version.restype = c_char_p
+    for name in ("bandpo_band_bounds", "bandpo_band_loss", "bandpo_logit_stats", "bandpo_logit_grad",
+                 "bandpo_loss_layout_of", "bandpo_band_bounds_array", "bandpo_check_options", "bandpo_table_get",
+                 "bandpo_parse_choice"):
+        getattr(lib, name).restype = c_int
+    lib.bandpo_logit_stats.argtypes = [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int64, c_double, c_double,
+                                       c_double, c_void_p, c_void_p]
+    lib.bandpo_logit_grad.argtypes = [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int64, c_double, c_double,
+                                      c_double, c_void_p, c_void_p, c_void_p, c_void_p]
+    return lib
+
+
+lib = _load()
+
+
+def check(status: int) -> None:
+    """Raise the exception of a failed call, with the library's message."""
+    if status != 0:
+        raise _EXCEPTIONS.get(status, RuntimeError)(lib.bandpo_last_error().decode())
+
+
+def table(code: int) -> list[TableRow]:
+    rows = []
+    for i in range(lib.bandpo_table_size(c_int(code))):
+        row = TableRow()
+        check(lib.bandpo_table_get(c_int(code), c_int(i), byref(row)))
+        rows.append(row)
+    return rows
+
+
+def _text(b: bytes) -> str:
+    return b.decode()
+
+
+# The options struct, one field per option row, in the rows' order: double for numbers, int for flags and choices.
+OPTION_ROWS = table(TABLE_OPTIONS)
+
+
+class Options(Structure):
+    _fields_ = [(_text(r.name), c_double if _text(r.type).startswith("float") else c_int) for r in OPTION_ROWS]
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _field(name: str, kind: str, value: Any, default: Any) -> Any:
+    """One option's value in the struct's type; TypeError naming it for a value of the wrong type."""
+    if kind in ("float", "float?"):
+        if value is None and kind == "float?":
+            return default  # the struct's sentinel: dual_clip +inf (off), normalizer NaN (unset)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            none = " or None" if kind == "float?" else ""
+            raise TypeError(f"{name} must be a number (int or float){none}; got {_type_name(value)}")
+        value = float(value)
+        if kind == "float?" and math.isnan(value):
+            raise ValueError(f"{name} must be a number (or None); got nan")
+        return value
+    if kind == "bool":
+        if type(value).__name__ not in ("bool", "bool_"):
+            raise TypeError(f"{name} must be True or False; got {_type_name(value)}")
+        return int(bool(value))
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str; got {_type_name(value)}")
+    code = c_int()
+    check(lib.bandpo_parse_choice(name.encode(), value.encode(), byref(code)))
+    return code.value
+
+
+def options(values: dict) -> Options:
+    """The C options struct of ``values`` (option name -> value, any subset; the rest keep their defaults),
+    checked as every face checks them (TypeError / ValueError naming the option)."""
+    o = Options()
+    lib.bandpo_default_options(byref(o))
+    for row in OPTION_ROWS:
+        name = _text(row.name)
+        if name in values:
+            setattr(o, name, _field(name, _text(row.type), values[name], getattr(o, name)))
+    check(lib.bandpo_check_options(byref(o)))
+    return o
+
+
+def describe(data: int, dtype_name: str, shape: tuple, keep: list) -> Array:
+    """An array (data address, dtype name as numpy and torch print it, shape) as a bandpo_array; its shape
+    buffer is appended to ``keep`` (alive as long as the struct is used)."""
+    sizes = (c_int64 * max(len(shape), 1))(*shape)
+    keep.append(sizes)
+    code = DTYPE_CODES.get(dtype_name, OTHER_DTYPE)
+    return Array(data or None, code, len(shape), sizes, dtype_name.encode())
+
+
+ABSENT = Array(None, 0, -1, None, None)
+
+
+def loss_layout(arrays: list, opts: Options) -> LossLayout:
+    """band_loss's argument rules (``bandpo_loss_layout_of``) for ``arrays``: logp, old_logp, advantages, mask,
+    ref_logp, each None (absent) or (data address, dtype name, shape). TypeError / ValueError naming the argument."""
+    keep: list = []
+    described = [ABSENT if a is None else describe(*a, keep) for a in arrays]
+    layout = LossLayout()
+    check(lib.bandpo_loss_layout_of(byref(LossArrays(*described)), byref(opts), byref(layout)))
+    return layout
+
+
+def version() -> str:
+    return lib.bandpo_version().decode()
