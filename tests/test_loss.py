@@ -1,6 +1,7 @@
 """torch.ops.bandpo.band_loss against bandpo.reference: values, gradients, metrics, edge cases."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -228,3 +229,37 @@ def test_without_kl_coef_an_infinite_kl_estimate_leaves_the_loss_finite(dtype, e
         assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
         want = torch.ops.bandpo.band_loss(logp, old, adv)[0]  # the same loss without ref_logp
         assert loss.item() == want.item()
+
+
+@pytest.mark.parametrize("public", ["0", "1"])
+def test_both_autograd_paths_give_the_same_gradient(public, tmp_path):
+    """The fast autograd kernel (private torch names, feature-tested at import) and the public
+    torch.library.register_autograd fallback (BANDPO_PUBLIC_AUTOGRAD=1, or wherever the feature test fails):
+    the same loss and gradient bits, opcheck and torch.compile(fullgraph) on both."""
+    import subprocess
+    import sys
+
+    code = """
+import torch, bandpo, bandpo._ops as ops
+from torch.library import opcheck
+import sys
+sys.path.insert(0, %r)
+from conftest import make_batch
+logp, old, adv, mask, ref = make_batch(B=3, T=17, seed=3, dtype=torch.float64)
+x = logp.clone().requires_grad_()
+loss, _ = torch.ops.bandpo.band_loss(x, old, adv, mask, ref_logp=ref, kl_coef=0.1, agg="seq-mean-token-mean")
+(g,) = torch.autograd.grad(loss * 3, x)
+want = torch.ops.bandpo.band_loss_backward(torch.tensor(3.0, dtype=torch.float64), logp, old, adv, mask, ref,
+                                           kl_coef=0.1, agg="seq-mean-token-mean")
+assert torch.equal(g, want)
+opcheck(torch.ops.bandpo.band_loss.default, (x, old, adv, mask, ref), {"kl_coef": 0.1})
+f = torch.compile(lambda a: torch.ops.bandpo.band_loss(a, old, adv, mask, ref_logp=ref, kl_coef=0.1)[0], fullgraph=True)
+(g2,) = torch.autograd.grad(f(x), x)
+assert torch.equal(g2, torch.ops.bandpo.band_loss_backward(torch.tensor(1.0, dtype=torch.float64), logp, old, adv,
+                                                           mask, ref, kl_coef=0.1))
+print("public" if ops.PUBLIC_AUTOGRAD else "fast")
+""" % os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "BANDPO_PUBLIC_AUTOGRAD": public, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == ("public" if public == "1" else "fast")
