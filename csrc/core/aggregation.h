@@ -3,6 +3,7 @@
 // same formulas to their (differently ordered, but each deterministic) sums.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "bandpo/config.h"
@@ -57,15 +58,22 @@ BANDPO_HD double aggregation_denominator(const LossOptions& options, int64_t row
 }
 
 // The loss and metrics from the totals. sum_row_mean_loss / sum_row_mean_pg are the sums over rows of the
-// per-row means (used by seq-mean-token-mean only).
+// per-row means (used by seq-mean-token-mean only). weight_exp: the totals' weights are the mask's times
+// 2^-weight_exp (0 but for huge float64 mask weights, cpu_drivers.cpp): every mean over the weights is the same,
+// a loss over another denominator is scaled back.
 BANDPO_HD LossResult finish_loss(const SegmentSums& total, double sum_row_mean_loss, double sum_row_mean_pg,
-                                 const LossOptions& options, int64_t rows, int64_t cols) {
+                                 const LossOptions& options, int64_t rows, int64_t cols, int weight_exp = 0) {
   const double denominator = aggregation_denominator(options, rows, cols, total.weight);
   const bool row_means = options.agg == Aggregation::seq_mean_token_mean;
   const double loss_sum = row_means ? sum_row_mean_loss : total.loss;
   const double pg_sum = row_means ? sum_row_mean_pg : total.pg;
+  // The sums are of scaled weights where the denominator is not their own total (nor a mean of per-row means).
+  const bool over_weights = !row_means && options.normalizer != options.normalizer &&
+                            options.agg == Aggregation::token_mean;
+  const int unscale = row_means || over_weights ? 0 : weight_exp;
   LossResult result;
   result.loss = mean_or_zero(loss_sum, denominator);
+  if (unscale != 0) result.loss = ldexp(result.loss, unscale);
   const double w = total.weight;
   result.metrics[kPgClipfrac] = static_cast<float>(mean_or_zero(total.clip_upper + total.clip_lower, w));
   result.metrics[kClipfracUpper] = static_cast<float>(mean_or_zero(total.clip_upper, w));
@@ -74,7 +82,8 @@ BANDPO_HD LossResult finish_loss(const SegmentSums& total, double sum_row_mean_l
   result.metrics[kPpoKl] = static_cast<float>(mean_or_zero(total.ppo_kl, w));
   result.metrics[kRatioMean] = static_cast<float>(mean_or_zero(total.ratio, w));
   result.metrics[kRefKl] = static_cast<float>(mean_or_zero(total.ref_kl, w));
-  result.metrics[kPgLoss] = static_cast<float>(mean_or_zero(pg_sum, denominator));
+  const double pg_loss = mean_or_zero(pg_sum, denominator);
+  result.metrics[kPgLoss] = static_cast<float>(unscale != 0 ? ldexp(pg_loss, unscale) : pg_loss);
   return result;
 }
 

@@ -51,8 +51,31 @@ void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOp
   });
 }
 
+namespace {
+
+// The power-of-two exponent k by which float64 mask weights are scaled down (w * 2^-k) so that the forward's
+// weighted sums cannot overflow where the means they give fit: the largest weight then lies below 1 and each
+// product w x below |x|. 0 (no scaling, bit for bit the plain sums) unless a weight exceeds 1; a power of two
+// changes no rounding, so the means come out the same either way. float32 and narrower compute in float and
+// sum in double, where no weight of theirs can overflow a product.
+int loss_weight_exponent(const LossInputs& in) {
+  if (in.dtype != DType::float64 || in.mask_kind != MaskKind::values || in.mask == nullptr) return 0;
+  const double* w = static_cast<const double*>(in.mask);
+  const int64_t n = in.rows * in.cols;
+  double largest = 0;
+  for (int64_t i = 0; i < n; ++i) largest = std::fabs(w[i]) > largest ? std::fabs(w[i]) : largest;  // NaN never wins
+  if (!(largest > 1.0) || !std::isfinite(largest)) return 0;  // an inf weight is refused as a bad value
+  int exponent = 0;
+  std::frexp(largest, &exponent);  // largest = m 2^exponent, m in [0.5, 1)
+  return exponent;
+}
+
+}  // namespace
+
 LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& options, const ParallelFor& parallel_for) {
   detail::check_loss_call(in, options, "band_loss");
+  const int weight_exp = loss_weight_exponent(in);
+  const double weight_scale = std::ldexp(1.0, -weight_exp);
   const KernelTable& k = detail::cpu_kernels();
   const Partition part(in.rows, in.cols);
   std::vector<ItemSums> items = detail::host_workspace<ItemSums>(part.n_items, in, "band_loss");
@@ -62,7 +85,7 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
     for (int64_t item = b; item < e; ++item) {
       ItemSums& acc = items[static_cast<size_t>(item)];
       part.for_each_segment(item, [&](int64_t row, int64_t begin, int64_t end) {
-        const SegmentSums s = k.loss_segment(in, options, view, row, begin, end);
+        const SegmentSums s = k.loss_segment(in, options, view, row, begin, end, weight_scale);
         acc.tokens.add(s);
         if (part.whole_rows()) {
           acc.row_mean_loss += detail::mean_or_zero(s.loss, s.weight);
@@ -94,7 +117,7 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
     }
   }
 
-  return detail::finish_loss(total, row_mean_loss, row_mean_pg, options, in.rows, in.cols);
+  return detail::finish_loss(total, row_mean_loss, row_mean_pg, options, in.rows, in.cols, weight_exp);
 }
 
 void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, double grad_loss, void* grad_logp,

@@ -20,9 +20,10 @@ namespace detail {
 // only by "kl" with a float compute type.
 using BoundsKernel = void(DType dtype, const void* old_logp, int64_t begin, int64_t end, const BoundOptions& options,
                           const KlTable& kl_table, void* lower, void* upper);
-// Tokens [begin, end) of row `row` (flat indices); ref_logp may be null (then kl terms are 0).
+// Tokens [begin, end) of row `row` (flat indices); ref_logp may be null (then kl terms are 0). The weighted sums
+// are of w * weight_scale (a power of two, 1 but for huge mask weights: loss_weight_scale in cpu_drivers.cpp).
 using LossSegmentKernel = SegmentSums(const LossInputs& in, const LossOptions& options, const KlTable& kl_table,
-                                      int64_t row, int64_t begin, int64_t end);
+                                      int64_t row, int64_t begin, int64_t end, double weight_scale);
 // grad[i] = scale * w_i * d(pg_i + kl_coef kl_i)/dlogp_i for i in [begin, end).
 using GradSegmentKernel = void(const LossInputs& in, const LossOptions& options, const KlTable& kl_table, int64_t row,
                                int64_t begin, int64_t end, double scale, void* grad);
