@@ -16,8 +16,22 @@ namespace bandpo {
 
 using torch::stable::detail::to;
 
-void raise_value_error(const std::string& message) { throw std::invalid_argument(message); }
-void raise_type_error(const std::string& message) { throw pybind11::type_error(message); }
+namespace {
+// The last refusal raised on this thread, for last_refusal(): from torch 2.15 on, torch turns every exception
+// of a stable-ABI kernel into RuntimeError, and the Python side restores the type from here.
+thread_local Refusal last;
+}  // namespace
+
+const Refusal& last_refusal() { return last; }
+
+void raise_value_error(const std::string& message) {
+  last = Refusal{"ValueError", message};
+  throw std::invalid_argument(message);
+}
+void raise_type_error(const std::string& message) {
+  last = Refusal{"TypeError", message};
+  throw pybind11::type_error(message);
+}
 
 const char* dtype_name(ScalarType t) {
   switch (t) {

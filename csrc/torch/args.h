@@ -31,6 +31,12 @@ using torch::headeronly::ScalarType;
 // dispatcher to pybind11's translator, which turns std::invalid_argument into ValueError and its own
 // type_error into TypeError (no torch C++ type crosses the boundary). Checked by tests/test_errors.py on
 // every torch CI installs the wheel into.
+// The Python exception type and message of the last refusal raised on this thread (type empty before any).
+struct Refusal {
+  const char* type = "";
+  std::string message;
+};
+const Refusal& last_refusal();
 [[noreturn]] void raise_value_error(const std::string& message);
 [[noreturn]] void raise_type_error(const std::string& message);
 

@@ -23,6 +23,15 @@ PyObject* py_has_cuda_kernels(PyObject*, PyObject*) {
 #endif
 }
 PyObject* py_version(PyObject*, PyObject*) { return PyUnicode_FromString(bandpo::version()); }
+PyObject* py_last_refusal(PyObject*, PyObject*) {
+  const bandpo::Refusal& r = bandpo::last_refusal();
+  PyObject* type = PyUnicode_FromString(r.type);
+  PyObject* message = type ? PyUnicode_FromString(r.message.c_str()) : nullptr;
+  PyObject* pair = message ? PyTuple_Pack(2, type, message) : nullptr;
+  Py_XDECREF(type);
+  Py_XDECREF(message);
+  return pair;
+}
 PyMethodDef module_methods[] = {
     {"cpu_kernel_isa", py_cpu_kernel_isa, METH_NOARGS,
      "Instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'baseline' (override: BANDPO_CPU_ISA)."},
@@ -31,6 +40,8 @@ PyMethodDef module_methods[] = {
     {"input_checks", py_input_checks, METH_NOARGS, "Whether CUDA band_loss checks its inputs (synchronising)."},
     {"has_cuda_kernels", py_has_cuda_kernels, METH_NOARGS, "Whether this build holds the CUDA kernels."},
     {"version", py_version, METH_NOARGS, "The version of the bandpo library in this module."},
+    {"last_refusal", py_last_refusal, METH_NOARGS,
+     "(exception type name, message) of the last argument refusal raised on this thread ('' before any)."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

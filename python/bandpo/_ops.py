@@ -14,7 +14,33 @@ import os
 
 import torch
 
+from . import _C
 from ._tables import METRIC_NAMES
+
+
+def typed_refusal(error: RuntimeError):
+    """The TypeError or ValueError a kernel of torch.ops.bandpo meant, for a RuntimeError torch made of it.
+
+    The kernels refuse bad arguments with exceptions that torch up to 2.14 raises as TypeError / ValueError;
+    from torch 2.15 on, torch turns every exception of an ABI-stable kernel into RuntimeError with the same
+    message. The module records each refusal's type (``_C.last_refusal``), so the Python faces raise the
+    type meant. None when ``error`` is no refusal of this thread's last bandpo call.
+    """
+    kind, message = _C.last_refusal()
+    if kind and message == str(error):
+        return {"TypeError": TypeError, "ValueError": ValueError}[kind](message)
+    return None
+
+
+def call_op(op, *args, **kwargs):
+    """op(*args, **kwargs), its refusals raised as TypeError / ValueError under every torch (typed_refusal)."""
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as e:
+        typed = typed_refusal(e)
+        if typed is None:
+            raise
+        raise typed from None
 
 
 @torch.library.register_fake("bandpo::band_bounds")
@@ -76,12 +102,19 @@ class _BandLossFunction(torch.autograd.Function):
 
 def _band_loss_autograd(keyset, logp, old_logp, advantages, mask=None, ref_logp=None, **options):
     # The dispatcher passes keyword-only arguments as kwargs, the others positionally (trailing defaults
-    # dropped, hence the Python defaults above).
-    if torch.is_grad_enabled() and torch._C._any_requires_grad(logp, old_logp, advantages, mask, ref_logp):
-        return _BandLossFunction.apply(logp, old_logp, advantages, mask, ref_logp, keyset, options)
-    with torch._C._AutoDispatchBelowAutograd():
-        return _band_loss.redispatch(keyset & torch._C._after_autograd_keyset, logp, old_logp, advantages, mask,
-                                     ref_logp, **options)
+    # dropped, hence the Python defaults above). Every call of band_loss passes here, torch.ops' included:
+    # refusals leave as TypeError / ValueError under every torch (typed_refusal).
+    try:
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(logp, old_logp, advantages, mask, ref_logp):
+            return _BandLossFunction.apply(logp, old_logp, advantages, mask, ref_logp, keyset, options)
+        with torch._C._AutoDispatchBelowAutograd():
+            return _band_loss.redispatch(keyset & torch._C._after_autograd_keyset, logp, old_logp, advantages, mask,
+                                         ref_logp, **options)
+    except RuntimeError as e:
+        typed = typed_refusal(e)
+        if typed is None:
+            raise
+        raise typed from None
 
 
 def _setup_context(ctx, inputs, keyword_only_inputs, output):

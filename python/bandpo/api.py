@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ._ops import call_op
 from .config import METRIC_NAMES, BandConfig, resolve_config
 
 
@@ -47,7 +48,7 @@ def band_bounds(old_logp: Tensor, config: Optional[BandConfig] = None, **overrid
     """
     _check_tensors(old_logp=old_logp)
     cfg = resolve_config(config, overrides)
-    return torch.ops.bandpo.band_bounds(old_logp, **cfg.bound_kwargs())
+    return call_op(torch.ops.bandpo.band_bounds, old_logp, **cfg.bound_kwargs())
 
 
 def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional[Tensor] = None,
@@ -73,6 +74,6 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     """
     _check_tensors(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp)
     cfg = resolve_config(config, overrides)
-    loss, metrics = torch.ops.bandpo.band_loss(logp, old_logp, advantages, mask, normalizer=normalizer,
-                                               ref_logp=ref_logp, **cfg.loss_kwargs())
+    loss, metrics = call_op(torch.ops.bandpo.band_loss, logp, old_logp, advantages, mask, normalizer=normalizer,
+                            ref_logp=ref_logp, **cfg.loss_kwargs())
     return BandLoss(loss, dict(zip(METRIC_NAMES, metrics.unbind())), metrics)
