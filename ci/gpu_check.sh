@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The one-command GPU check (issue #3), for a GPU machine with torch (CUDA build), nvcc, cmake, ninja and
+# The one-command GPU check, for a GPU machine with torch (CUDA build), nvcc, cmake, ninja and
 # pytest already installed, and no internet: build with the CUDA kernels, run the CUDA tests, run
 # compute-sanitizer memcheck on a small case, run the benchmark; print a short table last. Full logs and
 # results go to $OUT when it is set (else gpu-results/). Meant to finish in under 8 minutes on an H100.
 # The CPU kernels are built without their AVX2/AVX-512 variants here: CI tests those, and it halves the build.
-#   --wheel FILE  instead of building, install that wheel (built elsewhere, e.g. by ci/wheel.sh with
-#                 BANDPO_PYTHON=python3.12 for the lent machines' Python) without dependencies, and test it
+#   --wheel FILE  instead of building, install that wheel (the cp310-abi3 file ci/wheel.sh builds, unchanged:
+#                 it serves the lent machines' Python 3.12 and torch 2.11) without dependencies, and test it
 #   PYTHON        interpreter with torch (default python3)
 #   BANDPO_ARCHS  CUDA architectures to build (default 90: the machine's own; CI compiles 80 and 90)
 #   GPU_CHECK_ONLY=lm_head  skips the band_bounds / band_loss benchmarks (tests and memcheck still run)
@@ -49,7 +49,7 @@ else
   step build 300 bash -c "cmake -S . -B build-gpu -G Ninja -DPython_EXECUTABLE='$py' -DBANDPO_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES='${BANDPO_ARCHS:-90}' -DBANDPO_CPU_ISA_VARIANTS=OFF && cmake --build build-gpu" || { echo "build failed"; exit 1; }
   so=$(ls build-gpu/_C*.so | head -1)
-  cp "$so" build-gpu/_np*.so python/bandpo/ && export PYTHONPATH="$PWD/python"
+  cp "$so" python/bandpo/ && export PYTHONPATH="$PWD/python" BANDPO_LIBRARY="$PWD/build-gpu/libbandpo.so"
 fi
 "$py" -c "import bandpo; assert bandpo.has_cuda_kernels(); print('bandpo', bandpo.__file__, 'CUDA kernels loaded')"
 if [ -d build/gpu_extras/site ]; then export PYTHONPATH="$PYTHONPATH:$PWD/build/gpu_extras/site"; fi

@@ -4,6 +4,8 @@
 #include <bandpo/logit_stats.h>
 #include <bandpo/version.h>
 
+#include "cuda_driver.h"
+
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -224,6 +226,17 @@ void test_device_fold_matches_the_cpu() {
   }
 }
 
+// The error a GPU user with too old a driver gets names the driver needed and the one found.
+void test_driver_too_old_message() {
+  const std::string m = bandpo::driver_too_old_message(12040, 13000);
+  check(m.find("built with CUDA 13.0") != std::string::npos, "message names the CUDA the kernels were built with: " + m);
+  check(m.find("R580 or newer") != std::string::npos, "message names the driver branch needed: " + m);
+  check(m.find("supports CUDA 12.4") != std::string::npos, "message names what the driver supports: " + m);
+  check(bandpo::driver_too_old_message(0, 12090).find("R525") != std::string::npos, "CUDA 12.9 needs R525");
+  check(bandpo::driver_too_old_message(0, 12090).find("no NVIDIA driver") != std::string::npos, "no driver said");
+  check(bandpo::minimum_driver_branch(14000) == 0, "an unknown CUDA major has no branch");
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::printf("usage: %s tests/data/kl_bounds_mpmath.csv\n", argv[0]);
@@ -233,6 +246,7 @@ int main(int argc, char** argv) {
   test_bounds_match_mpmath(argv[1]);
   test_gradient_matches_finite_differences();
   test_bad_arguments();
+  test_driver_too_old_message();
   test_device_fold_matches_the_cpu<8>();
   test_device_fold_matches_the_cpu<4>();
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);

@@ -29,6 +29,8 @@ constexpr int kChunk = 16 / static_cast<int>(sizeof(T));
 // Throws std::runtime_error naming `what` if the last launch failed (a launch error is sticky only for
 // the failed launch; this reads and clears it).
 void throw_if_launch_failed(const char* what);
+// Throws "bandpo: WHAT failed: ..."; for a driver older than the runtime, the message names the driver needed.
+[[noreturn]] void throw_cuda_error(const char* what, cudaError_t err);
 
 // Number of blocks for a grid-stride kernel over `work_blocks` blocks' worth of work: enough to fill the
 // current device several times over, never more than the work.

@@ -87,8 +87,7 @@ DeviceKlTable enqueue_kl_table(DType dtype, const BoundOptions& options, void* w
   int* refused = static_cast<int*>(workspace);
   float* coeffs = reinterpret_cast<float*>(static_cast<char*>(workspace) + kFlagBytes);
   const cudaError_t err = cudaMemsetAsync(refused, 0, sizeof(int), stream);
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("bandpo: resetting the KL table's flag failed: ") + cudaGetErrorString(err));
+  if (err != cudaSuccess) detail::throw_cuda_error("resetting the KL table's flag", err);
   const int blocks = (l.size() + kIntervalsPerBlock - 1) / kIntervalsPerBlock;
   // BANDPO_KL_TABLE=refuse: a limit no table meets (every check fails, the kernels solve)
   const double max_error = bandpo::detail::kl_table_mode() == bandpo::detail::KlTableMode::refuse ? -1.0 : kKlTableMaxError;

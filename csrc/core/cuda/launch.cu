@@ -3,17 +3,26 @@
 #include <stdexcept>
 #include <string>
 
+#include "../cuda_driver.h"
 #include "common.cuh"
 
 namespace bandpo {
 namespace cuda {
 namespace detail {
 
+[[noreturn]] void throw_cuda_error(const char* what, cudaError_t err) {
+  if (err == cudaErrorInsufficientDriver) {
+    // The static runtime inside libbandpo is newer than the driver (or there is none): name the driver needed.
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+    throw std::runtime_error(std::string("bandpo: ") + what + " failed: " + driver_too_old_message(driver, CUDART_VERSION));
+  }
+  throw std::runtime_error(std::string("bandpo: ") + what + " failed: " + cudaGetErrorString(err));
+}
+
 void throw_if_launch_failed(const char* what) {
   const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("bandpo: CUDA launch of ") + what + " failed: " + cudaGetErrorString(err));
-  }
+  if (err != cudaSuccess) throw_cuda_error((std::string("CUDA launch of ") + what).c_str(), err);
 }
 
 namespace {
