@@ -1,6 +1,7 @@
 """Cost of an eager band_loss call (CPU, forward + backward) through two builds of the torch binding, back to back.
 
     python benchmarks/bench_binding_overhead.py --new PATH_A --old PATH_B [--rounds 7]
+    python benchmarks/bench_binding_overhead.py --new SITE --old SITE --new-env BANDPO_PUBLIC_AUTOGRAD=1
 
 Each PATH is a folder that holds an importable ``bandpo`` package (a site-packages, or a source tree's
 ``python/`` with the built modules copied in). Two builds cannot share one process (both register
@@ -8,6 +9,9 @@ torch.ops.bandpo), so each measurement is a fresh worker process; the workers al
 ``--rounds`` rounds, and the report gives each build's median and the ratio new/old per size, from the same
 run. The CPU kernels are forced to the same instruction set in both (``BANDPO_CPU_ISA``, default baseline)
 so that only the binding differs. Used for the stable-ABI rewrite: its host overhead must stay within 10%.
+``--new-env`` / ``--old-env`` set environment variables for one side's workers only: with one PATH for both
+and ``--new-env BANDPO_PUBLIC_AUTOGRAD=1`` it measures the public torch.library autograd path against the
+fast one (python/bandpo/_ops.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import bandpo
 torch.manual_seed(0)
 torch.set_num_threads(int(sys.argv[2]))
 out = {}
-for n in (65536, 1 << 20):
+for n in (4096, 65536, 1 << 20):
     B = n // 1024
     old = -torch.rand(B, 1024) * 3 - 1e-3
     logp = (old + 0.3 * torch.randn_like(old)).clamp(max=-1e-4).requires_grad_()
@@ -37,7 +41,7 @@ for n in (65536, 1 << 20):
         logp.grad = None
     for _ in range(5):
         step()
-    reps = int(sys.argv[1]) * (8 if n == 65536 else 1)
+    reps = int(sys.argv[1]) * (1 << 20) // max(n, 131072)
     times = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -49,8 +53,9 @@ print(json.dumps(out))
 """
 
 
-def run(path, reps, threads, isa):
+def run(path, reps, threads, isa, extra_env):
     env = dict(os.environ, PYTHONPATH=path, BANDPO_CPU_ISA=isa)
+    env.update(item.split("=", 1) for item in extra_env)
     res = subprocess.run([sys.executable, "-c", WORKER, str(reps), str(threads)], env=env, check=True,
                          capture_output=True, text=True, cwd="/")
     return {int(k): v for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
@@ -61,7 +66,9 @@ def main():
     ap.add_argument("--new", required=True)
     ap.add_argument("--old", required=True)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--reps", type=int, default=25, help="timed calls per worker at 1M tokens (8x at 64k)")
+    ap.add_argument("--reps", type=int, default=25, help="timed calls per worker at 1M tokens (8x below 128k)")
+    ap.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--old-env", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--isa", default="baseline")
     ap.add_argument("--out", default=None)
@@ -69,12 +76,13 @@ def main():
     samples = {"new": [], "old": []}
     for r in range(args.rounds):
         for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
-            samples[which].append(run(getattr(args, which), args.reps, args.threads, args.isa))
+            samples[which].append(run(getattr(args, which), args.reps, args.threads, args.isa,
+                                      getattr(args, which + "_env")))
     rows = []
     print(f"eager band_loss fwd+bwd, CPU, {args.threads} threads, ISA {args.isa}, {args.rounds} rounds "
           f"(medians of per-worker medians, ms)")
     print(f"{'tokens':>8} {'old':>9} {'new':>9} {'new/old':>8}  per-round ratios")
-    for n in (65536, 1 << 20):
+    for n in (4096, 65536, 1 << 20):
         old = [s[n] for s in samples["old"]]
         new = [s[n] for s in samples["new"]]
         ratios = [b / a for a, b in zip(old, new)]

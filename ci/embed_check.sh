@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build/embed
+mkdir -p build
 prefix="$PWD/build/embed-prefix"
 cmake -S . -B "$build" -G Ninja -DBANDPO_TORCH=OFF -DBANDPO_CUDA=OFF -DBANDPO_BUILD_TESTS=ON \
   -DBANDPO_CPU_ISA_VARIANTS=OFF >"$build.log" 2>&1 ||
@@ -30,6 +31,11 @@ if [ -x "$py" ] && wheel_prefix=$("$py" -c "import bandpo; print(bandpo.cmake_pr
     >build/cpp_trainer_wheel.log 2>&1 || { cat build/cpp_trainer_wheel.log; exit 1; }
   cmake --build build/cpp_trainer_wheel
   ctest --test-dir build/cpp_trainer_wheel --output-on-failure
+  if command -v pkg-config >/dev/null; then  # README's form: the wheel's .pc, the program run as built
+    PKG_CONFIG_PATH="$wheel_prefix/lib/pkgconfig" cc -std=c99 tests/cpp/test_c_abi.c \
+      $(PKG_CONFIG_PATH="$wheel_prefix/lib/pkgconfig" pkg-config --cflags --libs bandpo) -lm -o build/c_abi_wheel_pkgconfig
+    env -u LD_LIBRARY_PATH build/c_abi_wheel_pkgconfig
+  fi
 else
   echo "wheel package check: SKIPPED (no bandpo installed in ${BANDPO_VENV:-.venv})"
 fi

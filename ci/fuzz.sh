@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 t0=$SECONDS
 bash ci/clang.sh
 build=build/fuzz
+mkdir -p build
 flags="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang-14 \
   -DCMAKE_CXX_COMPILER=clang++-14 -DBANDPO_TORCH=OFF -DBANDPO_CUDA=OFF -DBANDPO_CPU_ISA_VARIANTS=OFF \
