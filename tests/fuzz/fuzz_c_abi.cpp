@@ -1,5 +1,6 @@
 // libFuzzer harness over the C ABI (bandpo_band_bounds, bandpo_band_loss, and bandpo_logit_stats/_grad on the
-// rest of each input: fuzz_logits lists its invariants), built by ci/fuzz.sh with clang,
+// rest of each input: fuzz_logits lists its invariants; then the argument rules over described arrays and the
+// tables on what remains: fuzz_arrays.inc), built by ci/fuzz.sh with clang,
 // AddressSanitizer and UndefinedBehaviorSanitizer. From each input it draws options (out-of-range enum codes
 // and special floats included), a dtype code, a shape (0 and 1 included, and sizes whose byte count cannot
 // exist), a mask kind and the values (NaN, +-inf, +-0, subnormals, huge, log-probs above 0).
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace {
@@ -427,6 +429,8 @@ void fuzz_logits(FuzzedDataProvider& in) {
     for (int64_t j = 0; j < vocab; ++j) EXPECT(std::isfinite(raw[static_cast<size_t>(r * stride + j)]));
 }
 
+#include "fuzz_arrays.inc"  // fuzz_array_rules
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -439,5 +443,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (in.ConsumeBool()) fuzz_bounds(in);
   else fuzz_loss(in);
   fuzz_logits(in);  // on what is left: the corpus keeps steering the two above as before
+  fuzz_array_rules(in);  // and on what is left after that
   return 0;
 }
