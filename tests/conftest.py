@@ -11,7 +11,7 @@ import bandpo  # noqa: E402,F401  (registers torch.ops.bandpo)
 
 # Property tests (hypothesis) against bandpo.reference: "ci" is the default, small enough for CI; "thorough"
 # runs 10,000 examples per test, once before a release or after touching the math:
-#   BANDPO_HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_loss.py tests/test_exactness.py -k hypothesis
+#   BANDPO_HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_loss.py tests/test_exactness.py tests/test_numpy.py -k hypothesis
 try:
     from hypothesis import HealthCheck, settings
 
