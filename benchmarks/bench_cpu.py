@@ -4,11 +4,11 @@
     .venv/bin/python benchmarks/bench_cpu.py --sizes 1048576 --out results.json
 
 Every ratio is measured within one run (the machine is shared and noisy): median of repeated timings, inputs
-rotated so that no case runs from a warm cache the others lack. Targets (issue #2, 2-core machine):
+rotated so that no case runs from a warm cache the others lack. Targets (2-core machine):
   * band_bounds(kl), 1M float32: >= 200x faster than the released bisection solver (released_solver.py)
   * band_loss(kl) fwd+bwd, 1M float32: <= 0.5x the time of an eager fixed-clip PPO loss fwd+bwd
   * no N-sized temporaries beyond the gradient (reported from the profiler's allocations)
-Targets (issue #14, 1M and 16M float32 tokens): band_bounds kl <= 1.5x band_bounds tv, band_loss kl fwd+bwd
+Targets for Band-KL (1M and 16M float32 tokens): band_bounds kl <= 1.5x band_bounds tv, band_loss kl fwd+bwd
 <= 1.25x band_loss clip fwd+bwd (back-to-back pairs; `--kl-cost-sizes` picks the sizes).
 """
 
@@ -109,7 +109,7 @@ def main():
     ap.add_argument("--baseline-max", type=int, default=1 << 22,
                     help="largest size at which the slow baselines (bisection, reference) run")
     ap.add_argument("--kl-cost-sizes", type=int, nargs="*", default=[1 << 20, 1 << 24],
-                    help="sizes (float32) of the back-to-back KL/TV and KL/clip ratios (issue #14)")
+                    help="sizes (float32) of the back-to-back KL/TV and KL/clip ratios")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "cpu.json"))
     args = ap.parse_args()
 
@@ -164,7 +164,7 @@ def main():
                                 lambda: torch.ops.bandpo.band_bounds(old, divergence="kl"), rounds=5, calls=1)
     time_ratio = interleaved_ratio(fwd_bwd(torch.ops.bandpo.band_loss, logp, old, adv, mask),
                                    fwd_bwd(eager_clip_loss, logp, old, adv, mask), rounds=15, calls=5)
-    # Band-KL against the closed forms (issue #14): float32 bounds kl / tv, and loss fwd+bwd kl / clip.
+    # Band-KL against the closed forms: float32 bounds kl / tv, and loss fwd+bwd kl / clip.
     kl_cost = {}
     for n in args.kl_cost_sizes:
         logp_n, old_n, adv_n, mask_n = make_inputs(n, torch.float32)

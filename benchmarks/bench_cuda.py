@@ -1,4 +1,4 @@
-"""GPU benchmark of torch.ops.bandpo (issue #3); prints a short table last and writes JSON.
+"""GPU benchmark of torch.ops.bandpo; prints a short table last and writes JSON.
 
     python benchmarks/bench_cuda.py [--sizes 1048576 16777216 67108864] [--out results.json]
 
@@ -11,7 +11,7 @@ reads logp, old_logp, advantages, mask; the backward reads them again and writes
 the least any fwd+bwd could move (inputs once + the gradient).
 Targets: Band-KL fwd+bwd at 16M fp32 >= 70% of copy bandwidth; band_bounds(kl) >= 1000x the released
 bisection solver (re-implementation, released_solver.py); Band-KL fwd+bwd no slower than an eager fixed-clip loss.
-Issue 14, at 16M fp32 and bf16: band_bounds(kl) >= 70% of copy bandwidth, Band-KL fwd+bwd >= 60% of the bytes it
+Targets at 16M fp32 and bf16: band_bounds(kl) >= 70% of copy bandwidth, Band-KL fwd+bwd >= 60% of the bytes it
 moves, both in device time (graph replay; band_bounds' bytes: old_logp read, lower and upper written).
 """
 
@@ -214,7 +214,7 @@ def main():
         for r in results["rows"]:
             print(f"{r['case']:32s} {r['tokens']:>9d} {r['dtype']:>5s} graph {r['graph_ms']:.4f} ms")
         return
-    for dt in ("fp32", "bf16"):  # issue 14: KL bounds >= 70% of copy bandwidth, KL fwd+bwd >= 60% of its bytes
+    for dt in ("fp32", "bf16"):  # targets: KL bounds >= 70% of copy bandwidth, KL fwd+bwd >= 60% of its bytes
         targets[f"band_bounds[kl] 16M {dt}, device time, fraction of copy bandwidth"] = \
             find("band_bounds[kl]", n16, dt)["bw_frac_moved"]
         targets[f"band_bounds[kl] / band_bounds[tv] device time (16M {dt})"] = \

@@ -1,4 +1,4 @@
-"""Benchmark of bandpo.linear_logprob_entropy and bandpo.fused_linear_band_loss (issue 16) against the plain path,
+"""Benchmark of bandpo.linear_logprob_entropy and bandpo.fused_linear_band_loss against the plain path,
 TRL's chunked log-prob and (CUDA, --loss) Liger's fused linear GRPO loss.
 
     .venv/bin/python benchmarks/bench_lm_head.py                 # CPU: N 4096, 8192 x H 512, 1024, V 32768, fp32
@@ -26,7 +26,7 @@ Time: median of --reps fwd+bwd calls, the cases interleaved in one process (a, b
 --warmup untimed rounds (CUDA: synchronised around each call). Extra peak memory: on the CPU each case runs once
 in a fresh child process (before any timing), its peak RSS minus that of a child that only makes the inputs and
 the gradient buffers (ru_maxrss); on CUDA the allocator's peak during the call minus what was allocated before
-it and the two gradients. Targets (issue 16): CPU, bandpo's extra peak memory <= 1/8 of eager's, its time <=
+it and the two gradients. Targets: CPU, bandpo's extra peak memory <= 1/8 of eager's, its time <=
 eager's, ahead of TRL's on both; CUDA (N 8192, H 4096, V 131072, bf16), time within 1.25x of the three GEMMs.
 """
 
@@ -212,7 +212,7 @@ def print_kernel_times(name, fn, inputs, top=8):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", nargs="+", default=None, help="NxHxV (default: the issue's shapes for the device)")
+    ap.add_argument("--shapes", nargs="+", default=None, help="NxHxV (default: the target shapes for the device)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--reps", type=int, default=3)

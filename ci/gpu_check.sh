@@ -62,14 +62,14 @@ grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"
 if [ "${GPU_CHECK_ONLY:-}" != lm_head ]; then
 step bench 180 "$py" benchmarks/bench_cuda.py --sizes 1048576 16777216 --out "$out/bench.json"
 sed -n '/^$/,$p' "$out/bench.log"
-# the same ops with the exact solve instead of the KL table (issue 14's before/after, same machine)
+# the same ops with the exact solve instead of the KL table (the table's before/after, same machine)
 BANDPO_KL_TABLE=0 step bench_solve 60 "$py" benchmarks/bench_cuda.py --sizes 16777216 --ops-only
 grep graph "$out/bench_solve.log"
 # each kernel's device time (torch.profiler) in the KL and TV bounds and loss at 16M float32
 step kernels 60 "$py" benchmarks/bench_cuda.py --kernel-times 16777216
 grep -v "^\[" "$out/kernels.log" | head -n 40
 fi
-# issue 16: the head and the fused loss at N 8192, H 4096, V 131072, bf16, against the three GEMMs alone
+# the lm_head: the head and the fused loss at N 8192, H 4096, V 131072, bf16, against the three GEMMs alone
 step lm_head_loss 240 "$py" benchmarks/bench_lm_head.py --device cuda --dtype bfloat16 --loss --reps 3 \
   --out "$out/lm_head_loss.json"
 sed -n '/^$/,$p' "$out/lm_head_loss.log"

@@ -87,7 +87,7 @@ BANDPO_HD LossResult finish_loss(const SegmentSums& total, double sum_row_mean_l
   return result;
 }
 
-// Whether the backward's scale depends on the data (mask sums), and the data-independent part of it.
+// Whether the backward's scale depends on the data: the total mask weight, summed before the gradient pass.
 // token-mean without a normalizer divides by the total mask weight (unless there is no mask);
 // seq-mean-token-mean additionally divides each row by its own mask weight.
 BANDPO_HD bool backward_needs_total_weight(const LossOptions& options, MaskKind mask_kind) {

@@ -1,6 +1,6 @@
 // The operator schemas of torch.ops.bandpo, built from tables.h. The kernels are registered beside them:
-// CPU in ops_cpu.cpp, CUDA in ops_cuda.cpp; fake kernels and autograd from Python (python/bandpo/_ops.py), as
-// in pytorch/extension-cpp's stable variant.
+// CPU in ops_cpu.cpp, CUDA in ops_cuda.cpp; fake kernels and autograd from Python (python/bandpo/_ops.py; the
+// lm_head chunk ops' in python/bandpo/lm_head.py), as in pytorch/extension-cpp's stable variant.
 //
 // Built with TORCH_TARGET_VERSION (CMakeLists.txt): the module uses only the stable C shim of that torch
 // release, so one binary loads in it and in every later one.

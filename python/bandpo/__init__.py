@@ -51,7 +51,7 @@ if torch is not None:
                           f"release's stable ABI); found torch {torch.__version__}. Upgrade torch, or use bandpo.np "
                           f"without torch.")
     from . import _C  # noqa: F401  (registers torch.ops.bandpo)
-    from . import _ops  # noqa: F401  (fake kernels)
+    from . import _ops  # noqa: F401  (fake kernels and band_loss's autograd)
     from . import reference
     from .api import BandLoss, band_bounds, band_loss
     from .lm_head import fused_linear_band_loss, linear_logprob_entropy

@@ -1,4 +1,4 @@
-"""Per-token log-probs and entropy straight from hidden states, without the [tokens, vocab] logits (issue 16).
+"""Per-token log-probs and entropy straight from hidden states, without the [tokens, vocab] logits.
 
     logp, entropy = bandpo.linear_logprob_entropy(hidden, weight, target)   # hidden [N, H], weight [V, H]
 
