@@ -131,6 +131,23 @@ def test_loss_options_match_reference(case, agg):
     torch.testing.assert_close(got[2].cpu(), want[2], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("agg", AGGS)
+def test_huge_float64_weights_match_cpu(agg):
+    """float64 mask weights up to 1e300 (scaled by a power of two before the sums, as on the CPU): finite
+    metrics, the CPU's means, and weights times 2^990 give the same metrics as the weights themselves."""
+    logp, old, adv, mask, _ = make_batch(B=8, T=300, seed=4, dtype=torch.float64)
+    w = mask.double() * torch.rand(mask.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for weights in (w, w * 2.0**990, w * 1e300):
+        cpu = torch.ops.bandpo.band_loss(logp, old, adv, weights, agg=agg)
+        gpu = torch.ops.bandpo.band_loss(*to("cuda", logp, old, adv, weights), agg=agg)
+        assert torch.isfinite(gpu[1]).all()
+        torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-6, atol=0)
+        torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-11, atol=0)
+    plain = torch.ops.bandpo.band_loss(*to("cuda", logp, old, adv, w), agg=agg)
+    scaled = torch.ops.bandpo.band_loss(*to("cuda", logp, old, adv, w * 2.0**990), agg=agg)
+    assert torch.equal(plain[1][:-1], scaled[1][:-1])  # every metric but pg_loss: means over the weights
+
+
 def test_non_contiguous_inputs():
     logp, old, adv, mask, ref = to("cuda", *make_batch(B=64, T=48, seed=7, dtype=torch.float32))
     t = lambda x: x.t()  # noqa: E731

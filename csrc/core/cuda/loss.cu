@@ -123,14 +123,33 @@ struct LaneSums {
   }
 };
 
+// The power-of-two exponent k of float64 mask weights above 1 (the CPU's loss_weight_exponent, cpu_drivers.cpp):
+// the forward's sums take w * 2^-k so that no product or sum overflows where the means fit. *exponent starts at 0;
+// a maximum, so the result does not depend on the order threads run in.
+__global__ void __launch_bounds__(kBlockThreads)
+    weight_exponent_kernel(const double* __restrict__ mask, int64_t n, int* __restrict__ exponent) {
+  double largest = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const double w = fabs(mask[i]);
+    largest = w > largest ? w : largest;  // NaN never wins
+  }
+  int mine = 0;
+  if (largest > 1.0 && isfinite(largest)) frexp(largest, &mine);
+  mine = __reduce_max_sync(kFullWarp, mine);
+  if (threadIdx.x % kWarpSize == 0 && mine > 0) atomicMax(exponent, mine);
+}
+
 template <class T, Divergence kDiv, bool kTable>
 __global__ void __launch_bounds__(kBlockThreads)
     loss_partials_kernel(DeviceInputs<T> in, LossParams<typename ComputeType<T>::type> prm, DeviceKlTable kl_table,
-                         const int* run_if_refused, Tiling tiling, SegmentSums* __restrict__ partials) {
+                         const int* run_if_refused, Tiling tiling, const int* weight_exp,
+                         SegmentSums* __restrict__ partials) {
   using C = typename ComputeType<T>::type;
   constexpr int N = kChunk<T>;
   prm.bounds.divergence = kDiv;
   if (!use_kl_table<kTable>(prm.bounds, kl_table, run_if_refused)) return;
+  // The weights the sums take (weight_exponent_kernel; 1 exactly, so the same bits, without one).
+  const C weight_scale = weight_exp != nullptr ? static_cast<C>(ldexp(1.0, -*weight_exp)) : C(1);
   const int lane = threadIdx.x % kWarpSize;
   for (int64_t unit = first_warp_unit(); unit < tiling.units; unit += warp_unit_stride()) {
     const int64_t begin = tiling.begin(unit), end = tiling.end(unit);
@@ -142,12 +161,12 @@ __global__ void __launch_bounds__(kBlockThreads)
       unsigned clipped_bits = 0;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const C w = c.w[j];
+        const C w = c.w[j] * weight_scale;
         const PolicyTerms<C> t = policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
         const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
         const bool clipped = (t.clipped_upper + t.clipped_lower) != C(0);
-        const bool bad = bad_token(c.logp[j], c.old_logp[j], c.advantage[j], c.ref[j], w);
-        if (w != C(0)) {  // masked positions may hold NaN/inf: they never enter a sum
+        const bool bad = bad_token(c.logp[j], c.old_logp[j], c.advantage[j], c.ref[j], c.w[j]);
+        if (c.w[j] != C(0)) {  // masked positions may hold NaN/inf: they never enter a sum
           const C token_pg = clipped ? C(0) : t.pg_loss;  // clipped tokens add theirs below
           acc.loss += w * (token_pg + kl_term(prm.kl_coef, k.value));
           acc.pg += w * token_pg;
@@ -176,7 +195,7 @@ __global__ void __launch_bounds__(kBlockThreads)
             advantage = j == pick ? c.advantage[j] : advantage;
             w = j == pick ? c.w[j] : w;
           }
-          const C loss = w * clipped_pg_loss(old_logp, advantage, prm);
+          const C loss = w * weight_scale * clipped_pg_loss(old_logp, advantage, prm);
           acc.loss += loss;
           acc.pg += loss;
         }
@@ -191,8 +210,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
     finish_forward_kernel(const SegmentSums* __restrict__ partials, Tiling tiling, LossOptions options,
-                          int64_t rows, int64_t cols, T* __restrict__ loss, float* __restrict__ metrics,
-                          int64_t* __restrict__ invalid_count) {
+                          int64_t rows, int64_t cols, const int* weight_exp, T* __restrict__ loss,
+                          float* __restrict__ metrics, int64_t* __restrict__ invalid_count) {
   // Each thread sums units t, t + 256, ... in that order, loading kBatch of them before adding: one at a time,
   // one block reading 16k partials waited out an L2 round trip per unit (34 us at 16M tokens on an H200).
   constexpr int kBatch = 4;
@@ -220,7 +239,8 @@ __global__ void __launch_bounds__(kBlockThreads)
     row_mean_pg = block_sum(row_mean_pg);
   }
   if (threadIdx.x != 0) return;
-  LossResult r = bandpo::detail::finish_loss(total, row_mean_loss, row_mean_pg, options, rows, cols);
+  LossResult r = bandpo::detail::finish_loss(total, row_mean_loss, row_mean_pg, options, rows, cols,
+                                             weight_exp != nullptr ? *weight_exp : 0);
   if (total.invalid > 0) {  // cannot raise here: make it impossible to miss
     r.loss = NAN;
     for (int m = 0; m < kNumMetrics; ++m) r.metrics[m] = NAN;
@@ -335,8 +355,8 @@ Tiling loss_tiling(const LossInputs& in, const LossOptions& options) {
   return Tiling::of(in.rows, in.cols, options.agg == Aggregation::seq_mean_token_mean || in.advantages_per_row);
 }
 
-// Workspace layout: [units SegmentSums (the backward reuses it for units doubles)] [max(rows, 1) doubles]
-// [the KL table (kl_table.cuh), where the call reads one].
+// Workspace layout: [units SegmentSums (the backward reuses it for units doubles)] [max(rows, 1) doubles: the
+// backward's scales; the forward's weight exponent] [the KL table (kl_table.cuh), where the call reads one].
 struct Workspace {
   size_t partials_offset = 0, scales_offset = 0, kl_table_offset = 0, bytes = 0;
 
@@ -386,6 +406,17 @@ void band_loss_forward(const LossInputs& in, const LossOptions& options, void* l
   const detail::Workspace layout = detail::Workspace::of(in, options);
   auto* partials = reinterpret_cast<detail::SegmentSums*>(static_cast<char*>(workspace) + layout.partials_offset);
   const detail::DeviceKlTable kl_table = detail::enqueue_loss_kl_table(in, options, tiling, workspace, layout, stream);
+  int* weight_exp = nullptr;  // float64 mask weights only (weight_exponent_kernel)
+  if (in.dtype == DType::float64 && in.mask_kind == MaskKind::values && tiling.units > 0) {
+    weight_exp = reinterpret_cast<int*>(static_cast<char*>(workspace) + layout.scales_offset);
+    const cudaError_t err = cudaMemsetAsync(weight_exp, 0, sizeof(int), stream);
+    if (err != cudaSuccess) detail::throw_cuda_error("band_loss forward (weight exponent)", err);
+    const int64_t n = in.rows * in.cols;
+    const int blocks = detail::grid_blocks((n + detail::kBlockThreads - 1) / detail::kBlockThreads);
+    detail::weight_exponent_kernel<<<blocks, detail::kBlockThreads, 0, stream>>>(static_cast<const double*>(in.mask),
+                                                                                n, weight_exp);
+    detail::throw_if_launch_failed("band_loss forward (weight exponent)");
+  }
   bandpo::detail::with_storage_type(in.dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeType<T>::type;
@@ -397,14 +428,14 @@ void band_loss_forward(const LossInputs& in, const LossOptions& options, void* l
         detail::launch_with_kl_table(kl_table, blocks, [&](auto table, const int* run_if_refused, int grid) {
           if constexpr (!decltype(table)::value || (kDiv == Divergence::kl && std::is_same<C, float>::value)) {
             detail::loss_partials_kernel<T, kDiv, decltype(table)::value><<<grid, detail::kBlockThreads, 0, stream>>>(
-                d, to_params<C>(options), kl_table, run_if_refused, tiling, partials);
+                d, to_params<C>(options), kl_table, run_if_refused, tiling, weight_exp, partials);
           }
         });
       });
       detail::throw_if_launch_failed("band_loss forward");
     }
     detail::finish_forward_kernel<T><<<1, detail::kBlockThreads, 0, stream>>>(
-        partials, tiling, options, in.rows, in.cols, static_cast<T*>(loss), metrics, invalid_count);
+        partials, tiling, options, in.rows, in.cols, weight_exp, static_cast<T*>(loss), metrics, invalid_count);
     detail::throw_if_launch_failed("band_loss forward (finish)");
   });
 }
