@@ -56,8 +56,14 @@ print(json.dumps(out))
 def run(path, reps, threads, isa, extra_env):
     env = dict(os.environ, PYTHONPATH=path, BANDPO_CPU_ISA=isa)
     env.update(item.split("=", 1) for item in extra_env)
-    res = subprocess.run([sys.executable, "-c", WORKER, str(reps), str(threads)], env=env, check=True,
-                         capture_output=True, text=True, cwd="/")
+    res = subprocess.run(
+        [sys.executable, "-c", WORKER, str(reps), str(threads)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     return {int(k): v for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()}
 
 
@@ -75,22 +81,33 @@ def main():
     args = ap.parse_args()
     samples = {"new": [], "old": []}
     for r in range(args.rounds):
-        for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
-            samples[which].append(run(getattr(args, which), args.reps, args.threads, args.isa,
-                                      getattr(args, which + "_env")))
+        for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            samples[which].append(
+                run(getattr(args, which), args.reps, args.threads, args.isa, getattr(args, which + "_env"))
+            )
     rows = []
-    print(f"eager band_loss fwd+bwd, CPU, {args.threads} threads, ISA {args.isa}, {args.rounds} rounds "
-          f"(medians of per-worker medians, ms)")
+    print(
+        f"eager band_loss fwd+bwd, CPU, {args.threads} threads, ISA {args.isa}, {args.rounds} rounds "
+        f"(medians of per-worker medians, ms)"
+    )
     print(f"{'tokens':>8} {'old':>9} {'new':>9} {'new/old':>8}  per-round ratios")
     for n in (4096, 65536, 1 << 20):
         old = [s[n] for s in samples["old"]]
         new = [s[n] for s in samples["new"]]
         ratios = [b / a for a, b in zip(old, new)]
-        rows.append(dict(tokens=n, old_ms=statistics.median(old), new_ms=statistics.median(new),
-                         ratio=statistics.median(new) / statistics.median(old), round_ratios=ratios))
-        print(f"{n:>8} {statistics.median(old):9.3f} {statistics.median(new):9.3f} "
-              f"{statistics.median(new) / statistics.median(old):8.3f}  "
-              + " ".join(f"{x:.2f}" for x in ratios))
+        rows.append(
+            dict(
+                tokens=n,
+                old_ms=statistics.median(old),
+                new_ms=statistics.median(new),
+                ratio=statistics.median(new) / statistics.median(old),
+                round_ratios=ratios,
+            )
+        )
+        print(
+            f"{n:>8} {statistics.median(old):9.3f} {statistics.median(new):9.3f} "
+            f"{statistics.median(new) / statistics.median(old):8.3f}  " + " ".join(f"{x:.2f}" for x in ratios)
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(args=vars(args), rows=rows), f, indent=1)

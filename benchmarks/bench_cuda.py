@@ -114,8 +114,10 @@ def kernel_times(n):
 
     logp, old, adv, mask = make_inputs(n, torch.float32, 0)
     for div in ("kl", "tv"):
-        cases = {"band_bounds": lambda: torch.ops.bandpo.band_bounds(old, divergence=div),
-                 "band_loss fwd+bwd": fwd_bwd(torch.ops.bandpo.band_loss, logp, old, adv, mask, divergence=div)}
+        cases = {
+            "band_bounds": lambda: torch.ops.bandpo.band_bounds(old, divergence=div),
+            "band_loss fwd+bwd": fwd_bwd(torch.ops.bandpo.band_loss, logp, old, adv, mask, divergence=div),
+        }
         for name, fn in cases.items():
             for _ in range(3):
                 fn()
@@ -135,10 +137,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24, 1 << 26])
     ap.add_argument("--out", default=None, help="JSON file for all results")
-    ap.add_argument("--kernel-times", type=int, default=0, metavar="N",
-                    help="only print each kernel's device time in band_bounds and band_loss fwd+bwd at N tokens")
-    ap.add_argument("--ops-only", action="store_true",
-                    help="only band_bounds and band_loss (no baselines, no targets): e.g. to compare BANDPO_KL_TABLE=0")
+    ap.add_argument(
+        "--kernel-times",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only print each kernel's device time in band_bounds and band_loss fwd+bwd at N tokens",
+    )
+    ap.add_argument(
+        "--ops-only",
+        action="store_true",
+        help="only band_bounds and band_loss (no baselines, no targets): e.g. to compare BANDPO_KL_TABLE=0",
+    )
     args = ap.parse_args()
     if args.kernel_times:
         kernel_times(args.kernel_times)
@@ -149,8 +159,13 @@ def main():
     results = {"device": props.name, "torch": torch.__version__, "copy_bytes_per_s": bw, "rows": []}
 
     def record(name, n, dtype, ms, moved=None, floor=None, graph=None):
-        row = {"case": name, "tokens": n, "dtype": DTYPE_NAMES.get(dtype, str(dtype)), "ms": ms,
-               "tokens_per_s": n / (ms * 1e-3)}
+        row = {
+            "case": name,
+            "tokens": n,
+            "dtype": DTYPE_NAMES.get(dtype, str(dtype)),
+            "ms": ms,
+            "tokens_per_s": n / (ms * 1e-3),
+        }
         if graph is not None:
             row["graph_ms"] = graph
         device_ms = graph if graph is not None else ms
@@ -176,15 +191,29 @@ def main():
                 bounds = [lambda st=st: torch.ops.bandpo.band_bounds(st[1], divergence=div) for st in sets]
                 record(f"band_bounds[{div}]", n, dtype, cuda_ms(bounds), moved=3 * s * n, graph=graph_ms(bounds))
                 runs = [fwd_bwd(torch.ops.bandpo.band_loss, *st, divergence=div) for st in sets]
-                record(f"band_loss[{div}] fwd+bwd", n, dtype, cuda_ms(runs), moved=(7 * s + 2) * n,
-                       floor=(4 * s + 1) * n, graph=graph_ms(runs))
+                record(
+                    f"band_loss[{div}] fwd+bwd",
+                    n,
+                    dtype,
+                    cuda_ms(runs),
+                    moved=(7 * s + 2) * n,
+                    floor=(4 * s + 1) * n,
+                    graph=graph_ms(runs),
+                )
             if n == n16:
                 peaked = [make_inputs(n, dtype, seed, peaked=True) for seed in range(3)]
                 bounds = [lambda st=st: torch.ops.bandpo.band_bounds(st[1], divergence="kl") for st in peaked]
                 record("band_bounds[kl] peaked p", n, dtype, cuda_ms(bounds), moved=3 * s * n, graph=graph_ms(bounds))
                 runs = [fwd_bwd(torch.ops.bandpo.band_loss, *st, divergence="kl") for st in peaked]
-                record("band_loss[kl] fwd+bwd peaked p", n, dtype, cuda_ms(runs), moved=(7 * s + 2) * n,
-                       floor=(4 * s + 1) * n, graph=graph_ms(runs))
+                record(
+                    "band_loss[kl] fwd+bwd peaked p",
+                    n,
+                    dtype,
+                    cuda_ms(runs),
+                    moved=(7 * s + 2) * n,
+                    floor=(4 * s + 1) * n,
+                    graph=graph_ms(runs),
+                )
                 del peaked
             if args.ops_only:
                 del sets
@@ -192,13 +221,25 @@ def main():
             runs = [fwd_bwd(eager_clip_loss, *st) for st in sets]
             record("eager clip loss fwd+bwd", n, dtype, cuda_ms(runs), graph=graph_ms(runs))
             if dtype == torch.float32 and n <= (1 << 24):
-                record("released bisection bounds[kl]", n, dtype,
-                       cuda_ms([lambda st=st: released_kl_bounds(st[1].exp(), 0.05) for st in sets], warmup=1, reps=3))
-                record("reference loss[kl] fwd+bwd eager", n, dtype,
-                       cuda_ms([fwd_bwd(reference.band_loss, *st) for st in sets], reps=5))
+                record(
+                    "released bisection bounds[kl]",
+                    n,
+                    dtype,
+                    cuda_ms([lambda st=st: released_kl_bounds(st[1].exp(), 0.05) for st in sets], warmup=1, reps=3),
+                )
+                record(
+                    "reference loss[kl] fwd+bwd eager",
+                    n,
+                    dtype,
+                    cuda_ms([fwd_bwd(reference.band_loss, *st) for st in sets], reps=5),
+                )
                 compiled = torch.compile(reference.band_loss, dynamic=False)
-                record("reference loss[kl] fwd+bwd compiled", n, dtype,
-                       cuda_ms([fwd_bwd(compiled, *st) for st in sets], reps=10))
+                record(
+                    "reference loss[kl] fwd+bwd compiled",
+                    n,
+                    dtype,
+                    cuda_ms([fwd_bwd(compiled, *st) for st in sets], reps=10),
+                )
             del sets
             torch.cuda.empty_cache()
 
@@ -215,24 +256,32 @@ def main():
             print(f"{r['case']:32s} {r['tokens']:>9d} {r['dtype']:>5s} graph {r['graph_ms']:.4f} ms")
         return
     for dt in ("fp32", "bf16"):  # targets: KL bounds >= 70% of copy bandwidth, KL fwd+bwd >= 60% of its bytes
-        targets[f"band_bounds[kl] 16M {dt}, device time, fraction of copy bandwidth"] = \
-            find("band_bounds[kl]", n16, dt)["bw_frac_moved"]
-        targets[f"band_bounds[kl] / band_bounds[tv] device time (16M {dt})"] = \
+        targets[f"band_bounds[kl] 16M {dt}, device time, fraction of copy bandwidth"] = find(
+            "band_bounds[kl]", n16, dt
+        )["bw_frac_moved"]
+        targets[f"band_bounds[kl] / band_bounds[tv] device time (16M {dt})"] = (
             find("band_bounds[kl]", n16, dt)["graph_ms"] / find("band_bounds[tv]", n16, dt)["graph_ms"]
-        targets[f"kl fwd+bwd 16M {dt}, device time, fraction of copy bandwidth (moved bytes)"] = \
-            find("band_loss[kl] fwd+bwd", n16, dt)["bw_frac_moved"]
-        targets[f"band_loss[kl] / band_loss[tv] fwd+bwd device time (16M {dt})"] = \
+        )
+        targets[f"kl fwd+bwd 16M {dt}, device time, fraction of copy bandwidth (moved bytes)"] = find(
+            "band_loss[kl] fwd+bwd", n16, dt
+        )["bw_frac_moved"]
+        targets[f"band_loss[kl] / band_loss[tv] fwd+bwd device time (16M {dt})"] = (
             find("band_loss[kl] fwd+bwd", n16, dt)["graph_ms"] / find("band_loss[tv] fwd+bwd", n16, dt)["graph_ms"]
-    targets.update({
-        "kl fwd+bwd 16M fp32, device time, fraction of copy bandwidth (moved bytes)": loss["bw_frac_moved"],
-        "kl fwd+bwd 16M fp32, device time, fraction of copy bandwidth (floor bytes)": loss["bw_frac_floor"],
-        "band_bounds[kl] speed-up over released bisection (16M fp32)":
-            find("released bisection bounds[kl]", n16)["ms"] / find("band_bounds[kl]", n16)["ms"],
-        "kl fwd+bwd time / eager clip fwd+bwd time (16M fp32, eager)":
-            loss["ms"] / find("eager clip loss fwd+bwd", n16)["ms"],
-        "kl fwd+bwd time / eager clip fwd+bwd time (16M fp32, graphs)":
-            loss["graph_ms"] / find("eager clip loss fwd+bwd", n16)["graph_ms"],
-    })
+        )
+    targets.update(
+        {
+            "kl fwd+bwd 16M fp32, device time, fraction of copy bandwidth (moved bytes)": loss["bw_frac_moved"],
+            "kl fwd+bwd 16M fp32, device time, fraction of copy bandwidth (floor bytes)": loss["bw_frac_floor"],
+            "band_bounds[kl] speed-up over released bisection (16M fp32)": find("released bisection bounds[kl]", n16)[
+                "ms"
+            ]
+            / find("band_bounds[kl]", n16)["ms"],
+            "kl fwd+bwd time / eager clip fwd+bwd time (16M fp32, eager)": loss["ms"]
+            / find("eager clip loss fwd+bwd", n16)["ms"],
+            "kl fwd+bwd time / eager clip fwd+bwd time (16M fp32, graphs)": loss["graph_ms"]
+            / find("eager clip loss fwd+bwd", n16)["graph_ms"],
+        }
+    )
     results["targets"] = targets
     if args.out:
         with open(args.out, "w") as f:
@@ -242,9 +291,11 @@ def main():
     print(f"{'case':38s} {'tokens':>9s} {'dtype':>5s} {'ms':>8s} {'graph ms':>8s} {'Gtok/s':>7s} {'bw%':>4s}")
     for r in results["rows"]:
         frac, graph = r.get("bw_frac_moved"), r.get("graph_ms")
-        print(f"{r['case']:38s} {r['tokens']:>9d} {r['dtype']:>5s} {r['ms']:>8.3f} "
-              f"{'' if graph is None else f'{graph:.3f}':>8s} {r['tokens_per_s'] / 1e9:>7.2f} "
-              f"{'' if frac is None else f'{100 * frac:.0f}':>4s}")
+        print(
+            f"{r['case']:38s} {r['tokens']:>9d} {r['dtype']:>5s} {r['ms']:>8.3f} "
+            f"{'' if graph is None else f'{graph:.3f}':>8s} {r['tokens_per_s'] / 1e9:>7.2f} "
+            f"{'' if frac is None else f'{100 * frac:.0f}':>4s}"
+        )
     for k, v in targets.items():
         print(f"{k}: {v:.3g}")
 

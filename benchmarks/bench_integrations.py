@@ -20,8 +20,16 @@ from bandpo.integrations.verl import compute_policy_loss_bandpo
 
 
 def actor_config(**policy_loss):
-    return OmegaConf.create({"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0,
-                             "global_batch_info": {}, "policy_loss": {"loss_mode": "bandpo", **policy_loss}})
+    return OmegaConf.create(
+        {
+            "clip_ratio": 0.2,
+            "clip_ratio_low": 0.2,
+            "clip_ratio_high": 0.28,
+            "clip_ratio_c": 3.0,
+            "global_batch_info": {},
+            "policy_loss": {"loss_mode": "bandpo", **policy_loss},
+        }
+    )
 
 
 def batch(rows, cols, device, seed=0):
@@ -52,10 +60,12 @@ def main():
         rows, cols = map(int, shape.split("x"))
         logp, old, adv, mask = batch(rows, cols, args.device)
         for agg in ("token-mean", "seq-mean-token-mean"):
+
             def run(fn, cfg):
                 x = logp.detach().requires_grad_(True)
-                loss, metrics = fn(old_log_prob=old, log_prob=x, advantages=adv, response_mask=mask,
-                                   loss_agg_mode=agg, config=cfg)
+                loss, metrics = fn(
+                    old_log_prob=old, log_prob=x, advantages=adv, response_mask=mask, loss_agg_mode=agg, config=cfg
+                )
                 loss.backward()
                 sync()
                 return metrics
@@ -69,8 +79,11 @@ def main():
                     run(fn, cfg)
                     times[name].append((time.perf_counter() - start) * 1e3)
             medians = {name: statistics.median(t) for name, t in times.items()}
-            print(f"{shape:>10} {agg:>20} " + " ".join(f"{medians[name]:>14.2f}" for name in cases)
-                  + f"   bandpo kl / vanilla = {medians['bandpo kl'] / medians['verl vanilla']:.2f}x")
+            print(
+                f"{shape:>10} {agg:>20} "
+                + " ".join(f"{medians[name]:>14.2f}" for name in cases)
+                + f"   bandpo kl / vanilla = {medians['bandpo kl'] / medians['verl vanilla']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ CHUNK = {"tokens": 0}  # bandpo's chunk_size (--chunk-size; 0: its default)
 def make(n, h, v, device="cpu", dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=g).to(device, dtype)
-    weight = (torch.randn(v, h, generator=g) / h ** 0.5).to(device, dtype)
+    weight = (torch.randn(v, h, generator=g) / h**0.5).to(device, dtype)
     target = torch.randint(0, v, (n,), generator=g).to(device)
     a, c = torch.randn(n, generator=g).to(device), torch.randn(n, generator=g).to(device)
     return hidden, weight, target, a, c
@@ -70,34 +70,40 @@ def trl_path(hidden, weight, target):
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE  # the vocabulary tile TRL's trainers use
 
     # TRL 1.16: (hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs)
-    out = ChunkedLogProbFunction.apply(hidden, weight, None, target, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
-                                       ("entropy",))
+    out = ChunkedLogProbFunction.apply(
+        hidden, weight, None, target, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, ("entropy",)
+    )
     return out[0], out[1]
 
 
 def _op_loss(head):
     """The op-mode loss: sum(logp a) + sum(entropy c)."""
+
     def loss(hidden, weight, target, a, c):
         logp, ent = head(hidden, weight, target)
         return (logp * a).sum() + (ent * c).sum()
+
     return loss
 
 
 def _band_loss(head):
     """The loss mode over a head's log-probs: band_loss (advantages a, old log-probs -|c|) minus the entropy bonus."""
+
     def loss(hidden, weight, target, a, c):
         import bandpo
 
         logp, ent = head(hidden, weight, target)
         return bandpo.band_loss(logp, -c.abs(), a).loss - ENTROPY_COEF * ent.mean()
+
     return loss
 
 
 def _fused_loss(hidden, weight, target, a, c):
     import bandpo
 
-    return bandpo.fused_linear_band_loss(hidden, weight, target, -c.abs(), a, entropy_coef=ENTROPY_COEF,
-                                         chunk_size=CHUNK["tokens"]).loss
+    return bandpo.fused_linear_band_loss(
+        hidden, weight, target, -c.abs(), a, entropy_coef=ENTROPY_COEF, chunk_size=CHUNK["tokens"]
+    ).loss
 
 
 _LIGER = {}
@@ -110,13 +116,20 @@ def _liger_loss(hidden, weight, target, a, c):
         _LIGER["loss"] = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False, loss_type="dapo")
     b = hidden.shape[0] // SEQUENCE
     mask = torch.ones(b, SEQUENCE, device=hidden.device, dtype=torch.long)
-    out = _LIGER["loss"](hidden.view(b, SEQUENCE, -1), weight, target.view(b, SEQUENCE), mask, a.view(b, SEQUENCE)[:, 0],
-                         old_per_token_logps=-c.abs().view(b, SEQUENCE))
+    out = _LIGER["loss"](
+        hidden.view(b, SEQUENCE, -1),
+        weight,
+        target.view(b, SEQUENCE),
+        mask,
+        a.view(b, SEQUENCE)[:, 0],
+        old_per_token_logps=-c.abs().view(b, SEQUENCE),
+    )
     return out[0] if isinstance(out, tuple) else out
 
 
 def _three_gemms(hidden, weight, target, a, c):
     """The plain path's three GEMMs alone (the logits stand in for their gradient): the CUDA yardstick."""
+
     class ThreeGemms(torch.autograd.Function):
         @staticmethod
         def forward(ctx, h, w):
@@ -133,8 +146,14 @@ def _three_gemms(hidden, weight, target, a, c):
 
 
 CASES = {"gemms": _three_gemms, "eager": _op_loss(eager), "bandpo": _op_loss(ours), "trl": _op_loss(trl_path)}
-LOSS_CASES = {"gemms": _three_gemms, "eager": _band_loss(eager), "bandpo": _fused_loss, "op": _band_loss(ours),
-              "trl": _band_loss(trl_path), "liger": _liger_loss}
+LOSS_CASES = {
+    "gemms": _three_gemms,
+    "eager": _band_loss(eager),
+    "bandpo": _fused_loss,
+    "op": _band_loss(ours),
+    "trl": _band_loss(trl_path),
+    "liger": _liger_loss,
+}
 
 
 def importable(module):
@@ -183,7 +202,7 @@ def extra_peak_cuda(fn, inputs):
     grads = fwd_bwd(fn, *inputs)
     torch.cuda.synchronize()
     grad_bytes = sum(g.numel() * g.element_size() for g in grads)
-    return (torch.cuda.max_memory_allocated() - before - grad_bytes) / 2 ** 20
+    return (torch.cuda.max_memory_allocated() - before - grad_bytes) / 2**20
 
 
 def timed(fn, inputs, cuda):
@@ -220,8 +239,11 @@ def main():
     ap.add_argument("--loss", action="store_true", help="the BandPO loss on top (fused_linear_band_loss)")
     ap.add_argument("--cases", nargs="+", default=None, help="a subset of the cases")
     ap.add_argument("--chunk-size", type=int, default=0, help="bandpo's chunk_size (default 0: its own choice)")
-    ap.add_argument("--kernel-times", action="store_true",
-                    help="CUDA: after the timing, each case's top kernels over one fwd+bwd (torch.profiler)")
+    ap.add_argument(
+        "--kernel-times",
+        action="store_true",
+        help="CUDA: after the timing, each case's top kernels over one fwd+bwd (torch.profiler)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     cuda = args.device == "cuda"
@@ -234,11 +256,14 @@ def main():
     if args.cases:
         cases = [c for c in cases if c in args.cases]
     if args.shapes is None:
-        args.shapes = ["8192x4096x131072"] if cuda else ["4096x512x32768", "4096x1024x32768", "8192x512x32768",
-                                                         "8192x1024x32768"]
+        args.shapes = (
+            ["8192x4096x131072"] if cuda else ["4096x512x32768", "4096x1024x32768", "8192x512x32768", "8192x1024x32768"]
+        )
     device_name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {device_name}, {args.dtype}, bandpo chunk_size {args.chunk_size}; cases {cases}",
-          flush=True)
+    print(
+        f"torch {torch.__version__}, {device_name}, {args.dtype}, bandpo chunk_size {args.chunk_size}; cases {cases}",
+        flush=True,
+    )
     shapes = [tuple(int(x) for x in spec.split("x")) for spec in args.shapes]
     # CPU memory first: Linux keeps a process's peak RSS across fork and exec, so each child's ru_maxrss is at
     # least the parent's at the time; the parent has made no inputs yet.
@@ -249,7 +274,7 @@ def main():
         for shape in shapes:
             base = peak_bytes_cpu("baseline", shape, args.loss)
             for c in cases:
-                extra[shape, c] = (peak_bytes_cpu(c, shape, args.loss) - base) / 2 ** 20
+                extra[shape, c] = (peak_bytes_cpu(c, shape, args.loss) - base) / 2**20
     rows = []
     for shape in shapes:
         inputs = make(*shape, device=args.device, dtype=dtype)
@@ -267,22 +292,34 @@ def main():
             for c in cases:
                 print_kernel_times(c, table[c], inputs)
         for c in cases:
-            row = {"mode": "loss" if args.loss else "op", "device": device_name, "dtype": args.dtype, "N": shape[0],
-                   "H": shape[1], "V": shape[2], "case": c, "s": statistics.median(times[c]),
-                   "extra_peak_MiB": extra[shape, c]}
+            row = {
+                "mode": "loss" if args.loss else "op",
+                "device": device_name,
+                "dtype": args.dtype,
+                "N": shape[0],
+                "H": shape[1],
+                "V": shape[2],
+                "case": c,
+                "s": statistics.median(times[c]),
+                "extra_peak_MiB": extra[shape, c],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         del inputs
     ref_case = "gemms" if cuda else "eager"
-    print(f"\n{'N':>5} {'H':>5} {'V':>6} {'case':>7} {'ms':>9} {'extra MiB':>10} {'time/' + ref_case:>11} "
-          f"{'mem/eager':>9}")
+    print(
+        f"\n{'N':>5} {'H':>5} {'V':>6} {'case':>7} {'ms':>9} {'extra MiB':>10} {'time/' + ref_case:>11} "
+        f"{'mem/eager':>9}"
+    )
     for r in rows:
         same = [x for x in rows if (x["N"], x["H"], x["V"]) == (r["N"], r["H"], r["V"])]
         ref = next((x for x in same if x["case"] == ref_case), r)
         e = next((x for x in same if x["case"] == "eager"), None)
         mem = f"{r['extra_peak_MiB'] / max(e['extra_peak_MiB'], 1e-9):>9.3f}" if e else f"{'-':>9}"
-        print(f"{r['N']:>5} {r['H']:>5} {r['V']:>6} {r['case']:>7} {r['s'] * 1e3:>9.1f} {r['extra_peak_MiB']:>10.0f} "
-              f"{r['s'] / ref['s']:>11.2f} {mem}")
+        print(
+            f"{r['N']:>5} {r['H']:>5} {r['V']:>6} {r['case']:>7} {r['s'] * 1e3:>9.1f} {r['extra_peak_MiB']:>10.0f} "
+            f"{r['s'] / ref['s']:>11.2f} {mem}"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -41,8 +41,9 @@ def main() -> None:
             h.update(np.float64(n.loss).tobytes() + n.grad.tobytes())
     raw = torch.linspace(-3, 3, 3 * 1000).reshape(3, 1000).float()
     target = torch.tensor([1, 500, 999])
-    for t in torch.ops.bandpo.logit_chunk_stats(raw, target, ignore_index=-100, logit_scale=1.0, softcap=0.0,
-                                                temperature=1.0):
+    for t in torch.ops.bandpo.logit_chunk_stats(
+        raw, target, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0
+    ):
         h.update(t.numpy().tobytes())
     print(h.hexdigest())
 

@@ -19,7 +19,7 @@ BANDPO_HIDDEN char __libc_single_threaded = 0;
 
 /* glibc 2.33 made fstat64 an exported function; 2.28 has only __fxstat64 (libstdc++'s file streams use it).
  * The system call is what both do. */
-BANDPO_HIDDEN int fstat64(int fd, struct stat64 *buf) {
+BANDPO_HIDDEN int fstat64(int fd, struct stat64* buf) {
   long r = syscall(SYS_fstat, fd, buf);
   return r < 0 ? -1 : (int)r;
 }

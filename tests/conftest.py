@@ -16,8 +16,9 @@ try:
     from hypothesis import HealthCheck, settings
 
     settings.register_profile("ci", max_examples=60, deadline=None)
-    settings.register_profile("thorough", max_examples=10_000, deadline=None,
-                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile(
+        "thorough", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     settings.load_profile(os.environ.get("BANDPO_HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis is a test dependency; the modules that use it fail on their own import
     pass

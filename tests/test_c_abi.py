@@ -14,22 +14,40 @@ import torch
 import bandpo
 from conftest import make_batch
 
-pytestmark = pytest.mark.skipif(not os.path.exists(bandpo.library_path()),
-                                reason=f"no {bandpo.library_path()} (not an installed package)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(bandpo.library_path()), reason=f"no {bandpo.library_path()} (not an installed package)"
+)
 
 
 class Options(ctypes.Structure):
-    _fields_ = [("divergence", ctypes.c_int), ("delta", ctypes.c_double), ("eps_low", ctypes.c_double),
-                ("eps_high", ctypes.c_double), ("relax_high_p", ctypes.c_int), ("ratio_max", ctypes.c_double),
-                ("dual_clip", ctypes.c_double), ("agg", ctypes.c_int), ("normalizer", ctypes.c_double),
-                ("kl_coef", ctypes.c_double), ("kl_estimator", ctypes.c_int)]
+    _fields_ = [
+        ("divergence", ctypes.c_int),
+        ("delta", ctypes.c_double),
+        ("eps_low", ctypes.c_double),
+        ("eps_high", ctypes.c_double),
+        ("relax_high_p", ctypes.c_int),
+        ("ratio_max", ctypes.c_double),
+        ("dual_clip", ctypes.c_double),
+        ("agg", ctypes.c_int),
+        ("normalizer", ctypes.c_double),
+        ("kl_coef", ctypes.c_double),
+        ("kl_estimator", ctypes.c_int),
+    ]
 
 
 class LossInputs(ctypes.Structure):
-    _fields_ = [("dtype", ctypes.c_int), ("rows", ctypes.c_int64), ("cols", ctypes.c_int64),
-                ("logp", ctypes.c_void_p), ("old_logp", ctypes.c_void_p), ("advantages", ctypes.c_void_p),
-                ("advantages_per_row", ctypes.c_int), ("mask", ctypes.c_void_p), ("mask_kind", ctypes.c_int),
-                ("ref_logp", ctypes.c_void_p)]
+    _fields_ = [
+        ("dtype", ctypes.c_int),
+        ("rows", ctypes.c_int64),
+        ("cols", ctypes.c_int64),
+        ("logp", ctypes.c_void_p),
+        ("old_logp", ctypes.c_void_p),
+        ("advantages", ctypes.c_void_p),
+        ("advantages_per_row", ctypes.c_int),
+        ("mask", ctypes.c_void_p),
+        ("mask_kind", ctypes.c_int),
+        ("ref_logp", ctypes.c_void_p),
+    ]
 
 
 DIVS = {name: code for code, name in enumerate(bandpo.DIVERGENCES)}  # the C enum follows tables.h
@@ -42,10 +60,21 @@ def lib():
     lib = ctypes.CDLL(bandpo.library_path())
     lib.bandpo_last_error.restype = ctypes.c_char_p
     lib.bandpo_version.restype = ctypes.c_char_p
-    lib.bandpo_band_bounds.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(Options),
-                                       ctypes.c_void_p, ctypes.c_void_p]
-    lib.bandpo_band_loss.argtypes = [ctypes.POINTER(LossInputs), ctypes.POINTER(Options),
-                                     ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_void_p]
+    lib.bandpo_band_bounds.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.POINTER(Options),
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    lib.bandpo_band_loss.argtypes = [
+        ctypes.POINTER(LossInputs),
+        ctypes.POINTER(Options),
+        ctypes.POINTER(ctypes.c_double),
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     return lib
 
 
@@ -88,12 +117,14 @@ def test_loss_bit_for_bit(lib, dtype, agg):
     loss = ctypes.c_double()
     metrics = np.zeros(8, dtype=np.float32)
     grad = torch.empty_like(logp)
-    status = lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(o), ctypes.byref(loss),
-                                  metrics.ctypes.data_as(ctypes.c_void_p), ptr(grad))
+    status = lib.bandpo_band_loss(
+        ctypes.byref(inputs), ctypes.byref(o), ctypes.byref(loss), metrics.ctypes.data_as(ctypes.c_void_p), ptr(grad)
+    )
     assert status == 0, lib.bandpo_last_error()
     x = logp.clone().requires_grad_()
-    want_loss, want_metrics = torch.ops.bandpo.band_loss(x, old, adv, mask, agg=agg, dual_clip=3.0, ref_logp=ref,
-                                                         kl_coef=0.1)
+    want_loss, want_metrics = torch.ops.bandpo.band_loss(
+        x, old, adv, mask, agg=agg, dual_clip=3.0, ref_logp=ref, kl_coef=0.1
+    )
     want_loss.backward()
     assert torch.tensor(loss.value, dtype=torch.float64).to(dtype) == want_loss
     assert metrics.tolist() == want_metrics.tolist()
@@ -109,22 +140,38 @@ def test_errors_are_statuses_with_messages(lib):
     logp = torch.tensor([[math.nan, -1.0]], dtype=torch.float64)
     inputs = LossInputs(1, 1, 2, ptr(logp), ptr(logp), ptr(logp), 0, None, 0, None)
     metrics = np.zeros(8, dtype=np.float32)
-    status = lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(o), ctypes.byref(ctypes.c_double()),
-                                  metrics.ctypes.data_as(ctypes.c_void_p), None)
+    status = lib.bandpo_band_loss(
+        ctypes.byref(inputs),
+        ctypes.byref(o),
+        ctypes.byref(ctypes.c_double()),
+        metrics.ctypes.data_as(ctypes.c_void_p),
+        None,
+    )
     assert status == 1 and b"logp[0] is NaN" in lib.bandpo_last_error()
 
 
 def test_cmake_package_is_shipped():
     root = bandpo.cmake_prefix_path()
-    for rel in ("lib/cmake/bandpo/bandpoConfig.cmake", "lib/cmake/bandpo/bandpoTargets.cmake",
-                "lib/pkgconfig/bandpo.pc", "include/bandpo/bandpo.h", "include/bandpo/cpu.h", "lib/libbandpo.a"):
+    for rel in (
+        "lib/cmake/bandpo/bandpoConfig.cmake",
+        "lib/cmake/bandpo/bandpoTargets.cmake",
+        "lib/pkgconfig/bandpo.pc",
+        "include/bandpo/bandpo.h",
+        "include/bandpo/cpu.h",
+        "lib/libbandpo.a",
+    ):
         assert os.path.exists(os.path.join(root, rel)), rel
 
 
 def _loss_status(lib, inputs, o, grad=None):
     metrics = np.zeros(8, dtype=np.float32)
-    status = lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(o), ctypes.byref(ctypes.c_double()),
-                                  metrics.ctypes.data_as(ctypes.c_void_p), grad)
+    status = lib.bandpo_band_loss(
+        ctypes.byref(inputs),
+        ctypes.byref(o),
+        ctypes.byref(ctypes.c_double()),
+        metrics.ctypes.data_as(ctypes.c_void_p),
+        grad,
+    )
     return status, lib.bandpo_last_error().decode()
 
 
@@ -132,8 +179,9 @@ def _loss_status(lib, inputs, o, grad=None):
 def test_impossible_sizes_are_invalid_arguments(lib, rows, cols):
     # rows * cols used to wrap in int64: 2^40 x 2^40 returned OK with loss 0
     x = torch.full((4,), -1.0, dtype=torch.float32)
-    status, message = _loss_status(lib, LossInputs(0, rows, cols, ptr(x), ptr(x), ptr(x), 0, None, 0, None),
-                                   options(lib))
+    status, message = _loss_status(
+        lib, LossInputs(0, rows, cols, ptr(x), ptr(x), ptr(x), 0, None, 0, None), options(lib)
+    )
     assert status == 1 and f"rows = {rows}" in message and "cols" in message, message
     assert lib.bandpo_band_bounds(0, ptr(x), 2**62, ctypes.byref(options(lib)), ptr(x), ptr(x)) == 1
 
@@ -142,21 +190,25 @@ def test_a_workspace_that_cannot_be_allocated_is_out_of_memory(lib):
     # 2^50 rows of one token: a possible size (4 PiB of float32), whose 2^38-item workspace cannot exist.
     # The call fails before it reads any buffer.
     x = torch.full((4,), -1.0, dtype=torch.float32)
-    status, message = _loss_status(lib, LossInputs(0, 1 << 50, 1, ptr(x), ptr(x), ptr(x), 0, None, 0, None),
-                                   options(lib))
+    status, message = _loss_status(
+        lib, LossInputs(0, 1 << 50, 1, ptr(x), ptr(x), ptr(x), 0, None, 0, None), options(lib)
+    )
     assert status == 3 and "could not allocate" in message and "rows = 1125899906842624" in message, message
 
 
 def test_log_probabilities_above_zero_are_refused(lib):
     logp = torch.tensor([[-1.0, 0.5]], dtype=torch.float64)
     old = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
-    status, message = _loss_status(lib, LossInputs(1, 1, 2, ptr(logp), ptr(old), ptr(old), 0, None, 0, None),
-                                   options(lib))
+    status, message = _loss_status(
+        lib, LossInputs(1, 1, 2, ptr(logp), ptr(old), ptr(old), 0, None, 0, None), options(lib)
+    )
     assert status == 1 and "logp[1] = 0.5 > 0 is not a log-probability" in message
 
 
-@pytest.mark.parametrize("field,value", [("normalizer", 1e-300), ("delta", 1e300), ("kl_coef", 1e300),
-                                         ("delta", math.nan), ("divergence", 9), ("agg", -1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("normalizer", 1e-300), ("delta", 1e300), ("kl_coef", 1e300), ("delta", math.nan), ("divergence", 9), ("agg", -1)],
+)
 def test_bad_option_values_name_the_option(lib, field, value):
     x = torch.tensor([[-1.0]], dtype=torch.float64)
     o = options(lib)
@@ -210,8 +262,12 @@ def test_logit_chunk_step_errors_are_statuses_naming_the_argument(lib):
     assert stats(ptr(raw), 2, 8, 8, ptr(bad_target), -100, 1.0, 0.0, 1.0, ptr(out), ptr(out.clone())) == 1
     assert b"target[1] = 8 is outside [0, 8)" in lib.bandpo_last_error()
     target = torch.tensor([1, 2])
-    for call, word in (((2, 8, 4), b"row_stride = 4 must be >= vocab"), ((2, 0, 8), b"vocab = 0"),
-                       ((-1, 8, 8), b"rows = -1"), ((1 << 40, 8, 1 << 40), b"more than one buffer can hold")):
+    for call, word in (
+        ((2, 8, 4), b"row_stride = 4 must be >= vocab"),
+        ((2, 0, 8), b"vocab = 0"),
+        ((-1, 8, 8), b"rows = -1"),
+        ((1 << 40, 8, 1 << 40), b"more than one buffer can hold"),
+    ):
         assert stats(ptr(raw), *call, ptr(target), -100, 1.0, 0.0, 1.0, ptr(out), ptr(out.clone())) == 1
         assert word in lib.bandpo_last_error(), lib.bandpo_last_error()
     assert stats(ptr(raw), 2, 8, 8, ptr(target), -100, 1.0, 0.0, 0.0, ptr(out), ptr(out.clone())) == 1

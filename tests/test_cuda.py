@@ -23,8 +23,12 @@ DIVS = list(bandpo.DIVERGENCES)
 AGGS = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 # Loss/grad tolerance of CUDA vs CPU for the same dtype: both compute the same formulas in the same precision;
 # they differ by FMA contraction and summation order, and by one rounding of the stored bf16/fp16 result.
-TOL = {torch.float64: (1e-11, 1e-13), torch.float32: (2e-5, 1e-7), torch.bfloat16: (1.6e-2, 1e-5),
-       torch.float16: (2e-3, 1e-6)}
+TOL = {
+    torch.float64: (1e-11, 1e-13),
+    torch.float32: (2e-5, 1e-7),
+    torch.bfloat16: (1.6e-2, 1e-5),
+    torch.float16: (2e-3, 1e-6),
+}
 
 
 def loss_and_grad(fn, logp, *args, **kw):
@@ -51,8 +55,12 @@ def assert_close_to_cpu(dtype, cuda_out, cpu_out, metric_tol=1e-5):
 def test_bounds_match_cpu(dtype, divergence, relax):
     g = torch.Generator().manual_seed(1)
     low = -700.0 if dtype == torch.float64 else -80.0
-    old = torch.cat([torch.rand(100_003, generator=g, dtype=torch.float64) * low,
-                     torch.tensor([0.0, -1e-12, -1e-6, -0.5, -1.0, -30.0, low])]).to(dtype)
+    old = torch.cat(
+        [
+            torch.rand(100_003, generator=g, dtype=torch.float64) * low,
+            torch.tensor([0.0, -1e-12, -1e-6, -0.5, -1.0, -30.0, low]),
+        ]
+    ).to(dtype)
     kw = dict(divergence=divergence, delta=0.07, relax_high_p=relax, ratio_max=math.inf if relax else 10.0)
     lo_cpu, hi_cpu = torch.ops.bandpo.band_bounds(old, **kw)
     lo, hi = torch.ops.bandpo.band_bounds(old.cuda(), **kw)
@@ -73,8 +81,9 @@ def test_bounds_match_the_mpmath_table(dtype, tol, min_logp):
         sel = (t["delta"] == delta) & (t["old_logp"] >= min_logp)
         lp = torch.tensor(t["old_logp"][sel], dtype=dtype, device="cuda")
         lower, upper = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=float(delta), ratio_max=math.inf)
-        el, eu = relative_errors(lower.double().cpu().numpy(), upper.double().cpu().numpy(), t["lower"][sel],
-                                 t["upper"][sel])
+        el, eu = relative_errors(
+            lower.double().cpu().numpy(), upper.double().cpu().numpy(), t["lower"][sel], t["upper"][sel]
+        )
         worst = max(worst, el.max(), eu.max())
     assert worst <= tol, f"worst relative error {worst:.3g} > {tol:g}"
 
@@ -152,8 +161,12 @@ def test_non_contiguous_inputs():
     logp, old, adv, mask, ref = to("cuda", *make_batch(B=64, T=48, seed=7, dtype=torch.float32))
     t = lambda x: x.t()  # noqa: E731
     got = loss_and_grad(torch.ops.bandpo.band_loss, t(logp), t(old), t(adv), t(mask), ref_logp=t(ref), kl_coef=0.1)
-    want = loss_and_grad(torch.ops.bandpo.band_loss, *(t(x).contiguous() for x in (logp, old, adv, mask)),
-                         ref_logp=t(ref).contiguous(), kl_coef=0.1)
+    want = loss_and_grad(
+        torch.ops.bandpo.band_loss,
+        *(t(x).contiguous() for x in (logp, old, adv, mask)),
+        ref_logp=t(ref).contiguous(),
+        kl_coef=0.1,
+    )
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     lo, hi = torch.ops.bandpo.band_bounds(old[:, ::3])
@@ -234,18 +247,32 @@ def test_opcheck_band_bounds_and_backward():
     logp, old, adv, mask, ref = to("cuda", *make_batch(B=3, T=50, seed=4))
     torch.library.opcheck(torch.ops.bandpo.band_bounds.default, (old,), dict(divergence="tv", delta=0.1))
     g = torch.tensor(1.5, dtype=torch.float64, device="cuda")
-    torch.library.opcheck(torch.ops.bandpo.band_loss_backward.default, (g, logp, old, adv, mask, ref),
-                          dict(divergence="kl", delta=0.05, eps_low=0.2, eps_high=0.28, relax_high_p=False,
-                               ratio_max=10.0, dual_clip=None, agg="token-mean", normalizer=None, kl_coef=0.1,
-                               kl_estimator="k3"))
+    torch.library.opcheck(
+        torch.ops.bandpo.band_loss_backward.default,
+        (g, logp, old, adv, mask, ref),
+        dict(
+            divergence="kl",
+            delta=0.05,
+            eps_low=0.2,
+            eps_high=0.28,
+            relax_high_p=False,
+            ratio_max=10.0,
+            dual_clip=None,
+            agg="token-mean",
+            normalizer=None,
+            kl_coef=0.1,
+            kl_estimator="k3",
+        ),
+    )
 
 
 def test_compile_matches_eager_on_cuda():
     logp, old, adv, mask, ref = to("cuda", *make_batch(B=8, T=300, seed=9, dtype=torch.float32))
 
     def step(x, old, adv, mask, ref):
-        loss, metrics = torch.ops.bandpo.band_loss(x * 1.0, old, adv, mask, agg="seq-mean-token-mean", ref_logp=ref,
-                                                   kl_coef=0.1)
+        loss, metrics = torch.ops.bandpo.band_loss(
+            x * 1.0, old, adv, mask, agg="seq-mean-token-mean", ref_logp=ref, kl_coef=0.1
+        )
         return loss * 2.0, metrics
 
     compiled = torch.compile(step, fullgraph=True, dynamic=True)
@@ -295,8 +322,11 @@ def test_cuda_graph_capture_and_replay():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_two_runs_are_bitwise_equal(dtype):
     logp, old, adv, mask, ref = to("cuda", *make_batch(B=256, T=4096, seed=5, dtype=dtype))
-    runs = [loss_and_grad(torch.ops.bandpo.band_loss, logp, old, adv, mask, agg=agg, ref_logp=ref, kl_coef=0.1)
-            for agg in ("token-mean", "seq-mean-token-mean") for _ in range(2)]
+    runs = [
+        loss_and_grad(torch.ops.bandpo.band_loss, logp, old, adv, mask, agg=agg, ref_logp=ref, kl_coef=0.1)
+        for agg in ("token-mean", "seq-mean-token-mean")
+        for _ in range(2)
+    ]
     for a, b in ((runs[0], runs[1]), (runs[2], runs[3])):
         for x, y in zip(a, b):
             assert torch.equal(x, y)

@@ -23,9 +23,20 @@ def find_nvcc():
 @pytest.mark.skipif(find_nvcc() is None, reason="no nvcc found (CUDA_PATH, CUDA_HOME, /usr/local/cuda, PATH)")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_per_token_math_compiles_for_the_device(tmp_path, arch):
-    cmd = [find_nvcc(), "-std=c++17", f"-arch={arch}", "-Werror", "all-warnings", "--resource-usage",
-           "-I", os.path.join(ROOT, "csrc", "include"), "-c", os.path.join(HERE, "device", "per_token_math.cu"),
-           "-o", str(tmp_path / "per_token_math.o")]
+    cmd = [
+        find_nvcc(),
+        "-std=c++17",
+        f"-arch={arch}",
+        "-Werror",
+        "all-warnings",
+        "--resource-usage",
+        "-I",
+        os.path.join(ROOT, "csrc", "include"),
+        "-c",
+        os.path.join(HERE, "device", "per_token_math.cu"),
+        "-o",
+        str(tmp_path / "per_token_math.o"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     # No local-memory spills in the per-token math (they would cost a memory round trip per token).

@@ -34,8 +34,12 @@ def batch() -> dict:
     g = torch.Generator().manual_seed(0)
     old_logp = torch.log_softmax(torch.randn(4, 6, 9, generator=g), -1)[..., 0]
     logp = (old_logp + 0.3 * torch.randn(4, 6, generator=g)).clamp(max=0).requires_grad_()
-    return {"logp": logp, "old_logp": old_logp, "advantages": torch.randn(4, generator=g),
-            "mask": torch.rand(4, 6, generator=g) > 0.2}
+    return {
+        "logp": logp,
+        "old_logp": old_logp,
+        "advantages": torch.randn(4, generator=g),
+        "mask": torch.rand(4, 6, generator=g) > 0.2,
+    }
 
 
 def test_readme_has_the_blocks_this_file_runs():
@@ -126,9 +130,22 @@ def test_readme_c_and_cpp_blocks_compile_and_run(language, tmp_path):
     source = tmp_path / ("main.c" if language == "c" else "main.cpp")
     source.write_text(includes + C_MAIN % (body, "loss" if language == "c" else "r.loss"))
     exe = tmp_path / "main"
-    subprocess.run([compiler, str(source), "-I", include, "-L", lib, "-lbandpo", f"-Wl,-rpath,{lib}", "-o", str(exe)]
-                   + (["-std=c++17"] if language == "cpp" else []), check=True, capture_output=True, text=True)
+    subprocess.run(
+        [compiler, str(source), "-I", include, "-L", lib, "-lbandpo", f"-Wl,-rpath,{lib}", "-o", str(exe)]
+        + (["-std=c++17"] if language == "cpp" else []),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
-    assert float(out) == pytest.approx(float(torch.ops.bandpo.band_loss(
-        torch.tensor([[-1.0, -0.5, -2.0], [-0.1, -3.0, -0.7]]), torch.tensor([[-1.1, -0.4, -2.5], [-0.2, -2.0, -0.7]]),
-        torch.tensor([1.0, -0.5]), torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool))[0]), rel=1e-6)
+    assert float(out) == pytest.approx(
+        float(
+            torch.ops.bandpo.band_loss(
+                torch.tensor([[-1.0, -0.5, -2.0], [-0.1, -3.0, -0.7]]),
+                torch.tensor([[-1.1, -0.4, -2.5], [-0.2, -2.0, -0.7]]),
+                torch.tensor([1.0, -0.5]),
+                torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool),
+            )[0]
+        ),
+        rel=1e-6,
+    )

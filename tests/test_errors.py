@@ -18,14 +18,27 @@ def call(logp, old, adv, mask=None, **kw):
     return torch.ops.bandpo.band_loss(logp, old, adv, mask, **kw)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(delta=0.0), "delta"), (dict(delta=-1.0), "delta"), (dict(delta=math.inf), "delta"),
-    (dict(delta=math.nan), "delta"), (dict(divergence="js"), "divergence"), (dict(agg="sum"), "agg"),
-    (dict(kl_estimator="k4"), "kl_estimator"), (dict(dual_clip=1.0), "dual_clip"), (dict(dual_clip=0.5), "dual_clip"),
-    (dict(ratio_max=0.9), "ratio_max"), (dict(eps_low=1.5), "eps_low"), (dict(eps_high=-0.1), "eps_high"),
-    (dict(normalizer=0.0), "normalizer"), (dict(normalizer=math.nan), "normalizer"), (dict(kl_coef=0.1), "ref_logp"),
-    (dict(kl_coef=math.inf), "kl_coef"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(delta=0.0), "delta"),
+        (dict(delta=-1.0), "delta"),
+        (dict(delta=math.inf), "delta"),
+        (dict(delta=math.nan), "delta"),
+        (dict(divergence="js"), "divergence"),
+        (dict(agg="sum"), "agg"),
+        (dict(kl_estimator="k4"), "kl_estimator"),
+        (dict(dual_clip=1.0), "dual_clip"),
+        (dict(dual_clip=0.5), "dual_clip"),
+        (dict(ratio_max=0.9), "ratio_max"),
+        (dict(eps_low=1.5), "eps_low"),
+        (dict(eps_high=-0.1), "eps_high"),
+        (dict(normalizer=0.0), "normalizer"),
+        (dict(normalizer=math.nan), "normalizer"),
+        (dict(kl_coef=0.1), "ref_logp"),
+        (dict(kl_coef=math.inf), "kl_coef"),
+    ],
+)
 def test_bad_options(b, kw, match):
     logp, old, adv, mask, _ = b
     with pytest.raises(ValueError, match=match):
@@ -35,12 +48,14 @@ def test_bad_options(b, kw, match):
 # torch 2.15 and later raise every exception of an ABI-stable kernel as RuntimeError (same message); band_loss
 # (through its autograd kernel) and the Python faces restore the type (bandpo._ops.typed_refusal), the other ops
 # called through torch.ops directly cannot.
-DIRECT_OP_VALUE_ERROR = (ValueError, RuntimeError) if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 15) \
-    else ValueError
+DIRECT_OP_VALUE_ERROR = (
+    (ValueError, RuntimeError) if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 15) else ValueError
+)
 
 
-@pytest.mark.parametrize("kw,match", [(dict(delta=0.0), "delta"), (dict(divergence="x"), "divergence"),
-                                      (dict(ratio_max=0.5), "ratio_max")])
+@pytest.mark.parametrize(
+    "kw,match", [(dict(delta=0.0), "delta"), (dict(divergence="x"), "divergence"), (dict(ratio_max=0.5), "ratio_max")]
+)
 def test_bad_bound_options(b, kw, match):
     with pytest.raises(DIRECT_OP_VALUE_ERROR, match=match):
         torch.ops.bandpo.band_bounds(b[1], **kw)
@@ -79,11 +94,17 @@ def test_dtype_and_device_errors(b):
         call(logp, meta, adv)
 
 
-@pytest.mark.parametrize("name,value,match", [
-    ("logp", math.nan, r"logp\[3\] is NaN"), ("old", math.nan, r"old_logp\[3\] is NaN"),
-    ("old", 0.5, r"old_logp\[3\] = 0.5 > 0"), ("adv", math.inf, r"advantages\[3\] = inf"),
-    ("adv", math.nan, r"advantages\[3\] = nan"), ("ref", math.nan, r"ref_logp\[3\] is NaN"),
-])
+@pytest.mark.parametrize(
+    "name,value,match",
+    [
+        ("logp", math.nan, r"logp\[3\] is NaN"),
+        ("old", math.nan, r"old_logp\[3\] is NaN"),
+        ("old", 0.5, r"old_logp\[3\] = 0.5 > 0"),
+        ("adv", math.inf, r"advantages\[3\] = inf"),
+        ("adv", math.nan, r"advantages\[3\] = nan"),
+        ("ref", math.nan, r"ref_logp\[3\] is NaN"),
+    ],
+)
 def test_bad_values_at_valid_positions(b, name, value, match):
     logp, old, adv, mask, ref = (t.clone() for t in b)
     mask[:] = True
@@ -99,8 +120,12 @@ def test_old_logp_slightly_positive_counts_as_zero(b):
     old2[0, 0] = 5e-7
     old3 = old.clone()
     old3[0, 0] = 0.0
-    torch.testing.assert_close(call(logp, old2, adv)[0], call(logp + torch.where(
-        torch.arange(logp.numel()).reshape(logp.shape) == 0, 0.0, 0.0), old3, adv)[0], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        call(logp, old2, adv)[0],
+        call(logp + torch.where(torch.arange(logp.numel()).reshape(logp.shape) == 0, 0.0, 0.0), old3, adv)[0],
+        rtol=1e-6,
+        atol=1e-9,
+    )
 
 
 # Each option at the edges of what a float can be: every face refuses the same values with a ValueError
@@ -155,10 +180,12 @@ def test_log_probabilities_above_zero_are_refused(b, name, value):
     with pytest.raises(ValueError, match=rf"{arg}\[3\] = {value:g} > 0 is not a log-probability"):
         call(logp, old, adv, mask, ref_logp=ref)
     import bandpo.np as bnp
+
     with pytest.raises(ValueError, match=rf"{arg}\[3\] = {value:g} > 0"):
         bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), ref_logp=ref.numpy())
     # the reference, like the CUDA kernels (which cannot raise without a synchronisation), returns NaN
     import bandpo.reference as ref_impl
+
     assert torch.isnan(ref_impl.band_loss(logp, old, adv, mask, ref_logp=ref)[0])
     # a masked position may hold anything
     mask.view(-1)[3] = False
@@ -180,10 +207,13 @@ def test_a_config_that_is_not_a_band_config_is_named(b):
     logp, old, adv, mask, _ = b
     h, w = torch.randn(logp.numel(), 4), torch.randn(7, 4)
     target = torch.zeros(logp.shape, dtype=torch.int64)
-    calls = [lambda c: bandpo.band_loss(logp, old, adv, mask, c), lambda c: bandpo.band_bounds(old, c),
-             lambda c: bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), c),
-             lambda c: bnp.band_bounds(old.numpy(), c),
-             lambda c: bandpo.fused_linear_band_loss(h, w, target, old, adv, mask, c)]
+    calls = [
+        lambda c: bandpo.band_loss(logp, old, adv, mask, c),
+        lambda c: bandpo.band_bounds(old, c),
+        lambda c: bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), c),
+        lambda c: bnp.band_bounds(old.numpy(), c),
+        lambda c: bandpo.fused_linear_band_loss(h, w, target, old, adv, mask, c),
+    ]
     for call in calls:
         with pytest.raises(TypeError, match="config must be a bandpo.BandConfig"):
             call({"delta": 0.1})

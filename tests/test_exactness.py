@@ -112,21 +112,33 @@ def test_dcpo_bounds_match_mpmath(dtype):
     near = [npdt(math.log(4 * eps_low))]
     for _ in range(64):
         near.append(np.nextafter(near[-1], npdt(0)))
-    lps = np.array(near + list(np.linspace(math.log(4 * eps_low), 0.0, 500)) +
-                   list(-np.logspace(-12, math.log10(103.0 if npdt is np.float32 else 740.0), 500)), dtype=npdt)
-    lo, up = torch.ops.bandpo.band_bounds(torch.from_numpy(lps), divergence="dcpo", eps_low=eps_low,
-                                          eps_high=eps_high, ratio_max=math.inf)
+    lps = np.array(
+        near
+        + list(np.linspace(math.log(4 * eps_low), 0.0, 500))
+        + list(-np.logspace(-12, math.log10(103.0 if npdt is np.float32 else 740.0), 500)),
+        dtype=npdt,
+    )
+    lo, up = torch.ops.bandpo.band_bounds(
+        torch.from_numpy(lps), divergence="dcpo", eps_low=eps_low, eps_high=eps_high, ratio_max=math.inf
+    )
     ulp = float(np.finfo(npdt).eps)
     for i, lp in enumerate(lps.tolist()):
         want_up = _dcpo_exact(lp, eps_high, "upper")
         assert abs(float(up[i]) - want_up) <= 2 * ulp * want_up, (lp, float(up[i]), want_up)
         want_lo = _dcpo_exact(lp, eps_low, "lower")
         if dtype == torch.float32 or abs(want_lo - 0.5) > 1e-5:
-            assert abs(float(lo[i]) - want_lo) <= (2 * ulp if dtype == torch.float32 else 1e-13), (lp, float(lo[i]), want_lo)
+            assert abs(float(lo[i]) - want_lo) <= (2 * ulp if dtype == torch.float32 else 1e-13), (
+                lp,
+                float(lo[i]),
+                want_lo,
+            )
         else:
             step = 2 * abs(lp) * ulp  # two ulps of the input
-            assert _dcpo_exact(lp - step, eps_low, "lower") - 1e-16 <= float(lo[i]) <= \
-                _dcpo_exact(lp + step, eps_low, "lower") + 1e-16, (lp, float(lo[i]), want_lo)
+            assert (
+                _dcpo_exact(lp - step, eps_low, "lower") - 1e-16
+                <= float(lo[i])
+                <= _dcpo_exact(lp + step, eps_low, "lower") + 1e-16
+            ), (lp, float(lo[i]), want_lo)
 
 
 def test_dcpo_limits_and_published_values():
@@ -221,19 +233,29 @@ FLOAT32_NORMAL_LOGP = -87.3
 
 # Old log-probabilities across the whole domain: plausible ones, the tails (p -> 0 and p -> 1, exp's underflow,
 # subnormal p), and the special values bounds map to NaN (NaN, above 0).
-LOGPS = st.one_of(st.floats(-30.0, 0.0), st.floats(-800.0, 0.0), st.floats(-1e-6, 0.0),
-                  st.sampled_from([0.0, -0.0, -1e-300, -5e-324, -103.5, -745.0, -1e300, -math.inf, math.nan, 1e-7,
-                                   5e-7, 0.5]))
+LOGPS = st.one_of(
+    st.floats(-30.0, 0.0),
+    st.floats(-800.0, 0.0),
+    st.floats(-1e-6, 0.0),
+    st.sampled_from([0.0, -0.0, -1e-300, -5e-324, -103.5, -745.0, -1e300, -math.inf, math.nan, 1e-7, 5e-7, 0.5]),
+)
 
 
-@given(old=st.lists(LOGPS, min_size=1, max_size=64), divergence=st.sampled_from(bandpo.DIVERGENCES),
-       delta=st.floats(-12.0, 6.0).map(lambda e: 10.0**e), eps_low=st.floats(0.0, 1.0), eps_high=st.floats(0.0, 5.0),
-       relax=st.booleans(), ratio_max=st.sampled_from([1.0, 1.5, 10.0, 1e30, math.inf]),
-       dtype=st.sampled_from([torch.float64, torch.float32]))
+@given(
+    old=st.lists(LOGPS, min_size=1, max_size=64),
+    divergence=st.sampled_from(bandpo.DIVERGENCES),
+    delta=st.floats(-12.0, 6.0).map(lambda e: 10.0**e),
+    eps_low=st.floats(0.0, 1.0),
+    eps_high=st.floats(0.0, 5.0),
+    relax=st.booleans(),
+    ratio_max=st.sampled_from([1.0, 1.5, 10.0, 1e30, math.inf]),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
 def test_hypothesis_bounds_match_reference(old, divergence, delta, eps_low, eps_high, relax, ratio_max, dtype):
     lp = torch.tensor(old, dtype=torch.float64).to(dtype)
-    kw = dict(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, relax_high_p=relax,
-              ratio_max=ratio_max)
+    kw = dict(
+        divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, relax_high_p=relax, ratio_max=ratio_max
+    )
     lower, upper = torch.ops.bandpo.band_bounds(lp, **kw)
     want_lower, want_upper = reference.band_bounds(lp, **kw)  # float64 math, rounded to dtype
     # float64: 1e-11 as against the mpmath table; float32: 4e-6 relative (upper), 4e-6 absolute (lower, in
@@ -250,8 +272,9 @@ def test_hypothesis_bounds_match_reference(old, divergence, delta, eps_low, eps_
     exact = torch.ones_like(lp, dtype=torch.bool) if dtype == torch.float64 else ~(lp < FLOAT32_NORMAL_LOGP)
     torch.testing.assert_close(upper[exact], want_upper[exact], rtol=rtol, atol=0.0, equal_nan=True)
     finite = ~torch.isnan(lp) & (lp <= 1e-6)
-    assert bool(((lower[finite] >= 0) & (lower[finite] <= 1) & (upper[finite] >= 1) &
-                 (upper[finite] <= ratio_max)).all())
+    assert bool(
+        ((lower[finite] >= 0) & (lower[finite] <= 1) & (upper[finite] >= 1) & (upper[finite] <= ratio_max)).all()
+    )
 
 
 def test_presets_are_the_papers_rules():

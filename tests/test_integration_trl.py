@@ -18,8 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,  # noqa: E402
-                          PreTrainedTokenizerFast)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,  # noqa: E402
+    PreTrainedTokenizerFast,
+)
 from trl import GRPOConfig, GRPOTrainer, TrlParser  # noqa: E402
 
 import bandpo  # noqa: E402
@@ -32,18 +37,29 @@ def tiny_tokenizer():
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
 
 
 def tiny_model(seed=0, mixture_of_experts=False):
     torch.manual_seed(seed)
-    shape = dict(vocab_size=4 + len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
-                 eos_token_id=1, bos_token_id=2)
+    shape = dict(
+        vocab_size=4 + len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     if mixture_of_experts:  # TRL adds the router's load-balancing loss for these
-        return MixtralForCausalLM(MixtralConfig(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.05,
-                                                **shape))
+        return MixtralForCausalLM(
+            MixtralConfig(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.05, **shape)
+        )
     return LlamaForCausalLM(LlamaConfig(**shape))
 
 
@@ -58,9 +74,22 @@ def prompts():
 
 
 def make_args(tmp_path, **overrides):
-    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
-                    max_completion_length=6, max_steps=2, learning_rate=1e-2, logging_steps=1, report_to="none",
-                    save_strategy="no", use_cpu=True, seed=0, beta=0.0, epsilon=0.2, epsilon_high=0.28)
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.28,
+    )
     settings.update(overrides)
     return BandGRPOConfig(**settings)
 
@@ -80,8 +109,12 @@ class ParityProbe(BandGRPOTrainer):
         B, T = inputs["completion_ids"].shape
         with torch.no_grad():
             logps, entropies, _ = self._get_per_token_logps_and_entropies(
-                model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-                torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), T, compute_entropy=True)
+                model,
+                torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+                torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+                T,
+                compute_entropy=True,
+            )
         inputs["old_per_token_logps"] = (logps + 0.5 * torch.randn(B, T, generator=g)).clamp(max=0)
         inputs["advantages"] = torch.randn(B, generator=g)
         if self.sampler_weights is not None:
@@ -96,8 +129,14 @@ class ParityProbe(BandGRPOTrainer):
         try:
             ours = super().compute_loss(model, inputs)
             theirs = GRPOTrainer.compute_loss(self, model, inputs)
-            weights = self._loss_weights(inputs, logps, inputs["old_per_token_logps"], inputs["advantages"],
-                                         inputs["completion_mask"] != 0, entropies)
+            weights = self._loss_weights(
+                inputs,
+                logps,
+                inputs["old_per_token_logps"],
+                inputs["advantages"],
+                inputs["completion_mask"] != 0,
+                entropies,
+            )
         finally:
             self.use_vllm = False
         if weights is not None:
@@ -113,8 +152,14 @@ def train_probe(tmp_path, sampler_weights=None, mixture_of_experts=False, **over
     if overrides.get("beta", 0.0) != 0.0:  # TRL loads the reference model by name: give it a local folder
         model.save_pretrained(tmp_path / "model")
         model = str(tmp_path / "model")
-    trainer = ParityProbe(model=model, reward_funcs=count_a_reward, args=make_args(tmp_path, **overrides),
-                          train_dataset=prompts(), processing_class=tiny_tokenizer(), sampler_weights=sampler_weights)
+    trainer = ParityProbe(
+        model=model,
+        reward_funcs=count_a_reward,
+        args=make_args(tmp_path, **overrides),
+        train_dataset=prompts(),
+        processing_class=tiny_tokenizer(),
+        sampler_weights=sampler_weights,
+    )
     trainer.train()
     assert trainer.state.global_step == 2
     assert len(trainer.records) == 2 * trainer.args.gradient_accumulation_steps
@@ -132,8 +177,13 @@ def assert_equal_to_trl(trainer):
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_clip_mode_loss_and_gradient_equal_trl(tmp_path, loss_type, accumulation):
-    trainer = train_probe(tmp_path, loss_type=loss_type, band_divergence="clip", gradient_accumulation_steps=accumulation,
-                          per_device_train_batch_size=4 // accumulation)
+    trainer = train_probe(
+        tmp_path,
+        loss_type=loss_type,
+        band_divergence="clip",
+        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=4 // accumulation,
+    )
     assert all(ours != 0 for ours, _, _, _ in trainer.records)
     assert_equal_to_trl(trainer)
     history = [row for row in trainer.state.log_history if "loss" in row]
@@ -143,18 +193,30 @@ def test_clip_mode_loss_and_gradient_equal_trl(tmp_path, loss_type, accumulation
 
 
 def test_clip_mode_with_accumulation_dual_clip_and_kl_equals_trl(tmp_path):
-    trainer = train_probe(tmp_path, loss_type="dapo", band_divergence="clip", gradient_accumulation_steps=2,
-                          per_device_train_batch_size=2, delta=1.6, beta=0.05)
+    trainer = train_probe(
+        tmp_path,
+        loss_type="dapo",
+        band_divergence="clip",
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=2,
+        delta=1.6,
+        beta=0.05,
+    )
     assert_equal_to_trl(trainer)
     assert any("kl" in row for row in trainer.state.log_history)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-@pytest.mark.parametrize("sampler_weights, masks", [
-    ("token", {}), ("sequence", {}), (None, {"top_entropy_quantile": 0.5}),
-    (None, {"off_policy_mask_threshold": 0.05}),
-    ("token", {"top_entropy_quantile": 0.7, "off_policy_mask_threshold": 0.05}),
-])
+@pytest.mark.parametrize(
+    "sampler_weights, masks",
+    [
+        ("token", {}),
+        ("sequence", {}),
+        (None, {"top_entropy_quantile": 0.5}),
+        (None, {"off_policy_mask_threshold": 0.05}),
+        ("token", {"top_entropy_quantile": 0.7, "off_policy_mask_threshold": 0.05}),
+    ],
+)
 def test_clip_mode_with_loss_weights_equals_trl(tmp_path, loss_type, sampler_weights, masks):
     """vLLM importance-sampling ratios, the entropy mask and the off-policy mask weight the tokens' losses."""
     trainer = train_probe(tmp_path, sampler_weights, loss_type=loss_type, band_divergence="clip", beta=0.05, **masks)
@@ -165,8 +227,14 @@ def test_clip_mode_with_loss_weights_equals_trl(tmp_path, loss_type, sampler_wei
 
 
 def test_mixture_of_experts_aux_loss_equals_trl(tmp_path):
-    trainer = train_probe(tmp_path, mixture_of_experts=True, loss_type="grpo", band_divergence="clip",
-                          gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    trainer = train_probe(
+        tmp_path,
+        mixture_of_experts=True,
+        loss_type="grpo",
+        band_divergence="clip",
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=2,
+    )
     assert trainer.aux_loss_enabled
     assert_equal_to_trl(trainer)
     assert all("aux_loss" in row for row in trainer.state.log_history if "loss" in row)
@@ -175,8 +243,15 @@ def test_mixture_of_experts_aux_loss_equals_trl(tmp_path):
 def test_band_kl_trains_and_logs(tmp_path):
     trainer = train_probe(tmp_path, loss_type="grpo", band_divergence="kl", band_delta=0.05)
     history = [row for row in trainer.state.log_history if "loss" in row]
-    for name in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "clip_ratio/low_min",
-                 "clip_ratio/high_max", "entropy", "band/upper_bound_mean"):
+    for name in (
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "clip_ratio/low_min",
+        "clip_ratio/high_max",
+        "entropy",
+        "band/upper_bound_mean",
+    ):
         assert all(name in row for row in history), name
     assert all(row["band/upper_bound_mean"] > 1 for row in history)
     # the Band bounds are not TRL's interval: the losses differ once tokens are clipped
@@ -185,45 +260,79 @@ def test_band_kl_trains_and_logs(tmp_path):
 
 def test_dcpo_takes_trls_epsilons(tmp_path):
     """band_divergence="dcpo": DCPO's bounds with eps_low = epsilon, eps_high = epsilon_high (bandpo.PRESETS)."""
-    args = BandGRPOConfig(output_dir=str(tmp_path), band_divergence="dcpo", epsilon=0.16, epsilon_high=0.2,
-                          report_to="none", use_cpu=True)
+    args = BandGRPOConfig(
+        output_dir=str(tmp_path), band_divergence="dcpo", epsilon=0.16, epsilon_high=0.2, report_to="none", use_cpu=True
+    )
     assert band_config_from_args(args) == bandpo.BandConfig.preset("dcpo")
 
 
 def test_plain_grpo_config_gets_band_defaults(tmp_path):
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_steps=1,
-                      report_to="none", use_cpu=True)
-    trainer = BandGRPOTrainer(model=tiny_model(), reward_funcs=count_a_reward, args=args, train_dataset=prompts(),
-                              processing_class=tiny_tokenizer())
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_steps=1,
+        report_to="none",
+        use_cpu=True,
+    )
+    trainer = BandGRPOTrainer(
+        model=tiny_model(),
+        reward_funcs=count_a_reward,
+        args=args,
+        train_dataset=prompts(),
+        processing_class=tiny_tokenizer(),
+    )
     assert (trainer.band_config.divergence, trainer.band_config.delta) == ("kl", 0.05)
 
 
 def test_trl_parser_reads_band_arguments(tmp_path):
     (args,) = TrlParser((BandGRPOConfig,)).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--band_divergence", "tv", "--band_delta", "0.1", "--report_to", "none",
-         "--use_cpu", "true"])
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--band_divergence",
+            "tv",
+            "--band_delta",
+            "0.1",
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+        ]
+    )
     assert (args.band_divergence, args.band_delta) == ("tv", 0.1)
 
 
-@pytest.mark.parametrize("setting, message", [
-    ({"band_delta": -1.0}, "delta must be in "),
-    ({"band_divergence": "js"}, "divergence must be one of"),
-    ({"delta": 1.1}, "delta .* must be > 1 \\+ epsilon_high"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"band_delta": -1.0}, "delta must be in "),
+        ({"band_divergence": "js"}, "divergence must be one of"),
+        ({"delta": 1.1}, "delta .* must be > 1 \\+ epsilon_high"),
+    ],
+)
 def test_bad_band_settings_fail_in_the_config(tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **setting)
 
 
-@pytest.mark.parametrize("setting, message", [
-    ({"loss_type": "cispo"}, "loss_type='cispo'"),
-    ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
-    ({"entropy_coef": 0.01}, "entropy bonus"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"loss_type": "cispo"}, "loss_type='cispo'"),
+        ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
+        ({"entropy_coef": 0.01}, "entropy bonus"),
+    ],
+)
 def test_unsupported_settings_are_refused(tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
-        BandGRPOTrainer(model=tiny_model(), reward_funcs=count_a_reward, args=make_args(tmp_path, **setting),
-                        train_dataset=prompts(), processing_class=tiny_tokenizer())
+        BandGRPOTrainer(
+            model=tiny_model(),
+            reward_funcs=count_a_reward,
+            args=make_args(tmp_path, **setting),
+            train_dataset=prompts(),
+            processing_class=tiny_tokenizer(),
+        )
 
 
 def test_band_lm_head_gives_trls_log_probs_and_gradients(tmp_path):
@@ -232,8 +341,9 @@ def test_band_lm_head_gives_trls_log_probs_and_gradients(tmp_path):
     # is undone after each call; training runs with it. bf16=False: TRL's default bf16 autocast runs its head's
     # forward in bf16 and its backward's recompute in float32, which moves its gradients by about 1e-3 (bandpo's
     # op casts its inputs to autocast's dtype and runs both in it: test_lm_head.py).
-    trainer = train_probe(tmp_path, loss_type="grpo", band_divergence="clip", band_lm_head=True, temperature=0.7,
-                          bf16=False)
+    trainer = train_probe(
+        tmp_path, loss_type="grpo", band_divergence="clip", band_lm_head=True, temperature=0.7, bf16=False
+    )
     from trl.trainer import utils as trl_utils
     from trl.kernels import ChunkedLogProbFunction
 

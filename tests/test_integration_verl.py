@@ -38,8 +38,9 @@ def actor_config(*overrides):
 
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        cfg = compose(config_name="ppo_trainer",
-                      overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", *overrides])
+        cfg = compose(
+            config_name="ppo_trainer", overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", *overrides]
+        )
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
 
 
@@ -51,8 +52,15 @@ def verl_batch(seed, B=6, T=40, dtype=torch.float32):
 
 def call(loss_fn, config, logp, old, adv, mask, mode, weights=None):
     x = logp.detach().clone().requires_grad_(True)
-    loss, metrics = loss_fn(old_log_prob=old, log_prob=x, advantages=adv, response_mask=mask, loss_agg_mode=mode,
-                            config=config, rollout_is_weights=weights)
+    loss, metrics = loss_fn(
+        old_log_prob=old,
+        log_prob=x,
+        advantages=adv,
+        response_mask=mask,
+        loss_agg_mode=mode,
+        config=config,
+        rollout_is_weights=weights,
+    )
     loss.backward()
     return loss.detach(), x.grad, metrics
 
@@ -69,8 +77,12 @@ BATCH_INFOS = [
 @pytest.mark.parametrize("info", range(len(BATCH_INFOS)))
 @pytest.mark.parametrize("with_weights", [False, True])
 def test_clip_mode_equals_verl_vanilla(mode, info, with_weights):
-    ours_cfg = actor_config(*DOCUMENTED_OVERRIDES, "+actor_rollout_ref.actor.policy_loss.divergence=clip",
-                            "actor_rollout_ref.actor.clip_ratio_high=0.28", "actor_rollout_ref.actor.clip_ratio_c=2.5")
+    ours_cfg = actor_config(
+        *DOCUMENTED_OVERRIDES,
+        "+actor_rollout_ref.actor.policy_loss.divergence=clip",
+        "actor_rollout_ref.actor.clip_ratio_high=0.28",
+        "actor_rollout_ref.actor.clip_ratio_c=2.5",
+    )
     verl_cfg = actor_config("actor_rollout_ref.actor.clip_ratio_high=0.28", "actor_rollout_ref.actor.clip_ratio_c=2.5")
     for cfg in (ours_cfg, verl_cfg):
         cfg.global_batch_info.clear()
@@ -97,17 +109,31 @@ def test_clip_mode_equals_verl_vanilla(mode, info, with_weights):
 @pytest.mark.parametrize("mode", VERL_MODES)
 @pytest.mark.parametrize("divergence", ["kl", "tv", "chi2", "dcpo"])
 def test_band_modes_equal_reference(mode, divergence):
-    cfg = actor_config(*DOCUMENTED_OVERRIDES, f"+actor_rollout_ref.actor.policy_loss.divergence={divergence}",
-                       "+actor_rollout_ref.actor.policy_loss.delta=0.08",
-                       "+actor_rollout_ref.actor.policy_loss.ratio_max=6")
+    cfg = actor_config(
+        *DOCUMENTED_OVERRIDES,
+        f"+actor_rollout_ref.actor.policy_loss.divergence={divergence}",
+        "+actor_rollout_ref.actor.policy_loss.delta=0.08",
+        "+actor_rollout_ref.actor.policy_loss.ratio_max=6",
+    )
     logp, old, adv, mask = verl_batch(seed=7, dtype=torch.float64)
     loss, grad, metrics = call(bandpo_verl.compute_policy_loss_bandpo, cfg, logp, old, adv, mask, mode)
 
     agg, normalizer = bandpo_verl.aggregation_for(mode, mask, {})
     x = logp.detach().clone().requires_grad_(True)
     ref_loss, ref_metrics = bandpo.reference.band_loss(
-        x, old, adv, mask, divergence=divergence, delta=0.08, ratio_max=6.0, dual_clip=3.0, eps_low=0.2,
-        eps_high=0.2, agg=agg, normalizer=normalizer)
+        x,
+        old,
+        adv,
+        mask,
+        divergence=divergence,
+        delta=0.08,
+        ratio_max=6.0,
+        dual_clip=3.0,
+        eps_low=0.2,
+        eps_high=0.2,
+        agg=agg,
+        normalizer=normalizer,
+    )
     ref_loss.backward()
     torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, x.grad, rtol=1e-10, atol=1e-12)
@@ -142,23 +168,34 @@ def test_through_verl_ppo_loss():
 
     def run(cfg):
         full = torch.zeros(B, P + R)
-        full[:, P - 1:P + R - 1] = logp  # the model's log-prob of response token t sits at position P + t - 1
+        full[:, P - 1 : P + R - 1] = logp  # the model's log-prob of response token t sits at position P + t - 1
         flat = full.reshape(-1).clone().requires_grad_(True)
         data = tu.get_tensordict(
-            tensor_dict={"prompts": torch.ones(B, P, dtype=torch.long), "responses": torch.ones(B, R, dtype=torch.long),
-                         "attention_mask": torch.ones(B, P + R, dtype=torch.long), "response_mask": mask.long(),
-                         "old_log_probs": old, "advantages": adv},
-            non_tensor_dict={"dp_size": 2, "batch_num_tokens": 500, "global_batch_size": 12})
+            tensor_dict={
+                "prompts": torch.ones(B, P, dtype=torch.long),
+                "responses": torch.ones(B, R, dtype=torch.long),
+                "attention_mask": torch.ones(B, P + R, dtype=torch.long),
+                "response_mask": mask.long(),
+                "old_log_probs": old,
+                "advantages": adv,
+            },
+            non_tensor_dict={"dp_size": 2, "batch_num_tokens": 500, "global_batch_size": 12},
+        )
         loss, metrics = ppo_loss(cfg, {"log_probs": flat}, data)
         loss.backward()
         return loss.detach(), flat.grad, {k: m.aggregate() for k, m in metrics.items()}
 
-    loss, grad, metrics = run(actor_config(*DOCUMENTED_OVERRIDES, "+actor_rollout_ref.actor.policy_loss.divergence=clip"))
+    loss, grad, metrics = run(
+        actor_config(*DOCUMENTED_OVERRIDES, "+actor_rollout_ref.actor.policy_loss.divergence=clip")
+    )
     ref_loss, ref_grad, ref_metrics = run(actor_config())
     torch.testing.assert_close(loss, ref_loss, rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(grad, ref_grad, rtol=2e-6, atol=1e-8)
-    assert set(metrics) == set(ref_metrics) | {"actor/bandpo/clipfrac_upper", "actor/bandpo/clipfrac_lower",
-                                               "actor/bandpo/ratio_mean"}
+    assert set(metrics) == set(ref_metrics) | {
+        "actor/bandpo/clipfrac_upper",
+        "actor/bandpo/clipfrac_lower",
+        "actor/bandpo/ratio_mean",
+    }
     for name, value in ref_metrics.items():
         assert float(metrics[name]) == pytest.approx(float(value), rel=1e-6, abs=1e-7), name
 
@@ -169,9 +206,12 @@ def test_config_defaults_without_target_and_validation():
     band = bandpo_verl.band_config_from_actor(plain)
     assert (band.divergence, band.delta, band.ratio_max, band.dual_clip) == ("kl", 0.05, 10.0, 3.0)
 
-    cfg = actor_config(*DOCUMENTED_OVERRIDES, "+actor_rollout_ref.actor.policy_loss.delta=0.1",
-                       "+actor_rollout_ref.actor.policy_loss.relax_high_p=true",
-                       "actor_rollout_ref.actor.clip_ratio_low=0.15")
+    cfg = actor_config(
+        *DOCUMENTED_OVERRIDES,
+        "+actor_rollout_ref.actor.policy_loss.delta=0.1",
+        "+actor_rollout_ref.actor.policy_loss.relax_high_p=true",
+        "actor_rollout_ref.actor.clip_ratio_low=0.15",
+    )
     assert isinstance(cfg.policy_loss, bandpo_verl.BandPolicyLossConfig)
     band = bandpo_verl.band_config_from_actor(cfg)
     assert (band.delta, band.relax_high_p, band.eps_low, band.eps_high) == (0.1, True, 0.15, 0.2)
@@ -186,7 +226,7 @@ def test_documented_yaml_file(tmp_path):
     """The YAML file of the module docstring, verbatim: a user config extending verl's ppo_trainer.yaml."""
     lines = bandpo_verl.__doc__.splitlines()
     first = lines.index("    hydra:")
-    block = lines[first:lines.index("", first)]
+    block = lines[first : lines.index("", first)]
     (tmp_path / "my_bandpo.yaml").write_text("\n".join(line[4:] for line in block) + "\n")
     with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
         cfg = compose(config_name="my_bandpo", overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
@@ -219,27 +259,35 @@ def test_errors_name_the_argument():
 def test_config_pickles_for_ray_workers():
     """Ray ships the config to workers by pickling: unpickling in a fresh process registers the loss."""
     cfg = actor_config(*DOCUMENTED_OVERRIDES, "+actor_rollout_ref.actor.policy_loss.delta=0.07")
-    code = ("import pickle, sys\n"
-            "cfg = pickle.loads(sys.stdin.buffer.read())\n"
-            "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
-            "print(get_policy_loss_fn(cfg.policy_loss.loss_mode).__module__, cfg.policy_loss.delta)\n")
+    code = (
+        "import pickle, sys\n"
+        "cfg = pickle.loads(sys.stdin.buffer.read())\n"
+        "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
+        "print(get_policy_loss_fn(cfg.policy_loss.loss_mode).__module__, cfg.policy_loss.delta)\n"
+    )
     env = dict(os.environ, VERL_USE_EXTERNAL_PLUGINS="none")  # only the unpickling may import bandpo
-    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(cfg), capture_output=True, env=env,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(cfg), capture_output=True, env=env, timeout=120, check=True
+    )
     assert out.stdout.decode().split() == ["bandpo.integrations.verl", "0.07"]
 
 
 def _registered_in_fresh_process(env_extra):
     code = "import verl\nfrom verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY\nprint('bandpo' in POLICY_LOSS_REGISTRY)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=dict(os.environ, **env_extra),
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=dict(os.environ, **env_extra), timeout=120, check=True
+    )
     return out.stdout.decode().strip()
 
 
 def test_external_modules_variable_registers_the_loss():
     assert _registered_in_fresh_process({"VERL_USE_EXTERNAL_PLUGINS": "none"}) == "False"
-    assert _registered_in_fresh_process({"VERL_USE_EXTERNAL_PLUGINS": "none",
-                                         "VERL_USE_EXTERNAL_MODULES": "bandpo.integrations.verl"}) == "True"
+    assert (
+        _registered_in_fresh_process(
+            {"VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_USE_EXTERNAL_MODULES": "bandpo.integrations.verl"}
+        )
+        == "True"
+    )
 
 
 def test_installed_entry_point_registers_the_loss():

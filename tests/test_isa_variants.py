@@ -13,20 +13,35 @@ import pytest
 import bandpo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SELECTION = ["test_exactness.py::test_kl_bounds_match_mpmath", "test_exactness.py::test_dcpo_bounds_match_mpmath",
-             "test_loss.py::test_matches_reference_float64", "test_loss.py::test_low_precision_dtypes"]
+SELECTION = [
+    "test_exactness.py::test_kl_bounds_match_mpmath",
+    "test_exactness.py::test_dcpo_bounds_match_mpmath",
+    "test_loss.py::test_matches_reference_float64",
+    "test_loss.py::test_low_precision_dtypes",
+]
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_variant(isa):
     env = dict(os.environ, BANDPO_CPU_ISA=isa)
-    probe = subprocess.run([sys.executable, "-c", "import bandpo; print(bandpo.cpu_kernel_isa())"], env=env,
-                           capture_output=True, text=True, cwd=HERE, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import bandpo; print(bandpo.cpu_kernel_isa())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        check=True,
+    )
     got = probe.stdout.strip()
     if got != isa:
         pytest.skip(f"this CPU cannot run the {isa} kernels (got {got})")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SELECTION], env=env,
-                         capture_output=True, text=True, cwd=HERE)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SELECTION],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 

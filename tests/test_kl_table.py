@@ -23,11 +23,11 @@ FLOAT32_NORMAL_LOGP = -87.3  # below, p is subnormal in float and the upper boun
 def dense_logps(seed=0):
     g = np.random.default_rng(seed)
     parts = [
-        -g.exponential(1.0, 20000),                      # typical tokens
-        -g.uniform(0.0, 104.0, 20000),                   # the whole float range of p
-        -(10.0 ** g.uniform(-40.0, 0.0, 20000)),         # p -> 1 over many binades
-        -math.log(2.0) + g.uniform(-1e-3, 1e-3, 2000),   # the seam of the two grids
-        -np.arange(0, 3328) / 32.0,                      # every low-grid knot
+        -g.exponential(1.0, 20000),  # typical tokens
+        -g.uniform(0.0, 104.0, 20000),  # the whole float range of p
+        -(10.0 ** g.uniform(-40.0, 0.0, 20000)),  # p -> 1 over many binades
+        -math.log(2.0) + g.uniform(-1e-3, 1e-3, 2000),  # the seam of the two grids
+        -np.arange(0, 3328) / 32.0,  # every low-grid knot
         -(2.0 ** -np.arange(0, 130, dtype=np.float64)),  # every binade edge of the high grid
         np.array([0.0, -0.0, -1e-45, -103.9, -104.5, -200.0, -math.inf]),
     ]
@@ -36,8 +36,16 @@ def dense_logps(seed=0):
 
 DELTAS = [1e-12, 3e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 30.0, 700.0, 1e6]
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not (torch.cuda.is_available() and bandpo.has_cuda_kernels()), reason="needs a CUDA device and bandpo's CUDA kernels"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not (torch.cuda.is_available() and bandpo.has_cuda_kernels()),
+            reason="needs a CUDA device and bandpo's CUDA kernels",
+        ),
+    ),
+]
 
 
 @pytest.fixture(scope="module", params=DEVICES)
@@ -62,8 +70,9 @@ print(json.dumps([torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=d, rat
 @pytest.mark.parametrize("delta", DELTAS)
 def test_float_table_matches_exact_solve(delta, device, float_solve_uppers):
     lp = dense_logps()
-    lower, upper = (t.cpu() for t in torch.ops.bandpo.band_bounds(lp.to(device), divergence="kl", delta=delta,
-                                                                  ratio_max=math.inf))
+    lower, upper = (
+        t.cpu() for t in torch.ops.bandpo.band_bounds(lp.to(device), divergence="kl", delta=delta, ratio_max=math.inf)
+    )
     want_lower, want_upper = torch.ops.bandpo.band_bounds(lp.double(), divergence="kl", delta=delta, ratio_max=math.inf)
     err_lower = (lower.double() - want_lower).abs() / want_lower.clamp(min=1e-3)
     assert float(err_lower.max()) <= TABLE_TOL, (lp[err_lower.argmax()], lower[err_lower.argmax()])
@@ -118,7 +127,9 @@ def test_table_off_solves_exactly_and_agrees(device):
     # Tokens with logp clamped to 0 have r = 1/p, which is also their upper bound (the simplex's edge): a tie that
     # rounding decides either way. Elsewhere the two agree.
     away = torch.tensor(scope["logp"].tolist()) < 0
-    torch.testing.assert_close(torch.tensor(table["grad"])[away], torch.tensor(exact["grad"])[away], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(
+        torch.tensor(table["grad"])[away], torch.tensor(exact["grad"])[away], rtol=1e-5, atol=1e-9
+    )
 
 
 def test_a_refused_table_falls_back_to_the_exact_solve(device):
@@ -146,8 +157,9 @@ def test_loss_clips_at_the_bounds_it_reports(device):
     for factor, clipped in ((1 + 1e-5, True), (1 - 1e-5, False)):
         logp = (lp + torch.log(upper * factor)).clamp(max=0).requires_grad_()
         adv = torch.ones(4, device=device)
-        loss, metrics = torch.ops.bandpo.band_loss(logp, lp, adv, divergence="kl", delta=0.05, ratio_max=math.inf,
-                                                   agg="token-mean")
+        loss, metrics = torch.ops.bandpo.band_loss(
+            logp, lp, adv, divergence="kl", delta=0.05, ratio_max=math.inf, agg="token-mean"
+        )
         loss.backward()
         if clipped:
             assert bool((logp.grad == 0).all())
@@ -161,7 +173,9 @@ def test_loss_clips_at_the_lower_bounds_it_reports(device):
     lower, _ = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.05, ratio_max=math.inf)
     for factor, clipped in ((1 - 1e-5, True), (1 + 1e-5, False)):
         logp = (lp + torch.log(lower * factor)).requires_grad_()
-        loss, _ = torch.ops.bandpo.band_loss(logp, lp, -torch.ones(3, device=device), divergence="kl", delta=0.05, agg="token-mean")
+        loss, _ = torch.ops.bandpo.band_loss(
+            logp, lp, -torch.ones(3, device=device), divergence="kl", delta=0.05, agg="token-mean"
+        )
         loss.backward()
         if clipped:
             assert bool((logp.grad == 0).all())

@@ -96,7 +96,7 @@ def test_large_prime_vocab_logp_never_above_zero():
 
 def test_non_contiguous_inputs_and_determinism():
     hidden, weight, target, bias = make(n=120, h=40, v=301)
-    h_nc = hidden.t().contiguous().t()          # column-major
+    h_nc = hidden.t().contiguous().t()  # column-major
     wide = torch.zeros(weight.shape[0], 2 * weight.shape[1])
     wide[:, ::2] = weight
     w_nc = wide[:, ::2]  # strided rows
@@ -113,8 +113,11 @@ def test_opcheck_and_compile_without_graph_breaks():
     hidden, weight, target, bias = make(n=20, h=8, v=31)
     args = (hidden.requires_grad_(), weight.requires_grad_(), target, bias.requires_grad_(), 1.0, 2.0, 1.0, -100, 6)
     torch.library.opcheck(torch.ops.bandpo.linear_logprob_entropy.default, args)
-    f = torch.compile(lambda h, w, b: linear_logprob_entropy(h, w, target, b, softcap=2.0, chunk_size=6),
-                      fullgraph=True, backend="aot_eager")
+    f = torch.compile(
+        lambda h, w, b: linear_logprob_entropy(h, w, target, b, softcap=2.0, chunk_size=6),
+        fullgraph=True,
+        backend="aot_eager",
+    )
     logp, ent = f(hidden, weight, bias)
     (logp.sum() + ent.sum()).backward()
     want = linear_logprob_entropy(hidden.detach(), weight.detach(), target, bias.detach(), softcap=2.0)
@@ -122,26 +125,30 @@ def test_opcheck_and_compile_without_graph_breaks():
     assert hidden.grad is not None and weight.grad is not None and bias.grad is not None
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(hidden=torch.randn(4, 3, 2)), "hidden must be 2-D"),
-    (dict(weight=torch.randn(10, 7)), "weight must be"),
-    (dict(target=torch.zeros(5, dtype=torch.int64)), "target must be 1-D"),
-    (dict(target=torch.zeros(4, dtype=torch.int32)), "target must be int64"),
-    (dict(hidden=torch.zeros(4, 8, dtype=torch.int32)), "hidden must be float32"),
-    (dict(weight=torch.randn(10, 8, dtype=torch.float64)), "weight must have hidden's dtype"),
-    (dict(bias=torch.randn(9)), "bias must be"),
-    (dict(target=torch.tensor([0, 1, 10, 2])), r"target\[2\] = 10 is outside \[0, 10\)"),
-    (dict(target=torch.tensor([0, -1, 1, 2])), r"target\[1\] = -1"),
-    (dict(temperature=0.0), "temperature must be"),
-    (dict(softcap=-1.0), "softcap must be"),
-    (dict(logit_scale=math.inf), "logit_scale must be"),
-    (dict(chunk_size=-3), "chunk_size must be"),
-    (dict(chunk_size=1 << 64), "chunk_size must fit in int64"),
-    (dict(ignore_index=-(1 << 70)), "ignore_index must fit in int64"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(hidden=torch.randn(4, 3, 2)), "hidden must be 2-D"),
+        (dict(weight=torch.randn(10, 7)), "weight must be"),
+        (dict(target=torch.zeros(5, dtype=torch.int64)), "target must be 1-D"),
+        (dict(target=torch.zeros(4, dtype=torch.int32)), "target must be int64"),
+        (dict(hidden=torch.zeros(4, 8, dtype=torch.int32)), "hidden must be float32"),
+        (dict(weight=torch.randn(10, 8, dtype=torch.float64)), "weight must have hidden's dtype"),
+        (dict(bias=torch.randn(9)), "bias must be"),
+        (dict(target=torch.tensor([0, 1, 10, 2])), r"target\[2\] = 10 is outside \[0, 10\)"),
+        (dict(target=torch.tensor([0, -1, 1, 2])), r"target\[1\] = -1"),
+        (dict(temperature=0.0), "temperature must be"),
+        (dict(softcap=-1.0), "softcap must be"),
+        (dict(logit_scale=math.inf), "logit_scale must be"),
+        (dict(chunk_size=-3), "chunk_size must be"),
+        (dict(chunk_size=1 << 64), "chunk_size must fit in int64"),
+        (dict(ignore_index=-(1 << 70)), "ignore_index must fit in int64"),
+    ],
+)
 def test_bad_arguments_are_named(change, match):
-    args = dict(hidden=torch.randn(4, 8), weight=torch.randn(10, 8), target=torch.tensor([0, 1, 9, -100]),
-                bias=torch.randn(10))
+    args = dict(
+        hidden=torch.randn(4, 8), weight=torch.randn(10, 8), target=torch.tensor([0, 1, 9, -100]), bias=torch.randn(10)
+    )
     args.update(change)
     kw = {k: args.pop(k) for k in ("temperature", "softcap", "logit_scale", "chunk_size", "ignore_index") if k in args}
     with pytest.raises(ValueError, match=match):
@@ -203,17 +210,25 @@ def test_logits_masked_to_minus_inf_by_the_bias(kernels, dtype, monkeypatch):
 
 
 def test_meta_tensors_and_arguments_that_are_not_tensors():
-    logp, ent = linear_logprob_entropy(torch.empty(5, 8, device="meta"), torch.empty(11, 8, device="meta"),
-                                       torch.empty(5, dtype=torch.int64, device="meta"))
+    logp, ent = linear_logprob_entropy(
+        torch.empty(5, 8, device="meta"),
+        torch.empty(11, 8, device="meta"),
+        torch.empty(5, dtype=torch.int64, device="meta"),
+    )
     assert logp.shape == ent.shape == (5,) and logp.device.type == "meta"
     h, w, t = torch.randn(5, 8), torch.randn(11, 8), torch.zeros(5, dtype=torch.int64)
-    for args, name in (([[1.0], w, t], "hidden"), ([h, w.numpy(), t], "weight"), ([h, w, [0] * 5], "target"),
-                       ([h, w, t, [0.0] * 11], "bias")):
+    for args, name in (
+        ([[1.0], w, t], "hidden"),
+        ([h, w.numpy(), t], "weight"),
+        ([h, w, [0] * 5], "target"),
+        ([h, w, t, [0.0] * 11], "bias"),
+    ):
         with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor"):
             linear_logprob_entropy(*args)
         with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor"):
-            bandpo.fused_linear_band_loss(*args[:3], torch.zeros(5), torch.zeros(5),
-                                          bias=args[3] if len(args) > 3 else None)
+            bandpo.fused_linear_band_loss(
+                *args[:3], torch.zeros(5), torch.zeros(5), bias=args[3] if len(args) > 3 else None
+            )
 
 
 def _fused_case(seed=4, b=3, t=7, h=16, v=50, float_mask=False):
@@ -244,13 +259,24 @@ def _two_steps(hidden, weight, bias, target, mask, old, adv, ref, entropy_coef=0
     elif agg == "seq-mean-token-mean":
         bonus = ((ent * m).sum(1) / m.sum(1)).sum() / b
     else:
-        bonus = (ent * m).sum() / {"token-mean": m.sum(), "seq-mean-token-sum": b, "seq-mean-token-sum-norm": b * t}[agg]
+        bonus = (ent * m).sum() / {"token-mean": m.sum(), "seq-mean-token-sum": b, "seq-mean-token-sum-norm": b * t}[
+            agg
+        ]
     return out.loss - entropy_coef * bonus, ent
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
-@pytest.mark.parametrize("kw", [dict(), dict(dual_clip=2.0, kl_coef=0.1), dict(normalizer=5.0), dict(entropy_coef=0.03),
-                                dict(divergence="clip", float_mask=True), dict(torch_path=True, entropy_coef=0.01)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(dual_clip=2.0, kl_coef=0.1),
+        dict(normalizer=5.0),
+        dict(entropy_coef=0.03),
+        dict(divergence="clip", float_mask=True),
+        dict(torch_path=True, entropy_coef=0.01),
+    ],
+)
 def test_fused_linear_band_loss_equals_the_two_steps(agg, kw, monkeypatch):
     # Gradients formed in the forward (three GEMMs) against autograd through the op and band_loss, for every
     # aggregation, the KL penalty, dual clip, a normalizer, weight masks and the entropy bonus; chunks of 5 tokens
@@ -261,8 +287,9 @@ def test_fused_linear_band_loss_equals_the_two_steps(agg, kw, monkeypatch):
     hidden, weight, bias, target, mask, old, adv, ref = _fused_case(float_mask=kw.pop("float_mask", False))
     ref = ref if kw.get("kl_coef") else None
     ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
-    out = bandpo.fused_linear_band_loss(ins[0], ins[1], target, old, adv, mask, bias=ins[2], ref_logp=ref,
-                                        chunk_size=5, agg=agg, **kw)
+    out = bandpo.fused_linear_band_loss(
+        ins[0], ins[1], target, old, adv, mask, bias=ins[2], ref_logp=ref, chunk_size=5, agg=agg, **kw
+    )
     out.loss.backward()
     want_ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
     want, ent = _two_steps(*want_ins, target, mask, old, adv, ref, agg=agg, **kw)
@@ -281,8 +308,9 @@ def test_fused_linear_band_loss_float64_and_frozen_weight():
     old, adv = old.double(), adv.double()
     for frozen in (False, True):
         ins = [x.double().requires_grad_(i == 0 or not frozen) for i, x in enumerate((hidden, weight, bias))]
-        out = bandpo.fused_linear_band_loss(ins[0], ins[1], target, old, adv, mask, bias=ins[2], chunk_size=3,
-                                            entropy_coef=0.1)
+        out = bandpo.fused_linear_band_loss(
+            ins[0], ins[1], target, old, adv, mask, bias=ins[2], chunk_size=3, entropy_coef=0.1
+        )
         out.loss.backward()
         want_ins = [x.double().requires_grad_() for x in (hidden, weight, bias)]
         want, _ = _two_steps(*want_ins, target, mask, old, adv, None, entropy_coef=0.1)
@@ -315,21 +343,26 @@ def test_fused_linear_band_loss_without_grad_and_errors():
         bandpo.fused_linear_band_loss(hidden, weight, target, old[:, :3], adv, mask)
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(adv=torch.zeros(2)), "advantages must have the shape"),
-    (dict(mask=torch.ones(3, 4, dtype=torch.bool)), "mask must have the shape"),
-    (dict(ref_logp=torch.zeros(3, 6), kl_coef=0.1), "ref_logp must have the shape"),
-    (dict(old_nan=True), r"old_logp\[8\] is NaN"),
-    (dict(adv_inf=True), r"advantages\[1\] = inf"),
-    (dict(delta=-1.0), "delta must be in"),
-    (dict(normalizer=0.0), "normalizer"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(adv=torch.zeros(2)), "advantages must have the shape"),
+        (dict(mask=torch.ones(3, 4, dtype=torch.bool)), "mask must have the shape"),
+        (dict(ref_logp=torch.zeros(3, 6), kl_coef=0.1), "ref_logp must have the shape"),
+        (dict(old_nan=True), r"old_logp\[8\] is NaN"),
+        (dict(adv_inf=True), r"advantages\[1\] = inf"),
+        (dict(delta=-1.0), "delta must be in"),
+        (dict(normalizer=0.0), "normalizer"),
+    ],
+)
 def test_fused_loss_refuses_bad_loss_inputs_before_the_head_runs(change, match, monkeypatch):
     # The loss's inputs are checked (by the op's own checks, naming the argument) before any of the head's GEMMs:
     # the chunk loop is never entered.
     hidden, weight, bias, target, mask, old, adv, _ = _fused_case()
+
     def no_head(*args, **kwargs):
         raise AssertionError("the head ran before the loss inputs were checked")
+
     monkeypatch.setattr(lm_head, "_logit_chunks", no_head)
     monkeypatch.setattr(lm_head, "linear_logprob_entropy", no_head)
     kw = dict(change)
@@ -389,11 +422,16 @@ def test_chunk_ops_opcheck_and_errors():
     g = torch.Generator().manual_seed(2)
     raw = torch.randn(5, 40, generator=g)
     target = torch.tensor([0, 39, -100, 7, 3])
-    torch.library.opcheck(torch.ops.bandpo.logit_chunk_stats.default, (raw, target),
-                          dict(ignore_index=-100, logit_scale=1.0, softcap=3.0, temperature=0.9))
-    torch.library.opcheck(torch.ops.bandpo.logit_chunk_grad_.default,
-                          (raw.clone(), target, torch.randn(5, generator=g), None),
-                          dict(ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0))
+    torch.library.opcheck(
+        torch.ops.bandpo.logit_chunk_stats.default,
+        (raw, target),
+        dict(ignore_index=-100, logit_scale=1.0, softcap=3.0, temperature=0.9),
+    )
+    torch.library.opcheck(
+        torch.ops.bandpo.logit_chunk_grad_.default,
+        (raw.clone(), target, torch.randn(5, generator=g), None),
+        dict(ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0),
+    )
     with pytest.raises(ValueError, match=r"target\[1\] = 40 is outside \[0, 40\)"):
         torch.ops.bandpo.logit_chunk_stats(raw, torch.tensor([0, 40, 1, 2, 3]))
     with pytest.raises(TypeError, match="raw must be float32"):
@@ -423,14 +461,19 @@ def test_chunk_grad_from_outputs_equals_from_sums(opts):
     target = torch.randint(0, 3001, (9,), generator=g)
     target[4] = -100
     gl, gh = torch.randn(9, generator=g), torch.randn(9, generator=g)
-    kw = dict(ignore_index=-100, logit_scale=opts.get("logit_scale", 1.0), softcap=opts.get("softcap", 0.0),
-              temperature=opts.get("temperature", 1.0))
+    kw = dict(
+        ignore_index=-100,
+        logit_scale=opts.get("logit_scale", 1.0),
+        softcap=opts.get("softcap", 0.0),
+        temperature=opts.get("temperature", 1.0),
+    )
     lp, ent = torch.ops.bandpo.logit_chunk_stats(raw, target, **kw)
     from_sums, from_outputs = raw.clone(), raw.clone()
     torch.ops.bandpo.logit_chunk_grad_(from_sums, target, gl, gh, **kw)
     torch.ops.bandpo.logit_chunk_grad_(from_outputs, target, gl, gh, logp=lp, entropy=ent, **kw)
-    torch.library.opcheck(torch.ops.bandpo.logit_chunk_grad_.default, (raw.clone(), target, gl, gh),
-                          dict(kw, logp=lp, entropy=ent))
+    torch.library.opcheck(
+        torch.ops.bandpo.logit_chunk_grad_.default, (raw.clone(), target, gl, gh), dict(kw, logp=lp, entropy=ent)
+    )
     scale = from_sums.abs().max()
     torch.testing.assert_close(from_outputs, from_sums, rtol=0, atol=2e-6 * float(scale))
     assert not from_outputs[4].any()
@@ -473,8 +516,9 @@ def test_cuda_half_fused_loss_and_bad_targets():
     logp, ent = linear_logprob_entropy(hidden, weight, target, bias, chunk_size=50)
     logsm = torch.log_softmax(torch.addmm(bias, hidden, weight.t()).float(), 1)
     live = target != -100
-    torch.testing.assert_close(logp[live], logsm[live].gather(1, target[live].unsqueeze(1)).squeeze(1), rtol=0,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        logp[live], logsm[live].gather(1, target[live].unsqueeze(1)).squeeze(1), rtol=0, atol=1e-5
+    )
     bad = target.clone()
     bad[5] = 5000
     logp, ent = linear_logprob_entropy(hidden, weight, bad, bias)
@@ -482,8 +526,9 @@ def test_cuda_half_fused_loss_and_bad_targets():
     case = [t.cuda() if isinstance(t, torch.Tensor) else t for t in _fused_case()]
     hidden, weight, bias, target, mask, old, adv, ref = case
     ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
-    out = bandpo.fused_linear_band_loss(ins[0], ins[1], target, old, adv, mask, bias=ins[2], ref_logp=ref,
-                                        kl_coef=0.1, chunk_size=5, entropy_coef=0.02)
+    out = bandpo.fused_linear_band_loss(
+        ins[0], ins[1], target, old, adv, mask, bias=ins[2], ref_logp=ref, kl_coef=0.1, chunk_size=5, entropy_coef=0.02
+    )
     out.loss.backward()
     want_ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
     want, _ = _two_steps(*want_ins, target, mask, old, adv, ref, entropy_coef=0.02, kl_coef=0.1)
@@ -569,8 +614,11 @@ def test_cuda_chunk_ops_against_the_cpu():
     bad = torch.tensor([0, 1001, -100, 5, -3, 17]).cuda()
     lp, ent = torch.ops.bandpo.logit_chunk_stats(raw.cuda(), bad)
     assert lp[[1, 4]].isnan().all() and not lp[[0, 2, 3, 5]].isnan().any() and float(lp[2]) == 0.0
-    torch.library.opcheck(torch.ops.bandpo.logit_chunk_stats.default, (raw.cuda().contiguous(), target.cuda()),
-                          dict(ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0))
+    torch.library.opcheck(
+        torch.ops.bandpo.logit_chunk_stats.default,
+        (raw.cuda().contiguous(), target.cuda()),
+        dict(ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0),
+    )
 
 
 def test_autocast_runs_the_head_in_its_dtype_forward_and_backward():

@@ -58,15 +58,41 @@ def test_matches_reference_float64(divergence, agg):
     spread=st.sampled_from([0.05, 0.5, 3.0]),
     shape=st.tuples(st.integers(1, 5), st.integers(1, 300)),
 )
-def test_hypothesis_matches_reference_random(seed, divergence, agg, delta, relax, ratio_max, dual_clip, estimator, kl_coef,
-                                  per_seq_adv, float_mask, normalizer, spread, shape):
+def test_hypothesis_matches_reference_random(
+    seed,
+    divergence,
+    agg,
+    delta,
+    relax,
+    ratio_max,
+    dual_clip,
+    estimator,
+    kl_coef,
+    per_seq_adv,
+    float_mask,
+    normalizer,
+    spread,
+    shape,
+):
     logp, old, adv, mask, ref = make_batch(B=shape[0], T=shape[1], seed=seed, spread=spread)
     if per_seq_adv:
         adv = adv[:, 0].clone()
     if float_mask:
-        mask = mask.double() * torch.rand(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    kw = dict(divergence=divergence, agg=agg, delta=delta, relax_high_p=relax, ratio_max=ratio_max, dual_clip=dual_clip,
-              ref_logp=ref, kl_coef=kl_coef, kl_estimator=estimator, normalizer=normalizer)
+        mask = mask.double() * torch.rand(
+            mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+        )
+    kw = dict(
+        divergence=divergence,
+        agg=agg,
+        delta=delta,
+        relax_high_p=relax,
+        ratio_max=ratio_max,
+        dual_clip=dual_clip,
+        ref_logp=ref,
+        kl_coef=kl_coef,
+        kl_estimator=estimator,
+        normalizer=normalizer,
+    )
     op, rf = both(logp, old, adv, mask, **kw)
     assert_match(op, rf, rtol=1e-9, atol=1e-11)
 
@@ -85,8 +111,11 @@ def test_low_precision_dtypes(dtype, tol, divergence):
 
 def test_gradcheck_float64():
     logp, old, adv, mask, ref = make_batch(B=3, T=20, seed=11, spread=0.3)
-    for kw in [dict(), dict(divergence="tv", agg="seq-mean-token-mean", dual_clip=2.0),
-               dict(ref_logp=ref, kl_coef=0.3, kl_estimator="k3", agg="seq-mean-token-sum")]:
+    for kw in [
+        dict(),
+        dict(divergence="tv", agg="seq-mean-token-mean", dual_clip=2.0),
+        dict(ref_logp=ref, kl_coef=0.3, kl_estimator="k3", agg="seq-mean-token-sum"),
+    ]:
         fn = lambda x: torch.ops.bandpo.band_loss(x, old, adv, mask, **kw)[0]  # noqa: E731
         assert torch.autograd.gradcheck(fn, (logp.clone().requires_grad_(),), eps=1e-7, atol=1e-7)
 
@@ -145,8 +174,9 @@ def test_non_contiguous_inputs():
     a = both(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1)[0]
     b = both(t(logp), t(old), t(adv), t(mask), ref_logp=t(ref), kl_coef=0.1)[0]
     c = both(logp[:, ::2], old[:, ::2], adv[:, ::2], mask[:, ::2])[0]
-    d = both(logp[:, ::2].contiguous(), old[:, ::2].contiguous(), adv[:, ::2].contiguous(),
-             mask[:, ::2].contiguous())[0]
+    d = both(logp[:, ::2].contiguous(), old[:, ::2].contiguous(), adv[:, ::2].contiguous(), mask[:, ::2].contiguous())[
+        0
+    ]
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
     torch.testing.assert_close(a[2], b[2], rtol=0, atol=0)
     torch.testing.assert_close(c[0], d[0], rtol=0, atol=0)

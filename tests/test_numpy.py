@@ -43,8 +43,9 @@ def test_loss_and_gradient_equal_the_op(dtype, agg, case):
     x = logp.clone().requires_grad_()
     loss, metrics = torch.ops.bandpo.band_loss(x, old, adv, mask, ref_logp=ref, **kw)
     loss.backward()
-    out = bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), None if mask is None else mask.numpy(),
-                        ref_logp=ref.numpy(), **kw)
+    out = bnp.band_loss(
+        logp.numpy(), old.numpy(), adv.numpy(), None if mask is None else mask.numpy(), ref_logp=ref.numpy(), **kw
+    )
     assert np.float64(out.loss).astype(out.grad.dtype) == loss.detach().numpy()  # the op rounds to logp's dtype
     assert list(out.metrics.values()) == metrics.tolist() and list(out.metrics) == list(bandpo.METRIC_NAMES)
     np.testing.assert_array_equal(out.grad, x.grad.numpy())
@@ -62,8 +63,9 @@ def test_loss_and_gradient_equal_the_op(dtype, agg, case):
     normalizer=st.sampled_from([None, 37.0]),
     dual_clip=st.sampled_from([None, 3.0]),
 )
-def test_hypothesis_numpy_face_equals_the_op(seed, shape, dtype, divergence, agg, mask_case, per_row, with_ref,
-                                             normalizer, dual_clip):
+def test_hypothesis_numpy_face_equals_the_op(
+    seed, shape, dtype, divergence, agg, mask_case, per_row, with_ref, normalizer, dual_clip
+):
     """bandpo.np over the C ABI (ctypes) gives the op's loss, metrics and gradient bit for bit on random
     batches: every dtype, mixed precision (float16 logp beside float32 companions), every mask kind, per-row
     advantages, a ref_logp, float64 weights up to 1e300."""
@@ -83,13 +85,20 @@ def test_hypothesis_numpy_face_equals_the_op(seed, shape, dtype, divergence, agg
             mask = mask * 1e300
     elif mask_case == "none":
         mask = None
-    kw = dict(divergence=divergence, agg=agg, normalizer=normalizer, dual_clip=dual_clip,
-              kl_coef=0.1 if with_ref else 0.0)
+    kw = dict(
+        divergence=divergence, agg=agg, normalizer=normalizer, dual_clip=dual_clip, kl_coef=0.1 if with_ref else 0.0
+    )
     x = logp.clone().requires_grad_()
     loss, metrics = torch.ops.bandpo.band_loss(x, old, adv, mask, ref_logp=ref if with_ref else None, **kw)
     loss.backward()
-    out = bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), None if mask is None else mask.numpy(),
-                        ref_logp=ref.numpy() if with_ref else None, **kw)
+    out = bnp.band_loss(
+        logp.numpy(),
+        old.numpy(),
+        adv.numpy(),
+        None if mask is None else mask.numpy(),
+        ref_logp=ref.numpy() if with_ref else None,
+        **kw,
+    )
     assert np.asarray(out.loss).astype(np.float64).astype(out.grad.dtype) == loss.detach().numpy()
     assert list(out.metrics.values()) == metrics.tolist()
     np.testing.assert_array_equal(out.grad, x.grad.numpy())
@@ -128,8 +137,12 @@ def test_works_without_torch(tmp_path):
         f"b = np.load({str(tmp_path / 'batch.npz')!r})\n"
         "print(repr(bnp.band_loss(b['logp'], b['old'], b['adv'], b['mask']).loss))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert run.returncode == 0, run.stderr
     assert float(run.stdout.strip()) == want
 
@@ -149,8 +162,15 @@ def test_logit_chunk_steps_equal_the_ops(transform):
     assert lp[2] == 0 and ent[2] == 0 and (lp <= 0).all()
     gl, ge = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
     expected = torch.from_numpy(raw.copy())
-    torch.ops.bandpo.logit_chunk_grad_(expected, torch.from_numpy(target), torch.from_numpy(gl), torch.from_numpy(ge),
-                                       logp=lp_ref, entropy=ent_ref, **transform)
+    torch.ops.bandpo.logit_chunk_grad_(
+        expected,
+        torch.from_numpy(target),
+        torch.from_numpy(gl),
+        torch.from_numpy(ge),
+        logp=lp_ref,
+        entropy=ent_ref,
+        **transform,
+    )
     got = wide.copy()
     assert bnp.logit_grad_(got[:, :61], target, gl, ge, logp=lp, entropy=ent, **transform).base is got
     assert np.array_equal(got[:, :61], expected.numpy()) and np.array_equal(got[:, 61:], wide[:, 61:])
@@ -193,8 +213,13 @@ def test_module_docstring_example_runs():
     code = "\n".join(line[4:] for line in re.search(r"\n\n((?:    .*\n)+)", bnp.__doc__).group(1).splitlines())
     rng = np.random.default_rng(0)
     logp = -rng.random((2, 5)).astype(np.float32)
-    scope = {"logp": logp, "old_logp": logp - 0.1, "advantages": np.array([1.0, -1.0], dtype=np.float32),
-             "mask": np.ones((2, 5), dtype=bool), "logits_chunk": rng.standard_normal((3, 11)).astype(np.float32),
-             "target": np.array([0, 5, 10])}
+    scope = {
+        "logp": logp,
+        "old_logp": logp - 0.1,
+        "advantages": np.array([1.0, -1.0], dtype=np.float32),
+        "mask": np.ones((2, 5), dtype=bool),
+        "logits_chunk": rng.standard_normal((3, 11)).astype(np.float32),
+        "target": np.array([0, 5, 10]),
+    }
     exec(compile(code, "bandpo/np.py", "exec"), scope)
     assert scope["upper"].shape == (2, 5) and scope["out"].grad.shape == (2, 5) and scope["entropy"].shape == (3,)

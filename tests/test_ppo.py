@@ -57,7 +57,7 @@ def test_task_prompts_rewards_and_demonstrations():
     for i, p in enumerate(prompts):
         a = task.answer(p)
         assert a[:-1] == sorted(a[:-1]) and a[-1] == EOS and 3 <= len(a) - 1 <= 5
-        answers[i, :len(a)] = torch.tensor(a)
+        answers[i, : len(a)] = torch.tensor(a)
     assert torch.all(task.rewards(prompts, answers) == 1)
     answers[:, 0] = (answers[:, 0] + 1) % 10
     assert torch.all(task.rewards(prompts, answers) == 0)
@@ -119,7 +119,7 @@ class _Oracle(torch.nn.Module):
     def forward(self, tokens, cache=None):
         if cache is not None:  # the sampler's cache: here simply the tokens so far
             cache[:] = [tokens if not cache else torch.cat([cache[0], tokens], dim=1)]
-            return self.forward(cache[0])[:, -tokens.shape[1]:]
+            return self.forward(cache[0])[:, -tokens.shape[1] :]
         P = self.task.prompt_len
         logits = torch.full((*tokens.shape, VOCAB_SIZE), -30.0)
         for i, row in enumerate(tokens):
@@ -176,8 +176,13 @@ def test_fused_head_log_probs_and_gradients_equal_the_plain_path(tmp_path, quick
     task = SortTask()
     torch.manual_seed(0)
     model = CausalLM(VOCAB_SIZE, task.prompt_len + task.response_len, d_model=32, n_layers=1)
-    roll = sample(model, task.sample_prompts(4, torch.Generator().manual_seed(1)), 3, task.response_len,
-                  torch.Generator().manual_seed(2))
+    roll = sample(
+        model,
+        task.sample_prompts(4, torch.Generator().manual_seed(1)),
+        3,
+        task.response_len,
+        torch.Generator().manual_seed(2),
+    )
     P = task.prompt_len
     for temperature in (1.0, 0.7):
         plain = token_logprobs(model, roll.sequences, P, temperature, with_entropy=True)
@@ -195,8 +200,9 @@ def test_fused_head_log_probs_and_gradients_equal_the_plain_path(tmp_path, quick
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    summary = cli.main(quick + ["--out", str(tmp_path / "run"), "--seeds", "0", "--no-plots", "--methods", "band-kl",
-                                "--fused-head"])
+    summary = cli.main(
+        quick + ["--out", str(tmp_path / "run"), "--seeds", "0", "--no-plots", "--methods", "band-kl", "--fused-head"]
+    )
     assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["fused_head"] is True
     assert summary["methods"]["band-kl"]["seeds"] == 1
 
@@ -207,7 +213,7 @@ def test_cached_forward_equals_the_full_forward():
     model = CausalLM(VOCAB_SIZE, 20, d_model=32, n_layers=2)
     tokens = torch.randint(0, VOCAB_SIZE, (3, 12))
     cache = []
-    steps = [model(tokens[:, :7], cache)] + [model(tokens[:, t:t + 1], cache) for t in range(7, 12)]
+    steps = [model(tokens[:, :7], cache)] + [model(tokens[:, t : t + 1], cache) for t in range(7, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), model(tokens), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="one token per call"):
         model(tokens[:, :2], cache)
@@ -257,8 +263,16 @@ def test_entry_point_end_to_end(tmp_path, quick):
         lines = (out / name / "seed1.jsonl").read_text().splitlines()
         rec = json.loads(lines[-1])
         assert len(lines) == 3 and rec["step"] == 3
-        for key in ("reward", "entropy", "ppo_kl", "clipfrac_upper", "clipfrac_lower", "mean_lower", "mean_upper",
-                    "seconds"):
+        for key in (
+            "reward",
+            "entropy",
+            "ppo_kl",
+            "clipfrac_upper",
+            "clipfrac_lower",
+            "mean_lower",
+            "mean_upper",
+            "seconds",
+        ):
             assert isinstance(rec[key], float)
         assert len(rec["clipfrac_upper_by_prob"]) == 5 and len(rec["tokens_by_prob"]) == 5
         assert "eval" in json.loads(lines[1]) and "eval" in rec and "eval" not in json.loads(lines[0])  # every 2
@@ -274,8 +288,9 @@ def test_plots_and_the_delta_sweep(tmp_path, quick):
 
 def test_missing_plot_and_progress_packages_are_said_before_training(tmp_path, quick, monkeypatch, capsys):
     real = cli.importlib.util.find_spec
-    monkeypatch.setattr(cli.importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("matplotlib", "tqdm") else real(name, *a))
+    monkeypatch.setattr(
+        cli.importlib.util, "find_spec", lambda name, *a: None if name in ("matplotlib", "tqdm") else real(name, *a)
+    )
     summary = cli.main(quick + ["--out", str(tmp_path), "--seeds", "0", "--methods", "band-kl"])
     text = capsys.readouterr().out
     assert text.index("matplotlib is not installed") < text.index("warm start, seed 0")
@@ -287,15 +302,31 @@ def test_missing_plot_and_progress_packages_are_said_before_training(tmp_path, q
 def test_an_unwritable_cache_is_said_and_skipped(tmp_path, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    cli.main(["--quick", "--cache-dir", str(blocker / "cache"), "--out", str(tmp_path / "run"), "--seeds", "0",
-              "--methods", "band-kl", "--no-plots"])
+    cli.main(
+        [
+            "--quick",
+            "--cache-dir",
+            str(blocker / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+            "--seeds",
+            "0",
+            "--methods",
+            "band-kl",
+            "--no-plots",
+        ]
+    )
     text = capsys.readouterr().out
     assert text.index("cannot be written") < text.index("warm start, seed 0: 20 supervised steps")
 
 
 def test_bad_settings_fail_before_training(tmp_path, quick, capsys):
-    for bad, words in ((["--methods", "ppo2"], "unknown method 'ppo2'"), (["--min-len", "7"], "min_len and max_len"),
-                       (["--dual-clip", "0.5"], "dual_clip"), (["--agg", "mean"], "agg")):
+    for bad, words in (
+        (["--methods", "ppo2"], "unknown method 'ppo2'"),
+        (["--min-len", "7"], "min_len and max_len"),
+        (["--dual-clip", "0.5"], "dual_clip"),
+        (["--agg", "mean"], "agg"),
+    ):
         with pytest.raises(SystemExit) as e:
             cli.main(quick + ["--out", str(tmp_path / "x")] + bad)
         assert e.value.code == 2 and words in capsys.readouterr().err
@@ -327,13 +358,24 @@ def test_same_seed_same_curves(tmp_path, quick):
 
 def test_resume_continues_exactly(tmp_path):
     task = SortTask()
-    cfg = RunConfig(steps=4, prompts=8, group_size=4, sft_steps=10, sft_batch=16, d_model=32, n_layers=1,
-                    checkpoint_every=2, eval_every=2, eval_prompts=2)
+    cfg = RunConfig(
+        steps=4,
+        prompts=8,
+        group_size=4,
+        sft_steps=10,
+        sft_batch=16,
+        d_model=32,
+        n_layers=1,
+        checkpoint_every=2,
+        eval_every=2,
+        eval_prompts=2,
+    )
     init = warm_start(task, cfg, 0, torch.device("cpu"))
     evals = task.sample_prompts(2, torch.Generator().manual_seed(0), split="eval")
     _, config = parse_method("band-kl")
-    full = rl_run(task, cfg, config, 0, init, str(tmp_path / "full.jsonl"), str(tmp_path / "full.pt"),
-                  torch.device("cpu"), evals)
+    full = rl_run(
+        task, cfg, config, 0, init, str(tmp_path / "full.jsonl"), str(tmp_path / "full.pt"), torch.device("cpu"), evals
+    )
 
     class Crash(Exception):
         pass
@@ -343,10 +385,21 @@ def test_resume_continues_exactly(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        rl_run(task, cfg, config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
-               torch.device("cpu"), evals, on_step=crash_at_3)
-    resumed = rl_run(task, cfg, config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"),
-                     torch.device("cpu"), evals)
+        rl_run(
+            task,
+            cfg,
+            config,
+            0,
+            init,
+            str(tmp_path / "r.jsonl"),
+            str(tmp_path / "r.pt"),
+            torch.device("cpu"),
+            evals,
+            on_step=crash_at_3,
+        )
+    resumed = rl_run(
+        task, cfg, config, 0, init, str(tmp_path / "r.jsonl"), str(tmp_path / "r.pt"), torch.device("cpu"), evals
+    )
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(resumed) == strip(full)
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
@@ -383,8 +436,12 @@ def test_data_parallel_gradient_equals_single_process(tmp_path):
     adv = torch.randn(len(roll.sequences), generator=torch.Generator().manual_seed(7))
     old = roll.old_logp - 0.3 * torch.rand(roll.old_logp.shape, generator=torch.Generator().manual_seed(8))
     batch = (roll.sequences, old, adv, roll.mask)
-    mp.start_processes(_ddp_gradient, args=(2, str(tmp_path / "pg"), batch, model.state_dict(), str(tmp_path / "g")),
-                       nprocs=2, start_method="spawn")
+    mp.start_processes(
+        _ddp_gradient,
+        args=(2, str(tmp_path / "pg"), batch, model.state_dict(), str(tmp_path / "g")),
+        nprocs=2,
+        start_method="spawn",
+    )
     for agg in ("token-mean", "seq-mean-token-mean"):
         _, config = parse_method("band-kl", agg=agg)
         model.zero_grad()
@@ -397,8 +454,11 @@ def test_data_parallel_gradient_equals_single_process(tmp_path):
 
 def test_torchrun_runs_the_entry_point(tmp_path, quick):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "bandpo.ppo"] + quick + ["--out", str(out), "--seeds", "0", "--methods", "band-kl", "--no-plots"]
+    cmd = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bandpo.ppo"]
+        + quick
+        + ["--out", str(out), "--seeds", "0", "--methods", "band-kl", "--no-plots"]
+    )
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     config = json.loads((out / "config.json").read_text())

@@ -18,13 +18,18 @@ def test_aggregate_is_the_ops_aggregation(agg, normalizer, weights):
     mask = torch.rand(5, 7, generator=g) > 0.3
     mask[2] = False  # a row without tokens
     weight = mask if weights == "bool" else mask * torch.rand(5, 7, generator=g, dtype=torch.float64)
-    loss, _ = torch.ops.bandpo.band_loss(logp, logp, -torch.ones(5, dtype=torch.float64), weight, agg=agg,
-                                         normalizer=normalizer)
+    loss, _ = torch.ops.bandpo.band_loss(
+        logp, logp, -torch.ones(5, dtype=torch.float64), weight, agg=agg, normalizer=normalizer
+    )
     want = rules.aggregate(torch.ones_like(logp), weight, agg, normalizer)
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=0)
     if normalizer is None and agg != "seq-mean-token-mean":
-        torch.testing.assert_close(rules.aggregate(torch.ones_like(logp), weight, agg) * rules.aggregation_denominator(
-            weight, agg), (torch.ones_like(logp) * weight).sum(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            rules.aggregate(torch.ones_like(logp), weight, agg) * rules.aggregation_denominator(weight, agg),
+            (torch.ones_like(logp) * weight).sum(),
+            rtol=1e-12,
+            atol=0,
+        )
 
 
 @pytest.mark.parametrize("divergence", bandpo.DIVERGENCES)
@@ -34,14 +39,16 @@ def test_ratio_and_clip_decision_are_the_ops(divergence):
     cfg = bandpo.BandConfig(divergence=divergence)
     _, metrics = torch.ops.bandpo.band_loss(logp, old, adv, mask, **cfg.loss_kwargs())
     lower, upper = bandpo.band_bounds(old, cfg)
-    at_upper, at_lower = rules.clipped(rules.ratio(logp, old), adv.reshape(-1, 1) if adv.dim() == 1 else adv,
-                                       lower, upper)
+    at_upper, at_lower = rules.clipped(
+        rules.ratio(logp, old), adv.reshape(-1, 1) if adv.dim() == 1 else adv, lower, upper
+    )
     n = mask.sum()
     names = list(bandpo.METRIC_NAMES)
     assert float((at_upper & mask).sum() / n) == pytest.approx(float(metrics[names.index("clipfrac_upper")]), abs=1e-6)
     assert float((at_lower & mask).sum() / n) == pytest.approx(float(metrics[names.index("clipfrac_lower")]), abs=1e-6)
     assert float((rules.ratio(logp, old) * mask).sum() / n) == pytest.approx(
-        float(metrics[names.index("ratio_mean")]), rel=1e-5)
+        float(metrics[names.index("ratio_mean")]), rel=1e-5
+    )
 
 
 def test_constants_come_from_the_header():

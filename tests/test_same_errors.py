@@ -32,19 +32,30 @@ def c_abi_call(arrays, kwargs):
             value = code.value
         setattr(opts, name, value)
     keep = []
-    described = [_capi.ABSENT if a is None else _capi.describe(a.ctypes.data, str(a.dtype), a.shape, keep)
-                 for a in arrays]
+    described = [
+        _capi.ABSENT if a is None else _capi.describe(a.ctypes.data, str(a.dtype), a.shape, keep) for a in arrays
+    ]
     layout = _capi.LossLayout()
-    status = _capi.lib.bandpo_loss_layout_of(ctypes.byref(_capi.LossArrays(*described)), ctypes.byref(opts),
-                                             ctypes.byref(layout))
+    status = _capi.lib.bandpo_loss_layout_of(
+        ctypes.byref(_capi.LossArrays(*described)), ctypes.byref(opts), ctypes.byref(layout)
+    )
     if status == 0:
         ready = [None if a is None else np.ascontiguousarray(a) for a in arrays]
         ptr = [None if a is None else a.ctypes.data for a in ready]
-        inputs = _capi.LossInputs(layout.compute_dtype, layout.rows, layout.cols, ptr[0], ptr[1], ptr[2],
-                                  layout.advantages_per_row, ptr[3], layout.mask_kind, ptr[4])
+        inputs = _capi.LossInputs(
+            layout.compute_dtype,
+            layout.rows,
+            layout.cols,
+            ptr[0],
+            ptr[1],
+            ptr[2],
+            layout.advantages_per_row,
+            ptr[3],
+            layout.mask_kind,
+            ptr[4],
+        )
         loss, metrics = ctypes.c_double(), (ctypes.c_float * 8)()
-        status = _capi.lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(opts), ctypes.byref(loss), metrics,
-                                            None)
+        status = _capi.lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(opts), ctypes.byref(loss), metrics, None)
     return status, _capi.lib.bandpo_last_error().decode()
 
 
@@ -63,8 +74,11 @@ def bad_calls():
         "mask shape": ((logp, old, adv, mask[:1], None), {}, ValueError),
         "ref_logp shape": ((logp, old, adv, mask, ref[:1]), {}, ValueError),
         "ref_logp dtype": ((logp, old, adv, mask, ref.float()), {}, TypeError),
-        "agg needs 2-D": ((logp.reshape(-1), old.reshape(-1), adv.reshape(-1), None, None),
-                          {"agg": "seq-mean-token-mean"}, ValueError),
+        "agg needs 2-D": (
+            (logp.reshape(-1), old.reshape(-1), adv.reshape(-1), None, None),
+            {"agg": "seq-mean-token-mean"},
+            ValueError,
+        ),
         "kl_coef without ref": ((logp, old, adv, mask, None), {"kl_coef": 0.1}, ValueError),
         "delta": ((logp, old, adv, mask, None), {"delta": -1.0}, ValueError),
         "divergence": ((logp, old, adv, mask, None), {"divergence": "js"}, ValueError),
@@ -93,13 +107,18 @@ def test_every_face_gives_the_same_error(case):
 
 def test_the_messages_say_what_is_expected():
     logp, old, adv, mask, _ = make_batch(B=2, T=5, dtype=torch.float64)
-    with pytest.raises(TypeError, match=r"^old_logp has dtype float32 but logp has float64: old_logp, advantages "
-                                        r"and ref_logp must have logp's dtype, or float32 beside a bfloat16 or "
-                                        r"float16 logp$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^old_logp has dtype float32 but logp has float64: old_logp, advantages "
+        r"and ref_logp must have logp's dtype, or float32 beside a bfloat16 or "
+        r"float16 logp$",
+    ):
         torch.ops.bandpo.band_loss(logp, old.float(), adv, mask)
     with pytest.raises(ValueError, match=r"^old_logp must have the shape of logp \[2, 5\]; got \[2, 3\]$"):
         bnp.band_loss(logp.numpy(), old[:, :3].numpy(), adv.numpy())
-    with pytest.raises(ValueError, match=r"^kl_coef = 0.1 needs ref_logp \(the reference policy's log-probabilities\)$"):
+    with pytest.raises(
+        ValueError, match=r"^kl_coef = 0.1 needs ref_logp \(the reference policy's log-probabilities\)$"
+    ):
         bandpo.reference.band_loss(logp, old, adv, kl_coef=0.1)
 
 
@@ -140,10 +159,15 @@ def test_a_float_mask_of_another_dtype_is_read_in_the_compute_dtype():
 
 def test_option_errors_of_the_python_faces_name_the_option():
     logp, old, adv, mask, _ = make_batch(B=2, T=5)
-    for face in (lambda **kw: bandpo.band_loss(logp, old, adv, mask, **kw),
-                 lambda **kw: bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), **kw)):
-        with pytest.raises(TypeError, match=r"unknown option 'detla' \(did you mean 'delta'\?\); the options are "
-                                            r"divergence, delta, eps_low"):
+    for face in (
+        lambda **kw: bandpo.band_loss(logp, old, adv, mask, **kw),
+        lambda **kw: bnp.band_loss(logp.numpy(), old.numpy(), adv.numpy(), mask.numpy(), **kw),
+    ):
+        with pytest.raises(
+            TypeError,
+            match=r"unknown option 'detla' \(did you mean 'delta'\?\); the options are "
+            r"divergence, delta, eps_low",
+        ):
             face(detla=0.1)
         with pytest.raises(TypeError, match=r"delta must be a number \(int or float\); got str '0.05'"):
             face(delta="0.05")

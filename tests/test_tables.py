@@ -23,7 +23,12 @@ def test_op_schemas_are_the_table():
     table += [(o.name, o.default) for o in _tables.LOSS_OPTIONS]
     assert schema_options(torch.ops.bandpo.band_loss) == table
     assert [a.name for a in torch.ops.bandpo.band_loss.default._schema.arguments[:5]] == [
-        "logp", "old_logp", "advantages", "mask", "ref_logp"]
+        "logp",
+        "old_logp",
+        "advantages",
+        "mask",
+        "ref_logp",
+    ]
 
 
 def test_band_config_fields_are_the_config_rows():
@@ -51,7 +56,9 @@ def test_numpy_face_takes_every_option_by_name():
     x = np.full((2, 3), -1.0)
     for o in _tables.ALL_OPTIONS:
         bnp.band_loss(x, x, x, with_grad=False, **{o.name: o.default})
-    with pytest.raises(TypeError, match="unknown option 'deltaa' \\(did you mean 'delta'\\?\\); the options are divergence, delta"):
+    with pytest.raises(
+        TypeError, match="unknown option 'deltaa' \\(did you mean 'delta'\\?\\); the options are divergence, delta"
+    ):
         bnp.band_loss(x, x, x, deltaa=0.1)
     with pytest.raises(ValueError, match="delta"):
         _capi.options({"delta": -1.0})
@@ -65,8 +72,9 @@ def test_optional_options_refuse_nan_in_every_face(name):
     with pytest.raises(ValueError, match=name):
         torch.ops.bandpo.band_loss(x, x, x, **{name: math.nan})
     with pytest.raises(ValueError, match=name):
-        bnp.band_loss(np.full((2, 3), -1.0), np.full((2, 3), -1.0), np.full((2, 3), 1.0), with_grad=False,
-                      **{name: math.nan})
+        bnp.band_loss(
+            np.full((2, 3), -1.0), np.full((2, 3), -1.0), np.full((2, 3), 1.0), with_grad=False, **{name: math.nan}
+        )
 
 
 def test_version_is_one():

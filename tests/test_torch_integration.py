@@ -11,10 +11,14 @@ def loss_samples():
     logp, old, adv, mask, ref = make_batch(B=3, T=17, seed=1)
     float_mask = mask.double()
     yield (logp.requires_grad_(), old, adv, mask), dict()
-    yield (logp.detach().requires_grad_(), old, adv[:, 0], float_mask), dict(
-        divergence="tv", agg="seq-mean-token-mean", dual_clip=3.0, ref_logp=ref, kl_coef=0.1, normalizer=5.0)
-    yield (logp.detach().float().requires_grad_(), old.float(), adv.float(), None), dict(divergence="chi2",
-                                                                                          relax_high_p=True)
+    yield (
+        (logp.detach().requires_grad_(), old, adv[:, 0], float_mask),
+        dict(divergence="tv", agg="seq-mean-token-mean", dual_clip=3.0, ref_logp=ref, kl_coef=0.1, normalizer=5.0),
+    )
+    yield (
+        (logp.detach().float().requires_grad_(), old.float(), adv.float(), None),
+        dict(divergence="chi2", relax_high_p=True),
+    )
 
 
 @pytest.mark.parametrize("i", range(3))
@@ -31,18 +35,33 @@ def test_opcheck_band_bounds(dtype):
 
 def test_opcheck_band_loss_backward():
     logp, old, adv, mask, ref = make_batch(B=2, T=9)
-    kw = dict(divergence="kl", delta=0.05, eps_low=0.2, eps_high=0.28, relax_high_p=False, ratio_max=10.0,
-              dual_clip=None, agg="token-mean", normalizer=None, kl_coef=0.1, kl_estimator="k2")
-    torch.library.opcheck(torch.ops.bandpo.band_loss_backward.default,
-                          (torch.tensor(1.0, dtype=torch.float64), logp, old, adv, mask, ref), kw)
+    kw = dict(
+        divergence="kl",
+        delta=0.05,
+        eps_low=0.2,
+        eps_high=0.28,
+        relax_high_p=False,
+        ratio_max=10.0,
+        dual_clip=None,
+        agg="token-mean",
+        normalizer=None,
+        kl_coef=0.1,
+        kl_estimator="k2",
+    )
+    torch.library.opcheck(
+        torch.ops.bandpo.band_loss_backward.default,
+        (torch.tensor(1.0, dtype=torch.float64), logp, old, adv, mask, ref),
+        kw,
+    )
 
 
 def test_compile_fullgraph_dynamic_matches_eager():
     torch._dynamo.reset()
 
     def step(logp, old, adv, mask, ref):
-        loss, metrics = torch.ops.bandpo.band_loss(logp, old, adv, mask, agg="seq-mean-token-mean", dual_clip=3.0,
-                                                   ref_logp=ref, kl_coef=0.05)
+        loss, metrics = torch.ops.bandpo.band_loss(
+            logp, old, adv, mask, agg="seq-mean-token-mean", dual_clip=3.0, ref_logp=ref, kl_coef=0.05
+        )
         return loss * 2.0, metrics
 
     compiled = torch.compile(step, fullgraph=True, dynamic=True)
@@ -72,7 +91,10 @@ def test_results_bitwise_identical_for_any_thread_count():
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             outs = []
-            for args, agg in [((logp, old, adv, mask), "seq-mean-token-mean"), ((logp2, old2, adv2, mask2), "token-mean")]:
+            for args, agg in [
+                ((logp, old, adv, mask), "seq-mean-token-mean"),
+                ((logp2, old2, adv2, mask2), "token-mean"),
+            ]:
                 x = args[0].clone().requires_grad_()
                 loss, metrics = torch.ops.bandpo.band_loss(x, *args[1:], agg=agg, ref_logp=None)
                 loss.backward()

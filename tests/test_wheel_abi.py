@@ -46,8 +46,11 @@ def test_module_imports_no_torch_cxx_symbol():
     # Demangled, every C++ import is the C++ runtime's (std::, operator new/delete, the ABI's type info).
     mangled = [s for s in imported if s.startswith("_Z")]
     demangled = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True).stdout
-    foreign = [d for d in demangled.splitlines()
-               if re.search(r"\b(c10|at|torch|caffe2|pybind11)::", d) and "std::" not in d.split("(")[0]]
+    foreign = [
+        d
+        for d in demangled.splitlines()
+        if re.search(r"\b(c10|at|torch|caffe2|pybind11)::", d) and "std::" not in d.split("(")[0]
+    ]
     assert foreign == [], foreign
 
 
@@ -143,8 +146,9 @@ def test_installed_files_hold_no_path_of_the_build_machine():
 
 def shipped_shared_objects():
     root = os.path.dirname(bandpo.__file__)
-    return [os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files
-            if f.endswith(".so") or ".so." in f]
+    return [
+        os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files if f.endswith(".so") or ".so." in f
+    ]
 
 
 # Undefined symbols that are rightly unversioned: Python's, torch's stable shim, bandpo's own (libbandpo for

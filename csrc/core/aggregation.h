@@ -20,10 +20,20 @@ namespace detail {
 //   loss: sum of w * (pg + kl_coef * kl);  pg: sum of w * pg;  weight: sum of w
 //   clip_upper, clip_lower, dual: weighted counts;  ppo_kl, ratio, ref_kl: weighted sums
 //   invalid: valid positions holding bad values (token_loss.h bad_token)
-#define BANDPO_SEGMENT_SUM_FIELDS(BANDPO_FIELD)                                                         \
-  BANDPO_FIELD(sum, loss) BANDPO_FIELD(sum, pg) BANDPO_FIELD(sum, weight) BANDPO_FIELD(sum, clip_upper) \
-  BANDPO_FIELD(sum, clip_lower) BANDPO_FIELD(sum, dual) BANDPO_FIELD(sum, ppo_kl) BANDPO_FIELD(sum, ratio) \
-  BANDPO_FIELD(sum, ref_kl) BANDPO_FIELD(count, invalid)
+// One field a line, kept by hand: clang-format reflows such lists differently on each pass.
+// clang-format off
+#define BANDPO_SEGMENT_SUM_FIELDS(BANDPO_FIELD) \
+  BANDPO_FIELD(sum, loss)                       \
+  BANDPO_FIELD(sum, pg)                         \
+  BANDPO_FIELD(sum, weight)                     \
+  BANDPO_FIELD(sum, clip_upper)                 \
+  BANDPO_FIELD(sum, clip_lower)                 \
+  BANDPO_FIELD(sum, dual)                       \
+  BANDPO_FIELD(sum, ppo_kl)                     \
+  BANDPO_FIELD(sum, ratio)                      \
+  BANDPO_FIELD(sum, ref_kl)                     \
+  BANDPO_FIELD(count, invalid)
+// clang-format on
 
 // The member type of a field of kind `sum` or `count`, for a given floating-point sum type.
 #define BANDPO_SEGMENT_FIELD_TYPE_sum(Sum) Sum
@@ -45,14 +55,16 @@ BANDPO_HD double mean_or_zero(double sum, double weight) { return weight != 0.0 
 
 // The denominator of the aggregation (see Aggregation) or the normalizer, given the batch shape and the
 // total mask weight (token-mean only).
-BANDPO_HD double aggregation_denominator(const LossOptions& options, int64_t rows, int64_t cols,
-                                         double total_weight) {
+BANDPO_HD double aggregation_denominator(const LossOptions& options, int64_t rows, int64_t cols, double total_weight) {
   if (!(options.normalizer != options.normalizer)) return options.normalizer;  // set (not NaN)
   switch (options.agg) {
-    case Aggregation::token_mean: return total_weight;
+    case Aggregation::token_mean:
+      return total_weight;
     case Aggregation::seq_mean_token_sum:
-    case Aggregation::seq_mean_token_mean: return static_cast<double>(rows);
-    case Aggregation::seq_mean_token_sum_norm: return static_cast<double>(rows) * static_cast<double>(cols);
+    case Aggregation::seq_mean_token_mean:
+      return static_cast<double>(rows);
+    case Aggregation::seq_mean_token_sum_norm:
+      return static_cast<double>(rows) * static_cast<double>(cols);
   }
   return 0.0;
 }
@@ -68,8 +80,8 @@ BANDPO_HD LossResult finish_loss(const SegmentSums& total, double sum_row_mean_l
   const double loss_sum = row_means ? sum_row_mean_loss : total.loss;
   const double pg_sum = row_means ? sum_row_mean_pg : total.pg;
   // The sums are of scaled weights where the denominator is not their own total (nor a mean of per-row means).
-  const bool over_weights = !row_means && options.normalizer != options.normalizer &&
-                            options.agg == Aggregation::token_mean;
+  const bool over_weights =
+      !row_means && options.normalizer != options.normalizer && options.agg == Aggregation::token_mean;
   const int unscale = row_means || over_weights ? 0 : weight_exp;
   LossResult result;
   result.loss = mean_or_zero(loss_sum, denominator);

@@ -15,10 +15,14 @@ namespace detail {
 void throw_if_bad_value(const LossInputs& in, int64_t begin, int64_t end) {
   auto value = [&](const void* p, int64_t i) -> double {
     switch (in.dtype) {
-      case DType::float32: return load<double>(static_cast<const float*>(p), i);
-      case DType::float64: return load<double>(static_cast<const double*>(p), i);
-      case DType::bfloat16: return load<double>(static_cast<const bfloat16*>(p), i);
-      case DType::float16: return load<double>(static_cast<const float16*>(p), i);
+      case DType::float32:
+        return load<double>(static_cast<const float*>(p), i);
+      case DType::float64:
+        return load<double>(static_cast<const double*>(p), i);
+      case DType::bfloat16:
+        return load<double>(static_cast<const bfloat16*>(p), i);
+      case DType::float16:
+        return load<double>(static_cast<const float16*>(p), i);
     }
     return 0.0;
   };

@@ -56,9 +56,13 @@ E checked_enum(int value, int count, const char* what) {
 
 // A C field into its C++ option, by the option's C++ type (tables.h); enum codes are range-checked.
 template <class CValue>
-void from_c(CValue v, double& field, const char*) { field = static_cast<double>(v); }
+void from_c(CValue v, double& field, const char*) {
+  field = static_cast<double>(v);
+}
 template <class CValue>
-void from_c(CValue v, bool& field, const char*) { field = v != 0; }
+void from_c(CValue v, bool& field, const char*) {
+  field = v != 0;
+}
 template <class CValue>
 void from_c(CValue v, bandpo::Divergence& field, const char* name) {
   field = checked_enum<bandpo::Divergence>(v, bandpo::kNumDivergences, name);
@@ -101,7 +105,8 @@ BANDPO_SAME_CODE(bandpo::kNumMetrics, BANDPO_NUM_METRICS)
 
 // The struct's fields are in the rows' order (the Python face builds it from the rows).
 #define BANDPO_OFFSET_OF(name, ...) offsetof(bandpo_options, name),
-constexpr size_t kOptionOffsets[] = {BANDPO_BOUND_OPTION_TABLE(BANDPO_OFFSET_OF) BANDPO_LOSS_OPTION_TABLE(BANDPO_OFFSET_OF)};
+constexpr size_t kOptionOffsets[] = {BANDPO_BOUND_OPTION_TABLE(BANDPO_OFFSET_OF)
+                                         BANDPO_LOSS_OPTION_TABLE(BANDPO_OFFSET_OF)};
 constexpr bool offsets_ascend() {
   for (size_t i = 1; i < sizeof(kOptionOffsets) / sizeof(kOptionOffsets[0]); ++i)
     if (kOptionOffsets[i] <= kOptionOffsets[i - 1]) return false;
@@ -147,17 +152,26 @@ struct Table {
   int size;
 };
 template <size_t N>
-constexpr Table table_of(const bandpo_table_row (&rows)[N]) { return Table{rows, static_cast<int>(N)}; }
+constexpr Table table_of(const bandpo_table_row (&rows)[N]) {
+  return Table{rows, static_cast<int>(N)};
+}
 
 Table table(int code) {
   switch (code) {
-    case BANDPO_TABLE_DIVERGENCES: return table_of(kDivergenceRows);
-    case BANDPO_TABLE_AGGREGATIONS: return table_of(kAggregationRows);
-    case BANDPO_TABLE_KL_ESTIMATORS: return table_of(kKlEstimatorRows);
-    case BANDPO_TABLE_METRICS: return table_of(kMetricRows);
-    case BANDPO_TABLE_OPTIONS: return table_of(kOptionRows);
-    case BANDPO_TABLE_CONSTANTS: return table_of(kConstantRows);
-    default: return Table{nullptr, -1};
+    case BANDPO_TABLE_DIVERGENCES:
+      return table_of(kDivergenceRows);
+    case BANDPO_TABLE_AGGREGATIONS:
+      return table_of(kAggregationRows);
+    case BANDPO_TABLE_KL_ESTIMATORS:
+      return table_of(kKlEstimatorRows);
+    case BANDPO_TABLE_METRICS:
+      return table_of(kMetricRows);
+    case BANDPO_TABLE_OPTIONS:
+      return table_of(kOptionRows);
+    case BANDPO_TABLE_CONSTANTS:
+      return table_of(kConstantRows);
+    default:
+      return Table{nullptr, -1};
   }
 }
 
@@ -176,8 +190,8 @@ bandpo_status bandpo_band_bounds(bandpo_dtype dtype, const void* old_logp, int64
                                  void* lower, void* upper) {
   return guarded([&] {
     // The core checks the dtype code, n, its byte size and the pointers (checks.cpp).
-    bandpo::band_bounds_cpu(static_cast<bandpo::DType>(dtype), old_logp, n, loss_options(options).bounds, lower,
-                            upper, parallel_for());
+    bandpo::band_bounds_cpu(static_cast<bandpo::DType>(dtype), old_logp, n, loss_options(options).bounds, lower, upper,
+                            parallel_for());
   });
 }
 
@@ -209,8 +223,8 @@ bandpo_status bandpo_logit_stats(const float* raw, int64_t rows, int64_t vocab, 
                                  double temperature, float* logp, float* entropy) {
   return guarded([&] {
     // The core checks the sizes, pointers, options and targets (checks.cpp check_logit_chunk).
-    bandpo::logit_stats_cpu(raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature,
-                            logp, entropy, parallel_for());
+    bandpo::logit_stats_cpu(raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature, logp,
+                            entropy, parallel_for());
   });
 }
 
@@ -285,7 +299,8 @@ bandpo_status bandpo_table_get(bandpo_table t, int index, bandpo_table_row* row)
     const Table tab = table(static_cast<int>(t));
     if (tab.size < 0) throw std::invalid_argument("table = " + std::to_string(static_cast<int>(t)) + " is not a table");
     if (index < 0 || index >= tab.size)
-      throw std::invalid_argument("index = " + std::to_string(index) + " is not in [0, " + std::to_string(tab.size) + ")");
+      throw std::invalid_argument("index = " + std::to_string(index) + " is not in [0, " + std::to_string(tab.size) +
+                                  ")");
     if (!row) throw std::invalid_argument("row must not be null");
     *row = tab.rows[index];
   });

@@ -19,10 +19,13 @@ namespace {
 
 int64_t element_bytes(DType dtype, const char* op) {
   switch (dtype) {
-    case DType::float32: return 4;
-    case DType::float64: return 8;
+    case DType::float32:
+      return 4;
+    case DType::float64:
+      return 8;
     case DType::bfloat16:
-    case DType::float16: return 2;
+    case DType::float16:
+      return 2;
   }
   fail(op, "dtype = " + std::to_string(static_cast<int>(dtype)) + " is not a valid dtype code");
 }
@@ -40,8 +43,8 @@ int64_t checked_numel(int64_t rows, int64_t cols, DType dtype, const char* op) {
   return rows * cols;
 }
 
-void check_bounds_call(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options,
-                       const void* lower, const void* upper, const char* op) {
+void check_bounds_call(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, const void* lower,
+                       const void* upper, const char* op) {
   validate(options);
   if (n < 0) fail(op, "n = " + std::to_string(n) + " must be >= 0");
   checked_numel(1, n, dtype, op);
@@ -71,21 +74,23 @@ void check_logit_chunk(const char* op, int64_t rows, int64_t vocab, int64_t row_
                                 std::to_string(vocab) + ")");
   constexpr int64_t kMaxBytes = std::numeric_limits<std::ptrdiff_t>::max();
   if (rows > 0 && row_stride > kMaxBytes / 4 / rows)  // raw's extent, so that every offset r * row_stride fits
-    throw std::invalid_argument(o + ": rows = " + std::to_string(rows) + " times row_stride = " +
-                                std::to_string(row_stride) + " float32 logits is more than one buffer can hold (" +
-                                std::to_string(kMaxBytes) + " bytes)");
+    throw std::invalid_argument(
+        o + ": rows = " + std::to_string(rows) + " times row_stride = " + std::to_string(row_stride) +
+        " float32 logits is more than one buffer can hold (" + std::to_string(kMaxBytes) + " bytes)");
   if (rows > 0 && (!raw || !target)) throw std::invalid_argument(o + ": raw and target must not be null when rows > 0");
   if (!(std::isfinite(temperature) && temperature > 0))
     throw std::invalid_argument(o + ": temperature must be a finite number > 0, got " + std::to_string(temperature));
   if (!(std::isfinite(softcap) && softcap >= 0))
     throw std::invalid_argument(o + ": softcap must be a finite number >= 0 (0: none), got " + std::to_string(softcap));
   if (!(std::isfinite(logit_scale) && logit_scale != 0))
-    throw std::invalid_argument(o + ": logit_scale must be a finite nonzero number, got " + std::to_string(logit_scale));
+    throw std::invalid_argument(o + ": logit_scale must be a finite nonzero number, got " +
+                                std::to_string(logit_scale));
 }
 
 void check_logit_outputs(const char* op, const float* logp, const float* entropy) {
   if ((logp == nullptr) != (entropy == nullptr))
-    throw std::invalid_argument(std::string(op) + ": logp and entropy come together (the rows' logit_stats outputs), got only " +
+    throw std::invalid_argument(std::string(op) +
+                                ": logp and entropy come together (the rows' logit_stats outputs), got only " +
                                 (logp ? "logp" : "entropy"));
 }
 
@@ -95,14 +100,22 @@ void check_logit_outputs(const char* op, const float* logp, const float* entropy
 
 const char* element_type_name(ElementType type) {
   switch (type) {
-    case ElementType::float32: return "float32";
-    case ElementType::float64: return "float64";
-    case ElementType::bfloat16: return "bfloat16";
-    case ElementType::float16: return "float16";
-    case ElementType::boolean: return "bool";
-    case ElementType::uint8: return "uint8";
-    case ElementType::int64: return "int64";
-    case ElementType::other: break;
+    case ElementType::float32:
+      return "float32";
+    case ElementType::float64:
+      return "float64";
+    case ElementType::bfloat16:
+      return "bfloat16";
+    case ElementType::float16:
+      return "float16";
+    case ElementType::boolean:
+      return "bool";
+    case ElementType::uint8:
+      return "uint8";
+    case ElementType::int64:
+      return "int64";
+    case ElementType::other:
+      break;
   }
   return "an unsupported dtype";
 }
@@ -144,14 +157,18 @@ bool same_shape(const ArrayDesc& a, const ArrayDesc& b) {
 // A described array's own sanity: ndim >= 0, sizes >= 0 and a shape pointer where ndim > 0; its element count
 // without overflow (at most PTRDIFF_MAX bytes of 8-byte elements, the widest the rules take).
 int64_t element_count(const ArrayDesc& a, const char* name) {
-  if (a.ndim < 0 || a.ndim > 64) throw std::invalid_argument(std::string(name) + ": ndim = " + std::to_string(a.ndim) + " must be in [0, 64]");
-  if (a.ndim > 0 && !a.shape) throw std::invalid_argument(std::string(name) + ": shape is null but ndim = " + std::to_string(a.ndim));
+  if (a.ndim < 0 || a.ndim > 64)
+    throw std::invalid_argument(std::string(name) + ": ndim = " + std::to_string(a.ndim) + " must be in [0, 64]");
+  if (a.ndim > 0 && !a.shape)
+    throw std::invalid_argument(std::string(name) + ": shape is null but ndim = " + std::to_string(a.ndim));
   constexpr int64_t kMaxElements = std::numeric_limits<std::ptrdiff_t>::max() / 8;
   int64_t count = 1;
   for (int i = 0; i < a.ndim; ++i) {
-    if (a.shape[i] < 0) throw std::invalid_argument(std::string(name) + " has a negative size in its shape " + shape_of(a));
+    if (a.shape[i] < 0)
+      throw std::invalid_argument(std::string(name) + " has a negative size in its shape " + shape_of(a));
     if (a.shape[i] > 0 && count > kMaxElements / a.shape[i])
-      throw std::invalid_argument(std::string(name) + " of shape " + shape_of(a) + " has more elements than one buffer can hold");
+      throw std::invalid_argument(std::string(name) + " of shape " + shape_of(a) +
+                                  " has more elements than one buffer can hold");
     count *= a.shape[i];
   }
   return count;
@@ -257,7 +274,8 @@ LogitChunkLayout logit_chunk_layout(const char* op, const ArrayDesc& raw, int64_
   if (raw.ndim != 2) throw std::invalid_argument(o + ": raw must be 2-D [rows, vocab], got shape " + shape_of(raw));
   const bool half = raw.type == ElementType::bfloat16 || raw.type == ElementType::float16;
   if (!(raw.type == ElementType::float32 || (half_ok && half)))
-    throw dtype_error(o + ": raw must be float32" + (half_ok ? ", bfloat16 or float16" : "") + ", got " + type_name(raw));
+    throw dtype_error(o + ": raw must be float32" + (half_ok ? ", bfloat16 or float16" : "") + ", got " +
+                      type_name(raw));
   LogitChunkLayout l{raw.shape[0], raw.shape[1], raw.shape[0] <= 1 ? raw.shape[1] : raw_row_stride};
   if (l.vocab < 1) throw std::invalid_argument(o + ": raw must have at least one column (vocab)");
   if (l.rows > 1 && l.vocab > 1 && raw_col_stride != 1)

@@ -26,8 +26,8 @@ int64_t element_bytes(DType dtype, const char* op);
 int64_t checked_numel(int64_t rows, int64_t cols, DType dtype, const char* op);
 
 // The checks of band_bounds: dtype, n (>= 0, bytes as above) and non-null buffers when n > 0.
-void check_bounds_call(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options,
-                       const void* lower, const void* upper, const char* op);
+void check_bounds_call(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, const void* lower,
+                       const void* upper, const char* op);
 
 // The checks of band_loss before any work: options, dtype, mask kind, sizes (as checked_numel), non-null
 // buffers for a non-empty call, ref_logp when kl_coef != 0. Returns rows * cols.
@@ -50,10 +50,9 @@ std::vector<T> host_workspace(int64_t count, const LossInputs& in, const char* o
   try {
     return std::vector<T>(static_cast<size_t>(count));
   } catch (const std::bad_alloc&) {
-  } catch (const std::length_error&) {
-  }
-  throw out_of_memory(std::string(op) + ": could not allocate a host workspace of " + std::to_string(count) +
-                      " x " + std::to_string(sizeof(T)) + " bytes for rows = " + std::to_string(in.rows) +
+  } catch (const std::length_error&) {}
+  throw out_of_memory(std::string(op) + ": could not allocate a host workspace of " + std::to_string(count) + " x " +
+                      std::to_string(sizeof(T)) + " bytes for rows = " + std::to_string(in.rows) +
                       ", cols = " + std::to_string(in.cols));
 }
 

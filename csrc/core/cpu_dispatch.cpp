@@ -12,10 +12,10 @@ namespace detail {
 namespace {
 
 // The table of the instruction set whose functions live in namespace `ns` (cpu_kernels.h).
-#define BANDPO_KERNEL_TABLE(ns, name)                                                                      \
-  KernelTable {                                                                                          \
+#define BANDPO_KERNEL_TABLE(ns, name)                                                                          \
+  KernelTable {                                                                                                \
     name, ns::bounds, ns::loss_segment, ns::grad_segment, ns::weight_sum, ns::kl_table_exact, ns::logit_stats, \
-        ns::logit_grad                                                                                   \
+        ns::logit_grad                                                                                         \
   }
 const KernelTable kBaseline = BANDPO_KERNEL_TABLE(cpu_baseline, "baseline");
 #if defined(BANDPO_HAVE_X86_ISA_VARIANTS)
@@ -37,8 +37,8 @@ const KernelTable& cpu_kernels() {
     __builtin_cpu_init();
     const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (want == "avx2" && has_avx2) return kAvx2;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl"))
       return kAvx512;
     if (has_avx2) return kAvx2;
 #endif

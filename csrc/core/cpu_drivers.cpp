@@ -21,8 +21,8 @@ namespace bandpo {
 using detail::ItemSums;
 using detail::KernelTable;
 using detail::Partition;
-using detail::SegmentSums;
 using detail::run_parallel;
+using detail::SegmentSums;
 
 const char* version() { return BANDPO_VERSION_STRING; }
 
@@ -102,7 +102,8 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
   for (int64_t item = 0; item < part.n_items; ++item) {
     const ItemSums& it = items[static_cast<size_t>(item)];
     if (it.tokens.invalid > 0)
-      part.for_each_segment(item, [&](int64_t, int64_t begin, int64_t end) { detail::throw_if_bad_value(in, begin, end); });
+      part.for_each_segment(item,
+                            [&](int64_t, int64_t begin, int64_t end) { detail::throw_if_bad_value(in, begin, end); });
     total.add(it.tokens);
     if (part.whole_rows()) {
       row_mean_loss += it.row_mean_loss;

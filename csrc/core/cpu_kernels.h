@@ -57,15 +57,15 @@ struct KernelTable {
 // Each instruction set's functions live in their own namespace (cpu_baseline, cpu_avx2, cpu_avx512): the same
 // source compiled with different flags must never give two definitions of one name (the linker would keep
 // either, and an AVX-512 loop could end up in the baseline table).
-#define BANDPO_DECLARE_CPU_KERNELS(ns)          \
-  namespace ns {                                \
-  BoundsKernel bounds;                          \
-  LossSegmentKernel loss_segment;               \
-  GradSegmentKernel grad_segment;               \
-  WeightSumKernel weight_sum;                   \
-  KlTableExactKernel kl_table_exact;            \
-  LogitStatsKernel logit_stats;                 \
-  LogitGradKernel logit_grad;                   \
+#define BANDPO_DECLARE_CPU_KERNELS(ns) \
+  namespace ns {                       \
+  BoundsKernel bounds;                 \
+  LossSegmentKernel loss_segment;      \
+  GradSegmentKernel grad_segment;      \
+  WeightSumKernel weight_sum;          \
+  KlTableExactKernel kl_table_exact;   \
+  LogitStatsKernel logit_stats;        \
+  LogitGradKernel logit_grad;          \
   }
 BANDPO_DECLARE_CPU_KERNELS(cpu_baseline)
 #if defined(BANDPO_HAVE_X86_ISA_VARIANTS)

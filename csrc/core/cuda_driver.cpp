@@ -11,10 +11,14 @@ std::string cuda_version_string(int version) {  // 12040 -> "12.4"
 
 int minimum_driver_branch(int cuda_runtime_version) {
   switch (cuda_runtime_version / 1000) {
-    case 11: return 450;
-    case 12: return 525;
-    case 13: return 580;
-    default: return 0;
+    case 11:
+      return 450;
+    case 12:
+      return 525;
+    case 13:
+      return 580;
+    default:
+      return 0;
   }
 }
 

@@ -14,7 +14,9 @@
 namespace bandpo {
 namespace {
 
-[[noreturn]] void fail(const char* op, const std::string& what) { throw std::invalid_argument(std::string(op) + ": " + what); }
+[[noreturn]] void fail(const char* op, const std::string& what) {
+  throw std::invalid_argument(std::string(op) + ": " + what);
+}
 
 LogitTransform checked_transform(const char* op, int64_t rows, int64_t vocab, int64_t row_stride, const void* raw,
                                  const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,

@@ -31,12 +31,21 @@ const char* metric_name(int index) {
 
 #define BANDPO_QUOTED_NAME(value, text, ...) "'" text "', "
 
-#define BANDPO_DIV_ROW(value, text, ...) if (name == text) return Divergence::value;
-#define BANDPO_AGG_ROW(value, text, ...) if (name == text) return Aggregation::value;
-#define BANDPO_EST_ROW(value, text, ...) if (name == text) return KlEstimator::value;
-#define BANDPO_DIV_CASE(value, text, ...) case Divergence::value: return text;
-#define BANDPO_AGG_CASE(value, text, ...) case Aggregation::value: return text;
-#define BANDPO_EST_CASE(value, text, ...) case KlEstimator::value: return text;
+#define BANDPO_DIV_ROW(value, text, ...) \
+  if (name == text) return Divergence::value;
+#define BANDPO_AGG_ROW(value, text, ...) \
+  if (name == text) return Aggregation::value;
+#define BANDPO_EST_ROW(value, text, ...) \
+  if (name == text) return KlEstimator::value;
+#define BANDPO_DIV_CASE(value, text, ...) \
+  case Divergence::value:                 \
+    return text;
+#define BANDPO_AGG_CASE(value, text, ...) \
+  case Aggregation::value:                \
+    return text;
+#define BANDPO_EST_CASE(value, text, ...) \
+  case KlEstimator::value:                \
+    return text;
 
 Divergence parse_divergence(const std::string& name) {
   BANDPO_DIVERGENCE_TABLE(BANDPO_DIV_ROW)
@@ -68,8 +77,7 @@ const char* kl_estimator_name(KlEstimator e) {
   return "?";
 }
 
-#define BANDPO_SCHEMA_ARG(name, ctype, schema_type, schema_default, ...) \
-  ", " schema_type " " #name "=" schema_default
+#define BANDPO_SCHEMA_ARG(name, ctype, schema_type, schema_default, ...) ", " schema_type " " #name "=" schema_default
 std::string bound_options_schema() { return BANDPO_BOUND_OPTION_TABLE(BANDPO_SCHEMA_ARG); }
 std::string loss_options_schema() {
   return std::string(BANDPO_BOUND_OPTION_TABLE(BANDPO_SCHEMA_ARG)) + BANDPO_LOSS_OPTION_TABLE(BANDPO_SCHEMA_ARG);
@@ -80,7 +88,9 @@ namespace {
 std::string describe(double v) { return fmt(v); }
 std::string describe(bool v) { return v ? "True" : "False"; }
 template <class Choice>
-std::string describe(Choice c) { return choice_name(c); }
+std::string describe(Choice c) {
+  return choice_name(c);
+}
 }  // namespace
 
 // Each option's condition from its row of tables.h; choice codes out of range (C callers) are refused too.
@@ -91,14 +101,16 @@ std::string describe(Choice c) { return choice_name(c); }
   }
 
 void validate(const BoundOptions& o) {
-  if (static_cast<int>(o.divergence) < 0 || static_cast<int>(o.divergence) >= kNumDivergences) fail("divergence: unknown code");
+  if (static_cast<int>(o.divergence) < 0 || static_cast<int>(o.divergence) >= kNumDivergences)
+    fail("divergence: unknown code");
   BANDPO_BOUND_OPTION_TABLE(BANDPO_VALIDATE_ROW)
 }
 
 void validate(const LossOptions& o) {
   validate(o.bounds);
   if (static_cast<int>(o.agg) < 0 || static_cast<int>(o.agg) >= kNumAggregations) fail("agg: unknown code");
-  if (static_cast<int>(o.kl_estimator) < 0 || static_cast<int>(o.kl_estimator) >= kNumKlEstimators) fail("kl_estimator: unknown code");
+  if (static_cast<int>(o.kl_estimator) < 0 || static_cast<int>(o.kl_estimator) >= kNumKlEstimators)
+    fail("kl_estimator: unknown code");
   BANDPO_LOSS_OPTION_TABLE(BANDPO_VALIDATE_ROW)
 }
 

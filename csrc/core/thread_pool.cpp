@@ -37,8 +37,8 @@ class ThreadPool {
       return;
     }
 #endif
-    const int64_t n_helpers = std::min<int64_t>({static_cast<int64_t>(max_threads) - 1, n_items - 1,
-                                                 static_cast<int64_t>(workers_.size())});
+    const int64_t n_helpers =
+        std::min<int64_t>({static_cast<int64_t>(max_threads) - 1, n_items - 1, static_cast<int64_t>(workers_.size())});
     if (n_helpers <= 0) {
       body(0, n_items);
       return;

@@ -35,17 +35,28 @@ void raise_type_error(const std::string& message) {
 
 const char* dtype_name(ScalarType t) {
   switch (t) {
-    case ScalarType::Float: return "float32";
-    case ScalarType::Double: return "float64";
-    case ScalarType::BFloat16: return "bfloat16";
-    case ScalarType::Half: return "float16";
-    case ScalarType::Bool: return "bool";
-    case ScalarType::Byte: return "uint8";
-    case ScalarType::Char: return "int8";
-    case ScalarType::Short: return "int16";
-    case ScalarType::Int: return "int32";
-    case ScalarType::Long: return "int64";
-    default: return "an unsupported dtype";
+    case ScalarType::Float:
+      return "float32";
+    case ScalarType::Double:
+      return "float64";
+    case ScalarType::BFloat16:
+      return "bfloat16";
+    case ScalarType::Half:
+      return "float16";
+    case ScalarType::Bool:
+      return "bool";
+    case ScalarType::Byte:
+      return "uint8";
+    case ScalarType::Char:
+      return "int8";
+    case ScalarType::Short:
+      return "int16";
+    case ScalarType::Int:
+      return "int32";
+    case ScalarType::Long:
+      return "int64";
+    default:
+      return "an unsupported dtype";
   }
 }
 
@@ -53,10 +64,17 @@ std::string device_name(const Tensor& t) {
   const torch::stable::Device d = t.device();
   std::string type;
   switch (d.type()) {
-    case torch::headeronly::DeviceType::CPU: type = "cpu"; break;
-    case torch::headeronly::DeviceType::CUDA: type = "cuda"; break;
-    case torch::headeronly::DeviceType::Meta: type = "meta"; break;
-    default: type = cat("device type ", static_cast<int>(d.type()));
+    case torch::headeronly::DeviceType::CPU:
+      type = "cpu";
+      break;
+    case torch::headeronly::DeviceType::CUDA:
+      type = "cuda";
+      break;
+    case torch::headeronly::DeviceType::Meta:
+      type = "meta";
+      break;
+    default:
+      type = cat("device type ", static_cast<int>(d.type()));
   }
   return d.has_index() ? cat(type, ":", static_cast<int>(d.index())) : type;
 }
@@ -70,14 +88,22 @@ std::string shape_string(const Tensor& t) {
 
 ElementType element_type(ScalarType t) {
   switch (t) {
-    case ScalarType::Float: return ElementType::float32;
-    case ScalarType::Double: return ElementType::float64;
-    case ScalarType::BFloat16: return ElementType::bfloat16;
-    case ScalarType::Half: return ElementType::float16;
-    case ScalarType::Bool: return ElementType::boolean;
-    case ScalarType::Byte: return ElementType::uint8;
-    case ScalarType::Long: return ElementType::int64;
-    default: return ElementType::other;
+    case ScalarType::Float:
+      return ElementType::float32;
+    case ScalarType::Double:
+      return ElementType::float64;
+    case ScalarType::BFloat16:
+      return ElementType::bfloat16;
+    case ScalarType::Half:
+      return ElementType::float16;
+    case ScalarType::Bool:
+      return ElementType::boolean;
+    case ScalarType::Byte:
+      return ElementType::uint8;
+    case ScalarType::Long:
+      return ElementType::int64;
+    default:
+      return ElementType::other;
   }
 }
 
@@ -170,8 +196,8 @@ void check_stack(const char* op, uint64_t num_args, uint64_t expected_args, uint
                  uint64_t expected_outputs) {
   if (num_args != expected_args || num_outputs != expected_outputs)
     throw std::runtime_error(cat("bandpo::", op, ": the registered schema has ", num_args, " arguments and ",
-                                 num_outputs, " outputs, the kernel expects ", expected_args, " and ",
-                                 expected_outputs, " (tables.h and the schema are out of step)"));
+                                 num_outputs, " outputs, the kernel expects ", expected_args, " and ", expected_outputs,
+                                 " (tables.h and the schema are out of step)"));
 }
 
 BoundOptions unbox_bound_options(StableIValue* stack) { return unbox<BoundOptions>(stack); }
@@ -212,9 +238,10 @@ LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& adv
   check_device(mask, "mask", logp);
   check_device(ref_logp, "ref_logp", logp);
   // The rules are the core's (bandpo/arrays.h), the same for every face.
-  const std::optional<TensorDesc> descs[] = {TensorDesc(logp), TensorDesc(old_logp), TensorDesc(advantages),
-                                             mask ? std::optional<TensorDesc>(TensorDesc(*mask)) : std::nullopt,
-                                             ref_logp ? std::optional<TensorDesc>(TensorDesc(*ref_logp)) : std::nullopt};
+  const std::optional<TensorDesc> descs[] = {
+      TensorDesc(logp), TensorDesc(old_logp), TensorDesc(advantages),
+      mask ? std::optional<TensorDesc>(TensorDesc(*mask)) : std::nullopt,
+      ref_logp ? std::optional<TensorDesc>(TensorDesc(*ref_logp)) : std::nullopt};
   const auto desc = [&](int i) { return descs[i] ? descs[i]->desc : ArrayDesc{}; };
   const LossArrays arrays{desc(kArgLogp), desc(kArgOldLogp), desc(kArgAdvantages), desc(kArgMask), desc(kArgRefLogp)};
   const LossLayout layout = with_python_errors([&] { return loss_layout(arrays, options); });
@@ -251,10 +278,14 @@ LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& adv
 
 ScalarType scalar_type(DType d) {
   switch (d) {
-    case DType::float32: return ScalarType::Float;
-    case DType::float64: return ScalarType::Double;
-    case DType::bfloat16: return ScalarType::BFloat16;
-    case DType::float16: return ScalarType::Half;
+    case DType::float32:
+      return ScalarType::Float;
+    case DType::float64:
+      return ScalarType::Double;
+    case DType::bfloat16:
+      return ScalarType::BFloat16;
+    case DType::float16:
+      return ScalarType::Half;
   }
   return ScalarType::Float;
 }

@@ -24,8 +24,8 @@
 
 namespace bandpo {
 
-using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
 
 // Python's exception types from a stable-ABI kernel: the kernel's C++ exception travels through torch's
 // dispatcher to pybind11's translator, which turns std::invalid_argument into ValueError and its own
@@ -47,12 +47,12 @@ std::string cat(const Parts&... parts) {
   return s.str();
 }
 
-#define BANDPO_CHECK_VALUE(cond, ...) \
-  do {                                \
+#define BANDPO_CHECK_VALUE(cond, ...)                                     \
+  do {                                                                    \
     if (!(cond)) ::bandpo::raise_value_error(::bandpo::cat(__VA_ARGS__)); \
   } while (0)
-#define BANDPO_CHECK_TYPE(cond, ...) \
-  do {                               \
+#define BANDPO_CHECK_TYPE(cond, ...)                                     \
+  do {                                                                   \
     if (!(cond)) ::bandpo::raise_type_error(::bandpo::cat(__VA_ARGS__)); \
   } while (0)
 

@@ -65,14 +65,23 @@ void band_loss_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_ou
   const Tensor& logp = call.logp;
   const LossOptions& options = call.options;
   const LossArgs args = loss_args(call);
-  const LossResult r = rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
+  const LossResult r =
+      rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
   Tensor loss = empty_on({}, scalar_type(args.inputs.dtype), logp);
   void* out = loss.data_ptr();
   switch (args.inputs.dtype) {  // the double result, rounded to the compute dtype as the core's writers round
-    case DType::float32: store(static_cast<float*>(out), 0, r.loss); break;
-    case DType::float64: store(static_cast<double*>(out), 0, r.loss); break;
-    case DType::bfloat16: store(static_cast<bfloat16*>(out), 0, r.loss); break;
-    case DType::float16: store(static_cast<float16*>(out), 0, r.loss); break;
+    case DType::float32:
+      store(static_cast<float*>(out), 0, r.loss);
+      break;
+    case DType::float64:
+      store(static_cast<double*>(out), 0, r.loss);
+      break;
+    case DType::bfloat16:
+      store(static_cast<bfloat16*>(out), 0, r.loss);
+      break;
+    case DType::float16:
+      store(static_cast<float16*>(out), 0, r.loss);
+      break;
   }
   Tensor metrics = empty_on({kNumMetrics}, ScalarType::Float, logp);
   std::copy(r.metrics, r.metrics + kNumMetrics, static_cast<float*>(metrics.data_ptr()));
@@ -89,7 +98,8 @@ void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64
   const Tensor g = torch::stable::to(b.grad_loss, ScalarType::Double);
   const double grad_value = *static_cast<const double*>(g.data_ptr());
   Tensor grad = empty_output(*args.logp);
-  rethrow_as_value_error([&] { band_loss_backward_cpu(args.inputs, options, grad_value, grad.data_ptr(), torch_parallel_for()); });
+  rethrow_as_value_error(
+      [&] { band_loss_backward_cpu(args.inputs, options, grad_value, grad.data_ptr(), torch_parallel_for()); });
   stack[0] = from(in_logp_dtype(grad, args));
 }
 

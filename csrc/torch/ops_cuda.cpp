@@ -47,8 +47,9 @@ Tensor workspace(size_t bytes, const Tensor& device_of) {
 }
 
 std::optional<Tensor> on_host(const std::optional<Tensor>& t) {
-  return t.has_value() ? std::optional<Tensor>(torch::stable::to(*t, torch::stable::Device(torch::headeronly::DeviceType::CPU)))
-                       : std::nullopt;
+  return t.has_value()
+             ? std::optional<Tensor>(torch::stable::to(*t, torch::stable::Device(torch::headeronly::DeviceType::CPU)))
+             : std::nullopt;
 }
 
 // Raises the CPU op's ValueError (argument and flat index) for inputs the device found bad: the CPU kernel
@@ -130,9 +131,12 @@ void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t num_args, uint6
 // logit_chunk_stats / logit_chunk_grad_ (schemas.cpp), as on the CPU; raw may also be bfloat16 or float16.
 DType logit_dtype(const Tensor& raw) {
   switch (raw.scalar_type()) {
-    case ScalarType::BFloat16: return DType::bfloat16;
-    case ScalarType::Half: return DType::float16;
-    default: return DType::float32;
+    case ScalarType::BFloat16:
+      return DType::bfloat16;
+    case ScalarType::Half:
+      return DType::float16;
+    default:
+      return DType::float32;
   }
 }
 

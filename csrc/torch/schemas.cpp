@@ -16,16 +16,19 @@ STABLE_TORCH_LIBRARY(bandpo, m) {
          loss_options_schema() + ") -> (Tensor, Tensor)")
             .c_str());
   m.def(("band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, "
-         "Tensor? ref_logp, *" + loss_options_schema() + ") -> Tensor")
+         "Tensor? ref_logp, *" +
+         loss_options_schema() + ") -> Tensor")
             .c_str());
   // The lm_head statistics of one chunk of raw logits (bandpo/cpu.h logit_stats_cpu, logit_grad_cpu), for
   // python/bandpo/lm_head.py: float32 raw [rows, vocab] with unit column stride.
-  m.def("logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index=-100, float logit_scale=1., "
-        "float softcap=0., float temperature=1.) -> (Tensor, Tensor)");
+  m.def(
+      "logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index=-100, float logit_scale=1., "
+      "float softcap=0., float temperature=1.) -> (Tensor, Tensor)");
   // logp and entropy: the chunk's logit_chunk_stats outputs, when kept (then one pass per row, not three).
-  m.def("logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, "
-        "int ignore_index=-100, float logit_scale=1., float softcap=0., float temperature=1., Tensor? logp=None, "
-        "Tensor? entropy=None) -> ()");
+  m.def(
+      "logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, "
+      "int ignore_index=-100, float logit_scale=1., float softcap=0., float temperature=1., Tensor? logp=None, "
+      "Tensor? entropy=None) -> ()");
 }
 
 }  // namespace bandpo

@@ -74,10 +74,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "missing value after %s\n", a.c_str());
       return 2;
     }
-    if (a == "--method") method = argv[++i];
-    else if (a == "--steps") steps = std::atoi(argv[++i]);
-    else if (a == "--seed") seed = static_cast<unsigned>(std::atoi(argv[++i]));
-    else if (a == "--check") check = std::atof(argv[++i]);
+    if (a == "--method")
+      method = argv[++i];
+    else if (a == "--steps")
+      steps = std::atoi(argv[++i]);
+    else if (a == "--seed")
+      seed = static_cast<unsigned>(std::atoi(argv[++i]));
+    else if (a == "--check")
+      check = std::atof(argv[++i]);
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -98,7 +102,8 @@ int main(int argc, char** argv) {
   std::vector<int> best(kContexts);
   for (int& b : best) b = std::uniform_int_distribution<int>(0, kArms - 1)(g);
   Policy policy(g);
-  std::printf("bandpo %s, method %s: step, mean reward, mean policy entropy (nats)\n", bandpo::version(), method.c_str());
+  std::printf("bandpo %s, method %s: step, mean reward, mean policy entropy (nats)\n", bandpo::version(),
+              method.c_str());
 
   const int n = kBatchContexts * kGroup;
   double recent = 0;

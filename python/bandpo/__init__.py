@@ -36,8 +36,16 @@ def library_path() -> str:
     return os.path.join(cmake_prefix_path(), "lib", "libbandpo.so")
 
 
-__all__ = ["AGGREGATIONS", "BandConfig", "DIVERGENCES", "KL_ESTIMATORS", "METRIC_NAMES", "PRESETS", "cmake_prefix_path",
-           "library_path"]
+__all__ = [
+    "AGGREGATIONS",
+    "BandConfig",
+    "DIVERGENCES",
+    "KL_ESTIMATORS",
+    "METRIC_NAMES",
+    "PRESETS",
+    "cmake_prefix_path",
+    "library_path",
+]
 
 try:
     import torch  # noqa: F401  (libtorch must be loaded before the extension)
@@ -47,9 +55,11 @@ except ImportError:  # no torch: bandpo.np and the C/C++ library only
 if torch is not None:
     _torch_version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     if _torch_version < TORCH_MIN_VERSION:
-        raise ImportError(f"bandpo needs torch >= {TORCH_MIN_VERSION[0]}.{TORCH_MIN_VERSION[1]} (its operators use that "
-                          f"release's stable ABI); found torch {torch.__version__}. Upgrade torch, or use bandpo.np "
-                          f"without torch.")
+        raise ImportError(
+            f"bandpo needs torch >= {TORCH_MIN_VERSION[0]}.{TORCH_MIN_VERSION[1]} (its operators use that "
+            f"release's stable ABI); found torch {torch.__version__}. Upgrade torch, or use bandpo.np "
+            f"without torch."
+        )
     from . import _C  # noqa: F401  (registers torch.ops.bandpo)
     from . import _ops  # noqa: F401  (fake kernels and band_loss's autograd)
     from . import reference
@@ -70,5 +80,15 @@ if torch is not None:
         """
         _C.set_input_checks(bool(enabled))
 
-    __all__ += ["BandLoss", "band_bounds", "band_loss", "cpu_kernel_isa", "fused_linear_band_loss", "has_cuda_kernels",
-                "input_checks", "linear_logprob_entropy", "reference", "set_input_checks"]
+    __all__ += [
+        "BandLoss",
+        "band_bounds",
+        "band_loss",
+        "cpu_kernel_isa",
+        "fused_linear_band_loss",
+        "has_cuda_kernels",
+        "input_checks",
+        "linear_logprob_entropy",
+        "reference",
+        "set_input_checks",
+    ]

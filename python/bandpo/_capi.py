@@ -29,8 +29,13 @@ FLOAT_DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")  # by code
 
 
 class Array(Structure):
-    _fields_ = [("data", c_void_p), ("dtype", c_int), ("ndim", c_int32), ("shape", POINTER(c_int64)),
-                ("dtype_name", c_char_p)]
+    _fields_ = [
+        ("data", c_void_p),
+        ("dtype", c_int),
+        ("ndim", c_int32),
+        ("shape", POINTER(c_int64)),
+        ("dtype_name", c_char_p),
+    ]
 
 
 class LossArrays(Structure):
@@ -38,19 +43,41 @@ class LossArrays(Structure):
 
 
 class LossLayout(Structure):
-    _fields_ = [("compute_dtype", c_int), ("rows", c_int64), ("cols", c_int64), ("advantages_per_row", c_int),
-                ("mask_kind", c_int), ("convert", c_int)]
+    _fields_ = [
+        ("compute_dtype", c_int),
+        ("rows", c_int64),
+        ("cols", c_int64),
+        ("advantages_per_row", c_int),
+        ("mask_kind", c_int),
+        ("convert", c_int),
+    ]
 
 
 class LossInputs(Structure):
-    _fields_ = [("dtype", c_int), ("rows", c_int64), ("cols", c_int64), ("logp", c_void_p), ("old_logp", c_void_p),
-                ("advantages", c_void_p), ("advantages_per_row", c_int), ("mask", c_void_p), ("mask_kind", c_int),
-                ("ref_logp", c_void_p)]
+    _fields_ = [
+        ("dtype", c_int),
+        ("rows", c_int64),
+        ("cols", c_int64),
+        ("logp", c_void_p),
+        ("old_logp", c_void_p),
+        ("advantages", c_void_p),
+        ("advantages_per_row", c_int),
+        ("mask", c_void_p),
+        ("mask_kind", c_int),
+        ("ref_logp", c_void_p),
+    ]
 
 
 class TableRow(Structure):
-    _fields_ = [("name", c_char_p), ("type", c_char_p), ("default_value", c_char_p), ("scope", c_char_p),
-                ("requirement", c_char_p), ("group", c_int), ("value", c_double)]
+    _fields_ = [
+        ("name", c_char_p),
+        ("type", c_char_p),
+        ("default_value", c_char_p),
+        ("scope", c_char_p),
+        ("requirement", c_char_p),
+        ("group", c_int),
+        ("value", c_double),
+    ]
 
 
 # bandpo_table codes
@@ -59,8 +86,9 @@ TABLE_DIVERGENCES, TABLE_AGGREGATIONS, TABLE_KL_ESTIMATORS, TABLE_METRICS, TABLE
 
 def library_path() -> str:
     """libbandpo.so of this package (``bandpo/lib``); ``BANDPO_LIBRARY`` names another build of it."""
-    return os.environ.get("BANDPO_LIBRARY") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib",
-                                                             "libbandpo.so")
+    return os.environ.get("BANDPO_LIBRARY") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "lib", "libbandpo.so"
+    )
 
 
 def _load() -> ctypes.CDLL:
@@ -70,18 +98,52 @@ def _load() -> ctypes.CDLL:
     except OSError as e:
         raise ImportError(f"bandpo: cannot load its library {path} ({e}); a broken installation?") from None
     if lib.bandpo_abi_version() != ABI_VERSION:
-        raise ImportError(f"bandpo: {path} has C ABI version {lib.bandpo_abi_version()}, this package needs "
-                          f"{ABI_VERSION} (a library from another bandpo version)")
+        raise ImportError(
+            f"bandpo: {path} has C ABI version {lib.bandpo_abi_version()}, this package needs "
+            f"{ABI_VERSION} (a library from another bandpo version)"
+        )
     lib.bandpo_last_error.restype = c_char_p
     lib.bandpo_version.restype = c_char_p
-    for name in ("bandpo_band_bounds", "bandpo_band_loss", "bandpo_logit_stats", "bandpo_logit_grad",
-                 "bandpo_loss_layout_of", "bandpo_band_bounds_array", "bandpo_check_options", "bandpo_table_get",
-                 "bandpo_parse_choice"):
+    for name in (
+        "bandpo_band_bounds",
+        "bandpo_band_loss",
+        "bandpo_logit_stats",
+        "bandpo_logit_grad",
+        "bandpo_loss_layout_of",
+        "bandpo_band_bounds_array",
+        "bandpo_check_options",
+        "bandpo_table_get",
+        "bandpo_parse_choice",
+    ):
         getattr(lib, name).restype = c_int
-    lib.bandpo_logit_stats.argtypes = [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int64, c_double, c_double,
-                                       c_double, c_void_p, c_void_p]
-    lib.bandpo_logit_grad.argtypes = [c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int64, c_double, c_double,
-                                      c_double, c_void_p, c_void_p, c_void_p, c_void_p]
+    lib.bandpo_logit_stats.argtypes = [
+        c_void_p,
+        c_int64,
+        c_int64,
+        c_int64,
+        c_void_p,
+        c_int64,
+        c_double,
+        c_double,
+        c_double,
+        c_void_p,
+        c_void_p,
+    ]
+    lib.bandpo_logit_grad.argtypes = [
+        c_void_p,
+        c_int64,
+        c_int64,
+        c_int64,
+        c_void_p,
+        c_int64,
+        c_double,
+        c_double,
+        c_double,
+        c_void_p,
+        c_void_p,
+        c_void_p,
+        c_void_p,
+    ]
     return lib
 
 

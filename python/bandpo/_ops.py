@@ -45,8 +45,10 @@ def call_op(op, *args, **kwargs):
 
 @torch.library.register_fake("bandpo::band_bounds")
 def _band_bounds_fake(old_logp, **options):
-    return (torch.empty_like(old_logp, memory_format=torch.contiguous_format),
-            torch.empty_like(old_logp, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(old_logp, memory_format=torch.contiguous_format),
+        torch.empty_like(old_logp, memory_format=torch.contiguous_format),
+    )
 
 
 @torch.library.register_fake("bandpo::band_loss")
@@ -88,8 +90,9 @@ class _BandLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logp, old_logp, advantages, mask, ref_logp, keyset, options):
         with torch._C._AutoDispatchBelowAutograd():
-            loss, metrics = _band_loss.redispatch(keyset & torch._C._after_autograd_keyset, logp, old_logp,
-                                                  advantages, mask, ref_logp, **options)
+            loss, metrics = _band_loss.redispatch(
+                keyset & torch._C._after_autograd_keyset, logp, old_logp, advantages, mask, ref_logp, **options
+            )
         ctx.save_for_backward(logp, old_logp, advantages, mask, ref_logp)
         ctx.options = options
         ctx.mark_non_differentiable(metrics)
@@ -108,8 +111,9 @@ def _band_loss_autograd(keyset, logp, old_logp, advantages, mask=None, ref_logp=
         if torch.is_grad_enabled() and torch._C._any_requires_grad(logp, old_logp, advantages, mask, ref_logp):
             return _BandLossFunction.apply(logp, old_logp, advantages, mask, ref_logp, keyset, options)
         with torch._C._AutoDispatchBelowAutograd():
-            return _band_loss.redispatch(keyset & torch._C._after_autograd_keyset, logp, old_logp, advantages, mask,
-                                         ref_logp, **options)
+            return _band_loss.redispatch(
+                keyset & torch._C._after_autograd_keyset, logp, old_logp, advantages, mask, ref_logp, **options
+            )
     except RuntimeError as e:
         typed = typed_refusal(e)
         if typed is None:
@@ -135,8 +139,9 @@ def _fast_path_gradient_is_right() -> bool:
         adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
         loss, _ = torch.ops.bandpo.band_loss(x, old, adv, delta=0.2)
         (grad,) = torch.autograd.grad(loss, x)
-        want = torch.ops.bandpo.band_loss_backward(torch.ones((), dtype=torch.float64), x.detach(), old, adv, None,
-                                                   None, delta=0.2)
+        want = torch.ops.bandpo.band_loss_backward(
+            torch.ones((), dtype=torch.float64), x.detach(), old, adv, None, None, delta=0.2
+        )
         return bool(torch.equal(grad, want))
     except Exception:  # a private name gone or changed
         return False
@@ -145,9 +150,13 @@ def _fast_path_gradient_is_right() -> bool:
 def _register() -> bool:
     """Registers band_loss's autograd; True for the public path."""
     global _lib
-    if os.environ.get("BANDPO_PUBLIC_AUTOGRAD", "") in ("", "0") and all(
-            hasattr(torch._C, n) for n in ("_AutoDispatchBelowAutograd", "_after_autograd_keyset",
-                                           "_any_requires_grad")) and hasattr(_band_loss, "redispatch"):
+    if (
+        os.environ.get("BANDPO_PUBLIC_AUTOGRAD", "") in ("", "0")
+        and all(
+            hasattr(torch._C, n) for n in ("_AutoDispatchBelowAutograd", "_after_autograd_keyset", "_any_requires_grad")
+        )
+        and hasattr(_band_loss, "redispatch")
+    ):
         _lib = torch.library.Library("bandpo", "IMPL")  # noqa: TOR901  (kept alive: the registration lives with it)
         _lib.impl("band_loss", _band_loss_autograd, "Autograd", with_keyset=True)
         if _fast_path_gradient_is_right():

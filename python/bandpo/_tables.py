@@ -24,8 +24,11 @@ def _names(code: int) -> tuple:
 
 
 def _options(group: int) -> tuple:
-    return tuple(Option(r.name.decode(), r.type.decode(), ast.literal_eval(r.default_value.decode()), r.scope.decode())
-                 for r in _capi.OPTION_ROWS if r.group == group)
+    return tuple(
+        Option(r.name.decode(), r.type.decode(), ast.literal_eval(r.default_value.decode()), r.scope.decode())
+        for r in _capi.OPTION_ROWS
+        if r.group == group
+    )
 
 
 DIVERGENCES = _names(_capi.TABLE_DIVERGENCES)

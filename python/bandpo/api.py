@@ -15,8 +15,10 @@ def _check_tensors(**tensors) -> None:
     """TypeError naming an argument that is not a tensor (a numpy array, say: torch's own error prints it whole)."""
     for name, t in tensors.items():
         if t is not None and not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__module__}.{type(t).__name__} (numpy "
-                            "arrays: bandpo.np has the same functions, or convert with torch.from_numpy)")
+            raise TypeError(
+                f"{name} must be a torch.Tensor; got {type(t).__module__}.{type(t).__name__} (numpy "
+                "arrays: bandpo.np has the same functions, or convert with torch.from_numpy)"
+            )
 
 
 class BandLoss(NamedTuple):
@@ -51,9 +53,17 @@ def band_bounds(old_logp: Tensor, config: Optional[BandConfig] = None, **overrid
     return call_op(torch.ops.bandpo.band_bounds, old_logp, **cfg.bound_kwargs())
 
 
-def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional[Tensor] = None,
-              config: Optional[BandConfig] = None, *, normalizer: Optional[float] = None,
-              ref_logp: Optional[Tensor] = None, **overrides) -> BandLoss:
+def band_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Optional[Tensor] = None,
+    config: Optional[BandConfig] = None,
+    *,
+    normalizer: Optional[float] = None,
+    ref_logp: Optional[Tensor] = None,
+    **overrides,
+) -> BandLoss:
     """The BandPO (clipped-surrogate) loss with per-token Band bounds, fused forward and backward.
 
     Args:
@@ -74,6 +84,14 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     """
     _check_tensors(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp)
     cfg = resolve_config(config, overrides)
-    loss, metrics = call_op(torch.ops.bandpo.band_loss, logp, old_logp, advantages, mask, normalizer=normalizer,
-                            ref_logp=ref_logp, **cfg.loss_kwargs())
+    loss, metrics = call_op(
+        torch.ops.bandpo.band_loss,
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        normalizer=normalizer,
+        ref_logp=ref_logp,
+        **cfg.loss_kwargs(),
+    )
     return BandLoss(loss, dict(zip(METRIC_NAMES, metrics.unbind())), metrics)

@@ -16,7 +16,9 @@ _PYTHON_TYPES = {"float": float, "float?": Optional[float], "bool": bool, "str":
 
 class _BandConfigMethods:
     def __post_init__(self) -> None:
-        _capi.options(self.loss_kwargs())  # the core's checks, through the C ABI: TypeError / ValueError naming the field
+        _capi.options(
+            self.loss_kwargs()
+        )  # the core's checks, through the C ABI: TypeError / ValueError naming the field
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> "BandConfig":
@@ -66,9 +68,14 @@ PRESETS: dict = {
 # there is a BandConfig field without a change here.
 BandConfig = dataclasses.make_dataclass(
     "BandConfig",
-    [(o.name, _PYTHON_TYPES[o.schema_type], dataclasses.field(default=o.default))
-     for o in ALL_OPTIONS if o.scope == "config"],
-    bases=(_BandConfigMethods,), frozen=True)
+    [
+        (o.name, _PYTHON_TYPES[o.schema_type], dataclasses.field(default=o.default))
+        for o in ALL_OPTIONS
+        if o.scope == "config"
+    ],
+    bases=(_BandConfigMethods,),
+    frozen=True,
+)
 BandConfig.__module__ = __name__  # (make_dataclass takes module= only from Python 3.12)
 BandConfig.__doc__ = """Options shared by :func:`bandpo.band_bounds` and :func:`bandpo.band_loss` (a frozen dataclass).
 
@@ -126,8 +133,10 @@ def resolve_config(config: Optional[BandConfig], overrides: dict) -> BandConfig:
     if config is None:
         config = _DEFAULT_CONFIG
     elif not isinstance(config, BandConfig):
-        raise TypeError(f"config must be a bandpo.BandConfig or None, got {type(config).__name__} "
-                        "(options as keywords go to the call itself, e.g. band_loss(..., delta=0.1))")
+        raise TypeError(
+            f"config must be a bandpo.BandConfig or None, got {type(config).__name__} "
+            "(options as keywords go to the call itself, e.g. band_loss(..., delta=0.1))"
+        )
     if not overrides:
         return config
     check_option_names(overrides)

@@ -65,7 +65,9 @@ def _check_types(hidden, weight, target, bias) -> None:
     """TypeError naming the argument that is not a tensor (bias may be None)."""
     for name, t in (("hidden", hidden), ("weight", weight), ("target", target), ("bias", bias)):
         if not isinstance(t, Tensor) and not (name == "bias" and t is None):
-            raise TypeError(f"{name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, got {type(t).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, got {type(t).__name__}"
+            )
 
 
 def _int64(name: str, value) -> int:
@@ -83,7 +85,9 @@ def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chun
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be 2-D [tokens, hidden_size], got shape {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
-        raise ValueError(f"weight must be [vocab, hidden_size] = [V, {hidden.shape[1]}], got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be [vocab, hidden_size] = [V, {hidden.shape[1]}], got shape {tuple(weight.shape)}"
+        )
     if weight.shape[0] == 0:
         raise ValueError("weight must have at least one row (vocab size 0)")
     if target.dim() != 1 or target.shape[0] != hidden.shape[0]:
@@ -111,8 +115,10 @@ def _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chun
     if not (math.isfinite(logit_scale) and logit_scale != 0):
         raise ValueError(f"logit_scale must be a finite nonzero number, got {logit_scale}")
     if chunk_size < 0:
-        raise ValueError(f"chunk_size must be >= 0 (0: about {DEFAULT_CHUNK_BYTES['cpu'] >> 20} MiB of logits on the CPU, "
-                         f"{DEFAULT_CHUNK_BYTES['other'] >> 20} MiB elsewhere), got {chunk_size}")
+        raise ValueError(
+            f"chunk_size must be >= 0 (0: about {DEFAULT_CHUNK_BYTES['cpu'] >> 20} MiB of logits on the CPU, "
+            f"{DEFAULT_CHUNK_BYTES['other'] >> 20} MiB elsewhere), got {chunk_size}"
+        )
 
 
 def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Optional[Tensor]:
@@ -124,7 +130,9 @@ def _check_targets(target: Tensor, vocab: int, ignore_index: int) -> Optional[Te
         return bad
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"target[{i}] = {int(target[i])} is outside [0, {vocab}) and is not ignore_index ({ignore_index})")
+        raise ValueError(
+            f"target[{i}] = {int(target[i])} is outside [0, {vocab}) and is not ignore_index ({ignore_index})"
+        )
     return None
 
 
@@ -178,7 +186,7 @@ def _transform_(raw: Tensor, temperature: float, softcap: float, logit_scale: fl
     z = raw
     dz = None
     if softcap > 0:
-        z.mul_(logit_scale / softcap).tanh_()          # t = tanh(scale raw / softcap)
+        z.mul_(logit_scale / softcap).tanh_()  # t = tanh(scale raw / softcap)
         dz = torch.mul(z, z).neg_().add_(1.0).mul_(logit_scale / temperature)  # (1 - t^2) scale / T
         z.mul_(softcap / temperature)
     elif logit_scale != 1.0 or temperature != 1.0:
@@ -201,9 +209,16 @@ def _chunk_stats(z: Tensor, t: Tensor, ignored: Tensor) -> tuple[Tensor, Tensor]
     return torch.where(ignored, zero, logp), torch.where(ignored, zero, entropy)
 
 
-def linear_logprob_entropy_reference(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
-                                     temperature: float = 1.0, softcap: float = 0.0, logit_scale: float = 1.0,
-                                     ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+def linear_logprob_entropy_reference(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Optional[Tensor] = None,
+    temperature: float = 1.0,
+    softcap: float = 0.0,
+    logit_scale: float = 1.0,
+    ignore_index: int = -100,
+) -> tuple[Tensor, Tensor]:
     """The plain path in float64 with the full [N, V] logits (for tests): (logp, entropy), float64 [N]."""
     raw = hidden.double() @ weight.double().t()
     if bias is not None:
@@ -221,17 +236,24 @@ def linear_logprob_entropy_reference(hidden: Tensor, weight: Tensor, target: Ten
 
 
 @torch.library.custom_op("bandpo::linear_logprob_entropy", mutates_args=())
-def _linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
-                            temperature: float, softcap: float, logit_scale: float, ignore_index: int,
-                            chunk_size: int) -> tuple[Tensor, Tensor]:
+def _linear_logprob_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Optional[Tensor],
+    temperature: float,
+    softcap: float,
+    logit_scale: float,
+    ignore_index: int,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor]:
     _check(hidden, weight, target, bias, temperature, softcap, logit_scale, chunk_size)
     n, vocab = hidden.shape[0], weight.shape[0]
     bad = _check_targets(target, vocab, ignore_index)
     logp = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
     entropy = torch.empty(n, dtype=_compute_dtype(hidden.dtype), device=hidden.device)
     for b, e, raw in _logit_chunks(hidden, weight, bias, chunk_size):
-        logp[b:e], entropy[b:e] = _chunk_logp_entropy(raw, target[b:e], ignore_index, temperature, softcap,
-                                                      logit_scale)
+        logp[b:e], entropy[b:e] = _chunk_logp_entropy(raw, target[b:e], ignore_index, temperature, softcap, logit_scale)
     return _nan_where_bad((logp, entropy), bad)
 
 
@@ -241,8 +263,19 @@ def _(raw, target, *, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperatu
 
 
 @torch.library.register_fake("bandpo::logit_chunk_grad_")
-def _(raw, target, grad_logp, grad_entropy, *, ignore_index=-100, logit_scale=1.0, softcap=0.0, temperature=1.0,
-      logp=None, entropy=None):
+def _(
+    raw,
+    target,
+    grad_logp,
+    grad_entropy,
+    *,
+    ignore_index=-100,
+    logit_scale=1.0,
+    softcap=0.0,
+    temperature=1.0,
+    logp=None,
+    entropy=None,
+):
     return None
 
 
@@ -255,44 +288,87 @@ def _(hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_in
 
 
 @torch.library.custom_op("bandpo::linear_logprob_entropy_backward", mutates_args=())
-def _linear_logprob_entropy_backward(grad_logp: Optional[Tensor], grad_entropy: Optional[Tensor], hidden: Tensor,
-                                     weight: Tensor, target: Tensor, bias: Optional[Tensor], temperature: float,
-                                     softcap: float, logit_scale: float, ignore_index: int, chunk_size: int,
-                                     logp: Tensor, entropy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _linear_logprob_entropy_backward(
+    grad_logp: Optional[Tensor],
+    grad_entropy: Optional[Tensor],
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Optional[Tensor],
+    temperature: float,
+    softcap: float,
+    logit_scale: float,
+    ignore_index: int,
+    chunk_size: int,
+    logp: Tensor,
+    entropy: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_hidden, grad_weight, grad_bias); grad_bias is empty [0] without a bias. A missing grad_logp or
     grad_entropy counts as 0 (and the entropy's terms are then not computed). logp and entropy are the forward's
     outputs: each row's softmax sums follow from them, so a chunk's gradient is one pass over its logits."""
     grads = _GradAccumulator(hidden, weight, bias)
     transform = (temperature, softcap, logit_scale)
     for b, e, raw in _logit_chunks(hidden, weight, bias, chunk_size):
-        g = _chunk_logit_grad_(raw, target[b:e], None if grad_logp is None else grad_logp[b:e],
-                               None if grad_entropy is None else grad_entropy[b:e], ignore_index, *transform,
-                               logp=logp[b:e], entropy=entropy[b:e])
+        g = _chunk_logit_grad_(
+            raw,
+            target[b:e],
+            None if grad_logp is None else grad_logp[b:e],
+            None if grad_entropy is None else grad_entropy[b:e],
+            ignore_index,
+            *transform,
+            logp=logp[b:e],
+            entropy=entropy[b:e],
+        )
         grads.add(g, b, e)
     return grads.result()
 
 
-def _chunk_logp_entropy(raw: Tensor, t: Tensor, ignore_index: int, temperature: float, softcap: float,
-                        logit_scale: float, keep_raw: bool = False) -> tuple[Tensor, Tensor]:
+def _chunk_logp_entropy(
+    raw: Tensor,
+    t: Tensor,
+    ignore_index: int,
+    temperature: float,
+    softcap: float,
+    logit_scale: float,
+    keep_raw: bool = False,
+) -> tuple[Tensor, Tensor]:
     """logp and entropy [n] of the chunk's raw logits [n, V] (compute dtype). raw is consumed unless keep_raw."""
     if _uses_kernels(raw):
-        return torch.ops.bandpo.logit_chunk_stats(raw, t, ignore_index=ignore_index, logit_scale=logit_scale,
-                                                  softcap=softcap, temperature=temperature)
+        return torch.ops.bandpo.logit_chunk_stats(
+            raw, t, ignore_index=ignore_index, logit_scale=logit_scale, softcap=softcap, temperature=temperature
+        )
     z, _ = _transform_(raw.clone() if keep_raw else raw, temperature, softcap, logit_scale)
     return _chunk_stats(z, t, t == ignore_index)
 
 
-def _chunk_logit_grad_(raw: Tensor, t: Tensor, grad_logp: Optional[Tensor], grad_entropy: Optional[Tensor],
-                       ignore_index: int, temperature: float, softcap: float, logit_scale: float,
-                       logp: Optional[Tensor] = None, entropy: Optional[Tensor] = None) -> Tensor:
+def _chunk_logit_grad_(
+    raw: Tensor,
+    t: Tensor,
+    grad_logp: Optional[Tensor],
+    grad_entropy: Optional[Tensor],
+    ignore_index: int,
+    temperature: float,
+    softcap: float,
+    logit_scale: float,
+    logp: Optional[Tensor] = None,
+    entropy: Optional[Tensor] = None,
+) -> Tensor:
     """d loss / d raw logits [n, V] of the chunk (in raw's buffer where it can), from the upstream gradients of
     its logp and entropy ([n] each, or None for 0). logp and entropy: the chunk's own outputs (or None), from
     which each row's log-sum-exp and mean logit follow without a pass over the row."""
     if _uses_kernels(raw):
         torch.ops.bandpo.logit_chunk_grad_(
-            raw, t, None if grad_logp is None else grad_logp.float().contiguous(),
-            None if grad_entropy is None else grad_entropy.float().contiguous(), ignore_index=ignore_index,
-            logit_scale=logit_scale, softcap=softcap, temperature=temperature, logp=logp, entropy=entropy)
+            raw,
+            t,
+            None if grad_logp is None else grad_logp.float().contiguous(),
+            None if grad_entropy is None else grad_entropy.float().contiguous(),
+            ignore_index=ignore_index,
+            logit_scale=logit_scale,
+            softcap=softcap,
+            temperature=temperature,
+            logp=logp,
+            entropy=entropy,
+        )
         return raw
     cdt, vocab = raw.dtype, raw.shape[1]
     ignored = t == ignore_index
@@ -317,7 +393,7 @@ def _chunk_logit_grad_(raw: Tensor, t: Tensor, grad_logp: Optional[Tensor], grad
         z.masked_fill_(p == 0, 0.0)  # a logit of -inf (P = 0) has no entropy gradient, not 0 * -inf = NaN
         if ez is None:
             ez = torch.einsum("nv,nv->n", p, z).unsqueeze(1)
-        g = z.sub_(ez).mul_(p).mul_(gh).neg_()       # -g_H P (z - E[z]), in z's buffer
+        g = z.sub_(ez).mul_(p).mul_(gh).neg_()  # -g_H P (z - E[z]), in z's buffer
         if gl is not None:
             g.addcmul_(p, gl, value=-1.0)
     else:
@@ -354,8 +430,7 @@ class _GradAccumulator:
             if g_in.is_cuda and g_in.dtype in (torch.bfloat16, torch.float16):
                 # the GEMM in the inputs' dtype (a float32 one is several times slower on tensor-core GPUs), its
                 # product added to the float32 sum unrounded
-                torch.addmm(self.grad_weight, g_in.t(), self.hidden[b:e], out_dtype=torch.float32,
-                            out=self.grad_weight)
+                torch.addmm(self.grad_weight, g_in.t(), self.hidden[b:e], out_dtype=torch.float32, out=self.grad_weight)
             else:
                 self.grad_weight.addmm_(g.t(), self.hidden[b:e].to(self.grad_weight.dtype))
         if self.needs[2]:
@@ -367,10 +442,26 @@ class _GradAccumulator:
 
 
 @_linear_logprob_entropy_backward.register_fake
-def _(grad_logp, grad_entropy, hidden, weight, target, bias, temperature, softcap, logit_scale, ignore_index,
-      chunk_size, logp, entropy):
-    return (torch.empty_like(hidden), torch.empty_like(weight),
-            hidden.new_empty(weight.shape[0] if bias is not None else 0))
+def _(
+    grad_logp,
+    grad_entropy,
+    hidden,
+    weight,
+    target,
+    bias,
+    temperature,
+    softcap,
+    logit_scale,
+    ignore_index,
+    chunk_size,
+    logp,
+    entropy,
+):
+    return (
+        torch.empty_like(hidden),
+        torch.empty_like(weight),
+        hidden.new_empty(weight.shape[0] if bias is not None else 0),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -384,18 +475,37 @@ def _backward(ctx, grad_logp, grad_entropy):
     hidden, weight, target, bias, logp, entropy = ctx.saved_tensors
     if grad_logp is None and grad_entropy is None:
         return None, None, None, None, None, None, None, None, None
-    gh, gw, gb = _linear_logprob_entropy_backward(grad_logp, grad_entropy, hidden, weight, target, bias, *ctx.options,
-                                                  logp, entropy)
-    return (gh if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None, None,
-            gb if bias is not None and ctx.needs_input_grad[3] else None, None, None, None, None, None)
+    gh, gw, gb = _linear_logprob_entropy_backward(
+        grad_logp, grad_entropy, hidden, weight, target, bias, *ctx.options, logp, entropy
+    )
+    return (
+        gh if ctx.needs_input_grad[0] else None,
+        gw if ctx.needs_input_grad[1] else None,
+        None,
+        gb if bias is not None and ctx.needs_input_grad[3] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 _linear_logprob_entropy.register_autograd(_backward, setup_context=_setup_context)
 
 
-def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None, *,
-                           temperature: float = 1.0, softcap: float = 0.0, logit_scale: float = 1.0,
-                           ignore_index: int = -100, chunk_size: int = 0) -> tuple[Tensor, Tensor]:
+def linear_logprob_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    temperature: float = 1.0,
+    softcap: float = 0.0,
+    logit_scale: float = 1.0,
+    ignore_index: int = -100,
+    chunk_size: int = 0,
+) -> tuple[Tensor, Tensor]:
     """Log-prob of each target token and the entropy of each position's distribution, from hidden states.
 
     Args:
@@ -428,9 +538,17 @@ def linear_logprob_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias:
     _check_types(hidden, weight, target, bias)
     hidden, weight, bias = _under_autocast(hidden, weight, bias)
     with _autocast_off(hidden.device.type):
-        return _linear_logprob_entropy(hidden, weight, target, bias, float(temperature), float(softcap),
-                                       float(logit_scale), _int64("ignore_index", ignore_index),
-                                       _int64("chunk_size", chunk_size))
+        return _linear_logprob_entropy(
+            hidden,
+            weight,
+            target,
+            bias,
+            float(temperature),
+            float(softcap),
+            float(logit_scale),
+            _int64("ignore_index", ignore_index),
+            _int64("chunk_size", chunk_size),
+        )
 
 
 def _under_autocast(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]):
@@ -439,7 +557,9 @@ def _under_autocast(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]):
     off (_autocast_off), so that its forward and its backward (which autocast never covers) compute the same
     logits."""
     device = hidden.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device) and hidden.is_floating_point()):
+    if not (
+        torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device) and hidden.is_floating_point()
+    ):
         return hidden, weight, bias
     dtype = torch.get_autocast_dtype(device)
     return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
@@ -460,8 +580,9 @@ def _loss_weights(old_logp: Tensor, mask: Optional[Tensor], loss_kwargs: dict, n
     exactly 1 (r = 1 lies inside every band), so band_loss_backward returns a_n."""
     kwargs = {**loss_kwargs, "kl_coef": 0.0, "dual_clip": None}
     one = torch.ones((), dtype=old_logp.dtype, device=old_logp.device)
-    return torch.ops.bandpo.band_loss_backward(one, old_logp, old_logp, -torch.ones_like(old_logp), mask, None,
-                                               normalizer=normalizer, **kwargs)
+    return torch.ops.bandpo.band_loss_backward(
+        one, old_logp, old_logp, -torch.ones_like(old_logp), mask, None, normalizer=normalizer, **kwargs
+    )
 
 
 class _FusedLinearBandLoss(torch.autograd.Function):
@@ -482,18 +603,35 @@ class _FusedLinearBandLoss(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _grad_logp, _grad_entropy):
         if ctx.used:
-            raise RuntimeError("fused_linear_band_loss: its gradients were scaled in place by a first backward; a "
-                               "second backward through the same graph (retain_graph=True) is not supported")
+            raise RuntimeError(
+                "fused_linear_band_loss: its gradients were scaled in place by a first backward; a "
+                "second backward through the same graph (retain_graph=True) is not supported"
+            )
         ctx.used = True
         # In place: the saved gradients are ours, and the same size as what is returned.
         return tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors) + (None,)
 
 
-def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_logp: Tensor, advantages: Tensor,
-                           mask: Optional[Tensor] = None, config=None, *, bias: Optional[Tensor] = None,
-                           temperature: float = 1.0, softcap: float = 0.0, logit_scale: float = 1.0,
-                           ignore_index: int = -100, chunk_size: int = 0, normalizer: Optional[float] = None,
-                           ref_logp: Optional[Tensor] = None, entropy_coef: float = 0.0, **overrides):
+def fused_linear_band_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Optional[Tensor] = None,
+    config=None,
+    *,
+    bias: Optional[Tensor] = None,
+    temperature: float = 1.0,
+    softcap: float = 0.0,
+    logit_scale: float = 1.0,
+    ignore_index: int = -100,
+    chunk_size: int = 0,
+    normalizer: Optional[float] = None,
+    ref_logp: Optional[Tensor] = None,
+    entropy_coef: float = 0.0,
+    **overrides,
+):
     """The lm_head and the BandPO loss in one call: the new policy's log-probs as :func:`linear_logprob_entropy`
     gives them, the loss over them as :func:`bandpo.band_loss` gives it, minus ``entropy_coef`` times the entropy
     aggregated as the loss is (verl's entropy bonus).
@@ -542,16 +680,25 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
         loss = out.loss.detach()
         if entropy_coef != 0.0:
             if weights is None:
-                weights = _loss_weights(old_logp.to(ent.dtype), _mask_as(mask, ent.dtype), cfg.loss_kwargs(), normalizer)
+                weights = _loss_weights(
+                    old_logp.to(ent.dtype), _mask_as(mask, ent.dtype), cfg.loss_kwargs(), normalizer
+                )
             loss = loss - (entropy_coef * (weights.view(target.shape) * ent).sum()).to(loss.dtype)
         return loss, {**out.metrics, "entropy": mean_entropy}, out.metrics_tensor
 
-    wants_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if not wants_grad:
-        logp, entropy = linear_logprob_entropy(flat_hidden, weight, flat_target, bias, temperature=temperature,
-                                               softcap=softcap, logit_scale=logit_scale, ignore_index=ignore_index,
-                                               chunk_size=chunk_size)
+        logp, entropy = linear_logprob_entropy(
+            flat_hidden,
+            weight,
+            flat_target,
+            bias,
+            temperature=temperature,
+            softcap=softcap,
+            logit_scale=logit_scale,
+            ignore_index=ignore_index,
+            chunk_size=chunk_size,
+        )
         return BandLoss(*finish(logp, entropy, None))
 
     def run(h, w, b, needs):
@@ -564,8 +711,16 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
         # each token's loss weight, then the token's gradient in each chunk: the op's own backward on the chunk
         # with a_n as its mask and the denominator 1 gives a_n dl_n/dlogp
         weights = _loss_weights(old_logp.to(cdt), _mask_as(mask, cdt), cfg.loss_kwargs(), normalizer).reshape(-1)
-        adv = (advantages.reshape(target.shape[0], *([1] * (target.dim() - 1))) if advantages.dim() < target.dim()
-               else advantages).expand(target.shape).reshape(-1).to(cdt)
+        adv = (
+            (
+                advantages.reshape(target.shape[0], *([1] * (target.dim() - 1)))
+                if advantages.dim() < target.dim()
+                else advantages
+            )
+            .expand(target.shape)
+            .reshape(-1)
+            .to(cdt)
+        )
         ref = None if ref_logp is None else ref_logp.reshape(-1).to(cdt)
         chunk_kwargs = {**cfg.loss_kwargs(), "agg": "token-mean"}
         one = torch.ones((), dtype=cdt, device=flat_hidden.device)
@@ -574,16 +729,23 @@ def fused_linear_band_loss(hidden: Tensor, weight: Tensor, target: Tensor, old_l
         grads = _GradAccumulator(flat_hidden, w, b, needs)
         for s, e, raw in _logit_chunks(flat_hidden, w, b, chunk_size):
             t = flat_target[s:e]
-            lp, ent = _nan_where_bad(_chunk_logp_entropy(raw, t, ignore_index, *options, keep_raw=True),
-                                     None if bad is None else bad[s:e])
+            lp, ent = _nan_where_bad(
+                _chunk_logp_entropy(raw, t, ignore_index, *options, keep_raw=True), None if bad is None else bad[s:e]
+            )
             logp[s:e] = lp
             entropy[s:e] = ent
             g_logp = torch.ops.bandpo.band_loss_backward(
-                one, lp, old[s:e], adv[s:e], weights[s:e], None if ref is None else ref[s:e], normalizer=1.0,
-                **chunk_kwargs)
+                one,
+                lp,
+                old[s:e],
+                adv[s:e],
+                weights[s:e],
+                None if ref is None else ref[s:e],
+                normalizer=1.0,
+                **chunk_kwargs,
+            )
             g_entropy = weights[s:e] * -entropy_coef if entropy_coef != 0.0 else None
-            grads.add(_chunk_logit_grad_(raw, t, g_logp, g_entropy, ignore_index, *options, logp=lp, entropy=ent),
-                      s, e)
+            grads.add(_chunk_logit_grad_(raw, t, g_logp, g_entropy, ignore_index, *options, logp=lp, entropy=ent), s, e)
         loss, metrics, metrics_tensor = finish(logp, entropy, weights)
         run.metrics = (metrics, metrics_tensor)
         gh, gw, gb = grads.result()

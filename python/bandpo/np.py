@@ -46,21 +46,35 @@ def _described(a: Optional[np.ndarray]):
     return None if a is None else (0, str(a.dtype), a.shape)
 
 
-def band_bounds(old_logp: np.ndarray, config: Optional[BandConfig] = None, **overrides) -> tuple[np.ndarray, np.ndarray]:
+def band_bounds(
+    old_logp: np.ndarray, config: Optional[BandConfig] = None, **overrides
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-token ratio bounds (lower, upper), shaped and typed like ``old_logp`` (see bandpo.band_bounds)."""
     opts = _capi.options(resolve_config(config, overrides).bound_kwargs())
     old = np.ascontiguousarray(_array(old_logp, "old_logp"))
     lower, upper = np.empty_like(old), np.empty_like(old)
     keep: list = []
     desc = _capi.describe(old.ctypes.data, str(old.dtype), old.shape, keep)
-    _capi.check(_capi.lib.bandpo_band_bounds_array(byref(desc), byref(opts), lower.ctypes.data_as(_capi.c_void_p),
-                                                   upper.ctypes.data_as(_capi.c_void_p)))
+    _capi.check(
+        _capi.lib.bandpo_band_bounds_array(
+            byref(desc), byref(opts), lower.ctypes.data_as(_capi.c_void_p), upper.ctypes.data_as(_capi.c_void_p)
+        )
+    )
     return lower, upper
 
 
-def band_loss(logp: np.ndarray, old_logp: np.ndarray, advantages: np.ndarray, mask: Optional[np.ndarray] = None,
-              config: Optional[BandConfig] = None, *, normalizer: Optional[float] = None,
-              ref_logp: Optional[np.ndarray] = None, with_grad: bool = True, **overrides) -> NumpyBandLoss:
+def band_loss(
+    logp: np.ndarray,
+    old_logp: np.ndarray,
+    advantages: np.ndarray,
+    mask: Optional[np.ndarray] = None,
+    config: Optional[BandConfig] = None,
+    *,
+    normalizer: Optional[float] = None,
+    ref_logp: Optional[np.ndarray] = None,
+    with_grad: bool = True,
+    **overrides,
+) -> NumpyBandLoss:
     """The BandPO loss, its metrics and its gradient w.r.t. logp (see bandpo.band_loss for the arguments).
 
     Mixed precision as the torch op takes it: a float16 (or ml_dtypes bfloat16) logp beside float32 old_logp,
@@ -71,16 +85,35 @@ def band_loss(logp: np.ndarray, old_logp: np.ndarray, advantages: np.ndarray, ma
     layout = _capi.loss_layout([_described(a) for a in given], opts)
     compute = _numpy_dtype(layout.compute_dtype)
     # Contiguous, and in the compute dtype where the layout asks (bool masks as uint8 0/1 bytes: same layout).
-    ready = [None if a is None else np.ascontiguousarray(a, dtype=compute if (layout.convert >> i) & 1 else None)
-             for i, a in enumerate(given)]
+    ready = [
+        None if a is None else np.ascontiguousarray(a, dtype=compute if (layout.convert >> i) & 1 else None)
+        for i, a in enumerate(given)
+    ]
     ptr = [None if a is None else a.ctypes.data for a in ready]
-    inputs = _capi.LossInputs(layout.compute_dtype, layout.rows, layout.cols, ptr[0], ptr[1], ptr[2],
-                              layout.advantages_per_row, ptr[3], layout.mask_kind, ptr[4])
+    inputs = _capi.LossInputs(
+        layout.compute_dtype,
+        layout.rows,
+        layout.cols,
+        ptr[0],
+        ptr[1],
+        ptr[2],
+        layout.advantages_per_row,
+        ptr[3],
+        layout.mask_kind,
+        ptr[4],
+    )
     grad = np.empty(ready[0].shape, dtype=compute) if with_grad else None
     loss = c_double()
     metrics = (c_float * len(METRIC_NAMES))()
-    _capi.check(_capi.lib.bandpo_band_loss(byref(inputs), byref(opts), byref(loss), metrics,
-                                           None if grad is None else grad.ctypes.data_as(_capi.c_void_p)))
+    _capi.check(
+        _capi.lib.bandpo_band_loss(
+            byref(inputs),
+            byref(opts),
+            byref(loss),
+            metrics,
+            None if grad is None else grad.ctypes.data_as(_capi.c_void_p),
+        )
+    )
     if grad is not None and grad.dtype != given[0].dtype:
         grad = grad.astype(given[0].dtype)
     return NumpyBandLoss(loss.value, dict(zip(METRIC_NAMES, (float(m) for m in metrics))), grad)
@@ -99,8 +132,18 @@ def _chunk(op: str, raw, target, writeable: bool):
     item = raw.itemsize
     strides = [s // item if s % item == 0 else -1 for s in raw.strides] + [0, 0]  # -1: not a whole element apart
     rows, vocab, row_stride = _capi.c_int64(), _capi.c_int64(), _capi.c_int64()
-    _capi.check(_capi.lib.bandpo_logit_chunk_layout(op.encode(), byref(raw_d), strides[0], strides[1], byref(target_d),
-                                                    byref(rows), byref(vocab), byref(row_stride)))
+    _capi.check(
+        _capi.lib.bandpo_logit_chunk_layout(
+            op.encode(),
+            byref(raw_d),
+            strides[0],
+            strides[1],
+            byref(target_d),
+            byref(rows),
+            byref(vocab),
+            byref(row_stride),
+        )
+    )
     if writeable and not raw.flags.writeable:
         raise ValueError(f"{op}: raw must be writeable (its gradient is written in place)")
     return raw, np.ascontiguousarray(target), rows.value, vocab.value, row_stride.value
@@ -110,8 +153,15 @@ def _transform(ignore_index, logit_scale, softcap, temperature) -> tuple:
     return int(ignore_index), float(logit_scale), float(softcap), float(temperature)
 
 
-def logit_stats(raw: np.ndarray, target: np.ndarray, *, ignore_index: int = -100, logit_scale: float = 1.0,
-                softcap: float = 0.0, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def logit_stats(
+    raw: np.ndarray,
+    target: np.ndarray,
+    *,
+    ignore_index: int = -100,
+    logit_scale: float = 1.0,
+    softcap: float = 0.0,
+    temperature: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Log-prob of each row's target and the row's entropy (nats, float32 [rows] each) from a chunk of raw logits
     ``raw`` (float32 [rows, vocab], rows may be strided, e.g. a slice of a wider buffer), as
     ``torch.ops.bandpo.logit_chunk_stats`` gives them: z = (logit_scale * raw, then softcap * tanh(. / softcap)
@@ -119,23 +169,45 @@ def logit_stats(raw: np.ndarray, target: np.ndarray, *, ignore_index: int = -100
     For an lm_head whose GEMM the caller runs chunk by chunk (see README, the C ABI's bandpo_logit_stats)."""
     raw, target, rows, vocab, row_stride = _chunk("logit_stats", raw, target, False)
     logp, entropy = np.empty(rows, np.float32), np.empty(rows, np.float32)
-    _capi.check(_capi.lib.bandpo_logit_stats(raw.ctypes.data, rows, vocab, row_stride, target.ctypes.data,
-                                             *_transform(ignore_index, logit_scale, softcap, temperature),
-                                             logp.ctypes.data, entropy.ctypes.data))
+    _capi.check(
+        _capi.lib.bandpo_logit_stats(
+            raw.ctypes.data,
+            rows,
+            vocab,
+            row_stride,
+            target.ctypes.data,
+            *_transform(ignore_index, logit_scale, softcap, temperature),
+            logp.ctypes.data,
+            entropy.ctypes.data,
+        )
+    )
     return logp, entropy
 
 
-def logit_grad_(raw: np.ndarray, target: np.ndarray, grad_logp: Optional[np.ndarray] = None,
-                grad_entropy: Optional[np.ndarray] = None, *, logp: Optional[np.ndarray] = None,
-                entropy: Optional[np.ndarray] = None, ignore_index: int = -100, logit_scale: float = 1.0,
-                softcap: float = 0.0, temperature: float = 1.0) -> np.ndarray:
+def logit_grad_(
+    raw: np.ndarray,
+    target: np.ndarray,
+    grad_logp: Optional[np.ndarray] = None,
+    grad_entropy: Optional[np.ndarray] = None,
+    *,
+    logp: Optional[np.ndarray] = None,
+    entropy: Optional[np.ndarray] = None,
+    ignore_index: int = -100,
+    logit_scale: float = 1.0,
+    softcap: float = 0.0,
+    temperature: float = 1.0,
+) -> np.ndarray:
     """The backward of :func:`logit_stats`, in place: overwrites ``raw`` with d loss / d raw given grad_logp and
     grad_entropy (float32 [rows] each, None for 0). logp and entropy: logit_stats's outputs for these rows (then
     each row is one pass over its logits), or both None. Returns ``raw``."""
     raw, target, rows, vocab, row_stride = _chunk("logit_grad_", raw, target, True)
     given = []
-    for name, values in (("grad_logp", grad_logp), ("grad_entropy", grad_entropy), ("logp", logp),
-                         ("entropy", entropy)):
+    for name, values in (
+        ("grad_logp", grad_logp),
+        ("grad_entropy", grad_entropy),
+        ("logp", logp),
+        ("entropy", entropy),
+    ):
         if values is None:
             given.append(None)
             continue
@@ -144,7 +216,15 @@ def logit_grad_(raw: np.ndarray, target: np.ndarray, grad_logp: Optional[np.ndar
         desc = _capi.describe(0, str(values.dtype), values.shape, keep)
         _capi.check(_capi.lib.bandpo_check_row_values(b"logit_grad_", name.encode(), byref(desc), rows))
         given.append(np.ascontiguousarray(values))
-    _capi.check(_capi.lib.bandpo_logit_grad(raw.ctypes.data, rows, vocab, row_stride, target.ctypes.data,
-                                            *_transform(ignore_index, logit_scale, softcap, temperature),
-                                            *(None if v is None else v.ctypes.data for v in given)))
+    _capi.check(
+        _capi.lib.bandpo_logit_grad(
+            raw.ctypes.data,
+            rows,
+            vocab,
+            row_stride,
+            target.ctypes.data,
+            *_transform(ignore_index, logit_scale, softcap, temperature),
+            *(None if v is None else v.ctypes.data for v in given),
+        )
+    )
     return raw

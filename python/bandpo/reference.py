@@ -56,8 +56,7 @@ def dcpo_bounds(lp: Tensor, eps_low: float, eps_high: float):
     return lower, upper
 
 
-def divergence_bounds(lp: Tensor, p: Tensor, q: Tensor, divergence: str, delta: float, eps_low: float,
-                      eps_high: float):
+def divergence_bounds(lp: Tensor, p: Tensor, q: Tensor, divergence: str, delta: float, eps_low: float, eps_high: float):
     """Bounds of the ratio before relax and caps, for lp = log p, p and q = 1 - p (float64 tensors)."""
     if divergence == "dcpo":
         return dcpo_bounds(lp, eps_low, eps_high)
@@ -79,12 +78,25 @@ def divergence_bounds(lp: Tensor, p: Tensor, q: Tensor, divergence: str, delta: 
     return (1 - half_width).clamp(min=0), torch.minimum(1 + half_width, 1 / p)
 
 
-def band_bounds(old_logp: Tensor, *, divergence: str = _D["divergence"], delta: float = _D["delta"],
-                eps_low: float = _D["eps_low"], eps_high: float = _D["eps_high"],
-                relax_high_p: bool = _D["relax_high_p"], ratio_max: float = _D["ratio_max"]):
+def band_bounds(
+    old_logp: Tensor,
+    *,
+    divergence: str = _D["divergence"],
+    delta: float = _D["delta"],
+    eps_low: float = _D["eps_low"],
+    eps_high: float = _D["eps_high"],
+    relax_high_p: bool = _D["relax_high_p"],
+    ratio_max: float = _D["ratio_max"],
+):
     """Reference of ``torch.ops.bandpo.band_bounds``: (lower, upper) ratio bounds, shaped and typed like old_logp."""
-    BandConfig(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high, relax_high_p=relax_high_p,
-               ratio_max=ratio_max)
+    BandConfig(
+        divergence=divergence,
+        delta=delta,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        relax_high_p=relax_high_p,
+        ratio_max=ratio_max,
+    )
     with torch.no_grad():
         lp = old_logp.detach().double()
         lp = torch.where(lp > LOG_PROB_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
@@ -113,24 +125,53 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
     raise ValueError(f"kl_estimator must be one of 'k1', 'k2', 'k3'; got {estimator!r}")
 
 
-def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional[Tensor] = None,
-              ref_logp: Optional[Tensor] = None, *, divergence: str = _D["divergence"], delta: float = _D["delta"],
-              eps_low: float = _D["eps_low"], eps_high: float = _D["eps_high"],
-              relax_high_p: bool = _D["relax_high_p"], ratio_max: float = _D["ratio_max"],
-              dual_clip: Optional[float] = _D["dual_clip"], agg: str = _D["agg"],
-              normalizer: Optional[float] = _D["normalizer"], kl_coef: float = _D["kl_coef"],
-              kl_estimator: str = _D["kl_estimator"]):
+def band_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Optional[Tensor] = None,
+    ref_logp: Optional[Tensor] = None,
+    *,
+    divergence: str = _D["divergence"],
+    delta: float = _D["delta"],
+    eps_low: float = _D["eps_low"],
+    eps_high: float = _D["eps_high"],
+    relax_high_p: bool = _D["relax_high_p"],
+    ratio_max: float = _D["ratio_max"],
+    dual_clip: Optional[float] = _D["dual_clip"],
+    agg: str = _D["agg"],
+    normalizer: Optional[float] = _D["normalizer"],
+    kl_coef: float = _D["kl_coef"],
+    kl_estimator: str = _D["kl_estimator"],
+):
     """Reference of ``torch.ops.bandpo.band_loss``: (loss in logp's dtype, float32 metrics in METRIC_NAMES order).
 
     Differentiable w.r.t. ``logp`` through ordinary autograd.
     """
     from . import _capi  # the core's rules for options, dtypes and shapes, as every face applies them
 
-    opts = _capi.options(dict(divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high,
-                              relax_high_p=relax_high_p, ratio_max=ratio_max, dual_clip=dual_clip, agg=agg,
-                              normalizer=normalizer, kl_coef=kl_coef, kl_estimator=kl_estimator))
-    _capi.loss_layout([None if t is None else (0, str(t.dtype).replace("torch.", ""), tuple(t.shape))
-                       for t in (logp, old_logp, advantages, mask, ref_logp)], opts)
+    opts = _capi.options(
+        dict(
+            divergence=divergence,
+            delta=delta,
+            eps_low=eps_low,
+            eps_high=eps_high,
+            relax_high_p=relax_high_p,
+            ratio_max=ratio_max,
+            dual_clip=dual_clip,
+            agg=agg,
+            normalizer=normalizer,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+        )
+    )
+    _capi.loss_layout(
+        [
+            None if t is None else (0, str(t.dtype).replace("torch.", ""), tuple(t.shape))
+            for t in (logp, old_logp, advantages, mask, ref_logp)
+        ],
+        opts,
+    )
     out_dtype = logp.dtype
     x = logp.double()
     old_raw = old_logp.detach().double()
@@ -149,8 +190,15 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
     adv = torch.where(valid, adv, zero)
 
     ratio = rules.ratio(x, old)
-    lower, upper = band_bounds(old, divergence=divergence, delta=delta, eps_low=eps_low, eps_high=eps_high,
-                               relax_high_p=relax_high_p, ratio_max=ratio_max)
+    lower, upper = band_bounds(
+        old,
+        divergence=divergence,
+        delta=delta,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        relax_high_p=relax_high_p,
+        ratio_max=ratio_max,
+    )
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, lower, upper)
     pg = torch.maximum(unclipped, clipped)
@@ -181,11 +229,20 @@ def band_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Optional
 
     loss = torch.where(refused, torch.full_like(n_tokens, float("nan")), aggregate(total))
     with torch.no_grad():
+
         def mean(v: Tensor) -> Tensor:
             return torch.where(n_tokens != 0, (v.double() * weighted).sum() / n_tokens.clamp(min=1e-300), 0.0)
 
-        metrics = torch.stack([
-            mean(clip_upper | clip_lower), mean(clip_upper), mean(clip_lower), mean(dual),
-            mean(old_raw - x), mean(ratio), mean(ref_kl), aggregate(pg),
-        ]).float()
+        metrics = torch.stack(
+            [
+                mean(clip_upper | clip_lower),
+                mean(clip_upper),
+                mean(clip_lower),
+                mean(dual),
+                mean(old_raw - x),
+                mean(ratio),
+                mean(ref_kl),
+                aggregate(pg),
+            ]
+        ).float()
     return loss.to(out_dtype), metrics

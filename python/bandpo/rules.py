@@ -58,6 +58,8 @@ def aggregate(per_token: Tensor, weight: Tensor, agg: str, normalizer: Optional[
         num = torch.where(row_weight != 0, s.sum(-1) / torch.where(row_weight != 0, row_weight, 1.0), 0.0).sum()
     else:
         num = s.sum()
-    den = aggregation_denominator(weight, agg) if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float64)
+    den = (
+        aggregation_denominator(weight, agg) if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float64)
+    )
     den = den.to(device=num.device, dtype=num.dtype)
     return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), torch.zeros_like(num))

@@ -8,18 +8,19 @@
 #include <string.h>
 
 static int failures = 0;
-#define CHECK(cond)                                   \
-  do {                                                \
-    if (!(cond)) {                                    \
-      ++failures;                                     \
+#define CHECK(cond)                                  \
+  do {                                               \
+    if (!(cond)) {                                   \
+      ++failures;                                    \
       printf("FAIL line %d: %s\n", __LINE__, #cond); \
-    }                                                 \
+    }                                                \
   } while (0)
 
 int main(void) {
   bandpo_options o;
   bandpo_default_options(&o);
-  CHECK(o.divergence == BANDPO_KL && o.delta == 0.05 && o.ratio_max == 10.0 && isinf(o.dual_clip) && isnan(o.normalizer));
+  CHECK(o.divergence == BANDPO_KL && o.delta == 0.05 && o.ratio_max == 10.0 && isinf(o.dual_clip) &&
+        isnan(o.normalizer));
   CHECK(strcmp(bandpo_version(), "") != 0 && bandpo_abi_version() == BANDPO_ABI_VERSION);
 
   /* Paper values at delta 0.05: p = 0.01 -> upper 7.810 (no cap), lower 0.002497. */
@@ -63,8 +64,11 @@ int main(void) {
   /* Sizes whose product wraps in int64 are refused before any buffer is read, naming them. */
   {
     bandpo_loss_inputs big = in;
-    const int64_t wraps[][2] = {{(int64_t)1 << 40, (int64_t)1 << 40}, {((int64_t)1 << 33) + 1, (int64_t)1 << 31},
-                                {INT64_MAX, 2}, {2, INT64_MAX}, {(int64_t)1 << 31, (int64_t)1 << 31}};
+    const int64_t wraps[][2] = {{(int64_t)1 << 40, (int64_t)1 << 40},
+                                {((int64_t)1 << 33) + 1, (int64_t)1 << 31},
+                                {INT64_MAX, 2},
+                                {2, INT64_MAX},
+                                {(int64_t)1 << 31, (int64_t)1 << 31}};
     for (size_t k = 0; k < sizeof wraps / sizeof wraps[0]; ++k) {
       big.rows = wraps[k][0];
       big.cols = wraps[k][1];

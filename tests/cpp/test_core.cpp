@@ -105,11 +105,12 @@ void test_gradient_matches_finite_differences() {
         plus[i] += h;
         minus[i] -= h;
         const double fd = (bandpo::band_loss_cpu(b.inputs(plus), o, nullptr).loss -
-                           bandpo::band_loss_cpu(b.inputs(minus), o, nullptr).loss) / (2 * h);
+                           bandpo::band_loss_cpu(b.inputs(minus), o, nullptr).loss) /
+                          (2 * h);
         worst = std::fmax(worst, std::fabs(fd - grad[i]));
       }
-      check(worst < 1e-7, std::string("gradient vs finite differences, ") + div + ", " + agg + ": worst " +
-                              std::to_string(worst));
+      check(worst < 1e-7,
+            std::string("gradient vs finite differences, ") + div + ", " + agg + ": worst " + std::to_string(worst));
     }
   }
 }
@@ -144,7 +145,8 @@ void test_bad_arguments() {
   o = bandpo::LossOptions();
   b.mask[5] = 1;
   b.logp[5] = NAN;
-  expect_invalid([&] { bandpo::band_loss_cpu(b.inputs(b.logp), o, nullptr); }, "logp[5]", "NaN logp at a valid position");
+  expect_invalid([&] { bandpo::band_loss_cpu(b.inputs(b.logp), o, nullptr); }, "logp[5]",
+                 "NaN logp at a valid position");
   b.logp[5] = -1;
   b.old_logp[6] = 0.5;
   b.mask[6] = 1;
@@ -184,7 +186,8 @@ void test_device_fold_matches_the_cpu() {
   for (int64_t j = 0; j < vocab; ++j) raw[5 * vocab + j] *= 30.0f;  // a spread of hundreds: far-apart maxima
   const std::vector<int64_t> target = {3, 1, 10, 5, 6, 2};
   std::vector<float> logp(rows), entropy(rows);
-  bandpo::logit_stats_cpu(raw.data(), rows, vocab, vocab, target.data(), -100, 1.0, 0.0, 1.0, logp.data(), entropy.data());
+  bandpo::logit_stats_cpu(raw.data(), rows, vocab, vocab, target.data(), -100, 1.0, 0.0, 1.0, logp.data(),
+                          entropy.data());
   const bandpo::LogitTransform t = bandpo::make_logit_transform(1.0, 0.0, 1.0);
   constexpr int kThreads = 256, kWarp = 32;
   for (int64_t r = 0; r < rows; ++r) {
@@ -222,14 +225,16 @@ void test_device_fold_matches_the_cpu() {
     check(std::isfinite(dev_logp) && std::isfinite(dev_entropy) && std::isfinite(logp[r]) && std::isfinite(entropy[r]),
           "finite logp and entropy, " + at);
     check(std::fabs(dev_logp - logp[r]) <= 1e-5f * (1.0f + std::fabs(logp[r])), "device fold logp = CPU logp, " + at);
-    check(std::fabs(dev_entropy - entropy[r]) <= 1e-5f * (1.0f + entropy[r]), "device fold entropy = CPU entropy, " + at);
+    check(std::fabs(dev_entropy - entropy[r]) <= 1e-5f * (1.0f + entropy[r]),
+          "device fold entropy = CPU entropy, " + at);
   }
 }
 
 // The error a GPU user with too old a driver gets names the driver needed and the one found.
 void test_driver_too_old_message() {
   const std::string m = bandpo::driver_too_old_message(12040, 13000);
-  check(m.find("built with CUDA 13.0") != std::string::npos, "message names the CUDA the kernels were built with: " + m);
+  check(m.find("built with CUDA 13.0") != std::string::npos,
+        "message names the CUDA the kernels were built with: " + m);
   check(m.find("R580 or newer") != std::string::npos, "message names the driver branch needed: " + m);
   check(m.find("supports CUDA 12.4") != std::string::npos, "message names what the driver supports: " + m);
   check(bandpo::driver_too_old_message(0, 12090).find("R525") != std::string::npos, "CUDA 12.9 needs R525");

@@ -56,8 +56,9 @@ def bounds(old_logp: float, delta: float):
 
 def grid():
     neg = -np.exp(np.linspace(np.log(1e-7), np.log(700.0), 110))
-    old_logps = np.concatenate([[0.0, -1e-12, -1e-9], neg, [-700.0, -80.0, -30.0, np.log(0.01), np.log(0.08),
-                                                            np.log(0.5), np.log(0.99)]])
+    old_logps = np.concatenate(
+        [[0.0, -1e-12, -1e-9], neg, [-700.0, -80.0, -30.0, np.log(0.01), np.log(0.08), np.log(0.5), np.log(0.99)]]
+    )
     deltas = np.concatenate([np.exp(np.linspace(np.log(1e-3), 0.0, 11)), [0.05]])
     return np.unique(old_logps.astype(np.float32)).astype(float), np.unique(deltas.astype(np.float32)).astype(float)
 
@@ -68,8 +69,14 @@ def main():
     for lp in old_logps:
         for d in deltas:
             lower, upper = bounds(lp, d)
-            rows.append((repr(float(lp)), repr(float(d)), mp.nstr(lower, 20, min_fixed=-1, max_fixed=-1),
-                         mp.nstr(upper, 20, min_fixed=-1, max_fixed=-1)))
+            rows.append(
+                (
+                    repr(float(lp)),
+                    repr(float(d)),
+                    mp.nstr(lower, 20, min_fixed=-1, max_fixed=-1),
+                    mp.nstr(upper, 20, min_fixed=-1, max_fixed=-1),
+                )
+            )
     with open(os.path.join(HERE, "kl_bounds_mpmath.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["old_logp", "delta", "lower", "upper"])

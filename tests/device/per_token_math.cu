@@ -53,8 +53,11 @@ __global__ void half_types(const bandpo::bfloat16* a, const bandpo::float16* b, 
 
 }  // namespace bandpo_device_check
 
-template __global__ void bandpo_device_check::every_per_token_function<float>(const float*, const float*, const float*, float*, long,
-                                                         bandpo::BoundParams<float>, bandpo::LossParams<float>);
-template __global__ void bandpo_device_check::every_per_token_function<double>(const double*, const double*, const double*, double*,
-                                                          long, bandpo::BoundParams<double>,
-                                                          bandpo::LossParams<double>);
+// Explicit instantiations, laid out by hand: clang-format lays these out differently on each pass.
+// clang-format off
+template __global__ void bandpo_device_check::every_per_token_function<float>(
+    const float*, const float*, const float*, float*, long, bandpo::BoundParams<float>, bandpo::LossParams<float>);
+template __global__ void bandpo_device_check::every_per_token_function<double>(
+    const double*, const double*, const double*, double*, long, bandpo::BoundParams<double>,
+    bandpo::LossParams<double>);
+// clang-format on

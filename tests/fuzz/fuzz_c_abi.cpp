@@ -31,23 +31,50 @@ namespace {
   std::fprintf(stderr, "fuzz invariant violated: %s (last error: '%s')\n", what, bandpo_last_error());
   std::abort();
 }
-#define EXPECT(cond)                    \
-  do {                                  \
-    if (!(cond)) fail(#cond);           \
+#define EXPECT(cond)          \
+  do {                        \
+    if (!(cond)) fail(#cond); \
   } while (0)
 
 double special_double(FuzzedDataProvider& in) {
   static const double kSpecial[] = {std::numeric_limits<double>::quiet_NaN(),
                                     std::numeric_limits<double>::infinity(),
                                     -std::numeric_limits<double>::infinity(),
-                                    0.0, -0.0, 5e-324, -5e-324, 1e-310, 1e-300, 1e-45, 1e-12, 1e-7, 0.05, 0.2,
-                                    0.28, 0.5, 1.0, 1.0000001, 2.0, 3.0, 10.0, 1e6, 1e18, 1e38, 1e300,
-                                    std::numeric_limits<double>::max(), -1.0, -1e-7, -1e300};
+                                    0.0,
+                                    -0.0,
+                                    5e-324,
+                                    -5e-324,
+                                    1e-310,
+                                    1e-300,
+                                    1e-45,
+                                    1e-12,
+                                    1e-7,
+                                    0.05,
+                                    0.2,
+                                    0.28,
+                                    0.5,
+                                    1.0,
+                                    1.0000001,
+                                    2.0,
+                                    3.0,
+                                    10.0,
+                                    1e6,
+                                    1e18,
+                                    1e38,
+                                    1e300,
+                                    std::numeric_limits<double>::max(),
+                                    -1.0,
+                                    -1e-7,
+                                    -1e300};
   switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-    case 0: return in.PickValueInArray(kSpecial);
-    case 1: return in.ConsumeFloatingPointInRange<double>(0.0, 1.0);
-    case 2: return in.ConsumeFloatingPointInRange<double>(0.0, 20.0);
-    default: return in.ConsumeFloatingPoint<double>();
+    case 0:
+      return in.PickValueInArray(kSpecial);
+    case 1:
+      return in.ConsumeFloatingPointInRange<double>(0.0, 1.0);
+    case 2:
+      return in.ConsumeFloatingPointInRange<double>(0.0, 20.0);
+    default:
+      return in.ConsumeFloatingPoint<double>();
   }
 }
 
@@ -56,8 +83,24 @@ double value(FuzzedDataProvider& in, double lo, double hi) {
   static const double kSpecial[] = {std::numeric_limits<double>::quiet_NaN(),
                                     std::numeric_limits<double>::infinity(),
                                     -std::numeric_limits<double>::infinity(),
-                                    0.0, -0.0, 5e-324, -5e-324, 1e-40, -1e-40, 1e-7, 9e-7, 2e-6, 0.5, -1e30, 1e30,
-                                    -1e-30, -103.5, -745.0, -800.0, 1e300, -1e300};
+                                    0.0,
+                                    -0.0,
+                                    5e-324,
+                                    -5e-324,
+                                    1e-40,
+                                    -1e-40,
+                                    1e-7,
+                                    9e-7,
+                                    2e-6,
+                                    0.5,
+                                    -1e30,
+                                    1e30,
+                                    -1e-30,
+                                    -103.5,
+                                    -745.0,
+                                    -800.0,
+                                    1e300,
+                                    -1e300};
   if (in.ConsumeIntegralInRange<int>(0, 15) == 0) return in.PickValueInArray(kSpecial);
   return in.ConsumeFloatingPointInRange<double>(lo, hi);
 }
@@ -134,8 +177,8 @@ void fuzz_bounds(FuzzedDataProvider& in) {
   for (double& x : v) x = value(in, -40.0, 0.0);
   const int d = dtype >= 0 && dtype < 4 ? dtype : BANDPO_FLOAT32;
   Buffer old_logp(d, v), lower(d, v), upper(d, v);
-  const bandpo_status s = bandpo_band_bounds(static_cast<bandpo_dtype>(dtype), old_logp.data(), n, &o, lower.data(),
-                                             upper.data());
+  const bandpo_status s =
+      bandpo_band_bounds(static_cast<bandpo_dtype>(dtype), old_logp.data(), n, &o, lower.data(), upper.data());
   if (s != BANDPO_OK) {
     EXPECT(bandpo_last_error()[0] != '\0');
     return;
@@ -165,8 +208,8 @@ void fuzz_bounds(FuzzedDataProvider& in) {
       // ratio_max as the output dtype holds it (rounded to nearest: it may land above the double value)
       const double cap = Buffer(d, {o.ratio_max}).exact[0];
       if (!(u >= 1.0 && u <= cap)) {
-        std::fprintf(stderr, "old_logp %.17g: upper %.17g, ratio_max %.17g (%.17g in dtype %d)\n", x, u,
-                     o.ratio_max, cap, d);
+        std::fprintf(stderr, "old_logp %.17g: upper %.17g, ratio_max %.17g (%.17g in dtype %d)\n", x, u, o.ratio_max,
+                     cap, d);
         fail("1 <= upper <= ratio_max");
       }
     }
@@ -185,18 +228,24 @@ void fuzz_loss(FuzzedDataProvider& in) {
   const int mask_kind = in.ConsumeIntegralInRange<int>(-1, 3);
   const bool per_row = in.ConsumeBool(), with_ref = in.ConsumeBool(), with_grad = in.ConsumeBool();
   if (in.ConsumeIntegralInRange<int>(0, 31) == 0) {  // sizes whose product or byte count cannot exist
-    static const int64_t kHuge[][2] = {{int64_t(1) << 40, int64_t(1) << 40},
-                                       {(int64_t(1) << 33) + 1, int64_t(1) << 31},
-                                       {std::numeric_limits<int64_t>::max(), 2},
-                                       {3, std::numeric_limits<int64_t>::max() / 3},
-                                       {int64_t(1) << 31, int64_t(1) << 31},
-                                       {-1, 5},
-                                       {5, std::numeric_limits<int64_t>::min()}};
+    static const int64_t kHuge[][2] = {
+        {int64_t(1) << 40, int64_t(1) << 40},     {(int64_t(1) << 33) + 1, int64_t(1) << 31},
+        {std::numeric_limits<int64_t>::max(), 2}, {3, std::numeric_limits<int64_t>::max() / 3},
+        {int64_t(1) << 31, int64_t(1) << 31},     {-1, 5},
+        {5, std::numeric_limits<int64_t>::min()}};
     const auto& rc = kHuge[in.ConsumeIntegralInRange<size_t>(0, sizeof kHuge / sizeof kHuge[0] - 1)];
     double x[2] = {-1, -1};
     unsigned char m[2] = {1, 1};
-    bandpo_loss_inputs li = {static_cast<bandpo_dtype>(dtype), rc[0], rc[1], x, x, x, per_row, m,
-                             static_cast<bandpo_mask_kind>(mask_kind), with_ref ? x : nullptr};
+    bandpo_loss_inputs li = {static_cast<bandpo_dtype>(dtype),
+                             rc[0],
+                             rc[1],
+                             x,
+                             x,
+                             x,
+                             per_row,
+                             m,
+                             static_cast<bandpo_mask_kind>(mask_kind),
+                             with_ref ? x : nullptr};
     double loss;
     float metrics[BANDPO_NUM_METRICS];
     const bandpo_status s = bandpo_band_loss(&li, &o, &loss, metrics, with_grad ? x : nullptr);
@@ -215,11 +264,19 @@ void fuzz_loss(FuzzedDataProvider& in) {
   Buffer b_logp(d, logp), b_old(d, old), b_adv(d, adv), b_ref(d, ref), b_w(d, w), b_grad(d, logp);
   std::vector<unsigned char> mask_u8(n + 1);
   for (int i = 0; i < n; ++i) mask_u8[i] = w[i] != 0.0 ? static_cast<unsigned char>(1 + (i % 3)) : 0;
-  const void* mask = mask_kind == BANDPO_MASK_BOOL ? static_cast<const void*>(mask_u8.data())
-                     : mask_kind == BANDPO_MASK_VALUES ? b_w.data() : nullptr;
+  const void* mask = mask_kind == BANDPO_MASK_BOOL     ? static_cast<const void*>(mask_u8.data())
+                     : mask_kind == BANDPO_MASK_VALUES ? b_w.data()
+                                                       : nullptr;
   if (mask_kind < 0 || mask_kind > 2) mask = mask_u8.data();
-  bandpo_loss_inputs li = {static_cast<bandpo_dtype>(dtype), rows, cols, b_logp.data(), b_old.data(), b_adv.data(),
-                           per_row, mask, static_cast<bandpo_mask_kind>(mask_kind),
+  bandpo_loss_inputs li = {static_cast<bandpo_dtype>(dtype),
+                           rows,
+                           cols,
+                           b_logp.data(),
+                           b_old.data(),
+                           b_adv.data(),
+                           per_row,
+                           mask,
+                           static_cast<bandpo_mask_kind>(mask_kind),
                            with_ref ? b_ref.data() : nullptr};
   LossCall r{};
   r.status = bandpo_band_loss(&li, &o, &r.loss, r.metrics, with_grad ? b_grad.data() : nullptr);
@@ -235,7 +292,9 @@ void fuzz_loss(FuzzedDataProvider& in) {
   // finite; for float32/bfloat16/float16 the loss must match the float64 computation within 3e-5 of it.
   // (Beyond it, a float32 product of finite inputs may overflow: that is the compute type's range.)
   auto weight = [&](int i) {
-    return mask_kind == BANDPO_MASK_NONE ? 1.0 : mask_kind == BANDPO_MASK_BOOL ? (mask_u8[i] ? 1.0 : 0.0) : b_w.exact[i];
+    return mask_kind == BANDPO_MASK_NONE   ? 1.0
+           : mask_kind == BANDPO_MASK_BOOL ? (mask_u8[i] ? 1.0 : 0.0)
+                                           : b_w.exact[i];
   };
   bool finite_inputs = true, plain_weights = true, metric_range = true, token_range = true;
   std::vector<double> row_scale(rows, 0.0), row_weight(rows, 0.0);
@@ -245,8 +304,8 @@ void fuzz_loss(FuzzedDataProvider& in) {
     if (wi == 0.0) continue;
     const double a = b_adv.exact[per_row ? i / cols : i], lp = b_logp.exact[i], olp = b_old.exact[i];
     const double rf = with_ref ? b_ref.exact[i] : lp;
-    finite_inputs &= std::isfinite(wi) && std::isfinite(a) && std::isfinite(lp) && std::isfinite(olp) &&
-                     std::isfinite(rf);
+    finite_inputs &=
+        std::isfinite(wi) && std::isfinite(a) && std::isfinite(lp) && std::isfinite(olp) && std::isfinite(rf);
     // Negative weights can cancel, and float32 products with subnormal weights keep few bits: only
     // non-negative normal weights bound the error by the magnitudes.
     plain_weights &= wi > 0.0 && wi >= 1.2e-38;
@@ -259,10 +318,12 @@ void fuzz_loss(FuzzedDataProvider& in) {
     metric_range &= std::fabs(olp - lp) <= 1e30 && kl <= 1e30;
     // Each token's weighted terms are products in the compute type (float for float32/bf16/f16): a mask
     // weight of 1e30 times r = e^20 is past float's range whatever the aggregate would be.
-    token_range &= std::fabs(wi) * std::fmax(std::fmax(r, 1.0), std::fmax(std::fabs(olp - lp), kl) +
-                                             std::fabs(a) * std::fmax(std::fmax(r, cap), std::fmax(dual, 1.0))) <= 1e30;
-    row_scale[i / cols] += std::fabs(wi) * (std::fabs(a) * std::fmax(std::fmax(r, cap), std::fmax(dual, 1.0)) +
-                                            std::fabs(o.kl_coef) * kl);
+    token_range &= std::fabs(wi) * std::fmax(std::fmax(r, 1.0),
+                                             std::fmax(std::fabs(olp - lp), kl) +
+                                                 std::fabs(a) * std::fmax(std::fmax(r, cap), std::fmax(dual, 1.0))) <=
+                   1e30;
+    row_scale[i / cols] +=
+        std::fabs(wi) * (std::fabs(a) * std::fmax(std::fmax(r, cap), std::fmax(dual, 1.0)) + std::fabs(o.kl_coef) * kl);
     row_weight[i / cols] += wi;
     total_weight += wi;
   }
@@ -277,17 +338,20 @@ void fuzz_loss(FuzzedDataProvider& in) {
     den = set ? o.normalizer : rows;
   } else {
     for (double v : row_scale) sum += v;
-    den = set ? o.normalizer
-              : o.agg == BANDPO_TOKEN_MEAN ? total_weight
-              : o.agg == BANDPO_SEQ_MEAN_TOKEN_SUM ? rows : static_cast<double>(rows) * cols;
+    den = set                                  ? o.normalizer
+          : o.agg == BANDPO_TOKEN_MEAN         ? total_weight
+          : o.agg == BANDPO_SEQ_MEAN_TOKEN_SUM ? rows
+                                               : static_cast<double>(rows) * cols;
   }
   const double bound = den > 0 ? sum / den : 0.0;
   if (!(bound <= (d == BANDPO_FLOAT64 ? 1e300 : 1e30)) || (d != BANDPO_FLOAT64 && !token_range)) return;
   auto dump = [&](const char* what) {
-    std::fprintf(stderr, "%s: loss %.17g, bound %.3g, rows %d cols %d dtype %d; div %d delta %g eps %g %g relax %d "
-                 "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n", what, r.loss,
-                 bound, rows, cols, d, o.divergence, o.delta, o.eps_low, o.eps_high, o.relax_high_p, o.ratio_max,
-                 o.dual_clip, o.agg, o.normalizer, o.kl_coef, o.kl_estimator, with_ref, mask_kind, per_row);
+    std::fprintf(stderr,
+                 "%s: loss %.17g, bound %.3g, rows %d cols %d dtype %d; div %d delta %g eps %g %g relax %d "
+                 "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n",
+                 what, r.loss, bound, rows, cols, d, o.divergence, o.delta, o.eps_low, o.eps_high, o.relax_high_p,
+                 o.ratio_max, o.dual_clip, o.agg, o.normalizer, o.kl_coef, o.kl_estimator, with_ref, mask_kind,
+                 per_row);
     for (int i = 0; i < n; ++i)
       std::fprintf(stderr, "  [%d] w %g logp %.9g old %.9g adv %.9g ref %.9g\n", i, weight(i), b_logp.exact[i],
                    b_old.exact[i], b_adv.exact[per_row ? i / cols : i], b_ref.exact[i]);
@@ -302,9 +366,11 @@ void fuzz_loss(FuzzedDataProvider& in) {
     // the metrics are float32 whatever the dtype: pg_loss is bounded like the loss, ppo_kl/ref_kl apart
     const bool in_range = (m == 4 || m == 6) ? metric_range : bound <= 1e30;
     if (!std::isfinite(r.metrics[m]) && in_range) {
-      std::fprintf(stderr, "metric %d = %g; loss %g, bound %g, rows %d cols %d dtype %d agg %d kl_coef %g est %d "
-                   "ref %d mask %d\n", m, r.metrics[m], r.loss, bound, rows, cols, d, o.agg, o.kl_coef,
-                   o.kl_estimator, with_ref, mask_kind);
+      std::fprintf(stderr,
+                   "metric %d = %g; loss %g, bound %g, rows %d cols %d dtype %d agg %d kl_coef %g est %d "
+                   "ref %d mask %d\n",
+                   m, r.metrics[m], r.loss, bound, rows, cols, d, o.agg, o.kl_coef, o.kl_estimator, with_ref,
+                   mask_kind);
       for (int i = 0; i < n; ++i)
         std::fprintf(stderr, "  [%d] w %g logp %g old %g adv %g ref %g\n", i, weight(i), b_logp.exact[i],
                      b_old.exact[i], b_adv.exact[per_row ? i / cols : i], b_ref.exact[i]);
@@ -352,9 +418,10 @@ void fuzz_loss(FuzzedDataProvider& in) {
   const double divisor = den * smallest_row_weight;
   const double subnormal_floor = divisor > 0 ? 1e-44 * n / divisor : 0.0;
   if (!(std::fabs(r.loss - r64.loss) <= 3e-5 * bound + subnormal_floor + 1e-300)) {
-    std::fprintf(stderr, "float64 loss %.17g, dtype %d loss %.17g, bound %.3g; div %d delta %g eps %g %g relax %d "
-                 "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n", r64.loss, d,
-                 r.loss, bound, o.divergence, o.delta, o.eps_low, o.eps_high, o.relax_high_p, o.ratio_max,
+    std::fprintf(stderr,
+                 "float64 loss %.17g, dtype %d loss %.17g, bound %.3g; div %d delta %g eps %g %g relax %d "
+                 "ratio_max %g dual %g agg %d norm %g kl_coef %g est %d ref %d mask %d per_row %d\n",
+                 r64.loss, d, r.loss, bound, o.divergence, o.delta, o.eps_low, o.eps_high, o.relax_high_p, o.ratio_max,
                  o.dual_clip, o.agg, o.normalizer, o.kl_coef, o.kl_estimator, with_ref, mask_kind, per_row);
     for (int i = 0; i < n; ++i)
       std::fprintf(stderr, "  [%d] w %g logp %.9g old %.9g adv %.9g ref %.9g\n", i, weight(i), b_logp.exact[i],
@@ -375,17 +442,23 @@ void fuzz_logits(FuzzedDataProvider& in) {
   const int64_t stride = vocab + in.ConsumeIntegralInRange<int64_t>(-1, 3);
   const bool tame_options = in.ConsumeIntegralInRange<int>(0, 7) != 0;
   const double logit_scale = tame_options ? in.ConsumeFloatingPointInRange<double>(0.1, 4.0) : special_double(in);
-  const double softcap = tame_options ? (in.ConsumeBool() ? 0.0 : in.ConsumeFloatingPointInRange<double>(1.0, 50.0))
-                                      : special_double(in);
+  const double softcap =
+      tame_options ? (in.ConsumeBool() ? 0.0 : in.ConsumeFloatingPointInRange<double>(1.0, 50.0)) : special_double(in);
   const double temperature = tame_options ? in.ConsumeFloatingPointInRange<double>(0.1, 4.0) : special_double(in);
   constexpr int64_t kIgnore = -100;
   std::vector<int64_t> target(static_cast<size_t>(rows));
   bool targets_ok = true;
   for (auto& t : target) {
     switch (in.ConsumeIntegralInRange<int>(0, 9)) {
-      case 0: t = kIgnore; break;
-      case 1: t = in.ConsumeBool() ? -1 : vocab; break;
-      default: t = vocab > 0 ? in.ConsumeIntegralInRange<int64_t>(0, vocab - 1) : 0; break;
+      case 0:
+        t = kIgnore;
+        break;
+      case 1:
+        t = in.ConsumeBool() ? -1 : vocab;
+        break;
+      default:
+        t = vocab > 0 ? in.ConsumeIntegralInRange<int64_t>(0, vocab - 1) : 0;
+        break;
     }
     targets_ok = targets_ok && (t == kIgnore || (t >= 0 && t < vocab));
   }
@@ -420,10 +493,9 @@ void fuzz_logits(FuzzedDataProvider& in) {
     tame_grads = tame_grads && std::fabs(grad_logp[static_cast<size_t>(r)]) <= 2 &&
                  std::fabs(grad_entropy[static_cast<size_t>(r)]) <= 2;
   const bool from_outputs = in.ConsumeBool();
-  const bandpo_status g = bandpo_logit_grad(raw.data(), rows, vocab, stride, target.data(), kIgnore, logit_scale,
-                                            softcap, temperature, grad_logp.data(), grad_entropy.data(),
-                                            from_outputs ? logp.data() : nullptr,
-                                            from_outputs ? entropy.data() : nullptr);
+  const bandpo_status g = bandpo_logit_grad(
+      raw.data(), rows, vocab, stride, target.data(), kIgnore, logit_scale, softcap, temperature, grad_logp.data(),
+      grad_entropy.data(), from_outputs ? logp.data() : nullptr, from_outputs ? entropy.data() : nullptr);
   EXPECT(g == BANDPO_OK);
   for (int64_t r = 0; r < rows && check && tame_grads; ++r)
     for (int64_t j = 0; j < vocab; ++j) EXPECT(std::isfinite(raw[static_cast<size_t>(r * stride + j)]));
@@ -440,9 +512,11 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
-  if (in.ConsumeBool()) fuzz_bounds(in);
-  else fuzz_loss(in);
-  fuzz_logits(in);  // on what is left: the corpus keeps steering the two above as before
+  if (in.ConsumeBool())
+    fuzz_bounds(in);
+  else
+    fuzz_loss(in);
+  fuzz_logits(in);       // on what is left: the corpus keeps steering the two above as before
   fuzz_array_rules(in);  // and on what is left after that
   return 0;
 }

@@ -55,12 +55,13 @@ void band_bounds_impl(DType dtype, const void* old_logp, int64_t n, const BoundO
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeType<T>::type;
     constexpr int N = detail::kChunk<T>;
-    const detail::DeviceKlTable kl_table =
-        with_table ? detail::enqueue_kl_table(dtype, options, workspace, stream)
-                   : detail::DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
+    const detail::DeviceKlTable kl_table = with_table
+                                               ? detail::enqueue_kl_table(dtype, options, workspace, stream)
+                                               : detail::DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
     const bool aligned =
         detail::is_aligned(old_logp, 16) && detail::is_aligned(lower, 16) && detail::is_aligned(upper, 16);
-    const int blocks = detail::grid_blocks((n + int64_t(detail::kBlockThreads) * N - 1) / (int64_t(detail::kBlockThreads) * N));
+    const int blocks =
+        detail::grid_blocks((n + int64_t(detail::kBlockThreads) * N - 1) / (int64_t(detail::kBlockThreads) * N));
     bandpo::detail::with_divergence(options.divergence, [&](auto div) {
       constexpr Divergence kDiv = decltype(div)::value;
       detail::launch_with_kl_table(kl_table, blocks, [&](auto table, const int* run_if_refused, int grid) {
@@ -83,8 +84,8 @@ size_t bounds_workspace_bytes(DType dtype, const BoundOptions& options) {
   return detail::kl_table_bytes(dtype, options);
 }
 
-void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
-                 void* upper, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
+                 void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
   const size_t needed = detail::kl_table_bytes(dtype, options);
   if (needed > 0 && (workspace == nullptr || workspace_bytes < needed || !detail::is_aligned(workspace, 16)))
@@ -94,8 +95,8 @@ void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOption
   band_bounds_impl(dtype, old_logp, n, options, lower, upper, true, workspace, stream);
 }
 
-void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
-                 void* upper, cudaStream_t stream) {
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
+                 cudaStream_t stream) {
   bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
   band_bounds_impl(dtype, old_logp, n, options, lower, upper, false, nullptr, stream);
 }

@@ -62,8 +62,7 @@ struct Word<2> {
 // out[j] = p[i + j] for i + j < end (one vector load when `aligned` and the chunk is whole); elements past
 // `end` are zero bits. `aligned`: p and i are multiples of N elements and p is N * sizeof(T)-byte aligned.
 template <int N, class T>
-__device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, int64_t end, bool aligned,
-                                           T (&out)[N]) {
+__device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, int64_t end, bool aligned, T (&out)[N]) {
   if (aligned && i + N <= end) {
     using W = typename Word<N * sizeof(T)>::type;
     const W w = *reinterpret_cast<const W*>(p + i);
@@ -81,8 +80,7 @@ __device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, i
 }
 
 template <int N, class T>
-__device__ __forceinline__ void store_chunk(T* __restrict__ p, int64_t i, int64_t end, bool aligned,
-                                            const T (&in)[N]) {
+__device__ __forceinline__ void store_chunk(T* __restrict__ p, int64_t i, int64_t end, bool aligned, const T (&in)[N]) {
   if (aligned && i + N <= end) {
     using W = typename Word<N * sizeof(T)>::type;
     W w;
@@ -125,9 +123,7 @@ struct Tiling {
   }
 
   __host__ __device__ int64_t row(int64_t unit) const { return unit / tiles_per_row; }
-  __host__ __device__ int64_t begin(int64_t unit) const {
-    return row(unit) * cols + (unit % tiles_per_row) * tile;
-  }
+  __host__ __device__ int64_t begin(int64_t unit) const { return row(unit) * cols + (unit % tiles_per_row) * tile; }
   __host__ __device__ int64_t end(int64_t unit) const {
     const int64_t r = row(unit);
     const int64_t stop = (unit % tiles_per_row + 1) * tile;

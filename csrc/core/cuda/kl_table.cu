@@ -90,7 +90,8 @@ DeviceKlTable enqueue_kl_table(DType dtype, const BoundOptions& options, void* w
   if (err != cudaSuccess) detail::throw_cuda_error("resetting the KL table's flag", err);
   const int blocks = (l.size() + kIntervalsPerBlock - 1) / kIntervalsPerBlock;
   // BANDPO_KL_TABLE=refuse: a limit no table meets (every check fails, the kernels solve)
-  const double max_error = bandpo::detail::kl_table_mode() == bandpo::detail::KlTableMode::refuse ? -1.0 : kKlTableMaxError;
+  const double max_error =
+      bandpo::detail::kl_table_mode() == bandpo::detail::KlTableMode::refuse ? -1.0 : kKlTableMaxError;
   build_kl_table_kernel<<<blocks, kBuildThreads, 0, stream>>>(l, options.delta, max_error, coeffs, refused);
   throw_if_launch_failed("the KL table build");
   return DeviceKlTable{KlTable{coeffs, l}, refused};

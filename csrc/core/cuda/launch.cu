@@ -15,7 +15,8 @@ namespace detail {
     // The static runtime inside libbandpo is newer than the driver (or there is none): name the driver needed.
     int driver = 0;
     if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
-    throw std::runtime_error(std::string("bandpo: ") + what + " failed: " + driver_too_old_message(driver, CUDART_VERSION));
+    throw std::runtime_error(std::string("bandpo: ") + what +
+                             " failed: " + driver_too_old_message(driver, CUDART_VERSION));
   }
   throw std::runtime_error(std::string("bandpo: ") + what + " failed: " + cudaGetErrorString(err));
 }

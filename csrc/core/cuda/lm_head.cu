@@ -90,12 +90,10 @@ __device__ __forceinline__ bool bad_target(int64_t target, int64_t vocab, int64_
 }
 
 template <class T>
-__global__ void __launch_bounds__(kBlockThreads) logit_stats_kernel(const T* __restrict__ raw, int64_t vocab,
-                                                                     int64_t stride, bool aligned,
-                                                                     const int64_t* __restrict__ target,
-                                                                     int64_t ignore_index, LogitTransform t,
-                                                                     float* __restrict__ logp,
-                                                                     float* __restrict__ entropy) {
+__global__ void __launch_bounds__(kBlockThreads)
+    logit_stats_kernel(const T* __restrict__ raw, int64_t vocab, int64_t stride, bool aligned,
+                       const int64_t* __restrict__ target, int64_t ignore_index, LogitTransform t,
+                       float* __restrict__ logp, float* __restrict__ entropy) {
   const int64_t r = blockIdx.x;
   const int64_t tg = target[r];
   if (tg == ignore_index || bad_target(tg, vocab, ignore_index)) {
@@ -108,13 +106,11 @@ __global__ void __launch_bounds__(kBlockThreads) logit_stats_kernel(const T* __r
 }
 
 template <class T>
-__global__ void __launch_bounds__(kBlockThreads) logit_grad_kernel(T* __restrict__ raw, int64_t vocab, int64_t stride,
-                                                                    bool aligned, const int64_t* __restrict__ target,
-                                                                    int64_t ignore_index, LogitTransform t,
-                                                                    const float* __restrict__ grad_logp,
-                                                                    const float* __restrict__ grad_entropy,
-                                                                    const float* __restrict__ logp,
-                                                                    const float* __restrict__ entropy) {
+__global__ void __launch_bounds__(kBlockThreads)
+    logit_grad_kernel(T* __restrict__ raw, int64_t vocab, int64_t stride, bool aligned,
+                      const int64_t* __restrict__ target, int64_t ignore_index, LogitTransform t,
+                      const float* __restrict__ grad_logp, const float* __restrict__ grad_entropy,
+                      const float* __restrict__ logp, const float* __restrict__ entropy) {
   constexpr int N = kChunk<T>;
   const int64_t r = blockIdx.x;
   const int64_t tg = target[r];
@@ -135,8 +131,8 @@ __global__ void __launch_bounds__(kBlockThreads) logit_grad_kernel(T* __restrict
     load_chunk<N>(row, i, vocab, aligned, v);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const float out = ignored ? 0.0f
-                        : bad   ? NAN
+      const float out = ignored       ? 0.0f
+                        : bad         ? NAN
                         : i + j == tg ? target_grad
                                       : logit_grad(logit_to_float(v[j]), false, g, t);
       v[j] = logit_from_float<T>(out);
@@ -152,10 +148,14 @@ bool rows_aligned(const void* raw, int64_t row_stride, size_t element_bytes) {
 template <class F>
 void with_logit_type(DType dtype, const char* op, F&& f) {
   switch (dtype) {
-    case DType::float32: return f(static_cast<float*>(nullptr));
-    case DType::bfloat16: return f(static_cast<bfloat16*>(nullptr));
-    case DType::float16: return f(static_cast<float16*>(nullptr));
-    default: throw std::invalid_argument(std::string(op) + ": raw must be float32, bfloat16 or float16");
+    case DType::float32:
+      return f(static_cast<float*>(nullptr));
+    case DType::bfloat16:
+      return f(static_cast<bfloat16*>(nullptr));
+    case DType::float16:
+      return f(static_cast<float16*>(nullptr));
+    default:
+      throw std::invalid_argument(std::string(op) + ": raw must be float32, bfloat16 or float16");
   }
 }
 
@@ -173,8 +173,8 @@ void logit_stats(DType dtype, const void* raw, int64_t rows, int64_t vocab, int6
   detail::with_logit_type(dtype, "logit_stats", [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     detail::logit_stats_kernel<T><<<static_cast<unsigned>(rows), detail::kBlockThreads, 0, stream>>>(
-        static_cast<const T*>(raw), vocab, row_stride, detail::rows_aligned(raw, row_stride, sizeof(T)), target, ignore_index,
-        t, logp, entropy);
+        static_cast<const T*>(raw), vocab, row_stride, detail::rows_aligned(raw, row_stride, sizeof(T)), target,
+        ignore_index, t, logp, entropy);
   });
   detail::throw_if_launch_failed("logit_stats");
 }
@@ -191,8 +191,8 @@ void logit_grad(DType dtype, void* raw, int64_t rows, int64_t vocab, int64_t row
   detail::with_logit_type(dtype, "logit_grad", [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     detail::logit_grad_kernel<T><<<static_cast<unsigned>(rows), detail::kBlockThreads, 0, stream>>>(
-        static_cast<T*>(raw), vocab, row_stride, detail::rows_aligned(raw, row_stride, sizeof(T)), target, ignore_index, t,
-        grad_logp, grad_entropy, logp, entropy);
+        static_cast<T*>(raw), vocab, row_stride, detail::rows_aligned(raw, row_stride, sizeof(T)), target, ignore_index,
+        t, grad_logp, grad_entropy, logp, entropy);
   });
   detail::throw_if_launch_failed("logit_grad");
 }

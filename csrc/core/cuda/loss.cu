@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kBlockThreads)
         const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
         const bool clipped = (t.clipped_upper + t.clipped_lower) != C(0);
         const bool bad = bad_token(c.logp[j], c.old_logp[j], c.advantage[j], c.ref[j], c.w[j]);
-        if (c.w[j] != C(0)) {  // masked positions may hold NaN/inf: they never enter a sum
+        if (c.w[j] != C(0)) {                             // masked positions may hold NaN/inf: they never enter a sum
           const C token_pg = clipped ? C(0) : t.pg_loss;  // clipped tokens add theirs below
           acc.loss += w * (token_pg + kl_term(prm.kl_coef, k.value));
           acc.pg += w * token_pg;
@@ -209,9 +209,9 @@ __global__ void __launch_bounds__(kBlockThreads)
 // One block: totals and per-row means in a fixed order, then finish_loss().
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
-    finish_forward_kernel(const SegmentSums* __restrict__ partials, Tiling tiling, LossOptions options,
-                          int64_t rows, int64_t cols, const int* weight_exp, T* __restrict__ loss,
-                          float* __restrict__ metrics, int64_t* __restrict__ invalid_count) {
+    finish_forward_kernel(const SegmentSums* __restrict__ partials, Tiling tiling, LossOptions options, int64_t rows,
+                          int64_t cols, const int* weight_exp, T* __restrict__ loss, float* __restrict__ metrics,
+                          int64_t* __restrict__ invalid_count) {
   // Each thread sums units t, t + 256, ... in that order, loading kBatch of them before adding: one at a time,
   // one block reading 16k partials waited out an L2 round trip per unit (34 us at 16M tokens on an H200).
   constexpr int kBatch = 4;
@@ -282,8 +282,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 // One block: scales[0] = grad_loss / denominator, or per row (seq-mean-token-mean) divided by the row weight.
 __global__ void __launch_bounds__(kBlockThreads)
-    backward_scales_kernel(const double* __restrict__ weight_partials, Tiling tiling, LossOptions options,
-                           int64_t rows, int64_t cols, MaskKind mask_kind, const double* __restrict__ grad_loss,
+    backward_scales_kernel(const double* __restrict__ weight_partials, Tiling tiling, LossOptions options, int64_t rows,
+                           int64_t cols, MaskKind mask_kind, const double* __restrict__ grad_loss,
                            double* __restrict__ scales) {
   double total_weight = static_cast<double>(rows) * static_cast<double>(cols);
   if (bandpo::detail::backward_needs_total_weight(options, mask_kind)) {
@@ -413,8 +413,8 @@ void band_loss_forward(const LossInputs& in, const LossOptions& options, void* l
     if (err != cudaSuccess) detail::throw_cuda_error("band_loss forward (weight exponent)", err);
     const int64_t n = in.rows * in.cols;
     const int blocks = detail::grid_blocks((n + detail::kBlockThreads - 1) / detail::kBlockThreads);
-    detail::weight_exponent_kernel<<<blocks, detail::kBlockThreads, 0, stream>>>(static_cast<const double*>(in.mask),
-                                                                                n, weight_exp);
+    detail::weight_exponent_kernel<<<blocks, detail::kBlockThreads, 0, stream>>>(static_cast<const double*>(in.mask), n,
+                                                                                 weight_exp);
     detail::throw_if_launch_failed("band_loss forward (weight exponent)");
   }
   bandpo::detail::with_storage_type(in.dtype, [&](auto tag) {
@@ -462,16 +462,16 @@ void band_loss_backward(const LossInputs& in, const LossOptions& options, const 
       detail::weight_partials_kernel<T><<<blocks, detail::kBlockThreads, 0, stream>>>(d, tiling, weight_partials);
       detail::throw_if_launch_failed("band_loss backward (mask weights)");
     }
-    detail::backward_scales_kernel<<<1, detail::kBlockThreads, 0, stream>>>(
-        weight_partials, tiling, options, in.rows, in.cols, in.mask_kind, grad_loss, scales);
+    detail::backward_scales_kernel<<<1, detail::kBlockThreads, 0, stream>>>(weight_partials, tiling, options, in.rows,
+                                                                            in.cols, in.mask_kind, grad_loss, scales);
     detail::throw_if_launch_failed("band_loss backward (scales)");
     bandpo::detail::with_divergence(options.bounds.divergence, [&](auto div) {
       constexpr Divergence kDiv = decltype(div)::value;
       detail::launch_with_kl_table(kl_table, blocks, [&](auto table, const int* run_if_refused, int grid) {
         if constexpr (!decltype(table)::value || (kDiv == Divergence::kl && std::is_same<C, float>::value)) {
-          detail::grad_kernel<T, kDiv, decltype(table)::value><<<grid, detail::kBlockThreads, 0, stream>>>(
-              d, to_params<C>(options), kl_table, run_if_refused, tiling, scales, per_row_scale,
-              static_cast<T*>(grad_logp));
+          detail::grad_kernel<T, kDiv, decltype(table)::value>
+              <<<grid, detail::kBlockThreads, 0, stream>>>(d, to_params<C>(options), kl_table, run_if_refused, tiling,
+                                                           scales, per_row_scale, static_cast<T*>(grad_logp));
         }
       });
     });

@@ -16,8 +16,16 @@ namespace bandpo {
 
 // Element types a face may hand in: the four float storage types (DType's codes), and the others a mask can
 // be or a caller can pass by mistake (named in the error).
-enum class ElementType : int { float32 = 0, float64 = 1, bfloat16 = 2, float16 = 3, boolean = 4, uint8 = 5,
-                               int64 = 6, other = 7 };
+enum class ElementType : int {
+  float32 = 0,
+  float64 = 1,
+  bfloat16 = 2,
+  float16 = 3,
+  boolean = 4,
+  uint8 = 5,
+  int64 = 6,
+  other = 7
+};
 
 // "float32", "bool", ...; for ElementType::other the face's own name of the dtype is used where it gives one.
 const char* element_type_name(ElementType type);

@@ -34,17 +34,29 @@ typedef enum bandpo_status BANDPO_ENUM_BASE {
   BANDPO_INVALID_ARGUMENT = 1, /* bad option, size, pointer, enum code, or a bad value at a valid position */
   BANDPO_INTERNAL_ERROR = 2,
   BANDPO_OUT_OF_MEMORY = 3, /* a workspace could not be allocated; the message gives its size */
-  BANDPO_WRONG_DTYPE = 4     /* an argument of a dtype it may not have (Python's TypeError); the message names it */
+  BANDPO_WRONG_DTYPE = 4    /* an argument of a dtype it may not have (Python's TypeError); the message names it */
 } bandpo_status;
 
 /* The loss and the bounds take the four float codes. The others describe a bandpo_array that is not one: a
  * mask (bool, uint8), or an argument of a dtype the rules refuse, named in the error (bandpo_array.dtype_name
  * for BANDPO_OTHER_DTYPE). */
 typedef enum bandpo_dtype BANDPO_ENUM_BASE {
-  BANDPO_FLOAT32 = 0, BANDPO_FLOAT64 = 1, BANDPO_BFLOAT16 = 2, BANDPO_FLOAT16 = 3,
-  BANDPO_BOOL = 4, BANDPO_UINT8 = 5, BANDPO_INT64 = 6, BANDPO_OTHER_DTYPE = 7
+  BANDPO_FLOAT32 = 0,
+  BANDPO_FLOAT64 = 1,
+  BANDPO_BFLOAT16 = 2,
+  BANDPO_FLOAT16 = 3,
+  BANDPO_BOOL = 4,
+  BANDPO_UINT8 = 5,
+  BANDPO_INT64 = 6,
+  BANDPO_OTHER_DTYPE = 7
 } bandpo_dtype;
-typedef enum bandpo_divergence BANDPO_ENUM_BASE { BANDPO_KL = 0, BANDPO_TV = 1, BANDPO_CHI2 = 2, BANDPO_CLIP = 3, BANDPO_DCPO = 4 } bandpo_divergence;
+typedef enum bandpo_divergence BANDPO_ENUM_BASE {
+  BANDPO_KL = 0,
+  BANDPO_TV = 1,
+  BANDPO_CHI2 = 2,
+  BANDPO_CLIP = 3,
+  BANDPO_DCPO = 4
+} bandpo_divergence;
 typedef enum bandpo_aggregation BANDPO_ENUM_BASE {
   BANDPO_TOKEN_MEAN = 0,
   BANDPO_SEQ_MEAN_TOKEN_SUM = 1,
@@ -55,7 +67,11 @@ typedef enum bandpo_kl_estimator BANDPO_ENUM_BASE { BANDPO_K1 = 0, BANDPO_K2 = 1
 #define BANDPO_NUM_DIVERGENCES 5
 #define BANDPO_NUM_AGGREGATIONS 4
 #define BANDPO_NUM_KL_ESTIMATORS 3
-typedef enum bandpo_mask_kind BANDPO_ENUM_BASE { BANDPO_MASK_NONE = 0, BANDPO_MASK_BOOL = 1, BANDPO_MASK_VALUES = 2 } bandpo_mask_kind;
+typedef enum bandpo_mask_kind BANDPO_ENUM_BASE {
+  BANDPO_MASK_NONE = 0,
+  BANDPO_MASK_BOOL = 1,
+  BANDPO_MASK_VALUES = 2
+} bandpo_mask_kind;
 
 /* The op's options, named as in torch.ops.bandpo (README.md); their defaults are the op's, written by
  * bandpo_default_options(). dual_clip: +inf = off. normalizer: NaN = the aggregation's own denominator.
@@ -88,7 +104,8 @@ typedef struct bandpo_loss_inputs {
   const void* ref_logp;
 } bandpo_loss_inputs;
 
-#define BANDPO_NUM_METRICS 8 /* pg_clipfrac, clipfrac_upper, clipfrac_lower, dual_clipfrac, ppo_kl,
+#define BANDPO_NUM_METRICS \
+  8 /* pg_clipfrac, clipfrac_upper, clipfrac_lower, dual_clipfrac, ppo_kl,
                                 ratio_mean, ref_kl, pg_loss */
 
 void bandpo_default_options(bandpo_options* options);

@@ -31,12 +31,12 @@ size_t bounds_workspace_bytes(DType dtype, const BoundOptions& options);
 
 // lower/upper[i] = Band bounds of old_logp[i] for n tokens of `dtype` (device pointers). `workspace`: at least
 // bounds_workspace_bytes(), 16-byte aligned (may be null where that is 0).
-void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
-                 void* upper, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
+                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // The same without a workspace: "kl" then solves for every token (exact, several times slower on float inputs).
-void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
-                 void* upper, cudaStream_t stream);
+void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
+                 cudaStream_t stream);
 
 // Device workspace (bytes) that band_loss_forward / band_loss_backward need for this shape and options.
 size_t loss_workspace_bytes(const LossInputs& inputs, const LossOptions& options);
@@ -49,8 +49,8 @@ void band_loss_forward(const LossInputs& inputs, const LossOptions& options, voi
 
 // Backward: grad_logp (inputs.dtype, rows * cols) = grad_loss[0] * d loss / d logp, where grad_loss is one
 // double in device memory (so that the incoming gradient is never read on the host).
-void band_loss_backward(const LossInputs& inputs, const LossOptions& options, const double* grad_loss,
-                        void* grad_logp, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+void band_loss_backward(const LossInputs& inputs, const LossOptions& options, const double* grad_loss, void* grad_logp,
+                        void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // The lm_head statistics of one chunk of raw logits on the device, the CUDA side of cpu.h logit_stats_cpu /
 // logit_grad_cpu (same transform, outputs and gradient): raw [rows, vocab] of `dtype` (float32, bfloat16 or

@@ -59,10 +59,10 @@ constexpr int kFloatMantissaBits = 23;
 
 // Where each interval is, as plain integers: the same for the builder (host or device) and the lookups.
 struct KlTableLayout {
-  int32_t binade_lo;   // the high grid covers u = -lp in [2^binade_lo, 2^0)
-  int32_t n_high;      // its intervals: 1 .. n_high in the table (32 per binade)
-  int32_t low_first;   // the low grid's first step k: interval k covers -32 lp in [k, k + 1)
-  int32_t n_low;       // its intervals: n_high + 1 .. n_high + n_low in the table
+  int32_t binade_lo;  // the high grid covers u = -lp in [2^binade_lo, 2^0)
+  int32_t n_high;     // its intervals: 1 .. n_high in the table (32 per binade)
+  int32_t low_first;  // the low grid's first step k: interval k covers -32 lp in [k, k + 1)
+  int32_t n_low;      // its intervals: n_high + 1 .. n_high + n_low in the table
   BANDPO_HD int32_t size() const { return n_high + n_low + 2; }
 };
 
@@ -76,7 +76,7 @@ struct KlTable {
 inline KlTableLayout kl_table_layout(double delta) {
   KlTableLayout l;
   int e = static_cast<int>(std::floor(std::log2(delta))) - kKlTableBinadesBelowDelta;
-  e = e < -126 ? -126 : e;  // float's normal range: u below it reads as the limit
+  e = e < -126 ? -126 : e;                                        // float's normal range: u below it reads as the limit
   e = e > kKlTableHighestBinadeLo ? kKlTableHighestBinadeLo : e;  // upper = 1 + u is 1 in float only below
   l.binade_lo = e;
   l.n_high = -e << kKlTableHighPerBinadeLog2;
@@ -102,8 +102,8 @@ BANDPO_HD void kl_table_position(float lp, const KlTableLayout& l, int32_t& inde
   const int32_t ubits = math::bit_cast<int32_t>(u);
   const int32_t high_raw = (ubits >> kShift) - ((l.binade_lo + 127) << (kFloatMantissaBits - kShift)) + 1;
   const int32_t high_index = math::min(math::max(high_raw, int32_t(0)), l.n_high);
-  const float high_t = math::bit_cast<float>((ubits & ((1 << kShift) - 1)) << (kFloatMantissaBits - kShift) |
-                                             0x3f800000) - 1.0f;
+  const float high_t =
+      math::bit_cast<float>((ubits & ((1 << kShift) - 1)) << (kFloatMantissaBits - kShift) | 0x3f800000) - 1.0f;
   // low grid: y = -32 lp in [k, k + 1), t = (k + 1) - y in (0, 1] (t = 0 at the interval's lower lp).
   const float y = math::min(u * float(1 << kKlTableLowStepsLog2), 1e7f);  // -inf lands on the limit
   const int32_t k = static_cast<int32_t>(y);
@@ -152,8 +152,8 @@ BANDPO_HD float kl_table_bound_one_side(float lp, bool upper_side, const KlTable
   int32_t index;
   float t;
   kl_table_position(lp, table.layout, index, t);
-  return kl_table_cubic_at(table.coeffs, kl_table_at(table.layout, index, kKlTableLower) + math::select(upper_side, 4, 0),
-                           t);
+  return kl_table_cubic_at(table.coeffs,
+                           kl_table_at(table.layout, index, kKlTableLower) + math::select(upper_side, 4, 0), t);
 }
 
 // The log of one raw bound, for the loss's clip decision (log_ratio beyond it): no exp or expm1 per token.

@@ -69,7 +69,10 @@ BANDPO_HD KlTableSide kl_table_exact_side(double lp, double delta, bool upper_si
 // Chebyshev node j (0 .. 3) of [0, 1] for a cubic: 1/2 - cos((2j + 1) pi / 8) / 2. (A function rather than a
 // constexpr array: device code may not index a namespace-scope array at run time.)
 BANDPO_HD double kl_table_node(int j) {
-  return j == 0 ? 0.038060233744356624 : j == 1 ? 0.30865828381745514 : j == 2 ? 0.69134171618254486 : 0.96193976625564337;
+  return j == 0   ? 0.038060233744356624
+         : j == 1 ? 0.30865828381745514
+         : j == 2 ? 0.69134171618254486
+                  : 0.96193976625564337;
 }
 
 // The monomial coefficients (t^0 first) of the cubic through (kl_table_node(j), f[j]): c = M f with M the
@@ -207,11 +210,13 @@ BANDPO_HD double kl_table_limit_logp(const KlTableLayout& l, int32_t index) {
 
 // The error of a constant interval's record `c`: its limits against `want`, the exact values at
 // kl_table_limit_logp().
-BANDPO_HD double kl_table_limit_error(const KlTableLayout& l, int32_t index, const float* c, const KlTableValues& want) {
+BANDPO_HD double kl_table_limit_error(const KlTableLayout& l, int32_t index, const float* c,
+                                      const KlTableValues& want) {
   const double lp = kl_table_limit_logp(l, index);
   double tabulated[4];
   kl_table_tabulated(l, index == 0 ? 1 : index - 1, lp, want, tabulated);
-  const double el = math::max(want.lower - c[kKlTableLower], c[kKlTableLower] - want.lower) / math::max(want.lower, 1e-3);
+  const double el =
+      math::max(want.lower - c[kKlTableLower], c[kKlTableLower] - want.lower) / math::max(want.lower, 1e-3);
   // at float's p = 0 (lp = -104) the bounds are 0 and inf by convention, whatever the exact upper there
   const double ev = lp <= kKlTableFloatZeroLogp ? 0.0 : kl_table_upper_error(c[kKlTableUpper], want.upper);
   const double elog = math::max(kl_table_log_error(c[kKlTableLogLower], tabulated[2]),

@@ -21,9 +21,9 @@ namespace bandpo {
 
 // The transform's constants, from (logit_scale, softcap, temperature): softcap 0 means none.
 struct LogitTransform {
-  float scale_over_softcap;       // scale / softcap (softcap > 0)
-  float softcap_over_temperature; // softcap / T
-  float scale_over_temperature;   // scale / T
+  float scale_over_softcap;        // scale / softcap (softcap > 0)
+  float softcap_over_temperature;  // softcap / T
+  float scale_over_temperature;    // scale / T
   bool softcap;
 };
 
@@ -44,7 +44,8 @@ BANDPO_HD float logit_tanh(float x) {
 
 // z of a raw logit.
 BANDPO_HD float logit_z(float raw, const LogitTransform& t) {
-  return t.softcap ? t.softcap_over_temperature * logit_tanh(t.scale_over_softcap * raw) : t.scale_over_temperature * raw;
+  return t.softcap ? t.softcap_over_temperature * logit_tanh(t.scale_over_softcap * raw)
+                   : t.scale_over_temperature * raw;
 }
 
 // z and dz/draw of a raw logit.

@@ -58,11 +58,15 @@ BANDPO_HD To bit_cast(From from) {
   static_assert(sizeof(To) == sizeof(From), "bit_cast needs equal sizes");
 #if defined(__CUDA_ARCH__)
   if constexpr (sizeof(To) == 8) {
-    if constexpr (std::is_same<From, double>::value) return __double_as_longlong(from);
-    else return __longlong_as_double(from);
+    if constexpr (std::is_same<From, double>::value)
+      return __double_as_longlong(from);
+    else
+      return __longlong_as_double(from);
   } else {
-    if constexpr (std::is_same<From, float>::value) return __float_as_int(from);
-    else return __int_as_float(from);
+    if constexpr (std::is_same<From, float>::value)
+      return __float_as_int(from);
+    else
+      return __int_as_float(from);
   }
 #else
   To to;

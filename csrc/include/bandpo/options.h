@@ -58,7 +58,9 @@ struct LossOptions {
 struct OptionInfo {
   const char* name;
   const char* schema_type;  // "float", "float?", "bool", "str"
-  bool optional() const { return schema_type[0] != '\0' && schema_type[std::char_traits<char>::length(schema_type) - 1] == '?'; }
+  bool optional() const {
+    return schema_type[0] != '\0' && schema_type[std::char_traits<char>::length(schema_type) - 1] == '?';
+  }
 };
 
 // Calls visit(const OptionInfo&, field&) for every option, in schema order: the faces (torch, numpy, C ABI)
@@ -119,8 +121,8 @@ BoundParams<C> to_params(const BoundOptions& o) {
   // dcpo_lower's log(4 eps_low) as head + tail: the tail is what rounding the double to C lost.
   const double log_four_eps_low = std::log(4.0 * o.eps_low);  // -inf for eps_low = 0
   const C log_head = static_cast<C>(log_four_eps_low);
-  const C log_tail = std::isfinite(log_four_eps_low) ? static_cast<C>(log_four_eps_low - static_cast<double>(log_head))
-                                                     : C(0);
+  const C log_tail =
+      std::isfinite(log_four_eps_low) ? static_cast<C>(log_four_eps_low - static_cast<double>(log_head)) : C(0);
   return BoundParams<C>{o.divergence,
                         static_cast<C>(o.delta),
                         clip_lower,
@@ -136,8 +138,7 @@ BoundParams<C> to_params(const BoundOptions& o) {
 
 template <class C>
 LossParams<C> to_params(const LossOptions& o) {
-  return LossParams<C>{to_params<C>(o.bounds), static_cast<C>(o.dual_clip), static_cast<C>(o.kl_coef),
-                       o.kl_estimator};
+  return LossParams<C>{to_params<C>(o.bounds), static_cast<C>(o.dual_clip), static_cast<C>(o.kl_coef), o.kl_estimator};
 }
 
 }  // namespace bandpo

@@ -173,8 +173,8 @@ BANDPO_HD C kl_term(C kl_coef, C x) {
 template <class C>
 BANDPO_HD bool bad_token(C logp, C old_logp, C advantage, C ref_logp, C weight) {
   // !(x <= tol) is true for NaN as well; & and | (not && and ||) keep the token loops vectorisable.
-  return !(logp <= C(kLogProbTolerance)) | !(old_logp <= C(kLogProbTolerance)) |
-         !(advantage - advantage == C(0)) | !(ref_logp <= C(kLogProbTolerance)) | math::isnan(weight);
+  return !(logp <= C(kLogProbTolerance)) | !(old_logp <= C(kLogProbTolerance)) | !(advantage - advantage == C(0)) |
+         !(ref_logp <= C(kLogProbTolerance)) | math::isnan(weight);
 }
 
 }  // namespace bandpo

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def weighted_mask(mask: torch.Tensor, weights: torch.Tensor, agg: str, dtype: torch.dtype,
-                  name: str) -> tuple[torch.Tensor, str]:
+def weighted_mask(
+    mask: torch.Tensor, weights: torch.Tensor, agg: str, dtype: torch.dtype, name: str
+) -> tuple[torch.Tensor, str]:
     """Mask weights and aggregation with which ``band_loss`` weights each token's loss by ``weights`` while
     the denominators stay the counts of ``mask`` (what verl and TRL do with their correction weights).
 
@@ -24,8 +25,9 @@ def weighted_mask(mask: torch.Tensor, weights: torch.Tensor, agg: str, dtype: to
     try:
         w = torch.broadcast_to(weights.detach(), mask.shape)
     except RuntimeError:
-        raise ValueError(f"{name}: shape {tuple(weights.shape)} does not broadcast to the mask's "
-                         f"{tuple(mask.shape)}") from None
+        raise ValueError(
+            f"{name}: shape {tuple(weights.shape)} does not broadcast to the mask's {tuple(mask.shape)}"
+        ) from None
     m = mask.to(dtype)
     w = m * w.to(dtype)
     if agg == "seq-mean-token-mean":

@@ -67,8 +67,18 @@ from ._weights import weighted_mask
 _BAND_DEFAULTS = BandConfig()
 SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 # Model inputs TRL passes through to the forward for vision-language models.
-_MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
-                    "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+_MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
 
 
 @dataclasses.dataclass
@@ -78,20 +88,29 @@ class BandGRPOConfig(GRPOConfig):
 
     band_divergence: str = dataclasses.field(
         default=_BAND_DEFAULTS.divergence,
-        metadata={"help": "Band divergence: 'kl' (KL(pi_old||pi_new), default), 'tv', 'chi2', 'clip' "
-                          "(TRL's interval [1 - epsilon, 1 + epsilon_high]) or 'dcpo' (DCPO's bounds with "
-                          "eps_low = epsilon, eps_high = epsilon_high)."})
+        metadata={
+            "help": "Band divergence: 'kl' (KL(pi_old||pi_new), default), 'tv', 'chi2', 'clip' "
+            "(TRL's interval [1 - epsilon, 1 + epsilon_high]) or 'dcpo' (DCPO's bounds with "
+            "eps_low = epsilon, eps_high = epsilon_high)."
+        },
+    )
     band_delta: float = dataclasses.field(
-        default=_BAND_DEFAULTS.delta, metadata={"help": "Trust-region radius of the divergence (> 0; nats for KL)."})
+        default=_BAND_DEFAULTS.delta, metadata={"help": "Trust-region radius of the divergence (> 0; nats for KL)."}
+    )
     band_ratio_max: float = dataclasses.field(
-        default=_BAND_DEFAULTS.ratio_max, metadata={"help": "Cap on the upper ratio bound (>= 1; inf for none)."})
+        default=_BAND_DEFAULTS.ratio_max, metadata={"help": "Cap on the upper ratio bound (>= 1; inf for none)."}
+    )
     band_relax_high_p: bool = dataclasses.field(
         default=_BAND_DEFAULTS.relax_high_p,
-        metadata={"help": "Never tighter than [1 - epsilon, 1 + epsilon_high]: unite the band with it."})
+        metadata={"help": "Never tighter than [1 - epsilon, 1 + epsilon_high]: unite the band with it."},
+    )
     band_lm_head: bool = dataclasses.field(
         default=False,
-        metadata={"help": "Per-token log-probs and entropies from bandpo.linear_logprob_entropy in place of TRL's "
-                          "chunked log-prob kernel (same outputs)."})
+        metadata={
+            "help": "Per-token log-probs and entropies from bandpo.linear_logprob_entropy in place of TRL's "
+            "chunked log-prob kernel (same outputs)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,13 +123,19 @@ def band_config_from_args(args) -> BandConfig:
     eps_high = eps_low if args.epsilon_high is None else float(args.epsilon_high)
     dual_clip = getattr(args, "delta", None)
     if dual_clip is not None and not dual_clip > 1 + eps_high:
-        raise ValueError(f"delta (TRL's two-sided clip, here the dual clip) must be > 1 + epsilon_high = "
-                         f"{1 + eps_high}; got {dual_clip}")
-    return BandConfig(divergence=getattr(args, "band_divergence", _BAND_DEFAULTS.divergence),
-                      delta=float(getattr(args, "band_delta", _BAND_DEFAULTS.delta)),
-                      ratio_max=float(getattr(args, "band_ratio_max", _BAND_DEFAULTS.ratio_max)),
-                      relax_high_p=bool(getattr(args, "band_relax_high_p", _BAND_DEFAULTS.relax_high_p)),
-                      eps_low=eps_low, eps_high=eps_high, dual_clip=None if dual_clip is None else float(dual_clip))
+        raise ValueError(
+            f"delta (TRL's two-sided clip, here the dual clip) must be > 1 + epsilon_high = "
+            f"{1 + eps_high}; got {dual_clip}"
+        )
+    return BandConfig(
+        divergence=getattr(args, "band_divergence", _BAND_DEFAULTS.divergence),
+        delta=float(getattr(args, "band_delta", _BAND_DEFAULTS.delta)),
+        ratio_max=float(getattr(args, "band_ratio_max", _BAND_DEFAULTS.ratio_max)),
+        relax_high_p=bool(getattr(args, "band_relax_high_p", _BAND_DEFAULTS.relax_high_p)),
+        eps_low=eps_low,
+        eps_high=eps_high,
+        dual_clip=None if dual_clip is None else float(dual_clip),
+    )
 
 
 def _refuse_unsupported(args) -> None:
@@ -133,15 +158,31 @@ class _BandpoChunkedLogProb:
     chunk does not apply (bandpo chunks tokens); outputs beyond log-probs and entropy are refused."""
 
     @staticmethod
-    def apply(hidden, weight, bias, targets, temperature=1.0, chunk_size=None, softcap=None, logit_scale=1.0,
-              outputs=("log_probs",)):
+    def apply(
+        hidden,
+        weight,
+        bias,
+        targets,
+        temperature=1.0,
+        chunk_size=None,
+        softcap=None,
+        logit_scale=1.0,
+        outputs=("log_probs",),
+    ):
         from ..lm_head import linear_logprob_entropy
 
         extra = [o for o in outputs if o not in ("log_probs", "entropy")]
         if extra:
             raise ValueError(f"band_lm_head: bandpo.linear_logprob_entropy gives log_probs and entropy, not {extra}")
-        logp, entropy = linear_logprob_entropy(hidden, weight, targets, bias, temperature=float(temperature),
-                                               softcap=float(softcap or 0.0), logit_scale=float(logit_scale))
+        logp, entropy = linear_logprob_entropy(
+            hidden,
+            weight,
+            targets,
+            bias,
+            temperature=float(temperature),
+            softcap=float(softcap or 0.0),
+            logit_scale=float(logit_scale),
+        )
         return logp, entropy if "entropy" in outputs else None, None, None, None
 
 
@@ -208,8 +249,14 @@ class BandGRPOTrainer(GRPOTrainer):
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         mask = mask != 0
         logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled, **{key: inputs.get(key) for key in _MULTIMODAL_KEYS})
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in _MULTIMODAL_KEYS},
+        )
         advantages = inputs["advantages"]
         old_logps = inputs.get("old_per_token_logps")
         if old_logps is None:  # TRL skips it when the policy has not moved since generation
@@ -221,8 +268,14 @@ class BandGRPOTrainer(GRPOTrainer):
         weights = self._loss_weights(inputs, logps, old_logps, advantages, mask, entropies)
         if weights is not None:
             loss_mask, loss_agg = weighted_mask(mask, weights, agg, logps.dtype, "per-token loss weights")
-        loss, _ = torch.ops.bandpo.band_loss(logps, old_logps, advantages, loss_mask, normalizer=normalizer,
-                                             **self.band_config.replace(agg=loss_agg).loss_kwargs())
+        loss, _ = torch.ops.bandpo.band_loss(
+            logps,
+            old_logps,
+            advantages,
+            loss_mask,
+            normalizer=normalizer,
+            **self.band_config.replace(agg=loss_agg).loss_kwargs(),
+        )
         per_token_kl = None
         if self.beta != 0.0:
             per_token_kl = self._per_token_kl(logps, old_logps, inputs["ref_per_token_logps"])
@@ -241,10 +294,15 @@ class BandGRPOTrainer(GRPOTrainer):
         TRL's own functions for the masks. None when no such setting is on."""
         factors = []
         if self.off_policy_mask_threshold is not None:
-            factors.append(self.get_off_policy_mask(
-                advantages=advantages if advantages.dim() == 2 else advantages.unsqueeze(1),
-                per_token_logps=logps, sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_logps),
-                mask=mask.to(logps.dtype), off_policy_threshold=self.off_policy_mask_threshold))
+            factors.append(
+                self.get_off_policy_mask(
+                    advantages=advantages if advantages.dim() == 2 else advantages.unsqueeze(1),
+                    per_token_logps=logps,
+                    sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_logps),
+                    mask=mask.to(logps.dtype),
+                    off_policy_threshold=self.off_policy_mask_threshold,
+                )
+            )
         if self.top_entropy_quantile < 1.0:
             factors.append(self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile))
         if self.use_vllm and self.vllm_importance_sampling_correction:

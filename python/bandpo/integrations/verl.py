@@ -103,12 +103,17 @@ class BandPolicyLossConfig(PolicyLossConfig):
 def _band_settings(policy_loss: Any) -> dict:
     """The Band fields of a policy_loss config (BandPolicyLossConfig, verl's PolicyLossConfig or a mapping);
     the BandConfig defaults for those it lacks."""
+
     def setting(key: str, kind: type):
         value = policy_loss.get(key, None)
         return getattr(_BAND_DEFAULTS, key) if value is None else kind(value)
 
-    return dict(divergence=setting("divergence", str), delta=setting("delta", float),
-                ratio_max=setting("ratio_max", float), relax_high_p=setting("relax_high_p", bool))
+    return dict(
+        divergence=setting("divergence", str),
+        delta=setting("delta", float),
+        ratio_max=setting("ratio_max", float),
+        relax_high_p=setting("relax_high_p", bool),
+    )
 
 
 def band_config_from_actor(config: Any) -> BandConfig:
@@ -124,9 +129,12 @@ def band_config_from_actor(config: Any) -> BandConfig:
     dual_clip = config.get("clip_ratio_c", 3.0)
     if not dual_clip > 1:
         raise ValueError(f"clip_ratio_c (dual clip) must be > 1, as verl requires; got {dual_clip}")
-    return BandConfig(**_band_settings(config.get("policy_loss", None) or {}),
-                      eps_low=float(clip_ratio if clip_low is None else clip_low),
-                      eps_high=float(clip_ratio if clip_high is None else clip_high), dual_clip=float(dual_clip))
+    return BandConfig(
+        **_band_settings(config.get("policy_loss", None) or {}),
+        eps_low=float(clip_ratio if clip_low is None else clip_low),
+        eps_high=float(clip_ratio if clip_high is None else clip_high),
+        dual_clip=float(dual_clip),
+    )
 
 
 def _global_count(value: Any, local_count, name: str, dp_size: int) -> float:
@@ -155,17 +163,21 @@ def aggregation_for(loss_agg_mode: str, mask: torch.Tensor, batch_info: dict) ->
         return "token-mean", 1.0 / dp_size
     if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"):
         if mask.dim() != 2:
-            raise ValueError(f"response_mask: loss_agg_mode={loss_agg_mode!r} needs [batch, tokens]; "
-                             f"got shape {tuple(mask.shape)}")
-        rows = _global_count(batch_info.get("global_batch_size"), lambda: (mask.sum(-1) > 0).sum(),
-                             "global_batch_size", dp_size)
+            raise ValueError(
+                f"response_mask: loss_agg_mode={loss_agg_mode!r} needs [batch, tokens]; got shape {tuple(mask.shape)}"
+            )
+        rows = _global_count(
+            batch_info.get("global_batch_size"), lambda: (mask.sum(-1) > 0).sum(), "global_batch_size", dp_size
+        )
         normalizer = rows / dp_size
         if loss_agg_mode == "seq-mean-token-sum-norm":
             scale = batch_info.get("loss_scale_factor")
             normalizer *= float(mask.shape[-1] if scale is None else scale)
         return loss_agg_mode, normalizer
-    raise ValueError(f"loss_agg_mode must be one of token-mean, token-sum, seq-mean-token-sum, "
-                     f"seq-mean-token-mean, seq-mean-token-sum-norm; got {loss_agg_mode!r}")
+    raise ValueError(
+        f"loss_agg_mode must be one of token-mean, token-sum, seq-mean-token-sum, "
+        f"seq-mean-token-mean, seq-mean-token-sum-norm; got {loss_agg_mode!r}"
+    )
 
 
 def _op_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -204,19 +216,33 @@ def compute_policy_loss_bandpo(
     agg, normalizer = aggregation_for(loss_agg_mode, response_mask, batch_info)
     mask = _op_mask(response_mask, log_prob.dtype)
     if rollout_is_weights is None:
-        loss, metrics = torch.ops.bandpo.band_loss(log_prob, old_log_prob, advantages, mask,
-                                                   normalizer=normalizer, **band.replace(agg=agg).loss_kwargs())
+        loss, metrics = torch.ops.bandpo.band_loss(
+            log_prob, old_log_prob, advantages, mask, normalizer=normalizer, **band.replace(agg=agg).loss_kwargs()
+        )
     else:
         if normalizer is None:
             normalizer = float(mask.sum())
-        weights, weighted_agg = weighted_mask(response_mask, rollout_is_weights, agg, log_prob.dtype,
-                                              "rollout_is_weights")
-        loss, _ = torch.ops.bandpo.band_loss(log_prob, old_log_prob, advantages, weights,
-                                              normalizer=normalizer, **band.replace(agg=weighted_agg).loss_kwargs())
+        weights, weighted_agg = weighted_mask(
+            response_mask, rollout_is_weights, agg, log_prob.dtype, "rollout_is_weights"
+        )
+        loss, _ = torch.ops.bandpo.band_loss(
+            log_prob,
+            old_log_prob,
+            advantages,
+            weights,
+            normalizer=normalizer,
+            **band.replace(agg=weighted_agg).loss_kwargs(),
+        )
         # verl's clip fractions and KL are plain means over the response tokens, not weighted ones.
         with torch.no_grad():
-            _, metrics = torch.ops.bandpo.band_loss(log_prob.detach(), old_log_prob, advantages, mask,
-                                                    normalizer=normalizer, **band.replace(agg=agg).loss_kwargs())
+            _, metrics = torch.ops.bandpo.band_loss(
+                log_prob.detach(),
+                old_log_prob,
+                advantages,
+                mask,
+                normalizer=normalizer,
+                **band.replace(agg=agg).loss_kwargs(),
+            )
     values = dict(zip(METRIC_NAMES, metrics.tolist()))
     return loss, {
         "actor/pg_clipfrac": values["pg_clipfrac"],
@@ -228,5 +254,10 @@ def compute_policy_loss_bandpo(
     }
 
 
-__all__ = ["BandPolicyLossConfig", "LOSS_NAME", "aggregation_for", "band_config_from_actor",
-           "compute_policy_loss_bandpo"]
+__all__ = [
+    "BandPolicyLossConfig",
+    "LOSS_NAME",
+    "aggregation_for",
+    "band_config_from_actor",
+    "compute_policy_loss_bandpo",
+]

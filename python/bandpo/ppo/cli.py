@@ -40,49 +40,94 @@ EVAL_PROMPT_SEED = 2_718_281  # the held-out prompts: the same for every seed, m
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bandpo.ppo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=list(TASKS), default="zigzag",
-                   help="zigzag: many right answers, the warm start prefers two; sort: one right answer "
-                        "(default: %(default)s)")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help=f"NAME or NAME:key=value,... with NAME in {', '.join(PRESETS)} (bandpo.PRESETS) and keys "
-                        f"of bandpo.BandConfig, e.g. band-kl:delta=0.1 clip:dual_clip=3 "
-                        f"(default: {' '.join(DEFAULT_METHODS)})")
-    p.add_argument("--delta-sweep", nargs="*", type=float, default=None, metavar="DELTA",
-                   help=f"run band-kl at each DELTA (none given: {' '.join(map(str, DELTA_SWEEP))}) instead of "
-                        "the default methods (beside --methods when given); adds delta_sweep.png")
+    p = argparse.ArgumentParser(
+        prog="python -m bandpo.ppo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default="zigzag",
+        help="zigzag: many right answers, the warm start prefers two; sort: one right answer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"NAME or NAME:key=value,... with NAME in {', '.join(PRESETS)} (bandpo.PRESETS) and keys "
+        f"of bandpo.BandConfig, e.g. band-kl:delta=0.1 clip:dual_clip=3 "
+        f"(default: {' '.join(DEFAULT_METHODS)})",
+    )
+    p.add_argument(
+        "--delta-sweep",
+        nargs="*",
+        type=float,
+        default=None,
+        metavar="DELTA",
+        help=f"run band-kl at each DELTA (none given: {' '.join(map(str, DELTA_SWEEP))}) instead of "
+        "the default methods (beside --methods when given); adds delta_sweep.png",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: %(default)s)")
-    p.add_argument("--agg", default="seq-mean-token-mean",
-                   help="loss aggregation of every method, one of bandpo.AGGREGATIONS (default: %(default)s)")
-    p.add_argument("--dual-clip", type=float, default=10.0,
-                   help="dual-clip constant of every method, > 1; 0 turns it off (default: %(default)s)")
+    p.add_argument(
+        "--agg",
+        default="seq-mean-token-mean",
+        help="loss aggregation of every method, one of bandpo.AGGREGATIONS (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dual-clip",
+        type=float,
+        default=10.0,
+        help="dual-clip constant of every method, > 1; 0 turns it off (default: %(default)s)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: a new folder under runs/)")
-    p.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue the run in DIR from its checkpoints, with its saved settings")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda or cuda:N; on CUDA the model and batches default to larger sizes "
-                        "(settings.CUDA_SCALE) (default: %(default)s)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoints, with its saved settings",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N; on CUDA the model and batches default to larger sizes "
+        "(settings.CUDA_SCALE) (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--quick", action="store_true",
-                   help="a run of seconds with tiny settings (tests, trying the command line); explicit "
-                        "settings still win")
-    p.add_argument("--cache-dir", default=None,
-                   help=f"where warm starts are cached (default: $XDG_CACHE_HOME/bandpo or ~/.cache/bandpo)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a run of seconds with tiny settings (tests, trying the command line); explicit settings still win",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help=f"where warm starts are cached (default: $XDG_CACHE_HOME/bandpo or ~/.cache/bandpo)",
+    )
     p.add_argument("--no-cache", action="store_true", help="always compute the warm start; store nothing")
     run = p.add_argument_group("run settings (every method and seed)")
     for f in run_fields():
         if isinstance(f.default, bool):  # --name / --no-name
-            run.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None,
-                             help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})")
+            run.add_argument(
+                "--" + f.name.replace("_", "-"),
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})",
+            )
             continue
-        run.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                         help=f"{f.metadata['help']} (default: {f.default})")
+        run.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(f.default),
+            default=None,
+            help=f"{f.metadata['help']} (default: {f.default})",
+        )
     task = p.add_argument_group("task settings (defaults depend on --task)")
     task.add_argument("--min-len", type=int, default=None, help="fewest digits in a prompt (zigzag 4, sort 3)")
     task.add_argument("--max-len", type=int, default=None, help="most digits in a prompt (6)")
-    task.add_argument("--demo-correct", type=float, default=None,
-                      help="fraction of warm-start demonstrations that are right (zigzag 0.5, sort 0.1)")
+    task.add_argument(
+        "--demo-correct",
+        type=float,
+        default=None,
+        help="fraction of warm-start demonstrations that are right (zigzag 0.5, sort 0.1)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
     return p
 
@@ -126,8 +171,14 @@ class Progress:
             print(f"{description}: {total} {unit}s ...", flush=True)
             return _NoBar()
         # Redrawn every 2 s when stderr is a log file rather than a terminal, so logs stay short.
-        return self.tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, leave=False,
-                         mininterval=0.1 if sys.stderr.isatty() else 2.0)
+        return self.tqdm(
+            total=total,
+            desc=description,
+            unit=unit,
+            dynamic_ncols=True,
+            leave=False,
+            mininterval=0.1 if sys.stderr.isatty() else 2.0,
+        )
 
     def say(self, text: str):
         if self.enabled:
@@ -168,15 +219,18 @@ def main(argv: list[str] | None = None) -> dict:
     task_kwargs = {k: getattr(args, k) for k in ("min_len", "max_len", "demo_correct") if getattr(args, k) is not None}
     try:
         task = TASKS[args.task](**task_kwargs)
-        methods = dict(parse_method(spec, agg=args.agg, dual_clip=args.dual_clip or None)
-                       for spec in method_specs(args))
+        methods = dict(
+            parse_method(spec, agg=args.agg, dual_clip=args.dual_clip or None) for spec in method_specs(args)
+        )
     except ValueError as e:
         parser.error(str(e))
     plots = not args.no_plots and importlib.util.find_spec("matplotlib") is not None
     progress = Progress(enabled=rank == 0)
     if not args.no_plots and not plots:
-        progress.say("matplotlib is not installed: the run writes its JSONL logs and summary.json but no plots "
-                     "(pip install 'bandpo[demo]' for them, or pass --no-plots to silence this)")
+        progress.say(
+            "matplotlib is not installed: the run writes its JSONL logs and summary.json but no plots "
+            "(pip install 'bandpo[demo]' for them, or pass --no-plots to silence this)"
+        )
     if progress.tqdm is None:
         progress.say("(tqdm is not installed: progress is one line per phase; pip install 'bandpo[demo]' for bars)")
 
@@ -187,9 +241,17 @@ def main(argv: list[str] | None = None) -> dict:
             os.makedirs(os.path.join(out, name), exist_ok=True)
         if not args.resume:
             with open(os.path.join(out, "config.json"), "w") as f:
-                json.dump({"argv": sys.argv[1:] if argv is None else list(argv), "run": dataclasses.asdict(cfg),
-                           "task": {"name": task.name, **dataclasses.asdict(task)}, "world_size": world_size,
-                           "methods": {k: dataclasses.asdict(v) for k, v in methods.items()}}, f, indent=1)
+                json.dump(
+                    {
+                        "argv": sys.argv[1:] if argv is None else list(argv),
+                        "run": dataclasses.asdict(cfg),
+                        "task": {"name": task.name, **dataclasses.asdict(task)},
+                        "world_size": world_size,
+                        "methods": {k: dataclasses.asdict(v) for k, v in methods.items()},
+                    },
+                    f,
+                    indent=1,
+                )
     if distributed:
         dist.barrier()
 
@@ -200,8 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
         except OSError as e:
             progress.say(f"the warm-start cache {cache_dir} cannot be written ({e}); running without it")
             cache_dir = None
-    eval_prompts = task.sample_prompts(cfg.eval_prompts, torch.Generator().manual_seed(EVAL_PROMPT_SEED),
-                                       split="eval").to(device)
+    eval_prompts = task.sample_prompts(
+        cfg.eval_prompts, torch.Generator().manual_seed(EVAL_PROMPT_SEED), split="eval"
+    ).to(device)
     started = time.perf_counter()
     runs: dict[str, dict[int, list[dict]]] = {name: {} for name in methods}
     start_eval: dict[int, dict] = {}
@@ -209,19 +272,34 @@ def main(argv: list[str] | None = None) -> dict:
         bar = progress.bar(cfg.sft_steps, f"warm start, seed {seed}", "step")
         init, cached = cached_warm_start(task, cfg, seed, device, cache_dir, on_step=lambda step: bar.update(1))
         bar.close()
-        progress.say(f"warm start, seed {seed}: " + ("from the cache" if cached else f"{cfg.sft_steps} supervised steps")
-                     + (f" ({cache_dir})" if cache_dir and not cached else ""))
+        progress.say(
+            f"warm start, seed {seed}: "
+            + ("from the cache" if cached else f"{cfg.sft_steps} supervised steps")
+            + (f" ({cache_dir})" if cache_dir and not cached else "")
+        )
         if rank == 0:
             start_eval[seed] = evaluate(init, task, eval_prompts, eval_seed(seed, 0), cfg.temperature)
         for name, config in methods.items():
             bar = progress.bar(cfg.steps, f"{name}, seed {seed}", "step")
             ckpt = os.path.join(out, "checkpoints", f"{name.replace(':', '_')}-seed{seed}.pt")
-            runs[name][seed] = rl_run(task, cfg, config, seed, init, os.path.join(out, name, f"seed{seed}.jsonl"),
-                                      ckpt, device, eval_prompts, on_step=lambda r: bar.update(1))
+            runs[name][seed] = rl_run(
+                task,
+                cfg,
+                config,
+                seed,
+                init,
+                os.path.join(out, name, f"seed{seed}.jsonl"),
+                ckpt,
+                device,
+                eval_prompts,
+                on_step=lambda r: bar.update(1),
+            )
             bar.close()
             last = runs[name][seed][-1]
-            progress.say(f"{name}, seed {seed}: {last['seconds']:.1f} s, final reward {last['reward']:.3f}, "
-                         + ", ".join(f"{k} {v:.3f}" for k, v in last.get("eval", {}).items()))
+            progress.say(
+                f"{name}, seed {seed}: {last['seconds']:.1f} s, final reward {last['reward']:.3f}, "
+                + ", ".join(f"{k} {v:.3f}" for k, v in last.get("eval", {}).items())
+            )
 
     summary = {}
     if rank == 0:
@@ -230,8 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         report.write_summary(out, summary)
         print(report.summary_table(summary))
         if plots:
-            for path in report.plot_all(out, runs, methods, start_eval,
-                                        sweep=args.delta_sweep is not None):
+            for path in report.plot_all(out, runs, methods, start_eval, sweep=args.delta_sweep is not None):
                 print("wrote", path)
         elif not args.no_plots:
             print("no plots: matplotlib is not installed (pip install 'bandpo[demo]')")

@@ -32,8 +32,9 @@ def metric_names(ks=PASS_AT) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: Task, prompts: torch.Tensor, seed: int, temperature: float = 1.0,
-             ks=PASS_AT) -> dict:
+def evaluate(
+    model: torch.nn.Module, task: Task, prompts: torch.Tensor, seed: int, temperature: float = 1.0, ks=PASS_AT
+) -> dict:
     """{"pass@1": ..., "pass@8": ..., "pass@16": ..., "distinct@16": ...} over `prompts` (max(ks) samples each)."""
     n = max(ks)
     was_training = model.training

@@ -26,7 +26,7 @@ EVAL_METRICS = metric_names()
 
 def final_mean(records: list[dict], key: str) -> float:
     """Mean of `key` over the last 10% of steps (at least one)."""
-    tail = records[-max(1, math.ceil(len(records) / 10)):]
+    tail = records[-max(1, math.ceil(len(records) / 10)) :]
     return statistics.fmean(r[key] for r in tail)
 
 
@@ -60,8 +60,10 @@ def summarize(runs: dict[str, dict[int, list[dict]]], start_eval: dict[int, dict
     methods = {}
     for name, by_seed in runs.items():
         seeds = sorted(by_seed)
-        m = {"final_reward": mean_std([final_mean(by_seed[s], "reward") for s in seeds]),
-             "final_entropy": mean_std([final_mean(by_seed[s], "entropy") for s in seeds])}
+        m = {
+            "final_reward": mean_std([final_mean(by_seed[s], "reward") for s in seeds]),
+            "final_entropy": mean_std([final_mean(by_seed[s], "entropy") for s in seeds]),
+        }
         finals = [by_seed[s][-1].get("eval") for s in seeds]
         if all(finals):
             m.update({k: mean_std([f[k] for f in finals]) for k in EVAL_METRICS})
@@ -104,12 +106,17 @@ def _pyplot():
 def _band(ax, steps, curves: torch.Tensor, label: str):
     """Mean over seeds with a band of one standard deviation."""
     mean, std = curves.mean(0), curves.std(0, unbiased=False)
-    line, = ax.plot(steps, mean, label=label)
+    (line,) = ax.plot(steps, mean, label=label)
     ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
 
 
-def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict[str, BandConfig],
-             start_eval: dict[int, dict] | None = None, sweep: bool = False) -> list[str]:
+def plot_all(
+    out_dir: str,
+    runs: dict[str, dict[int, list[dict]]],
+    configs: dict[str, BandConfig],
+    start_eval: dict[int, dict] | None = None,
+    sweep: bool = False,
+) -> list[str]:
     """Writes training.png, eval.png, clipfrac_by_prob.png, bounds.png (and delta_sweep.png); returns the paths."""
     plt = _pyplot()
     paths = []
@@ -153,8 +160,10 @@ def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     n_buckets = len(PROB_BUCKETS) - 1
     width = 0.8 / max(1, len(runs))
-    labels = [f"[{PROB_BUCKETS[i]:.1f},{min(PROB_BUCKETS[i + 1], 1.0):.1f}{']' if i == n_buckets - 1 else ')'}"
-              for i in range(n_buckets)]
+    labels = [
+        f"[{PROB_BUCKETS[i]:.1f},{min(PROB_BUCKETS[i + 1], 1.0):.1f}{']' if i == n_buckets - 1 else ')'}"
+        for i in range(n_buckets)
+    ]
     for k, (name, by_seed) in enumerate(runs.items()):
         for ax, side in zip(axes, ("upper", "lower")):
             ax.bar([i + k * width for i in range(n_buckets)], pooled_clipfrac(by_seed, side), width, label=name)
@@ -170,7 +179,7 @@ def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict
     p = torch.logspace(-4, 0, 400, dtype=torch.float64)[:-1]
     for name, cfg in configs.items():
         lower, upper = band_bounds(p.log(), cfg)
-        line, = ax.plot(p, upper, label=name)
+        (line,) = ax.plot(p, upper, label=name)
         ax.plot(p, lower.clamp(min=1e-3), color=line.get_color(), linestyle="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -187,8 +196,13 @@ def plot_all(out_dir: str, runs: dict[str, dict[int, list[dict]]], configs: dict
         keys = ["final_reward"] + EVAL_METRICS + ["final_entropy"]
         fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.5))
         for ax, key in zip(axes, keys):
-            ax.errorbar(deltas, [summary[swept[d]][key]["mean"] for d in deltas],
-                        yerr=[summary[swept[d]][key]["std"] for d in deltas], marker="o", capsize=3)
+            ax.errorbar(
+                deltas,
+                [summary[swept[d]][key]["mean"] for d in deltas],
+                yerr=[summary[swept[d]][key]["std"] for d in deltas],
+                marker="o",
+                capsize=3,
+            )
             ax.set_xscale("log")
             ax.set_xlabel("band-kl delta")
             ax.set_title(key.replace("final_", "final "))

@@ -25,8 +25,14 @@ def response_mask(responses: torch.Tensor) -> torch.Tensor:
     return before_or_at_first_eos
 
 
-def token_logprobs(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int, temperature: float = 1.0,
-                   with_entropy: bool = False, fused_head: bool = False):
+def token_logprobs(
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    prompt_len: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    fused_head: bool = False,
+):
     """Log-probabilities [N, R] of the response tokens sequences[:, prompt_len:] (and optionally the entropy
     of the distribution each was drawn from), under `model` at `temperature`. fused_head: from the final hidden
     states and the head's weight with bandpo.linear_logprob_entropy, without the [N, R, vocab] logits; else
@@ -34,14 +40,15 @@ def token_logprobs(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: 
     if fused_head:
         from ..lm_head import linear_logprob_entropy
 
-        hidden = model(sequences[:, :-1], return_hidden=True)[:, prompt_len - 1:]
+        hidden = model(sequences[:, :-1], return_hidden=True)[:, prompt_len - 1 :]
         head = getattr(model, "module", model).head  # through a DistributedDataParallel wrapper
         target = sequences[:, prompt_len:]
-        logp, entropy = linear_logprob_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, target.reshape(-1),
-                                               head.bias, temperature=temperature)
+        logp, entropy = linear_logprob_entropy(
+            hidden.reshape(-1, hidden.shape[-1]), head.weight, target.reshape(-1), head.bias, temperature=temperature
+        )
         logp, entropy = logp.view(target.shape), entropy.view(target.shape)
         return (logp, entropy) if with_entropy else logp
-    logits = model(sequences[:, :-1])[:, prompt_len - 1:].float() / temperature
+    logits = model(sequences[:, :-1])[:, prompt_len - 1 :].float() / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
     if not with_entropy:
@@ -51,8 +58,14 @@ def token_logprobs(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: 
 
 
 @torch.no_grad()
-def sample(model: torch.nn.Module, prompts: torch.Tensor, group_size: int, response_len: int,
-           generator: torch.Generator, temperature: float = 1.0) -> Rollout:
+def sample(
+    model: torch.nn.Module,
+    prompts: torch.Tensor,
+    group_size: int,
+    response_len: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+) -> Rollout:
     """group_size samples per prompt (rows prompt-major: prompt i owns rows i*G .. i*G + G - 1)."""
     seqs = prompts.repeat_interleave(group_size, dim=0)
     cache: list = []  # keys and values of the positions so far: each step computes one new position only

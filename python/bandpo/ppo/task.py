@@ -53,8 +53,10 @@ class Task:
 
     def __post_init__(self):
         if not 2 <= self.min_len <= self.max_len <= NUM_DIGITS:
-            raise ValueError(f"min_len and max_len must satisfy 2 <= min_len <= max_len <= {NUM_DIGITS}; "
-                             f"got {self.min_len} and {self.max_len}")
+            raise ValueError(
+                f"min_len and max_len must satisfy 2 <= min_len <= max_len <= {NUM_DIGITS}; "
+                f"got {self.min_len} and {self.max_len}"
+            )
         if not 0.0 <= self.demo_correct <= 1.0:
             raise ValueError(f"demo_correct must be in [0, 1]; got {self.demo_correct}")
 
@@ -81,7 +83,7 @@ class Task:
                 if is_held_out(digits) == (split == "eval"):
                     break
             prompts[i, self.prompt_len - k - 2] = BOS
-            prompts[i, self.prompt_len - k - 1:-1] = torch.tensor(digits)
+            prompts[i, self.prompt_len - k - 1 : -1] = torch.tensor(digits)
         prompts[:, -1] = SEP
         return prompts
 
@@ -92,7 +94,7 @@ class Task:
     @staticmethod
     def answer_of(response: list[int]) -> tuple:
         """The response up to and including its first EOS (the whole row if it has none)."""
-        return tuple(response[:response.index(EOS) + 1]) if EOS in response else tuple(response)
+        return tuple(response[: response.index(EOS) + 1]) if EOS in response else tuple(response)
 
     def is_right(self, digits: list[int], answer: tuple) -> bool:
         raise NotImplementedError
@@ -127,8 +129,9 @@ class ZigzagTask(Task):
 
     def is_right(self, digits: list[int], answer: tuple) -> bool:
         body = list(answer[:-1])
-        return (len(answer) == len(digits) + 1 and answer[-1] == EOS and sorted(body) == sorted(digits)
-                and is_zigzag(body))
+        return (
+            len(answer) == len(digits) + 1 and answer[-1] == EOS and sorted(body) == sorted(digits) and is_zigzag(body)
+        )
 
     @staticmethod
     def canonical(digits: list[int]) -> list[int]:

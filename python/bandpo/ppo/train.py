@@ -46,9 +46,18 @@ def aggregation_normalizer(mask: torch.Tensor, agg: str) -> float:
     return float(all_reduce_sum(rules.aggregation_denominator(mask, agg).reshape(1)))
 
 
-def policy_loss(model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int, old_logp: torch.Tensor,
-                advantages: torch.Tensor, mask: torch.Tensor, config: BandConfig, temperature: float = 1.0,
-                ref_logp: Optional[torch.Tensor] = None, fused_head: bool = False):
+def policy_loss(
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    prompt_len: int,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    config: BandConfig,
+    temperature: float = 1.0,
+    ref_logp: Optional[torch.Tensor] = None,
+    fused_head: bool = False,
+):
     """The BandPO loss of one (local) minibatch, scaled for DDP's gradient averaging; returns (loss, metrics, logp).
     fused_head: the log-probs from hidden states (bandpo.linear_logprob_entropy), see token_logprobs."""
     logp = token_logprobs(model, sequences, prompt_len, temperature, fused_head=fused_head)
@@ -69,9 +78,18 @@ def clip_statistics(logp, old_logp, advantages, mask, lower, upper) -> torch.Ten
     return out
 
 
-def rl_run(task: Task, cfg: RunConfig, config: BandConfig, seed: int, init: torch.nn.Module,
-           log_path: str, checkpoint_path: str, device: torch.device, eval_prompts: Optional[torch.Tensor] = None,
-           on_step: Callable[[dict], None] = lambda record: None) -> list[dict]:
+def rl_run(
+    task: Task,
+    cfg: RunConfig,
+    config: BandConfig,
+    seed: int,
+    init: torch.nn.Module,
+    log_path: str,
+    checkpoint_path: str,
+    device: torch.device,
+    eval_prompts: Optional[torch.Tensor] = None,
+    on_step: Callable[[dict], None] = lambda record: None,
+) -> list[dict]:
     """One method and seed from the warm start `init`; appends a JSON line per step to log_path (rank 0) and
     checkpoints to checkpoint_path every cfg.checkpoint_every steps; resumes from it when it exists. With
     eval_prompts, every cfg.eval_every steps and at the last one the record holds "eval" (evaluate.py)."""
@@ -122,23 +140,43 @@ def rl_run(task: Task, cfg: RunConfig, config: BandConfig, seed: int, init: torc
             for idx in order.chunk(cfg.minibatches):
                 idx = idx.to(device)
                 loss, metrics, logp = policy_loss(
-                    ddp, roll.sequences[idx], P, roll.old_logp[idx], advantages[idx], roll.mask[idx], config,
-                    cfg.temperature, None if ref_logp is None else ref_logp[idx], fused_head=cfg.fused_head)
+                    ddp,
+                    roll.sequences[idx],
+                    P,
+                    roll.old_logp[idx],
+                    advantages[idx],
+                    roll.mask[idx],
+                    config,
+                    cfg.temperature,
+                    None if ref_logp is None else ref_logp[idx],
+                    fused_head=cfg.fused_head,
+                )
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 opt.step()
-                stats += clip_statistics(logp.cpu(), roll.old_logp[idx].cpu(), advantages[idx].cpu(),
-                                         roll.mask[idx].cpu(), lower[idx].cpu(), upper[idx].cpu())
+                stats += clip_statistics(
+                    logp.cpu(),
+                    roll.old_logp[idx].cpu(),
+                    advantages[idx].cpu(),
+                    roll.mask[idx].cpu(),
+                    lower[idx].cpu(),
+                    upper[idx].cpu(),
+                )
                 ppo_kl += float(metrics["ppo_kl"])
                 updates += 1
         seconds += time.perf_counter() - t0
         mask = roll.mask
         # Sums over this rank's batch, all-reduced: each named, read back by name.
-        local = {"reward": rewards.sum(), "samples": torch.tensor(float(len(rewards))),
-                 "entropy": (roll.entropy * mask).sum().cpu(), "tokens": mask.sum().cpu().double(),
-                 "lower": (lower * mask).sum().cpu(), "upper": (upper * mask).sum().cpu(),
-                 "ppo_kl": torch.tensor(ppo_kl / updates)}
+        local = {
+            "reward": rewards.sum(),
+            "samples": torch.tensor(float(len(rewards))),
+            "entropy": (roll.entropy * mask).sum().cpu(),
+            "tokens": mask.sum().cpu().double(),
+            "lower": (lower * mask).sum().cpu(),
+            "upper": (upper * mask).sum().cpu(),
+            "ppo_kl": torch.tensor(ppo_kl / updates),
+        }
         sums = dict(zip(local, all_reduce_sum(torch.stack([v.double() for v in local.values()])).tolist()))
         stats = all_reduce_sum(stats)
         tokens = stats[0].sum().clamp(min=1)
@@ -164,9 +202,16 @@ def rl_run(task: Task, cfg: RunConfig, config: BandConfig, seed: int, init: torc
                 f.write(json.dumps(record) + "\n")
             on_step(record)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                torch.save({"step": step + 1, "seconds": seconds, "model": model.state_dict(),
-                            "optim": opt.state_dict(), "generators": gather_generator_states(gen)},
-                           checkpoint_path + ".tmp")
+                torch.save(
+                    {
+                        "step": step + 1,
+                        "seconds": seconds,
+                        "model": model.state_dict(),
+                        "optim": opt.state_dict(),
+                        "generators": gather_generator_states(gen),
+                    },
+                    checkpoint_path + ".tmp",
+                )
                 os.replace(checkpoint_path + ".tmp", checkpoint_path)
         elif (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             gather_generator_states(gen)
@@ -186,4 +231,3 @@ def gather_generator_states(gen: torch.Generator) -> list:
     states = [None] * world_size
     dist.all_gather_object(states, gen.get_state())
     return states
-

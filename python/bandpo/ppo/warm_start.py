@@ -40,13 +40,14 @@ def demonstration_batch(task: Task, n: int, generator: torch.Generator) -> tuple
     targets = torch.full((n, R), IGNORE, dtype=torch.long)
     for i in range(n):
         d = task.demonstration(prompts[i], generator)
-        targets[i, :len(d)] = torch.tensor(d)
+        targets[i, : len(d)] = torch.tensor(d)
     inputs = torch.cat([prompts, targets.clamp(min=0)], dim=1)[:, :-1]
     return inputs, targets
 
 
-def warm_start(task: Task, cfg: RunConfig, seed: int, device: torch.device,
-               on_step: Callable[[int], None] = lambda step: None) -> CausalLM:
+def warm_start(
+    task: Task, cfg: RunConfig, seed: int, device: torch.device, on_step: Callable[[int], None] = lambda step: None
+) -> CausalLM:
     """Supervised training on the task's demonstrations (deterministic for a seed, the same on every rank)."""
     torch.manual_seed(seed)
     model = make_model(task, cfg).to(device)
@@ -55,9 +56,10 @@ def warm_start(task: Task, cfg: RunConfig, seed: int, device: torch.device,
     P = task.prompt_len
     for step in range(cfg.sft_steps):
         inputs, targets = demonstration_batch(task, cfg.sft_batch, gen)
-        logits = model(inputs.to(device))[:, P - 1:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1),
-                               ignore_index=IGNORE)
+        logits = model(inputs.to(device))[:, P - 1 :]
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1), ignore_index=IGNORE
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -71,18 +73,34 @@ def default_cache_dir() -> str:
 
 
 def cache_key(task: Task, cfg: RunConfig, seed: int, device: torch.device) -> str:
-    what = {"task": type(task).__name__, "task_settings": dataclasses.asdict(task),
-            "run": {f: getattr(cfg, f) for f in WARM_START_FIELDS}, "seed": seed, "torch": torch.__version__,
-            "device": device.type, "machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "version": 1}
+    what = {
+        "task": type(task).__name__,
+        "task_settings": dataclasses.asdict(task),
+        "run": {f: getattr(cfg, f) for f in WARM_START_FIELDS},
+        "seed": seed,
+        "torch": torch.__version__,
+        "device": device.type,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "version": 1,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cached_warm_start(task: Task, cfg: RunConfig, seed: int, device: torch.device, cache_dir: Optional[str],
-                      on_step: Callable[[int], None] = lambda step: None) -> tuple[CausalLM, bool]:
+def cached_warm_start(
+    task: Task,
+    cfg: RunConfig,
+    seed: int,
+    device: torch.device,
+    cache_dir: Optional[str],
+    on_step: Callable[[int], None] = lambda step: None,
+) -> tuple[CausalLM, bool]:
     """(model, whether it came from the cache); computes and stores it when absent (cache_dir None: no cache)."""
-    path = None if cache_dir is None else os.path.join(cache_dir, "ppo-warm-start",
-                                                       cache_key(task, cfg, seed, device) + ".pt")
+    path = (
+        None
+        if cache_dir is None
+        else os.path.join(cache_dir, "ppo-warm-start", cache_key(task, cfg, seed, device) + ".pt")
+    )
     if path is not None and os.path.exists(path):
         model = make_model(task, cfg).to(device)
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
