@@ -14,7 +14,7 @@ python3 -m venv "$venv"
 py="$venv/bin/python"
 quiet() { grep -v "^WARNING: Location" || true; }  # this machine's pip index prints one line per missing package
 "$py" -m pip install -q --upgrade pip 2>&1 | quiet
-"$py" -m pip install -q "$torch_req" numpy pytest hypothesis mpmath matplotlib tqdm "scikit-build-core>=0.10" pybind11 ninja "cmake>=3.26" 2>&1 | quiet
+"$py" -m pip install -q "$torch_req" numpy pytest hypothesis mpmath matplotlib tqdm "scikit-build-core>=0.10" pybind11 ninja "cmake>=3.26" "ruff==0.17.6" 2>&1 | quiet
 [ "${BANDPO_SKIP_INSTALL:-0}" = 1 ] && exit 0
 # Extras (the trainers of bandpo.integrations) come at the versions the integration tests pin.
 extras="${BANDPO_EXTRAS:+[$BANDPO_EXTRAS]}"

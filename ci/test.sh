@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test (README's test command; .ci/run calls it), against the one wheel a user would install:
 #   1. ci/wheel.sh: .venv (torch 2.13 CPU, build tools) and dist/bandpo-*.whl (CPU kernels x3 ISAs, CUDA kernels);
+#      ci/format.sh: the tree as ruff and clang-format-14 lay it out;
 #   2. the verl and TRL extras into .venv, then ci/wheel_check.sh installs the wheel there with no compiler
 #      reachable, checks its binaries are the wheel's, and runs the whole pytest suite (CUDA tests skip, with
 #      the reason, without a GPU; the integration tests must run: BANDPO_REQUIRE_INTEGRATIONS=1);
@@ -17,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
 bash ci/wheel.sh
+bash ci/format.sh
 whl=$(ls -t dist/bandpo-*.whl | head -1)
 .venv/bin/python -m pip install -q -c ci/integrations-constraints.txt "$whl[verl,trl]" 2>&1 | grep -v "^WARNING: Location" || true
 BANDPO_REQUIRE_INTEGRATIONS=1 bash ci/wheel_check.sh "$whl" .venv torch==2.13.0
