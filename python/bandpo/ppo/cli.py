@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a run of seconds with tiny settings (tests, trying the command line); explicit settings still win",
+        help="a smoke test with tiny settings (tens of seconds; too short to learn, rewards print 0); explicit "
+        "settings still win",
     )
     p.add_argument(
         "--cache-dir",

@@ -50,7 +50,7 @@ class RunConfig:
 # model and bigger batches in the same wall time.
 CUDA_SCALE = dict(prompts=128, group_size=16, d_model=256, n_layers=4, n_heads=8, sft_batch=512, eval_prompts=256)
 
-# --quick: a run of seconds, for tests and for trying the command line.
+# --quick: a smoke test of the command line (tens of seconds on 2 cores; too short to learn: rewards print 0).
 QUICK = dict(
     steps=3,
     prompts=8,
