@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bandpo
+from bandpo import _capi
 from conftest import make_batch
 
 pytestmark = pytest.mark.skipif(
@@ -92,7 +93,7 @@ def options(lib, **kw):
 
 def test_version(lib):
     assert lib.bandpo_version().decode() == bandpo.__version__
-    assert lib.bandpo_abi_version() == 2
+    assert lib.bandpo_abi_version() == _capi.ABI_VERSION == 3
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -218,10 +219,26 @@ def test_bad_option_values_name_the_option(lib, field, value):
 
 
 def _logit_functions(lib):
-    f64, i64, vp = ctypes.c_double, ctypes.c_int64, ctypes.c_void_p
-    lib.bandpo_logit_stats.argtypes = [vp, i64, i64, i64, vp, i64, f64, f64, f64, vp, vp]
-    lib.bandpo_logit_grad.argtypes = [vp, i64, i64, i64, vp, i64, f64, f64, f64, vp, vp, vp, vp]
-    return lib.bandpo_logit_stats, lib.bandpo_logit_grad
+    """(stats, grad) taking (raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature,
+    then the outputs / the four row arrays) as the structs of bandpo.h carry them."""
+    from bandpo import _capi
+
+    vp = ctypes.c_void_p
+    lib.bandpo_logit_stats.argtypes = [vp, vp, vp, vp, vp]
+    lib.bandpo_logit_grad.argtypes = [vp, vp, vp, vp]
+
+    def structs(rows, vocab, row_stride, target, ignore_index, scale, softcap, temperature):
+        chunk = _capi.LogitChunk(rows, vocab, row_stride, target)
+        return ctypes.byref(chunk), ctypes.byref(_capi.LogitOptions(ignore_index, scale, softcap, temperature))
+
+    def stats(raw, *args_and_outputs):
+        return lib.bandpo_logit_stats(raw, *structs(*args_and_outputs[:8]), *args_and_outputs[8:])
+
+    def grad(raw, *args_and_rows):
+        rows = _capi.LogitRowGrads(*args_and_rows[8:])
+        return lib.bandpo_logit_grad(raw, *structs(*args_and_rows[:8]), ctypes.byref(rows))
+
+    return stats, grad
 
 
 @pytest.mark.parametrize("transform", [(1.0, 0.0, 1.0), (0.7, 30.0, 0.6)])

@@ -1,4 +1,4 @@
-"""bandpo.linear_logprob_entropy (python/bandpo/lm_head.py): log-probs and entropy from hidden states in chunks,
+"""bandpo.linear_logprob_entropy (python/bandpo/lm_head/): log-probs and entropy from hidden states in chunks,
 held to the float64 full-logits reference, to the plain path in the inputs' own dtype, and to gradcheck."""
 
 import doctest
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bandpo
-from bandpo import lm_head
+from bandpo.lm_head import LogitOptions, chunks, fused, op, torch_math
 from bandpo.lm_head import linear_logprob_entropy, linear_logprob_entropy_reference
 
 OPTIONS = [dict(), dict(temperature=0.7), dict(softcap=3.0, logit_scale=1.5, temperature=1.3), dict(logit_scale=0.5)]
@@ -111,8 +111,9 @@ def test_non_contiguous_inputs_and_determinism():
 
 def test_opcheck_and_compile_without_graph_breaks():
     hidden, weight, target, bias = make(n=20, h=8, v=31)
-    args = (hidden.requires_grad_(), weight.requires_grad_(), target, bias.requires_grad_(), 1.0, 2.0, 1.0, -100, 6)
-    torch.library.opcheck(torch.ops.bandpo.linear_logprob_entropy.default, args)
+    args = (hidden.requires_grad_(), weight.requires_grad_(), target, bias.requires_grad_())
+    kwargs = {"ignore_index": -100, "logit_scale": 1.0, "softcap": 2.0, "temperature": 1.0, "chunk_size": 6}
+    torch.library.opcheck(torch.ops.bandpo.linear_logprob_entropy.default, args, kwargs)
     f = torch.compile(
         lambda h, w, b: linear_logprob_entropy(h, w, target, b, softcap=2.0, chunk_size=6),
         fullgraph=True,
@@ -160,7 +161,7 @@ def test_bad_arguments_are_named(change, match):
 def test_a_row_with_nan_or_inf_logits_gives_nan_not_zero(kernels, bad, monkeypatch):
     # A diverged model (NaN or inf in the hidden states) must show as NaN, as log_softmax shows it: the clamps that
     # keep logp <= 0 and entropy >= 0 once turned the row's NaN into 0, a plausible log-prob. Other rows unchanged.
-    monkeypatch.setattr(lm_head, "_uses_kernels", lambda h, k=kernels: k)
+    monkeypatch.setattr(chunks, "uses_kernels", lambda h, k=kernels: k)
     hidden, weight, target, bias = make(n=40, h=16, v=101)
     target[5] = 3
     broken = hidden.clone()
@@ -191,7 +192,7 @@ def test_logits_masked_to_minus_inf_by_the_bias(kernels, dtype, monkeypatch):
     # and get no gradient, where 0 * -inf made the entropy and every gradient of the row NaN.
     if kernels and dtype == torch.float64:
         pytest.skip("float64 runs the torch path only")
-    monkeypatch.setattr(lm_head, "_uses_kernels", lambda h, k=kernels: k)
+    monkeypatch.setattr(chunks, "uses_kernels", lambda h, k=kernels: k)
     hidden, weight, target, bias = make(n=60, h=16, v=101, dtype=dtype)
     bias[::3] = -math.inf
     target = torch.where(target % 3 == 0, target + 1, target).clamp(max=100)
@@ -283,7 +284,7 @@ def test_fused_linear_band_loss_equals_the_two_steps(agg, kw, monkeypatch):
     # across sequence boundaries; the CPU kernels and the torch path (other devices).
     kw = dict(kw)
     if kw.pop("torch_path", False):
-        monkeypatch.setattr(lm_head, "_uses_kernels", lambda x: False)
+        monkeypatch.setattr(chunks, "uses_kernels", lambda x: False)
     hidden, weight, bias, target, mask, old, adv, ref = _fused_case(float_mask=kw.pop("float_mask", False))
     ref = ref if kw.get("kl_coef") else None
     ins = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
@@ -363,8 +364,8 @@ def test_fused_loss_refuses_bad_loss_inputs_before_the_head_runs(change, match, 
     def no_head(*args, **kwargs):
         raise AssertionError("the head ran before the loss inputs were checked")
 
-    monkeypatch.setattr(lm_head, "_logit_chunks", no_head)
-    monkeypatch.setattr(lm_head, "linear_logprob_entropy", no_head)
+    monkeypatch.setattr(fused, "logit_chunks", no_head)
+    monkeypatch.setattr(fused, "linear_logprob_entropy", no_head)
     kw = dict(change)
     adv = kw.pop("adv", adv)
     mask = kw.pop("mask", mask)
@@ -381,7 +382,7 @@ def test_fused_loss_refuses_bad_loss_inputs_before_the_head_runs(change, match, 
 
 
 def test_docstring_example_runs():
-    results = doctest.testmod(lm_head, verbose=False)
+    results = doctest.testmod(op, verbose=False)
     assert results.attempted >= 3 and results.failed == 0
 
 
@@ -409,7 +410,7 @@ def test_kernel_path_equals_the_torch_path(opts, monkeypatch):
     a, c = torch.randn(150, generator=g), torch.randn(150, generator=g)
     results = []
     for kernels in (True, False):
-        monkeypatch.setattr(lm_head, "_uses_kernels", lambda h, k=kernels: k)
+        monkeypatch.setattr(chunks, "uses_kernels", lambda h, k=kernels: k)
         ins = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
         logp, ent = linear_logprob_entropy(ins[0], ins[1], target, ins[2], chunk_size=40, **opts)
         ((logp * a).sum() + (ent * c).sum()).backward()
@@ -477,10 +478,10 @@ def test_chunk_grad_from_outputs_equals_from_sums(opts):
     scale = from_sums.abs().max()
     torch.testing.assert_close(from_outputs, from_sums, rtol=0, atol=2e-6 * float(scale))
     assert not from_outputs[4].any()
-    order = (kw["temperature"], kw["softcap"], kw["logit_scale"])
-    torch_path = lm_head._chunk_logit_grad_  # on float64 raw: the torch path, both ways, against the kernel
-    for outputs in (dict(), dict(logp=lp.double(), entropy=ent.double())):
-        got = torch_path(raw.double(), target, gl, gh, -100, *order, **outputs)
+    options = LogitOptions(**kw)
+    # on float64 raw: the torch path, both ways, against the kernel
+    for outputs in ((None, None), (lp.double(), ent.double())):
+        got = torch_math.chunk_logit_grad_(raw.double(), target, (gl, gh), outputs, options)
         torch.testing.assert_close(got.float(), from_sums, rtol=0, atol=2e-6 * float(scale))
 
 
@@ -490,7 +491,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @cuda
 @pytest.mark.parametrize("opts", OPTIONS)
 def test_cuda_matches_the_reference_and_the_cpu(opts):
-    # CUDA runs the chunk steps as torch operations (lm_head._uses_kernels): values and gradients against the
+    # CUDA runs the chunk steps as torch operations (lm_head.chunks.uses_kernels): values and gradients against the
     # float64 reference, and against the CPU's kernel path on the same inputs.
     hidden, weight, target, bias = make(n=300, v=1009)
     g = torch.Generator().manual_seed(3)
@@ -549,7 +550,7 @@ def test_cuda_kernels_equal_the_torch_path(dtype, opts, monkeypatch):
     a, c = torch.randn(200, generator=g).cuda(), torch.randn(200, generator=g).cuda()
     results = []
     for kernels in (True, False):
-        monkeypatch.setattr(lm_head, "_uses_kernels", lambda x, k=kernels: k and x.dtype != torch.float64)
+        monkeypatch.setattr(chunks, "uses_kernels", lambda x, k=kernels: k and x.dtype != torch.float64)
         ins = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
         logp, ent = linear_logprob_entropy(ins[0], ins[1], target, ins[2], chunk_size=48, **opts)
         ((logp * a).sum() + (ent * c).sum()).backward()

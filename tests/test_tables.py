@@ -2,6 +2,7 @@
 compiled op's schema, the numpy face, BandConfig and the C++ defaults all agree, row by row."""
 
 import dataclasses
+import inspect
 import math
 
 import pytest
@@ -22,6 +23,17 @@ def test_op_schemas_are_the_table():
     assert schema_options(torch.ops.bandpo.band_bounds) == table
     table += [(o.name, o.default) for o in _tables.LOSS_OPTIONS]
     assert schema_options(torch.ops.bandpo.band_loss) == table
+    logit = [(o.name, o.default) for o in _tables.LOGIT_OPTIONS]
+    assert [o.name for o in _tables.LOGIT_OPTIONS] == ["ignore_index", "logit_scale", "softcap", "temperature"]
+    assert schema_options(torch.ops.bandpo.logit_chunk_stats) == logit
+    assert schema_options(torch.ops.bandpo.logit_chunk_grad_) == logit + [("logp", None), ("entropy", None)]
+    for op in (torch.ops.bandpo.linear_logprob_entropy, torch.ops.bandpo.linear_logprob_entropy_backward):
+        assert schema_options(op) == logit + [("chunk_size", 0)]
+    # the Python faces' defaults are the rows' (no copy anywhere)
+    defaults = {o.name: o.default for o in _tables.LOGIT_OPTIONS}
+    for f in (bandpo.linear_logprob_entropy, bandpo.fused_linear_band_loss, bnp.logit_stats, bnp.logit_grad_):
+        params = inspect.signature(f).parameters
+        assert {k: params[k].default for k in defaults} == defaults, f.__name__
     assert [a.name for a in torch.ops.bandpo.band_loss.default._schema.arguments[:5]] == [
         "logp",
         "old_logp",
@@ -84,6 +96,8 @@ def test_version_is_one():
 def test_tables_come_from_the_library_not_a_header_parse():
     """The Python tables are the library's rows (bandpo_table_get), and the C struct follows their order."""
     rows = _capi.table(_capi.TABLE_OPTIONS)
-    assert [r.name.decode() for r in rows] == [o.name for o in _tables.ALL_OPTIONS]
+    every = _tables.ALL_OPTIONS + _tables.LOGIT_OPTIONS
+    assert [r.name.decode() for r in rows] == [o.name for o in every]
     assert [f[0] for f in _capi.Options._fields_] == [o.name for o in _tables.ALL_OPTIONS]
+    assert [f[0] for f in _capi.LogitOptions._fields_] == [o.name for o in _tables.LOGIT_OPTIONS]
     assert _capi.lib.bandpo_table_size(99) == -1

@@ -16,7 +16,7 @@ namespace detail {
 
 // The fields of SegmentSums, listed once: BANDPO_FIELD(kind, name) with kind `sum` (a floating-point sum,
 // double once widened) or `count` (int64_t). The CUDA warp reductions and per-lane accumulators expand the
-// same list (cuda/common.cuh, cuda/loss.cu).
+// same list (cuda/common.cuh, cuda/loss_forward.cu).
 //   loss: sum of w * (pg + kl_coef * kl);  pg: sum of w * pg;  weight: sum of w
 //   clip_upper, clip_lower, dual: weighted counts;  ppo_kl, ratio, ref_kl: weighted sums
 //   invalid: valid positions holding bad values (token_loss.h bad_token)

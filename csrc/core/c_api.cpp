@@ -60,6 +60,10 @@ void from_c(CValue v, double& field, const char*) {
   field = static_cast<double>(v);
 }
 template <class CValue>
+void from_c(CValue v, int64_t& field, const char*) {
+  field = static_cast<int64_t>(v);
+}
+template <class CValue>
 void from_c(CValue v, bool& field, const char*) {
   field = v != 0;
 }
@@ -90,6 +94,20 @@ bandpo::LossOptions loss_options(const bandpo_options* o) {
   return l;
 }
 
+#define BANDPO_LOGIT_FROM_C(name, ...) from_c(o->name, l.name, "options." #name);
+#define BANDPO_LOGIT_TO_C(name, ...) o->name = static_cast<decltype(o->name)>(d.name);
+bandpo::LogitOptions logit_options(const bandpo_logit_options* o) {
+  if (!o) throw std::invalid_argument("options is NULL (fill it with bandpo_default_logit_options)");
+  bandpo::LogitOptions l;
+  BANDPO_LOGIT_OPTION_TABLE(BANDPO_LOGIT_FROM_C)
+  return l;
+}
+
+bandpo::LogitChunk logit_chunk(const bandpo_logit_chunk* c) {
+  if (!c) throw std::invalid_argument("chunk is NULL");
+  return bandpo::LogitChunk{c->rows, c->vocab, c->row_stride, c->target};
+}
+
 // The C enums are the C++ codes (tables.h), written out for C users.
 #define BANDPO_SAME_CODE(cpp, c) static_assert(static_cast<int>(cpp) == c, #c " differs from the C++ code");
 #define BANDPO_SAME_DIVERGENCE(value, name, c) BANDPO_SAME_CODE(bandpo::Divergence::value, c)
@@ -113,6 +131,11 @@ constexpr bool offsets_ascend() {
   return true;
 }
 static_assert(offsets_ascend(), "bandpo_options' fields must follow the order of tables.h's rows");
+#define BANDPO_LOGIT_OFFSET_OF(name, ...) offsetof(bandpo_logit_options, name),
+constexpr size_t kLogitOptionOffsets[] = {BANDPO_LOGIT_OPTION_TABLE(BANDPO_LOGIT_OFFSET_OF)};
+static_assert(kLogitOptionOffsets[0] == 0 && kLogitOptionOffsets[1] < kLogitOptionOffsets[2] &&
+                  kLogitOptionOffsets[2] < kLogitOptionOffsets[3],
+              "bandpo_logit_options' fields must follow the order of tables.h's rows");
 
 // A C array description as the core's (bandpo/arrays.h); absent for ndim < 0.
 bandpo::ArrayDesc describe(const bandpo_array& a, const char* name) {
@@ -139,12 +162,14 @@ bandpo::ParallelFor parallel_for() {
   {#name, type, schema_default, #scope, requirement, 0, 0.0},
 #define BANDPO_OPTION_ROW1(name, ctype, type, schema_default, cpp_default, scope, valid, requirement) \
   {#name, type, schema_default, #scope, requirement, 1, 0.0},
+#define BANDPO_OPTION_ROW2(name, ctype, type, schema_default, cpp_default, scope, valid, requirement) \
+  {#name, type, schema_default, #scope, requirement, 2, 0.0},
 const bandpo_table_row kDivergenceRows[] = {BANDPO_DIVERGENCE_TABLE(BANDPO_CHOICE_ROW)};
 const bandpo_table_row kAggregationRows[] = {BANDPO_AGGREGATION_TABLE(BANDPO_CHOICE_ROW)};
 const bandpo_table_row kKlEstimatorRows[] = {BANDPO_KL_ESTIMATOR_TABLE(BANDPO_CHOICE_ROW)};
 const bandpo_table_row kMetricRows[] = {BANDPO_METRIC_TABLE(BANDPO_METRIC_ROW)};
-const bandpo_table_row kOptionRows[] = {BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION_ROW0)
-                                            BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION_ROW1)};
+const bandpo_table_row kOptionRows[] = {BANDPO_BOUND_OPTION_TABLE(BANDPO_OPTION_ROW0) BANDPO_LOSS_OPTION_TABLE(
+    BANDPO_OPTION_ROW1) BANDPO_LOGIT_OPTION_TABLE(BANDPO_OPTION_ROW2)};
 const bandpo_table_row kConstantRows[] = {BANDPO_CONSTANT_TABLE(BANDPO_CONSTANT_ROW)};
 
 struct Table {
@@ -218,23 +243,26 @@ bandpo_status bandpo_band_loss(const bandpo_loss_inputs* in, const bandpo_option
   });
 }
 
-bandpo_status bandpo_logit_stats(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride,
-                                 const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,
-                                 double temperature, float* logp, float* entropy) {
+void bandpo_default_logit_options(bandpo_logit_options* o) {
+  if (!o) return;
+  const bandpo::LogitOptions d;
+  BANDPO_LOGIT_OPTION_TABLE(BANDPO_LOGIT_TO_C)
+}
+
+bandpo_status bandpo_logit_stats(const float* raw, const bandpo_logit_chunk* chunk, const bandpo_logit_options* options,
+                                 float* logp, float* entropy) {
   return guarded([&] {
     // The core checks the sizes, pointers, options and targets (checks.cpp check_logit_chunk).
-    bandpo::logit_stats_cpu(raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature, logp,
-                            entropy, parallel_for());
+    bandpo::logit_stats_cpu(raw, logit_chunk(chunk), logit_options(options), logp, entropy, parallel_for());
   });
 }
 
-bandpo_status bandpo_logit_grad(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                                int64_t ignore_index, double logit_scale, double softcap, double temperature,
-                                const float* grad_logp, const float* grad_entropy, const float* logp,
-                                const float* entropy) {
+bandpo_status bandpo_logit_grad(float* raw, const bandpo_logit_chunk* chunk, const bandpo_logit_options* options,
+                                const bandpo_logit_row_grads* grads) {
   return guarded([&] {
-    bandpo::logit_grad_cpu(raw, rows, vocab, row_stride, target, ignore_index, logit_scale, softcap, temperature,
-                           grad_logp, grad_entropy, logp, entropy, parallel_for());
+    if (!grads) throw std::invalid_argument("grads is NULL (a struct of four pointers, each may be NULL)");
+    const bandpo::LogitRowGrads g{grads->grad_logp, grads->grad_entropy, grads->logp, grads->entropy};
+    bandpo::logit_grad_cpu(raw, logit_chunk(chunk), logit_options(options), g, parallel_for());
   });
 }
 
@@ -268,16 +296,12 @@ bandpo_status bandpo_band_bounds_array(const bandpo_array* old_logp, const bandp
 }
 
 bandpo_status bandpo_logit_chunk_layout(const char* op, const bandpo_array* raw, int64_t raw_row_stride,
-                                        int64_t raw_col_stride, const bandpo_array* target, int64_t* rows,
-                                        int64_t* vocab, int64_t* row_stride) {
+                                        int64_t raw_col_stride, const bandpo_array* target, bandpo_logit_chunk* chunk) {
   return guarded([&] {
-    if (!op || !raw || !target || !rows || !vocab || !row_stride)
-      throw std::invalid_argument("op, raw, target, rows, vocab and row_stride must not be null");
+    if (!op || !raw || !target || !chunk) throw std::invalid_argument("op, raw, target and chunk must not be null");
     const bandpo::LogitChunkLayout l = bandpo::logit_chunk_layout(op, describe(*raw, "raw"), raw_row_stride,
                                                                   raw_col_stride, describe(*target, "target"), false);
-    *rows = l.rows;
-    *vocab = l.vocab;
-    *row_stride = l.row_stride;
+    *chunk = bandpo_logit_chunk{l.rows, l.vocab, l.row_stride, static_cast<const int64_t*>(target->data)};
   });
 }
 
@@ -290,6 +314,10 @@ bandpo_status bandpo_check_row_values(const char* op, const char* name, const ba
 
 bandpo_status bandpo_check_options(const bandpo_options* options) {
   return guarded([&] { bandpo::validate(loss_options(options)); });
+}
+
+bandpo_status bandpo_check_logit_options(const bandpo_logit_options* options) {
+  return guarded([&] { bandpo::validate(logit_options(options)); });
 }
 
 int bandpo_table_size(bandpo_table t) { return table(static_cast<int>(t)).size; }

@@ -64,27 +64,25 @@ int64_t check_loss_call(const LossInputs& in, const LossOptions& options, const 
   return n;
 }
 
-void check_logit_chunk(const char* op, int64_t rows, int64_t vocab, int64_t row_stride, const void* raw,
-                       const int64_t* target, double logit_scale, double softcap, double temperature) {
+void check_logit_chunk(const char* op, const void* raw, const LogitChunk& c, const LogitOptions& options) {
   const std::string o(op);
-  if (rows < 0) throw std::invalid_argument(o + ": rows = " + std::to_string(rows) + " must be >= 0");
-  if (vocab < 1) throw std::invalid_argument(o + ": vocab = " + std::to_string(vocab) + " must be >= 1");
-  if (row_stride < vocab)
-    throw std::invalid_argument(o + ": row_stride = " + std::to_string(row_stride) + " must be >= vocab (" +
-                                std::to_string(vocab) + ")");
+  if (c.rows < 0) throw std::invalid_argument(o + ": rows = " + std::to_string(c.rows) + " must be >= 0");
+  if (c.vocab < 1) throw std::invalid_argument(o + ": vocab = " + std::to_string(c.vocab) + " must be >= 1");
+  if (c.row_stride < c.vocab)
+    throw std::invalid_argument(o + ": row_stride = " + std::to_string(c.row_stride) + " must be >= vocab (" +
+                                std::to_string(c.vocab) + ")");
   constexpr int64_t kMaxBytes = std::numeric_limits<std::ptrdiff_t>::max();
-  if (rows > 0 && row_stride > kMaxBytes / 4 / rows)  // raw's extent, so that every offset r * row_stride fits
+  if (c.rows > 0 && c.row_stride > kMaxBytes / 4 / c.rows)  // raw's extent, so that every offset r * row_stride fits
     throw std::invalid_argument(
-        o + ": rows = " + std::to_string(rows) + " times row_stride = " + std::to_string(row_stride) +
+        o + ": rows = " + std::to_string(c.rows) + " times row_stride = " + std::to_string(c.row_stride) +
         " float32 logits is more than one buffer can hold (" + std::to_string(kMaxBytes) + " bytes)");
-  if (rows > 0 && (!raw || !target)) throw std::invalid_argument(o + ": raw and target must not be null when rows > 0");
-  if (!(std::isfinite(temperature) && temperature > 0))
-    throw std::invalid_argument(o + ": temperature must be a finite number > 0, got " + std::to_string(temperature));
-  if (!(std::isfinite(softcap) && softcap >= 0))
-    throw std::invalid_argument(o + ": softcap must be a finite number >= 0 (0: none), got " + std::to_string(softcap));
-  if (!(std::isfinite(logit_scale) && logit_scale != 0))
-    throw std::invalid_argument(o + ": logit_scale must be a finite nonzero number, got " +
-                                std::to_string(logit_scale));
+  if (c.rows > 0 && (!raw || !c.target))
+    throw std::invalid_argument(o + ": raw and target must not be null when rows > 0");
+  try {
+    validate(options);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(o + ": " + e.what());
+  }
 }
 
 void check_logit_outputs(const char* op, const float* logp, const float* entropy) {

@@ -33,12 +33,11 @@ void check_bounds_call(DType dtype, const void* old_logp, int64_t n, const Bound
 // buffers for a non-empty call, ref_logp when kl_coef != 0. Returns rows * cols.
 int64_t check_loss_call(const LossInputs& inputs, const LossOptions& options, const char* op);
 
-// The lm_head statistics' chunk and transform (cpu.h logit_stats_cpu / logit_grad_cpu, cuda.h logit_stats /
+// The lm_head statistics' chunk and options (cpu.h logit_stats_cpu / logit_grad_cpu, cuda.h logit_stats /
 // logit_grad): rows >= 0, vocab >= 1, row_stride >= vocab, rows x row_stride float32 within one buffer's bytes
-// (PTRDIFF_MAX), non-null raw and target when rows > 0, temperature
-// finite > 0, softcap finite >= 0, logit_scale finite nonzero.
-void check_logit_chunk(const char* op, int64_t rows, int64_t vocab, int64_t row_stride, const void* raw,
-                       const int64_t* target, double logit_scale, double softcap, double temperature);
+// (PTRDIFF_MAX), non-null raw and target when rows > 0, and the options' rows of tables.h; `op` starts each
+// message.
+void check_logit_chunk(const char* op, const void* raw, const LogitChunk& chunk, const LogitOptions& options);
 
 // The gradient's optional row outputs (logp, entropy): both or neither.
 void check_logit_outputs(const char* op, const float* logp, const float* entropy);

@@ -30,17 +30,17 @@ using GradSegmentKernel = void(const LossInputs& in, const LossOptions& options,
 using WeightSumKernel = double(const LossInputs& in, int64_t begin, int64_t end);
 // values[i] = kl_table_exact(lp[i], delta) (kl_table_build.h) for i in [0, n): the table builder's solves.
 using KlTableExactKernel = void(const double* lp, int64_t n, double delta, KlTableValues* values);
-// Rows [begin, end) of raw logits (row r at raw + r * stride, `vocab` of them; logit_stats.h): logp[r] and
+// Rows [range.begin, range.end) of a chunk of raw logits (inputs.h LogitChunk; logit_stats.h): logp[r] and
 // entropy[r]; targets already checked (in [0, vocab) or ignore_index).
-using LogitStatsKernel = void(const float* raw, int64_t stride, int64_t vocab, int64_t begin, int64_t end,
-                              const int64_t* target, int64_t ignore_index, const LogitTransform& t, float* logp,
-                              float* entropy);
-// The same rows overwritten with d loss / d raw (grad_logp / grad_entropy may be null: 0). With logp and
-// entropy (the rows' logit_stats outputs; else null) the row's sums come from them: one pass, not three.
-using LogitGradKernel = void(float* raw, int64_t stride, int64_t vocab, int64_t begin, int64_t end,
-                             const int64_t* target, int64_t ignore_index, const LogitTransform& t,
-                             const float* grad_logp, const float* grad_entropy, const float* logp,
-                             const float* entropy);
+struct RowRange {
+  int64_t begin, end;
+};
+using LogitStatsKernel = void(const float* raw, const LogitChunk& chunk, int64_t ignore_index, const LogitTransform& t,
+                              RowRange range, float* logp, float* entropy);
+// The same rows overwritten with d loss / d raw (LogitRowGrads: grad_logp / grad_entropy may be null: 0; with
+// logp and entropy, the rows' logit_stats outputs, the row's sums come from them: one pass, not three).
+using LogitGradKernel = void(float* raw, const LogitChunk& chunk, int64_t ignore_index, const LogitTransform& t,
+                             RowRange range, const LogitRowGrads& grads);
 
 // One instruction set's kernels (cpu_dispatch.cpp picks the table).
 struct KernelTable {

@@ -18,17 +18,15 @@ namespace {
   throw std::invalid_argument(std::string(op) + ": " + what);
 }
 
-LogitTransform checked_transform(const char* op, int64_t rows, int64_t vocab, int64_t row_stride, const void* raw,
-                                 const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,
-                                 double temperature) {
-  detail::check_logit_chunk(op, rows, vocab, row_stride, raw, target, logit_scale, softcap, temperature);
-  for (int64_t r = 0; r < rows; ++r) {  // before any work: an index outside the row would read past it
-    const int64_t t = target[r];
-    if (t != ignore_index && (t < 0 || t >= vocab))
-      fail(op, "target[" + std::to_string(r) + "] = " + std::to_string(t) + " is outside [0, " + std::to_string(vocab) +
-                   ") and is not ignore_index (" + std::to_string(ignore_index) + ")");
+LogitTransform checked_transform(const char* op, const void* raw, const LogitChunk& c, const LogitOptions& o) {
+  detail::check_logit_chunk(op, raw, c, o);
+  for (int64_t r = 0; r < c.rows; ++r) {  // before any work: an index outside the row would read past it
+    const int64_t t = c.target[r];
+    if (t != o.ignore_index && (t < 0 || t >= c.vocab))
+      fail(op, "target[" + std::to_string(r) + "] = " + std::to_string(t) + " is outside [0, " +
+                   std::to_string(c.vocab) + ") and is not ignore_index (" + std::to_string(o.ignore_index) + ")");
   }
-  return make_logit_transform(logit_scale, softcap, temperature);
+  return make_logit_transform(o.logit_scale, o.softcap, o.temperature);
 }
 
 // Rows per work item: about 64k logits, so that items are neither tiny nor few.
@@ -36,31 +34,26 @@ int64_t rows_per_item(int64_t vocab) { return vocab >= 65536 ? 1 : 65536 / vocab
 
 }  // namespace
 
-void logit_stats_cpu(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                     int64_t ignore_index, double logit_scale, double softcap, double temperature, float* logp,
+void logit_stats_cpu(const float* raw, const LogitChunk& chunk, const LogitOptions& options, float* logp,
                      float* entropy, const ParallelFor& parallel_for) {
-  const LogitTransform t = checked_transform("logit_stats_cpu", rows, vocab, row_stride, raw, target, ignore_index,
-                                             logit_scale, softcap, temperature);
-  if (rows > 0 && (!logp || !entropy)) fail("logit_stats_cpu", "logp and entropy must not be null when rows > 0");
+  const LogitTransform t = checked_transform("logit_stats_cpu", raw, chunk, options);
+  if (chunk.rows > 0 && (!logp || !entropy)) fail("logit_stats_cpu", "logp and entropy must not be null when rows > 0");
   const detail::KernelTable& k = detail::cpu_kernels();
-  const int64_t per = rows_per_item(vocab);
+  const int64_t rows = chunk.rows, per = rows_per_item(chunk.vocab);
   detail::run_parallel(parallel_for, (rows + per - 1) / per, [&](int64_t b, int64_t e) {
-    k.logit_stats(raw, row_stride, vocab, b * per, std::min(rows, e * per), target, ignore_index, t, logp, entropy);
+    k.logit_stats(raw, chunk, options.ignore_index, t, detail::RowRange{b * per, std::min(rows, e * per)}, logp,
+                  entropy);
   });
 }
 
-void logit_grad_cpu(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                    int64_t ignore_index, double logit_scale, double softcap, double temperature,
-                    const float* grad_logp, const float* grad_entropy, const float* logp, const float* entropy,
+void logit_grad_cpu(float* raw, const LogitChunk& chunk, const LogitOptions& options, const LogitRowGrads& grads,
                     const ParallelFor& parallel_for) {
-  const LogitTransform t = checked_transform("logit_grad_cpu", rows, vocab, row_stride, raw, target, ignore_index,
-                                             logit_scale, softcap, temperature);
-  detail::check_logit_outputs("logit_grad_cpu", logp, entropy);
+  const LogitTransform t = checked_transform("logit_grad_cpu", raw, chunk, options);
+  detail::check_logit_outputs("logit_grad_cpu", grads.logp, grads.entropy);
   const detail::KernelTable& k = detail::cpu_kernels();
-  const int64_t per = rows_per_item(vocab);
+  const int64_t rows = chunk.rows, per = rows_per_item(chunk.vocab);
   detail::run_parallel(parallel_for, (rows + per - 1) / per, [&](int64_t b, int64_t e) {
-    k.logit_grad(raw, row_stride, vocab, b * per, std::min(rows, e * per), target, ignore_index, t, grad_logp,
-                 grad_entropy, logp, entropy);
+    k.logit_grad(raw, chunk, options.ignore_index, t, detail::RowRange{b * per, std::min(rows, e * per)}, grads);
   });
 }
 

@@ -22,13 +22,6 @@ std::string fmt(double v) {
 
 }  // namespace
 
-const char* metric_name(int index) {
-#define BANDPO_METRIC_NAME(value, name) name,
-  static const char* const names[kNumMetrics] = {BANDPO_METRIC_TABLE(BANDPO_METRIC_NAME)};
-#undef BANDPO_METRIC_NAME
-  return (index >= 0 && index < kNumMetrics) ? names[index] : "";
-}
-
 #define BANDPO_QUOTED_NAME(value, text, ...) "'" text "', "
 
 #define BANDPO_DIV_ROW(value, text, ...) \
@@ -82,11 +75,13 @@ std::string bound_options_schema() { return BANDPO_BOUND_OPTION_TABLE(BANDPO_SCH
 std::string loss_options_schema() {
   return std::string(BANDPO_BOUND_OPTION_TABLE(BANDPO_SCHEMA_ARG)) + BANDPO_LOSS_OPTION_TABLE(BANDPO_SCHEMA_ARG);
 }
+std::string logit_options_schema() { return BANDPO_LOGIT_OPTION_TABLE(BANDPO_SCHEMA_ARG); }
 
 namespace {
 // The value in an error message: numbers as printed by C++, choices by name.
 std::string describe(double v) { return fmt(v); }
 std::string describe(bool v) { return v ? "True" : "False"; }
+std::string describe(int64_t v) { return std::to_string(v); }
 template <class Choice>
 std::string describe(Choice c) {
   return choice_name(c);
@@ -113,5 +108,7 @@ void validate(const LossOptions& o) {
     fail("kl_estimator: unknown code");
   BANDPO_LOSS_OPTION_TABLE(BANDPO_VALIDATE_ROW)
 }
+
+void validate(const LogitOptions& o) { BANDPO_LOGIT_OPTION_TABLE(BANDPO_VALIDATE_ROW) }
 
 }  // namespace bandpo

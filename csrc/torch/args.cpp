@@ -156,6 +156,7 @@ struct OptionReader {
     }
   }
   void operator()(const OptionInfo&, bool& field) { field = to<bool>(stack[next++]); }
+  void operator()(const OptionInfo&, int64_t& field) { field = to<int64_t>(stack[next++]); }
   template <class Choice>
   void operator()(const OptionInfo&, Choice& field) {
     parse_choice(take_string(stack[next++]), field);
@@ -209,6 +210,7 @@ LossCall unbox_loss_call(StableIValue* stack) {
   return LossCall{logp, old_logp, advantages, mask, ref_logp, unbox_loss_options(stack + 5)};
 }
 LossOptions unbox_loss_options(StableIValue* stack) { return unbox<LossOptions>(stack); }
+LogitOptions unbox_logit_options(StableIValue* stack) { return unbox<LogitOptions>(stack); }
 
 BackwardCall unbox_backward_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   check_stack("band_loss_backward", num_args, 6 + kNumLossOptions, num_outputs, 1);
@@ -290,7 +292,9 @@ ScalarType scalar_type(DType d) {
   return ScalarType::Float;
 }
 
-LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target, bool half_ok) {
+namespace {
+// raw and target of a chunk op, checked (the core's rules, bandpo/arrays.h): call's tensors and chunk.
+void unbox_chunk(const char* op, const Tensor& raw, const Tensor& target, bool half_ok, LogitChunkCall& call) {
   const TensorDesc r(raw), t(target);
   const int64_t dim = raw.dim();
   const LogitChunkLayout l = with_python_errors([&] {
@@ -298,57 +302,54 @@ LogitChunk logit_chunk(const char* op, const Tensor& raw, const Tensor& target, 
   });
   BANDPO_CHECK_VALUE(target.device() == raw.device(), op, ": target is on ", device_name(target), " but raw is on ",
                      device_name(raw));
-  return LogitChunk{raw, as_contiguous(target), l.rows, l.vocab, l.row_stride};
+  call.raw = raw;
+  call.target = as_contiguous(target);
+  call.chunk = LogitChunk{l.rows, l.vocab, l.row_stride, static_cast<const int64_t*>(call.target.data_ptr())};
 }
 
-namespace {
 // An optional float32 [rows] argument of logit_chunk_grad_, checked and made contiguous (kept alive in `keep`):
 // its data, or null when absent.
-const float* optional_row_values(const char* name, const std::optional<Tensor>& t, const LogitChunk& c,
+const float* optional_row_values(const char* name, const std::optional<Tensor>& t, const LogitChunkCall& call,
                                  std::optional<Tensor>& keep) {
   const char* op = "logit_chunk_grad_";
   if (!t.has_value()) return nullptr;
   const TensorDesc d(*t);
-  with_python_errors([&] { check_row_values(op, name, d.desc, c.rows); });
-  BANDPO_CHECK_VALUE(t->device() == c.raw.device(), op, ": ", name, " is on ", device_name(*t), " but raw is on ",
-                     device_name(c.raw));
+  with_python_errors([&] { check_row_values(op, name, d.desc, call.chunk.rows); });
+  BANDPO_CHECK_VALUE(t->device() == call.raw.device(), op, ": ", name, " is on ", device_name(*t), " but raw is on ",
+                     device_name(call.raw));
   keep = as_contiguous(*t);
   return static_cast<const float*>(keep->data_ptr());
 }
-
-// The transform's arguments, in the stack from `first` on: ignore_index, logit_scale, softcap, temperature.
-void unbox_transform(StableIValue* stack, int first, LogitChunkCall& call) {
-  call.ignore_index = to<int64_t>(stack[first]);
-  call.logit_scale = to<double>(stack[first + 1]);
-  call.softcap = to<double>(stack[first + 2]);
-  call.temperature = to<double>(stack[first + 3]);
-}
 }  // namespace
 
-// logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index, float logit_scale, float softcap,
-//                   float temperature) -> (Tensor logp, Tensor entropy)
+// logit_chunk_stats(Tensor raw, Tensor target, *, <logit options>) -> (Tensor logp, Tensor entropy)
+// (Every tensor is taken off the stack before anything can raise: a handle left there would leak.)
 LogitChunkCall unbox_logit_stats(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok) {
-  check_stack("logit_chunk_stats", num_args, 6, num_outputs, 2);
+  check_stack("logit_chunk_stats", num_args, 2 + kNumLogitOptions, num_outputs, 2);
   Tensor raw = to<Tensor>(stack[0]);
+  const Tensor target = to<Tensor>(stack[1]);
+  LogitChunkCall call;
+  call.options = unbox_logit_options(stack + 2);
   if (raw.dim() == 2 && raw.size(0) > 1 && raw.size(1) > 1 && raw.stride(1) != 1) raw = as_contiguous(raw);
-  LogitChunkCall call{logit_chunk("logit_chunk_stats", raw, to<Tensor>(stack[1]), half_ok)};
-  unbox_transform(stack, 2, call);
+  unbox_chunk("logit_chunk_stats", raw, target, half_ok, call);
   return call;
 }
 
-// logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, int ignore_index,
-//                   float logit_scale, float softcap, float temperature, Tensor? logp, Tensor? entropy) -> ()
+// logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, <logit options>,
+//                   Tensor? logp, Tensor? entropy) -> ()
 LogitChunkCall unbox_logit_grad(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok) {
-  check_stack("logit_chunk_grad_", num_args, 10, num_outputs, 0);
-  LogitChunkCall call{logit_chunk("logit_chunk_grad_", to<Tensor>(stack[0]), to<Tensor>(stack[1]), half_ok)};
-  unbox_transform(stack, 4, call);
-  const auto row_values = [&](const char* name, int at, int keep) {
-    return optional_row_values(name, to<std::optional<Tensor>>(stack[at]), call.chunk, call.keep[keep]);
-  };
-  call.grad_logp = row_values("grad_logp", 2, 0);
-  call.grad_entropy = row_values("grad_entropy", 3, 1);
-  call.logp = row_values("logp", 8, 2);
-  call.entropy = row_values("entropy", 9, 3);
+  check_stack("logit_chunk_grad_", num_args, 6 + kNumLogitOptions, num_outputs, 0);
+  const Tensor raw = to<Tensor>(stack[0]), target = to<Tensor>(stack[1]);
+  const std::optional<Tensor> rows[4] = {to<std::optional<Tensor>>(stack[2]), to<std::optional<Tensor>>(stack[3]),
+                                         to<std::optional<Tensor>>(stack[4 + kNumLogitOptions]),
+                                         to<std::optional<Tensor>>(stack[5 + kNumLogitOptions])};
+  LogitChunkCall call;
+  call.options = unbox_logit_options(stack + 4);
+  unbox_chunk("logit_chunk_grad_", raw, target, half_ok, call);
+  call.grads.grad_logp = optional_row_values("grad_logp", rows[0], call, call.keep[0]);
+  call.grads.grad_entropy = optional_row_values("grad_entropy", rows[1], call, call.keep[1]);
+  call.grads.logp = optional_row_values("logp", rows[2], call, call.keep[2]);
+  call.grads.entropy = optional_row_values("entropy", rows[3], call, call.keep[3]);
   return call;
 }
 

@@ -78,12 +78,14 @@ ScalarType scalar_type(DType dtype);
 // tensors on the stack are owned by the kernel). Throws ValueError naming the option.
 BoundOptions unbox_bound_options(StableIValue* stack);
 LossOptions unbox_loss_options(StableIValue* stack);
+LogitOptions unbox_logit_options(StableIValue* stack);
 // Number of stack entries those take, and the check every boxed kernel makes of its stack against them (a
 // schema out of step with tables.h would otherwise read past the stack).
 constexpr uint64_t kNumBoundOptions = 0
 #define BANDPO_COUNT_OPTION(...) +1
     BANDPO_BOUND_OPTION_TABLE(BANDPO_COUNT_OPTION);
 constexpr uint64_t kNumLossOptions = kNumBoundOptions BANDPO_LOSS_OPTION_TABLE(BANDPO_COUNT_OPTION);
+constexpr uint64_t kNumLogitOptions = 0 BANDPO_LOGIT_OPTION_TABLE(BANDPO_COUNT_OPTION);
 #undef BANDPO_COUNT_OPTION
 void check_stack(const char* op, uint64_t num_args, uint64_t expected_args, uint64_t num_outputs,
                  uint64_t expected_outputs);
@@ -149,30 +151,31 @@ Tensor empty_like_contiguous(const Tensor& like);
 Tensor empty_on(std::initializer_list<int64_t> sizes, ScalarType dtype, const Tensor& device_of);
 Tensor as_contiguous(const Tensor& t);
 
-// The chunk arguments of logit_chunk_stats / logit_chunk_grad_ (either device), checked: raw [rows, vocab] with
-// unit column stride (rows may be strided), float32 (or, where half_ok, bfloat16 / float16: the CUDA kernels
-// read the GEMM's output as it is), target [rows] int64 on raw's device.
-struct LogitChunk {
-  Tensor raw, target;
-  int64_t rows, vocab, row_stride;
-};
-
-// A call of logit_chunk_stats or logit_chunk_grad_ (schemas.cpp), unboxed and checked for either device: the
-// chunk (a raw with strided columns is made contiguous for the stats; the gradient writes raw in place and
-// refuses it), the transform, and for the gradient its float32 [rows] arguments grad_logp, grad_entropy, logp
-// and entropy (null where absent; `keep` holds their contiguous copies alive).
+// A call of logit_chunk_stats or logit_chunk_grad_ (schemas.cpp), unboxed and checked for either device: raw
+// [rows, vocab] with unit column stride (rows may be strided; a raw with strided columns is made contiguous for the
+// stats, the gradient writes raw in place and refuses it), float32 (or, where half_ok, bfloat16 / float16: the
+// CUDA kernels read the GEMM's output as it is), target [rows] int64 on raw's device; the core's view of the chunk,
+// the options, and for the gradient its float32 [rows] arguments (null where absent; `keep` holds their
+// contiguous copies alive).
 struct LogitChunkCall {
+  Tensor raw, target;
   LogitChunk chunk;
-  int64_t ignore_index = -100;
-  double logit_scale = 1.0, softcap = 0.0, temperature = 1.0;
-  const float* grad_logp = nullptr;
-  const float* grad_entropy = nullptr;
-  const float* logp = nullptr;
-  const float* entropy = nullptr;
+  LogitOptions options;
+  LogitRowGrads grads;
   std::optional<Tensor> keep[4];
 };
 LogitChunkCall unbox_logit_stats(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok);
 LogitChunkCall unbox_logit_grad(StableIValue* stack, uint64_t num_args, uint64_t num_outputs, bool half_ok);
+
+// The ops with C++ kernels, each registered for the CPU (ops_cpu.cpp: NAME_cpu_boxed) and CUDA (ops_cuda.cpp:
+// NAME_cuda_boxed) from this one list; the schemas are schemas.cpp's, the ops written in Python are
+// bandpo/_ops.py's.
+#define BANDPO_KERNEL_OPS(BANDPO_OP) \
+  BANDPO_OP(band_bounds)             \
+  BANDPO_OP(band_loss)               \
+  BANDPO_OP(band_loss_backward)      \
+  BANDPO_OP(logit_chunk_stats)       \
+  BANDPO_OP(logit_chunk_grad_)
 
 // Whether the CUDA band_loss synchronises after its forward to raise a ValueError (naming the argument and
 // index) for bad values at valid positions. Off by default: the ops never synchronise, and bad values make

@@ -105,36 +105,29 @@ void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64
 
 void logit_chunk_stats_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   const LogitChunkCall call = unbox_logit_stats(stack, num_args, num_outputs, false);
-  const LogitChunk& c = call.chunk;
-  Tensor logp = empty_on({c.rows}, ScalarType::Float, c.raw), entropy = empty_on({c.rows}, ScalarType::Float, c.raw);
+  const int64_t rows = call.chunk.rows;
+  Tensor logp = empty_on({rows}, ScalarType::Float, call.raw), entropy = empty_on({rows}, ScalarType::Float, call.raw);
   rethrow_as_value_error([&] {
-    logit_stats_cpu(static_cast<const float*>(c.raw.data_ptr()), c.rows, c.vocab, c.row_stride,
-                    static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale, call.softcap,
-                    call.temperature, static_cast<float*>(logp.data_ptr()), static_cast<float*>(entropy.data_ptr()),
+    logit_stats_cpu(static_cast<const float*>(call.raw.data_ptr()), call.chunk, call.options,
+                    static_cast<float*>(logp.data_ptr()), static_cast<float*>(entropy.data_ptr()),
                     torch_parallel_for());
   });
   stack[0] = from(logp);
   stack[1] = from(entropy);
 }
 
-void logit_chunk_grad_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+void logit_chunk_grad__cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   const LogitChunkCall call = unbox_logit_grad(stack, num_args, num_outputs, false);
-  const LogitChunk& c = call.chunk;
   rethrow_as_value_error([&] {
-    logit_grad_cpu(static_cast<float*>(c.raw.data_ptr()), c.rows, c.vocab, c.row_stride,
-                   static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale, call.softcap,
-                   call.temperature, call.grad_logp, call.grad_entropy, call.logp, call.entropy, torch_parallel_for());
+    logit_grad_cpu(static_cast<float*>(call.raw.data_ptr()), call.chunk, call.options, call.grads,
+                   torch_parallel_for());
   });
 }
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(bandpo, CPU, m) {
-  m.impl("logit_chunk_stats", &logit_chunk_stats_cpu_boxed);
-  m.impl("logit_chunk_grad_", &logit_chunk_grad_cpu_boxed);
-  m.impl("band_bounds", &band_bounds_cpu_boxed);
-  m.impl("band_loss", &band_loss_cpu_boxed);
-  m.impl("band_loss_backward", &band_loss_backward_cpu_boxed);
-}
+#define BANDPO_IMPL_CPU(op) m.impl(#op, &op##_cpu_boxed);
+STABLE_TORCH_LIBRARY_IMPL(bandpo, CPU, m) { BANDPO_KERNEL_OPS(BANDPO_IMPL_CPU) }
+#undef BANDPO_IMPL_CPU
 
 }  // namespace bandpo

@@ -73,7 +73,7 @@ void band_bounds_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num
     const size_t bytes = cuda::bounds_workspace_bytes(dtype, options);
     const std::optional<Tensor> ws = bytes > 0 ? std::optional<Tensor>(workspace(bytes, in)) : std::nullopt;
     cuda::band_bounds(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
-                      ws ? ws->data_ptr() : nullptr, bytes, current_stream(in));
+                      cuda::DeviceBuffer{ws ? ws->data_ptr() : nullptr, bytes}, current_stream(in));
   });
   stack[0] = from(lower);
   stack[1] = from(upper);
@@ -95,8 +95,8 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_o
   Tensor ws = workspace(bytes, logp);
   rethrow_as_value_error([&] {
     cuda::band_loss_forward(args.inputs, options, loss.data_ptr(), static_cast<float*>(metrics.data_ptr()),
-                            check ? static_cast<int64_t*>(invalid->data_ptr()) : nullptr, ws.data_ptr(), bytes,
-                            current_stream(logp));
+                            check ? static_cast<int64_t*>(invalid->data_ptr()) : nullptr,
+                            cuda::DeviceBuffer{ws.data_ptr(), bytes}, current_stream(logp));
   });
   if (check) {
     const Tensor count = *on_host(invalid);  // the synchronisation the user asked for
@@ -123,7 +123,7 @@ void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t num_args, uint6
   Tensor ws = workspace(bytes, logp);
   rethrow_as_value_error([&] {
     cuda::band_loss_backward(args.inputs, options, static_cast<const double*>(g.data_ptr()), grad.data_ptr(),
-                             ws.data_ptr(), bytes, current_stream(logp));
+                             cuda::DeviceBuffer{ws.data_ptr(), bytes}, current_stream(logp));
   });
   stack[0] = from(in_logp_dtype(grad, args));
 }
@@ -142,39 +142,31 @@ DType logit_dtype(const Tensor& raw) {
 
 void logit_chunk_stats_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   const LogitChunkCall call = unbox_logit_stats(stack, num_args, num_outputs, true);
-  const LogitChunk& c = call.chunk;
-  const torch::stable::accelerator::DeviceGuard device_guard(c.raw.get_device_index());
-  Tensor logp = empty_on({c.rows}, ScalarType::Float, c.raw), entropy = empty_on({c.rows}, ScalarType::Float, c.raw);
+  const torch::stable::accelerator::DeviceGuard device_guard(call.raw.get_device_index());
+  const int64_t rows = call.chunk.rows;
+  Tensor logp = empty_on({rows}, ScalarType::Float, call.raw), entropy = empty_on({rows}, ScalarType::Float, call.raw);
   rethrow_as_value_error([&] {
-    cuda::logit_stats(logit_dtype(c.raw), c.raw.data_ptr(), c.rows, c.vocab, c.row_stride,
-                      static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale,
-                      call.softcap, call.temperature, static_cast<float*>(logp.data_ptr()),
-                      static_cast<float*>(entropy.data_ptr()), current_stream(c.raw));
+    cuda::logit_stats(logit_dtype(call.raw), call.raw.data_ptr(), call.chunk, call.options,
+                      static_cast<float*>(logp.data_ptr()), static_cast<float*>(entropy.data_ptr()),
+                      current_stream(call.raw));
   });
   stack[0] = from(logp);
   stack[1] = from(entropy);
 }
 
-void logit_chunk_grad_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+void logit_chunk_grad__cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   const LogitChunkCall call = unbox_logit_grad(stack, num_args, num_outputs, true);
-  const LogitChunk& c = call.chunk;
-  const torch::stable::accelerator::DeviceGuard device_guard(c.raw.get_device_index());
+  const torch::stable::accelerator::DeviceGuard device_guard(call.raw.get_device_index());
   rethrow_as_value_error([&] {
-    cuda::logit_grad(logit_dtype(c.raw), c.raw.data_ptr(), c.rows, c.vocab, c.row_stride,
-                     static_cast<const int64_t*>(c.target.data_ptr()), call.ignore_index, call.logit_scale,
-                     call.softcap, call.temperature, call.grad_logp, call.grad_entropy, call.logp, call.entropy,
-                     current_stream(c.raw));
+    cuda::logit_grad(logit_dtype(call.raw), call.raw.data_ptr(), call.chunk, call.options, call.grads,
+                     current_stream(call.raw));
   });
 }
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(bandpo, CUDA, m) {
-  m.impl("logit_chunk_stats", &logit_chunk_stats_cuda_boxed);
-  m.impl("logit_chunk_grad_", &logit_chunk_grad_cuda_boxed);
-  m.impl("band_bounds", &band_bounds_cuda_boxed);
-  m.impl("band_loss", &band_loss_cuda_boxed);
-  m.impl("band_loss_backward", &band_loss_backward_cuda_boxed);
-}
+#define BANDPO_IMPL_CUDA(op) m.impl(#op, &op##_cuda_boxed);
+STABLE_TORCH_LIBRARY_IMPL(bandpo, CUDA, m) { BANDPO_KERNEL_OPS(BANDPO_IMPL_CUDA) }
+#undef BANDPO_IMPL_CUDA
 
 }  // namespace bandpo

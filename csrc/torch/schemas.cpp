@@ -1,6 +1,7 @@
-// The operator schemas of torch.ops.bandpo, built from tables.h. The kernels are registered beside them:
-// CPU in ops_cpu.cpp, CUDA in ops_cuda.cpp; fake kernels and autograd from Python (python/bandpo/_ops.py; the
-// lm_head chunk ops' in python/bandpo/lm_head.py), as in pytorch/extension-cpp's stable variant.
+// The operator schemas of torch.ops.bandpo, every one of them, built from tables.h. The C++ kernels are
+// registered from one list (args.h BANDPO_KERNEL_OPS): CPU in ops_cpu.cpp, CUDA in ops_cuda.cpp; the kernels of
+// the ops written in Python, every fake kernel and the autograd in python/bandpo/_ops.py, as in
+// pytorch/extension-cpp's stable variant.
 //
 // Built with TORCH_TARGET_VERSION (CMakeLists.txt): the module uses only the stable C shim of that torch
 // release, so one binary loads in it and in every later one.
@@ -20,15 +21,21 @@ STABLE_TORCH_LIBRARY(bandpo, m) {
          loss_options_schema() + ") -> Tensor")
             .c_str());
   // The lm_head statistics of one chunk of raw logits (bandpo/cpu.h logit_stats_cpu, logit_grad_cpu), for
-  // python/bandpo/lm_head.py: float32 raw [rows, vocab] with unit column stride.
-  m.def(
-      "logit_chunk_stats(Tensor raw, Tensor target, *, int ignore_index=-100, float logit_scale=1., "
-      "float softcap=0., float temperature=1.) -> (Tensor, Tensor)");
+  // python/bandpo/lm_head: float32 raw [rows, vocab] with unit column stride.
+  const std::string logit = logit_options_schema();
+  m.def(("logit_chunk_stats(Tensor raw, Tensor target, *" + logit + ") -> (Tensor, Tensor)").c_str());
   // logp and entropy: the chunk's logit_chunk_stats outputs, when kept (then one pass per row, not three).
-  m.def(
-      "logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *, "
-      "int ignore_index=-100, float logit_scale=1., float softcap=0., float temperature=1., Tensor? logp=None, "
-      "Tensor? entropy=None) -> ()");
+  m.def(("logit_chunk_grad_(Tensor(a!) raw, Tensor target, Tensor? grad_logp, Tensor? grad_entropy, *" + logit +
+         ", Tensor? logp=None, Tensor? entropy=None) -> ()")
+            .c_str());
+  // The lm_head from hidden states, chunk by chunk (kernels in Python: python/bandpo/lm_head/op.py).
+  m.def(("linear_logprob_entropy(Tensor hidden, Tensor weight, Tensor target, Tensor? bias=None, *" + logit +
+         ", int chunk_size=0) -> (Tensor, Tensor)")
+            .c_str());
+  m.def(("linear_logprob_entropy_backward(Tensor? grad_logp, Tensor? grad_entropy, Tensor hidden, Tensor weight, "
+         "Tensor target, Tensor? bias, Tensor logp, Tensor entropy, *" +
+         logit + ", int chunk_size=0) -> (Tensor, Tensor, Tensor)")
+            .c_str());
 }
 
 }  // namespace bandpo

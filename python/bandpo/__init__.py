@@ -61,7 +61,7 @@ if torch is not None:
             f"without torch."
         )
     from . import _C  # noqa: F401  (registers torch.ops.bandpo)
-    from . import _ops  # noqa: F401  (fake kernels and band_loss's autograd)
+    from . import _ops  # noqa: F401  (fake kernels, Python kernels and autograd of every op)
     from . import reference
     from .api import BandLoss, band_bounds, band_loss
     from .lm_head import fused_linear_band_loss, linear_logprob_entropy

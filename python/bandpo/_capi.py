@@ -17,7 +17,7 @@ import os
 from ctypes import POINTER, Structure, byref, c_char_p, c_double, c_int, c_int32, c_int64, c_void_p
 from typing import Any
 
-ABI_VERSION = 2  # BANDPO_ABI_VERSION of the header these structs mirror
+ABI_VERSION = 3  # BANDPO_ABI_VERSION of the header these structs mirror
 
 # bandpo_status -> Python exception
 _EXCEPTIONS = {1: ValueError, 2: RuntimeError, 3: MemoryError, 4: TypeError}
@@ -112,38 +112,14 @@ def _load() -> ctypes.CDLL:
         "bandpo_loss_layout_of",
         "bandpo_band_bounds_array",
         "bandpo_check_options",
+        "bandpo_check_logit_options",
+        "bandpo_logit_chunk_layout",
         "bandpo_table_get",
         "bandpo_parse_choice",
     ):
         getattr(lib, name).restype = c_int
-    lib.bandpo_logit_stats.argtypes = [
-        c_void_p,
-        c_int64,
-        c_int64,
-        c_int64,
-        c_void_p,
-        c_int64,
-        c_double,
-        c_double,
-        c_double,
-        c_void_p,
-        c_void_p,
-    ]
-    lib.bandpo_logit_grad.argtypes = [
-        c_void_p,
-        c_int64,
-        c_int64,
-        c_int64,
-        c_void_p,
-        c_int64,
-        c_double,
-        c_double,
-        c_double,
-        c_void_p,
-        c_void_p,
-        c_void_p,
-        c_void_p,
-    ]
+    lib.bandpo_logit_stats.argtypes = [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p]
+    lib.bandpo_logit_grad.argtypes = [c_void_p, c_void_p, c_void_p, c_void_p]
     return lib
 
 
@@ -169,12 +145,28 @@ def _text(b: bytes) -> str:
     return b.decode()
 
 
-# The options struct, one field per option row, in the rows' order: double for numbers, int for flags and choices.
-OPTION_ROWS = table(TABLE_OPTIONS)
+# The options structs, one field per option row, in the rows' order: double for numbers, int for flags and choices,
+# int64 for integers. Group 0 and 1: band_bounds' and band_loss's (bandpo_options); group 2: the lm_head steps'
+# (bandpo_logit_options).
+OPTION_ROWS = [r for r in table(TABLE_OPTIONS) if r.group in (0, 1)]
+LOGIT_OPTION_ROWS = [r for r in table(TABLE_OPTIONS) if r.group == 2]
+_C_TYPES = {"float": c_double, "float?": c_double, "int": c_int64}
 
 
 class Options(Structure):
-    _fields_ = [(_text(r.name), c_double if _text(r.type).startswith("float") else c_int) for r in OPTION_ROWS]
+    _fields_ = [(_text(r.name), _C_TYPES.get(_text(r.type), c_int)) for r in OPTION_ROWS]
+
+
+class LogitOptions(Structure):
+    _fields_ = [(_text(r.name), _C_TYPES.get(_text(r.type), c_int)) for r in LOGIT_OPTION_ROWS]
+
+
+class LogitChunk(Structure):
+    _fields_ = [("rows", c_int64), ("vocab", c_int64), ("row_stride", c_int64), ("target", c_void_p)]
+
+
+class LogitRowGrads(Structure):
+    _fields_ = [("grad_logp", c_void_p), ("grad_entropy", c_void_p), ("logp", c_void_p), ("entropy", c_void_p)]
 
 
 def _type_name(value: Any) -> str:
@@ -193,6 +185,12 @@ def _field(name: str, kind: str, value: Any, default: Any) -> Any:
         if kind == "float?" and math.isnan(value):
             raise ValueError(f"{name} must be a number (or None); got nan")
         return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int; got {_type_name(value)}")
+        if not -(1 << 63) <= int(value) < (1 << 63):
+            raise ValueError(f"{name} must fit in int64, got {int(value)}")
+        return int(value)
     if kind == "bool":
         if type(value).__name__ not in ("bool", "bool_"):
             raise TypeError(f"{name} must be True or False; got {_type_name(value)}")
@@ -214,6 +212,19 @@ def options(values: dict) -> Options:
         if name in values:
             setattr(o, name, _field(name, _text(row.type), values[name], getattr(o, name)))
     check(lib.bandpo_check_options(byref(o)))
+    return o
+
+
+def logit_options(values: dict) -> LogitOptions:
+    """The C struct of the lm_head steps' options (``values``: any subset; the rest keep their defaults), checked as
+    every face checks them (TypeError / ValueError naming the option)."""
+    o = LogitOptions()
+    lib.bandpo_default_logit_options(byref(o))
+    for row in LOGIT_OPTION_ROWS:
+        name = _text(row.name)
+        if name in values:
+            setattr(o, name, _field(name, _text(row.type), values[name], getattr(o, name)))
+    check(lib.bandpo_check_logit_options(byref(o)))
     return o
 
 

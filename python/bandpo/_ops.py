@@ -1,11 +1,14 @@
-"""Fake kernels and autograd of torch.ops.bandpo, registered from Python as in pytorch/extension-cpp.
+"""Every Python registration of torch.ops.bandpo, in one place, as in pytorch/extension-cpp.
 
-The schemas and the CPU/CUDA kernels are registered in C++ on PyTorch's ABI-stable API (csrc/torch); that
-API has no autograd, so band_loss's autograd is registered here: a fast kernel for the Autograd dispatch key
-where torch's private names behave as expected, else ``torch.library.register_autograd`` (see below). Its backward is the
-band_loss_backward op, which recomputes what it needs from the inputs, so nothing N-sized is kept between
-forward and backward beyond the inputs themselves. Options are passed through by name, never
-re-listed here (their one definition is tables.h).
+Every schema is defined in C++ (csrc/torch/schemas.cpp, built from tables.h), and so are the CPU and CUDA kernels
+of band_bounds, band_loss, band_loss_backward and the lm_head chunk steps (ops_cpu.cpp, ops_cuda.cpp). Here:
+  - the fake kernels of every op (shapes for torch.compile and meta tensors);
+  - the kernels of the two ops written in Python, linear_logprob_entropy and its backward (bandpo/lm_head/op.py:
+    the chunk loop over torch's GEMMs and the chunk kernels), for every device;
+  - the autograd of band_loss and of linear_logprob_entropy (the ABI-stable API has none). band_loss's backward is
+    the band_loss_backward op, which recomputes what it needs from the inputs, so nothing N-sized is kept
+    between forward and backward beyond the inputs themselves.
+Options are passed through by name, never re-listed here (their one definition is tables.h).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 
 from . import _C
 from ._tables import METRIC_NAMES
+from .lm_head import checks as _lm_checks
+from .lm_head import op as _lm_op
 
 
 def typed_refusal(error: RuntimeError):
@@ -169,3 +174,56 @@ def _register() -> bool:
 
 _lib = None
 PUBLIC_AUTOGRAD = _register()  # which path serves band_loss's gradient in this process
+
+
+# The lm_head chunk steps: kernels in C++; their fakes.
+@torch.library.register_fake("bandpo::logit_chunk_stats")
+def _logit_chunk_stats_fake(raw, target, **options):
+    return raw.new_empty(raw.shape[0], dtype=torch.float32), raw.new_empty(raw.shape[0], dtype=torch.float32)
+
+
+@torch.library.register_fake("bandpo::logit_chunk_grad_")
+def _logit_chunk_grad_fake(raw, target, grad_logp, grad_entropy, **options):
+    return None
+
+
+# linear_logprob_entropy and its backward: kernels in Python (the chunk loop), for every device.
+torch.library.impl("bandpo::linear_logprob_entropy", "CompositeExplicitAutograd", _lm_op.forward_kernel)
+torch.library.impl("bandpo::linear_logprob_entropy_backward", "CompositeExplicitAutograd", _lm_op.backward_kernel)
+
+
+@torch.library.register_fake("bandpo::linear_logprob_entropy")
+def _linear_logprob_entropy_fake(hidden, weight, target, bias=None, *, chunk_size=0, **options):
+    _lm_checks.check_head(hidden, weight, target, bias)
+    _lm_checks.check_options(_lm_checks.LogitOptions(**options), chunk_size)
+    cdt = _lm_checks.compute_dtype(hidden.dtype)
+    return hidden.new_empty(hidden.shape[0], dtype=cdt), hidden.new_empty(hidden.shape[0], dtype=cdt)
+
+
+@torch.library.register_fake("bandpo::linear_logprob_entropy_backward")
+def _linear_logprob_entropy_backward_fake(grad_logp, grad_entropy, hidden, weight, target, bias, *rest, **options):
+    bias_grad = hidden.new_empty(weight.shape[0] if bias is not None else 0)
+    return torch.empty_like(hidden), torch.empty_like(weight), bias_grad
+
+
+def _linear_logprob_entropy_setup(ctx, inputs, keyword_only_inputs, output):
+    hidden, weight, target, bias = inputs
+    ctx.save_for_backward(hidden, weight, target, bias, *output)
+    ctx.options = keyword_only_inputs  # the transform and chunk_size
+    ctx.set_materialize_grads(False)
+
+
+def _linear_logprob_entropy_backward(ctx, grad_logp, grad_entropy):
+    hidden, weight, target, bias, logp, entropy = ctx.saved_tensors
+    if grad_logp is None and grad_entropy is None:
+        return None, None, None, None
+    gh, gw, gb = torch.ops.bandpo.linear_logprob_entropy_backward(
+        grad_logp, grad_entropy, hidden, weight, target, bias, logp, entropy, **ctx.options
+    )
+    needs = ctx.needs_input_grad
+    return gh if needs[0] else None, gw if needs[1] else None, None, gb if bias is not None and needs[3] else None
+
+
+torch.library.register_autograd(
+    "bandpo::linear_logprob_entropy", _linear_logprob_entropy_backward, setup_context=_linear_logprob_entropy_setup
+)

@@ -14,7 +14,7 @@ from . import _capi
 
 class Option(NamedTuple):
     name: str
-    schema_type: str  # "float", "float?", "bool", "str"
+    schema_type: str  # "float", "float?", "bool", "int", "str"
     default: Any  # the Python value of the schema default
     scope: str  # "config" (a BandConfig field) or "call" (a per-call argument such as normalizer)
 
@@ -26,7 +26,7 @@ def _names(code: int) -> tuple:
 def _options(group: int) -> tuple:
     return tuple(
         Option(r.name.decode(), r.type.decode(), ast.literal_eval(r.default_value.decode()), r.scope.decode())
-        for r in _capi.OPTION_ROWS
+        for r in _capi.table(_capi.TABLE_OPTIONS)
         if r.group == group
     )
 
@@ -37,7 +37,8 @@ KL_ESTIMATORS = _names(_capi.TABLE_KL_ESTIMATORS)
 METRIC_NAMES = _names(_capi.TABLE_METRICS)
 BOUND_OPTIONS = _options(0)
 LOSS_OPTIONS = _options(1)
+LOGIT_OPTIONS = _options(2)  # the lm_head steps' (linear_logprob_entropy, logit_chunk_stats / logit_chunk_grad_)
 CONSTANTS = {row.name.decode(): row.value for row in _capi.table(_capi.TABLE_CONSTANTS)}
 # band_loss's options in schema order (band_bounds' first).
 ALL_OPTIONS = BOUND_OPTIONS + LOSS_OPTIONS
-DEFAULTS = {o.name: o.default for o in ALL_OPTIONS}
+DEFAULTS = {o.name: o.default for o in ALL_OPTIONS + LOGIT_OPTIONS}

@@ -120,66 +120,52 @@ def band_loss(
 
 
 def _chunk(op: str, raw, target, writeable: bool):
-    """raw and target checked by the core's rules (bandpo_logit_chunk_layout): (raw, target, rows, vocab,
-    row_stride), target made contiguous."""
+    """raw and target checked by the core's rules (bandpo_logit_chunk_layout): (raw, target, chunk), target made
+    contiguous and the chunk (bandpo_logit_chunk) pointing at it."""
     raw = _array(raw, "raw")
     if not writeable and raw.ndim == 2 and raw.shape[0] > 1 and raw.shape[1] > 1 and raw.strides[1] != raw.itemsize:
         raw = np.ascontiguousarray(raw)  # as the torch op: the statistics read a copy; the gradient writes in place
-    target = _array(target, "target")
+    target = np.ascontiguousarray(_array(target, "target"))
     keep: list = []
     raw_d = _capi.describe(raw.ctypes.data, str(raw.dtype), raw.shape, keep)
-    target_d = _capi.describe(0, str(target.dtype), target.shape, keep)
+    target_d = _capi.describe(target.ctypes.data, str(target.dtype), target.shape, keep)
     item = raw.itemsize
     strides = [s // item if s % item == 0 else -1 for s in raw.strides] + [0, 0]  # -1: not a whole element apart
-    rows, vocab, row_stride = _capi.c_int64(), _capi.c_int64(), _capi.c_int64()
+    chunk = _capi.LogitChunk()
     _capi.check(
         _capi.lib.bandpo_logit_chunk_layout(
-            op.encode(),
-            byref(raw_d),
-            strides[0],
-            strides[1],
-            byref(target_d),
-            byref(rows),
-            byref(vocab),
-            byref(row_stride),
+            op.encode(), byref(raw_d), strides[0], strides[1], byref(target_d), byref(chunk)
         )
     )
     if writeable and not raw.flags.writeable:
         raise ValueError(f"{op}: raw must be writeable (its gradient is written in place)")
-    return raw, np.ascontiguousarray(target), rows.value, vocab.value, row_stride.value
+    return raw, target, chunk
 
 
-def _transform(ignore_index, logit_scale, softcap, temperature) -> tuple:
-    return int(ignore_index), float(logit_scale), float(softcap), float(temperature)
+_D = _capi.logit_options({})  # the defaults (tables.h)
 
 
 def logit_stats(
     raw: np.ndarray,
     target: np.ndarray,
     *,
-    ignore_index: int = -100,
-    logit_scale: float = 1.0,
-    softcap: float = 0.0,
-    temperature: float = 1.0,
+    ignore_index: int = _D.ignore_index,
+    logit_scale: float = _D.logit_scale,
+    softcap: float = _D.softcap,
+    temperature: float = _D.temperature,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log-prob of each row's target and the row's entropy (nats, float32 [rows] each) from a chunk of raw logits
     ``raw`` (float32 [rows, vocab], rows may be strided, e.g. a slice of a wider buffer), as
     ``torch.ops.bandpo.logit_chunk_stats`` gives them: z = (logit_scale * raw, then softcap * tanh(. / softcap)
     when softcap > 0) / temperature; target [rows] int64 in [0, vocab) or ``ignore_index`` (that row gives 0).
-    For an lm_head whose GEMM the caller runs chunk by chunk (see README, the C ABI's bandpo_logit_stats)."""
-    raw, target, rows, vocab, row_stride = _chunk("logit_stats", raw, target, False)
-    logp, entropy = np.empty(rows, np.float32), np.empty(rows, np.float32)
+    For an lm_head whose GEMM the caller runs chunk by chunk (docs/design.md; the C ABI's bandpo_logit_stats)."""
+    opts = _capi.logit_options(
+        {"ignore_index": ignore_index, "logit_scale": logit_scale, "softcap": softcap, "temperature": temperature}
+    )
+    raw, target, chunk = _chunk("logit_stats", raw, target, False)
+    logp, entropy = np.empty(chunk.rows, np.float32), np.empty(chunk.rows, np.float32)
     _capi.check(
-        _capi.lib.bandpo_logit_stats(
-            raw.ctypes.data,
-            rows,
-            vocab,
-            row_stride,
-            target.ctypes.data,
-            *_transform(ignore_index, logit_scale, softcap, temperature),
-            logp.ctypes.data,
-            entropy.ctypes.data,
-        )
+        _capi.lib.bandpo_logit_stats(raw.ctypes.data, byref(chunk), byref(opts), logp.ctypes.data, entropy.ctypes.data)
     )
     return logp, entropy
 
@@ -192,15 +178,18 @@ def logit_grad_(
     *,
     logp: Optional[np.ndarray] = None,
     entropy: Optional[np.ndarray] = None,
-    ignore_index: int = -100,
-    logit_scale: float = 1.0,
-    softcap: float = 0.0,
-    temperature: float = 1.0,
+    ignore_index: int = _D.ignore_index,
+    logit_scale: float = _D.logit_scale,
+    softcap: float = _D.softcap,
+    temperature: float = _D.temperature,
 ) -> np.ndarray:
     """The backward of :func:`logit_stats`, in place: overwrites ``raw`` with d loss / d raw given grad_logp and
     grad_entropy (float32 [rows] each, None for 0). logp and entropy: logit_stats's outputs for these rows (then
     each row is one pass over its logits), or both None. Returns ``raw``."""
-    raw, target, rows, vocab, row_stride = _chunk("logit_grad_", raw, target, True)
+    opts = _capi.logit_options(
+        {"ignore_index": ignore_index, "logit_scale": logit_scale, "softcap": softcap, "temperature": temperature}
+    )
+    raw, target, chunk = _chunk("logit_grad_", raw, target, True)
     given = []
     for name, values in (
         ("grad_logp", grad_logp),
@@ -214,17 +203,8 @@ def logit_grad_(
         values = _array(values, name)
         keep: list = []
         desc = _capi.describe(0, str(values.dtype), values.shape, keep)
-        _capi.check(_capi.lib.bandpo_check_row_values(b"logit_grad_", name.encode(), byref(desc), rows))
+        _capi.check(_capi.lib.bandpo_check_row_values(b"logit_grad_", name.encode(), byref(desc), chunk.rows))
         given.append(np.ascontiguousarray(values))
-    _capi.check(
-        _capi.lib.bandpo_logit_grad(
-            raw.ctypes.data,
-            rows,
-            vocab,
-            row_stride,
-            target.ctypes.data,
-            *_transform(ignore_index, logit_scale, softcap, temperature),
-            *(None if v is None else v.ctypes.data for v in given),
-        )
-    )
+    grads = _capi.LogitRowGrads(*(None if v is None else v.ctypes.data for v in given))
+    _capi.check(_capi.lib.bandpo_logit_grad(raw.ctypes.data, byref(chunk), byref(opts), byref(grads)))
     return raw

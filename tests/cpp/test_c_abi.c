@@ -98,15 +98,24 @@ int main(void) {
   {
     float raw[3] = {0.0f, (float)log(2.0), (float)log(3.0)}, logp1 = 0, ent = 0;
     const int64_t target = 2;
-    CHECK(bandpo_logit_stats(raw, 1, 3, 3, &target, -100, 1.0, 0.0, 1.0, &logp1, &ent) == BANDPO_OK);
+    bandpo_logit_options lo;
+    bandpo_default_logit_options(&lo);
+    CHECK(lo.ignore_index == -100 && lo.logit_scale == 1.0 && lo.softcap == 0.0 && lo.temperature == 1.0);
+    bandpo_logit_chunk chunk = {1, 3, 3, &target};
+    CHECK(bandpo_logit_stats(raw, &chunk, &lo, &logp1, &ent) == BANDPO_OK);
     CHECK(fabs(logp1 - log(0.5)) < 1e-6);
     CHECK(fabs(ent - (log(6.0) / 6 + log(3.0) / 3 + log(2.0) / 2)) < 1e-6);
     const float one = 1.0f;
-    CHECK(bandpo_logit_grad(raw, 1, 3, 3, &target, -100, 1.0, 0.0, 1.0, &one, NULL, &logp1, &ent) == BANDPO_OK);
+    const bandpo_logit_row_grads grads = {&one, NULL, &logp1, &ent};
+    CHECK(bandpo_logit_grad(raw, &chunk, &lo, &grads) == BANDPO_OK);
     CHECK(fabs(raw[0] + 1.0 / 6) < 1e-6 && fabs(raw[1] + 1.0 / 3) < 1e-6 && fabs(raw[2] - 0.5) < 1e-6);
     const int64_t bad = 3;
-    CHECK(bandpo_logit_stats(raw, 1, 3, 3, &bad, -100, 1.0, 0.0, 1.0, &logp1, &ent) == BANDPO_INVALID_ARGUMENT);
+    chunk.target = &bad;
+    CHECK(bandpo_logit_stats(raw, &chunk, &lo, &logp1, &ent) == BANDPO_INVALID_ARGUMENT);
     CHECK(strstr(bandpo_last_error(), "target[0] = 3") != NULL);
+    lo.temperature = 0.0;
+    CHECK(bandpo_check_logit_options(&lo) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "temperature must be a finite number > 0") != NULL);
   }
 
   /* Arrays with shapes: the rules every face uses. A [2, 3] float32 call with per-row advantages [2], a bool mask

@@ -186,8 +186,8 @@ void test_device_fold_matches_the_cpu() {
   for (int64_t j = 0; j < vocab; ++j) raw[5 * vocab + j] *= 30.0f;  // a spread of hundreds: far-apart maxima
   const std::vector<int64_t> target = {3, 1, 10, 5, 6, 2};
   std::vector<float> logp(rows), entropy(rows);
-  bandpo::logit_stats_cpu(raw.data(), rows, vocab, vocab, target.data(), -100, 1.0, 0.0, 1.0, logp.data(),
-                          entropy.data());
+  bandpo::logit_stats_cpu(raw.data(), bandpo::LogitChunk{rows, vocab, vocab, target.data()}, bandpo::LogitOptions{},
+                          logp.data(), entropy.data());
   const bandpo::LogitTransform t = bandpo::make_logit_transform(1.0, 0.0, 1.0);
   constexpr int kThreads = 256, kWarp = 32;
   for (int64_t r = 0; r < rows; ++r) {

@@ -469,8 +469,9 @@ void fuzz_logits(FuzzedDataProvider& in) {
     tame_logits = tame_logits && std::fabs(x) <= 1e4f;
   }
   std::vector<float> logp(static_cast<size_t>(rows) + 1), entropy(static_cast<size_t>(rows) + 1);
-  const bandpo_status s = bandpo_logit_stats(raw.data(), rows, vocab, stride, target.data(), kIgnore, logit_scale,
-                                             softcap, temperature, logp.data(), entropy.data());
+  const bandpo_logit_chunk chunk = {rows, vocab, stride, target.data()};
+  const bandpo_logit_options options = {kIgnore, logit_scale, softcap, temperature};
+  const bandpo_status s = bandpo_logit_stats(raw.data(), &chunk, &options, logp.data(), entropy.data());
   if (s != BANDPO_OK) EXPECT(bandpo_last_error()[0] != '\0');
   const bool shape_ok = vocab >= 1 && stride >= vocab;
   if (rows > 0 && (!shape_ok || !targets_ok)) EXPECT(s == BANDPO_INVALID_ARGUMENT);
@@ -493,9 +494,9 @@ void fuzz_logits(FuzzedDataProvider& in) {
     tame_grads = tame_grads && std::fabs(grad_logp[static_cast<size_t>(r)]) <= 2 &&
                  std::fabs(grad_entropy[static_cast<size_t>(r)]) <= 2;
   const bool from_outputs = in.ConsumeBool();
-  const bandpo_status g = bandpo_logit_grad(
-      raw.data(), rows, vocab, stride, target.data(), kIgnore, logit_scale, softcap, temperature, grad_logp.data(),
-      grad_entropy.data(), from_outputs ? logp.data() : nullptr, from_outputs ? entropy.data() : nullptr);
+  const bandpo_logit_row_grads grads = {grad_logp.data(), grad_entropy.data(), from_outputs ? logp.data() : nullptr,
+                                        from_outputs ? entropy.data() : nullptr};
+  const bandpo_status g = bandpo_logit_grad(raw.data(), &chunk, &options, &grads);
   EXPECT(g == BANDPO_OK);
   for (int64_t r = 0; r < rows && check && tame_grads; ++r)
     for (int64_t j = 0; j < vocab; ++j) EXPECT(std::isfinite(raw[static_cast<size_t>(r * stride + j)]));

@@ -48,15 +48,18 @@ __global__ void __launch_bounds__(kBlockThreads, kTable ? (sizeof(T) == 4 ? 8 : 
 
 namespace {
 
+// table_workspace: where a call with a workspace builds its KL table; null for the overload without one, which
+// then solves (enqueue_kl_table enqueues nothing where a call reads no table).
 void band_bounds_impl(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
-                      void* upper, bool with_table, void* workspace, cudaStream_t stream) {
+                      void* upper, void* table_workspace, cudaStream_t stream) {
   if (n == 0) return;
+  const bool with_table = table_workspace != nullptr;
   bandpo::detail::with_storage_type(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeType<T>::type;
     constexpr int N = detail::kChunk<T>;
     const detail::DeviceKlTable kl_table = with_table
-                                               ? detail::enqueue_kl_table(dtype, options, workspace, stream)
+                                               ? detail::enqueue_kl_table(dtype, options, table_workspace, stream)
                                                : detail::DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
     const bool aligned =
         detail::is_aligned(old_logp, 16) && detail::is_aligned(lower, 16) && detail::is_aligned(upper, 16);
@@ -85,20 +88,21 @@ size_t bounds_workspace_bytes(DType dtype, const BoundOptions& options) {
 }
 
 void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
-                 void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                 DeviceBuffer workspace, cudaStream_t stream) {
   bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
   const size_t needed = detail::kl_table_bytes(dtype, options);
-  if (needed > 0 && (workspace == nullptr || workspace_bytes < needed || !detail::is_aligned(workspace, 16)))
+  if (needed == 0) return band_bounds_impl(dtype, old_logp, n, options, lower, upper, nullptr, stream);
+  if (workspace.data == nullptr || workspace.bytes < needed || !detail::is_aligned(workspace.data, 16))
     throw std::invalid_argument("band_bounds: workspace must be a 16-byte aligned device buffer of at least " +
                                 std::to_string(needed) + " bytes (bounds_workspace_bytes()); got " +
-                                std::to_string(workspace_bytes));
-  band_bounds_impl(dtype, old_logp, n, options, lower, upper, true, workspace, stream);
+                                std::to_string(workspace.bytes));
+  band_bounds_impl(dtype, old_logp, n, options, lower, upper, workspace.data, stream);
 }
 
 void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
                  cudaStream_t stream) {
   bandpo::detail::check_bounds_call(dtype, old_logp, n, options, lower, upper, "band_bounds");
-  band_bounds_impl(dtype, old_logp, n, options, lower, upper, false, nullptr, stream);
+  band_bounds_impl(dtype, old_logp, n, options, lower, upper, nullptr, stream);
 }
 
 }  // namespace cuda

@@ -89,13 +89,23 @@ __device__ __forceinline__ bool bad_target(int64_t target, int64_t vocab, int64_
   return target != ignore_index && (target < 0 || target >= vocab);
 }
 
+// What every row's block needs to know of the chunk (by value, in the kernel's parameters).
+// aligned: every row starts on a 16-byte boundary (checked on the host: raw and the row stride in bytes).
+struct RowsOf {
+  LogitChunk chunk;
+  bool aligned;
+  int64_t ignore_index;
+  LogitTransform t;
+};
+
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
-    logit_stats_kernel(const T* __restrict__ raw, int64_t vocab, int64_t stride, bool aligned,
-                       const int64_t* __restrict__ target, int64_t ignore_index, LogitTransform t,
-                       float* __restrict__ logp, float* __restrict__ entropy) {
+    logit_stats_kernel(const T* __restrict__ raw, RowsOf rows, float* __restrict__ logp, float* __restrict__ entropy) {
+  const int64_t vocab = rows.chunk.vocab, stride = rows.chunk.row_stride, ignore_index = rows.ignore_index;
+  const bool aligned = rows.aligned;
+  const LogitTransform& t = rows.t;
   const int64_t r = blockIdx.x;
-  const int64_t tg = target[r];
+  const int64_t tg = rows.chunk.target[r];
   if (tg == ignore_index || bad_target(tg, vocab, ignore_index)) {
     if (threadIdx.x == 0) logp[r] = entropy[r] = tg == ignore_index ? 0.0f : NAN;
     return;
@@ -107,13 +117,17 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
-    logit_grad_kernel(T* __restrict__ raw, int64_t vocab, int64_t stride, bool aligned,
-                      const int64_t* __restrict__ target, int64_t ignore_index, LogitTransform t,
-                      const float* __restrict__ grad_logp, const float* __restrict__ grad_entropy,
-                      const float* __restrict__ logp, const float* __restrict__ entropy) {
+    logit_grad_kernel(T* __restrict__ raw, RowsOf rows, LogitRowGrads grads) {
   constexpr int N = kChunk<T>;
+  const int64_t vocab = rows.chunk.vocab, stride = rows.chunk.row_stride, ignore_index = rows.ignore_index;
+  const bool aligned = rows.aligned;
+  const LogitTransform& t = rows.t;
+  const float* __restrict__ grad_logp = grads.grad_logp;
+  const float* __restrict__ grad_entropy = grads.grad_entropy;
+  const float* __restrict__ logp = grads.logp;
+  const float* __restrict__ entropy = grads.entropy;
   const int64_t r = blockIdx.x;
-  const int64_t tg = target[r];
+  const int64_t tg = rows.chunk.target[r];
   T* row = raw + r * stride;
   const bool ignored = tg == ignore_index, bad = bad_target(tg, vocab, ignore_index);
   LogitRowGrad g{};
@@ -162,37 +176,35 @@ void with_logit_type(DType dtype, const char* op, F&& f) {
 }  // namespace
 }  // namespace detail
 
-void logit_stats(DType dtype, const void* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                 int64_t ignore_index, double logit_scale, double softcap, double temperature, float* logp,
+void logit_stats(DType dtype, const void* raw, const LogitChunk& chunk, const LogitOptions& options, float* logp,
                  float* entropy, cudaStream_t stream) {
-  bandpo::detail::check_logit_chunk("logit_stats", rows, vocab, row_stride, raw, target, logit_scale, softcap,
-                                    temperature);
-  if (rows > 0x7fffffff) throw std::invalid_argument("logit_stats: rows = " + std::to_string(rows) + " must be < 2^31");
-  if (rows == 0) return;
-  const LogitTransform t = make_logit_transform(logit_scale, softcap, temperature);
+  bandpo::detail::check_logit_chunk("logit_stats", raw, chunk, options);
+  if (chunk.rows > 0x7fffffff)
+    throw std::invalid_argument("logit_stats: rows = " + std::to_string(chunk.rows) + " must be < 2^31");
+  if (chunk.rows == 0) return;
+  const LogitTransform t = make_logit_transform(options.logit_scale, options.softcap, options.temperature);
   detail::with_logit_type(dtype, "logit_stats", [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    detail::logit_stats_kernel<T><<<static_cast<unsigned>(rows), detail::kBlockThreads, 0, stream>>>(
-        static_cast<const T*>(raw), vocab, row_stride, detail::rows_aligned(raw, row_stride, sizeof(T)), target,
-        ignore_index, t, logp, entropy);
+    const detail::RowsOf rows{chunk, detail::rows_aligned(raw, chunk.row_stride, sizeof(T)), options.ignore_index, t};
+    detail::logit_stats_kernel<T><<<static_cast<unsigned>(chunk.rows), detail::kBlockThreads, 0, stream>>>(
+        static_cast<const T*>(raw), rows, logp, entropy);
   });
   detail::throw_if_launch_failed("logit_stats");
 }
 
-void logit_grad(DType dtype, void* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                int64_t ignore_index, double logit_scale, double softcap, double temperature, const float* grad_logp,
-                const float* grad_entropy, const float* logp, const float* entropy, cudaStream_t stream) {
-  bandpo::detail::check_logit_chunk("logit_grad", rows, vocab, row_stride, raw, target, logit_scale, softcap,
-                                    temperature);
-  if (rows > 0x7fffffff) throw std::invalid_argument("logit_grad: rows = " + std::to_string(rows) + " must be < 2^31");
-  bandpo::detail::check_logit_outputs("logit_grad", logp, entropy);
-  if (rows == 0) return;
-  const LogitTransform t = make_logit_transform(logit_scale, softcap, temperature);
+void logit_grad(DType dtype, void* raw, const LogitChunk& chunk, const LogitOptions& options,
+                const LogitRowGrads& grads, cudaStream_t stream) {
+  bandpo::detail::check_logit_chunk("logit_grad", raw, chunk, options);
+  if (chunk.rows > 0x7fffffff)
+    throw std::invalid_argument("logit_grad: rows = " + std::to_string(chunk.rows) + " must be < 2^31");
+  bandpo::detail::check_logit_outputs("logit_grad", grads.logp, grads.entropy);
+  if (chunk.rows == 0) return;
+  const LogitTransform t = make_logit_transform(options.logit_scale, options.softcap, options.temperature);
   detail::with_logit_type(dtype, "logit_grad", [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    detail::logit_grad_kernel<T><<<static_cast<unsigned>(rows), detail::kBlockThreads, 0, stream>>>(
-        static_cast<T*>(raw), vocab, row_stride, detail::rows_aligned(raw, row_stride, sizeof(T)), target, ignore_index,
-        t, grad_logp, grad_entropy, logp, entropy);
+    const detail::RowsOf rows{chunk, detail::rows_aligned(raw, chunk.row_stride, sizeof(T)), options.ignore_index, t};
+    detail::logit_grad_kernel<T>
+        <<<static_cast<unsigned>(chunk.rows), detail::kBlockThreads, 0, stream>>>(static_cast<T*>(raw), rows, grads);
   });
   detail::throw_if_launch_failed("logit_grad");
 }

@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define BANDPO_ABI_VERSION 2 /* 2: arrays with shapes (bandpo_loss_layout), the tables, BANDPO_WRONG_DTYPE */
+#define BANDPO_ABI_VERSION 3 /* 3: the lm_head steps take structs; 2: arrays with shapes, the tables */
 
 /* In C++ the enums get int as their fixed underlying type (the size and values they have in C): a C caller
  * may pass any int in them (an out-of-range code is BANDPO_INVALID_ARGUMENT), and only with a fixed
@@ -119,25 +119,46 @@ bandpo_status bandpo_band_bounds(bandpo_dtype dtype, const void* old_logp, int64
 bandpo_status bandpo_band_loss(const bandpo_loss_inputs* inputs, const bandpo_options* options, double* loss,
                                float* metrics, void* grad_logp);
 
-/* Log-probs and entropy from raw float32 logits, for an lm_head the caller computes in chunks of rows (one
- * chunk of hidden @ W^T + b at a time, by any GEMM): row r's vocab logits at raw + r * row_stride
- * (row_stride >= vocab). With z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) /
- * temperature, logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log softmax(z),
- * in nats; rows with target[r] == ignore_index give 0. A target outside [0, vocab) otherwise is
- * BANDPO_INVALID_ARGUMENT naming its index. A row with a NaN or +inf logit gives NaN; a logit of -inf has
- * probability 0. */
-bandpo_status bandpo_logit_stats(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride,
-                                 const int64_t* target, int64_t ignore_index, double logit_scale, double softcap,
-                                 double temperature, float* logp, float* entropy);
+/* ---- The lm_head's chunk steps, for an lm_head the caller computes in chunks of rows (one chunk of
+ * hidden @ W^T + b at a time, by any GEMM) --------------------------------------------------------------------
+ * The options (tables.h's logit rows; defaults from bandpo_default_logit_options): the target that marks a row
+ * without a token, and the transform z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) /
+ * temperature. temperature finite > 0, softcap finite >= 0 (0: none), logit_scale finite nonzero. */
+typedef struct bandpo_logit_options {
+  int64_t ignore_index;
+  double logit_scale;
+  double softcap;
+  double temperature;
+} bandpo_logit_options;
+void bandpo_default_logit_options(bandpo_logit_options* options);
 
-/* The backward of bandpo_logit_stats: overwrites raw with d loss / d raw, given grad_logp[r] = d loss / d logp[r]
- * and grad_entropy[r] = d loss / d entropy[r] (either may be NULL: 0; ignored rows get 0). logp and entropy:
- * bandpo_logit_stats's outputs for these rows, or both NULL (given, each row is one pass over its logits, else
- * three). The caller then forms d hidden = d raw @ W, d W += d raw^T @ hidden and d b += d raw's column sums. */
-bandpo_status bandpo_logit_grad(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                                int64_t ignore_index, double logit_scale, double softcap, double temperature,
-                                const float* grad_logp, const float* grad_entropy, const float* logp,
-                                const float* entropy);
+/* A chunk: `rows` rows of `vocab` float32 logits, row r at raw + r * row_stride (row_stride >= vocab), and each
+ * row's target (in [0, vocab), or ignore_index). */
+typedef struct bandpo_logit_chunk {
+  int64_t rows, vocab, row_stride;
+  const int64_t* target;
+} bandpo_logit_chunk;
+
+/* logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log softmax(z), in nats; rows
+ * with target[r] == ignore_index give 0. A target outside [0, vocab) otherwise is BANDPO_INVALID_ARGUMENT
+ * naming its index. A row with a NaN or +inf logit gives NaN; a logit of -inf has probability 0. */
+bandpo_status bandpo_logit_stats(const float* raw, const bandpo_logit_chunk* chunk, const bandpo_logit_options* options,
+                                 float* logp, float* entropy);
+
+/* The backward's float32 [rows] inputs: grad_logp[r] = d loss / d logp[r], grad_entropy[r] = d loss /
+ * d entropy[r] (either may be NULL: 0), and logp, entropy: bandpo_logit_stats's outputs for these rows, or both
+ * NULL (given, each row is one pass over its logits, else three). */
+typedef struct bandpo_logit_row_grads {
+  const float* grad_logp;
+  const float* grad_entropy;
+  const float* logp;
+  const float* entropy;
+} bandpo_logit_row_grads;
+
+/* The backward of bandpo_logit_stats: overwrites raw with d loss / d raw (ignored rows get 0). The caller then
+ * forms d hidden = d raw @ W, d W += d raw^T @ hidden and d b += d raw's column sums. */
+bandpo_status bandpo_logit_grad(float* raw, const bandpo_logit_chunk* chunk, const bandpo_logit_options* options,
+                                const bandpo_logit_row_grads* grads);
 
 /* ---- Arrays as a caller holds them: the argument rules of every face -------------------------------------
  * A contiguous row-major array: its data, dtype and shape (ndim sizes). Absent (an optional argument not
@@ -169,8 +190,8 @@ typedef struct bandpo_loss_layout {
   int convert;
 } bandpo_loss_layout;
 
-/* The rules of band_loss's arguments, the same for the torch op, this ABI and bandpo.np (README, "Shapes and
- * dtypes"): BANDPO_WRONG_DTYPE or BANDPO_INVALID_ARGUMENT with a message naming the argument; the options
+/* The rules of band_loss's arguments, the same for the torch op, this ABI and bandpo.np (docs/design.md,
+ * "Inputs"): BANDPO_WRONG_DTYPE or BANDPO_INVALID_ARGUMENT with a message naming the argument; the options
  * are checked too. Reads no data. */
 bandpo_status bandpo_loss_layout_of(const bandpo_loss_arrays* arrays, const bandpo_options* options,
                                     bandpo_loss_layout* layout);
@@ -181,17 +202,17 @@ bandpo_status bandpo_band_bounds_array(const bandpo_array* old_logp, const bandp
                                        void* upper);
 
 /* The lm_head chunk steps' argument rules over arrays (`op` starts each message): raw [rows, vocab] float32,
- * its strides in elements (columns adjacent; rows apart by >= vocab), target [rows] int64. Writes the rows,
- * vocab and row_stride that bandpo_logit_stats / bandpo_logit_grad take. */
+ * its strides in elements (columns adjacent; rows apart by >= vocab), target [rows] int64. Fills the chunk
+ * that bandpo_logit_stats / bandpo_logit_grad take (its target: target's data). */
 bandpo_status bandpo_logit_chunk_layout(const char* op, const bandpo_array* raw, int64_t raw_row_stride,
-                                        int64_t raw_col_stride, const bandpo_array* target, int64_t* rows,
-                                        int64_t* vocab, int64_t* row_stride);
+                                        int64_t raw_col_stride, const bandpo_array* target, bandpo_logit_chunk* chunk);
 /* An optional float32 [rows] argument of bandpo_logit_grad (grad_logp, grad_entropy, logp, entropy; absent:
  * ndim -1), checked with a message naming it. */
 bandpo_status bandpo_check_row_values(const char* op, const char* name, const bandpo_array* values, int64_t rows);
 
 /* Checks options as every face does (a message naming the option). */
 bandpo_status bandpo_check_options(const bandpo_options* options);
+bandpo_status bandpo_check_logit_options(const bandpo_logit_options* options);
 
 /* ---- The tables of bandpo/tables.h, for faces that read options by name (the Python package does) ---------
  * Rows in order (a choice's index is its code). Every string is static. */
@@ -200,16 +221,16 @@ typedef enum bandpo_table BANDPO_ENUM_BASE {
   BANDPO_TABLE_AGGREGATIONS = 1,
   BANDPO_TABLE_KL_ESTIMATORS = 2,
   BANDPO_TABLE_METRICS = 3,
-  BANDPO_TABLE_OPTIONS = 4,  /* band_bounds' options, then band_loss's further ones (group 0 / 1) */
+  BANDPO_TABLE_OPTIONS = 4,  /* band_bounds', band_loss's further ones, the lm_head steps' (group 0 / 1 / 2) */
   BANDPO_TABLE_CONSTANTS = 5 /* constants of the per-token math that Python applies too */
 } bandpo_table;
 typedef struct bandpo_table_row {
   const char* name;          /* the choice, metric, option or constant (constants: their Python name) */
-  const char* type;          /* options: "float", "float?", "bool" or "str"; else "" */
+  const char* type;          /* options: "float", "float?", "bool", "int" or "str"; else "" */
   const char* default_value; /* options: the default as a schema / Python literal ("0.05", "\"kl\"", "None") */
   const char* scope;         /* options: "config" (a BandConfig field) or "call" (per call, e.g. normalizer) */
   const char* requirement;   /* options: what a valid value is ("in [1e-12, 1e+06]"); "" where any parse is */
-  int group;                 /* options: 0 band_bounds', 1 band_loss's further options */
+  int group;                 /* options: 0 band_bounds', 1 band_loss's further options, 2 the lm_head steps' */
   double value;              /* constants */
 } bandpo_table_row;
 /* Rows of a table; -1 for a code that is no table. */

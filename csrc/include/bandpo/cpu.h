@@ -41,25 +41,21 @@ void band_loss_backward_cpu(const LossInputs& inputs, const LossOptions& options
 LossResult band_loss_cpu(const LossInputs& inputs, const LossOptions& options, void* grad_logp,
                          const ParallelFor& parallel_for = {});
 
-// Log-probs and entropy from raw logits, for an lm_head computed in chunks (one chunk of rows of
-// hidden @ W^T + b at a time, by any GEMM): rows of `vocab` float32 logits at raw + r * row_stride. With the
-// transform z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) / temperature (bandpo/
-// logit_stats.h), logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log softmax(z),
-// in nats; rows with target[r] == ignore_index give 0. Targets must lie in [0, vocab) otherwise: the call
-// throws std::invalid_argument naming the first that does not (also for bad sizes and options). A row with a NaN
-// or +inf logit gives NaN; a logit of -inf has probability 0 (adds nothing to the entropy or the gradient).
-void logit_stats_cpu(const float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                     int64_t ignore_index, double logit_scale, double softcap, double temperature, float* logp,
+// Log-probs and entropy from raw float32 logits, for an lm_head computed in chunks (one chunk of rows of
+// hidden @ W^T + b at a time, by any GEMM): the chunk's rows at raw (inputs.h LogitChunk). With the transform
+// z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) / temperature (options.h LogitOptions,
+// bandpo/logit_stats.h), logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log
+// softmax(z), in nats; rows with target[r] == ignore_index give 0. Targets must lie in [0, vocab) otherwise:
+// the call throws std::invalid_argument naming the first that does not (also for bad sizes and options). A row
+// with a NaN or +inf logit gives NaN; a logit of -inf has probability 0 (adds nothing to the entropy or the
+// gradient).
+void logit_stats_cpu(const float* raw, const LogitChunk& chunk, const LogitOptions& options, float* logp,
                      float* entropy, const ParallelFor& parallel_for = {});
 
-// The backward of logit_stats_cpu: overwrites raw with d loss / d raw, given grad_logp[r] = d loss / d logp[r]
-// and grad_entropy[r] = d loss / d entropy[r] (either may be null: 0; ignored rows get 0). logp and entropy are
-// logit_stats_cpu's outputs for these rows, or null: given both, each row is one pass (its sums follow from
-// them), else three. The caller then forms d hidden = d raw @ W, d W += d raw^T @ hidden, d b += the column sums
-// of d raw.
-void logit_grad_cpu(float* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                    int64_t ignore_index, double logit_scale, double softcap, double temperature,
-                    const float* grad_logp, const float* grad_entropy, const float* logp, const float* entropy,
+// The backward of logit_stats_cpu: overwrites raw with d loss / d raw, given the rows' upstream gradients and,
+// when kept, their logit_stats_cpu outputs (inputs.h LogitRowGrads; ignored rows get 0). The caller then forms
+// d hidden = d raw @ W, d W += d raw^T @ hidden, d b += the column sums of d raw.
+void logit_grad_cpu(float* raw, const LogitChunk& chunk, const LogitOptions& options, const LogitRowGrads& grads,
                     const ParallelFor& parallel_for = {});
 
 // The library's version, "MAJOR.MINOR.PATCH" (BANDPO_VERSION_STRING of the build, for run-time checks).

@@ -24,15 +24,22 @@
 namespace bandpo {
 namespace cuda {
 
+// A device buffer the caller allocates for a call's scratch data (CUB's pattern: its size comes from the
+// matching *_workspace_bytes query; 16-byte aligned). Nothing in it outlives the call's work on the stream.
+struct DeviceBuffer {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
 // Device workspace (bytes) that band_bounds needs for these options: 0, except for "kl" on float32, bfloat16
 // and float16, where the call first builds the per-delta table the bounds are read from (kl_table.h; about
 // 260 KB at delta = 0.05, at most about 360 KB).
 size_t bounds_workspace_bytes(DType dtype, const BoundOptions& options);
 
 // lower/upper[i] = Band bounds of old_logp[i] for n tokens of `dtype` (device pointers). `workspace`: at least
-// bounds_workspace_bytes(), 16-byte aligned (may be null where that is 0).
+// bounds_workspace_bytes() (may be empty where that is 0).
 void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
-                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                 DeviceBuffer workspace, cudaStream_t stream);
 
 // The same without a workspace: "kl" then solves for every token (exact, several times slower on float inputs).
 void band_bounds(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower, void* upper,
@@ -43,29 +50,27 @@ size_t loss_workspace_bytes(const LossInputs& inputs, const LossOptions& options
 
 // Forward. Writes the aggregated loss (one value of inputs.dtype) to `loss`, kNumMetrics floats (order: the
 // Metric enum) to `metrics`, and, if not null, the number of valid positions holding bad values to
-// `invalid_count` (one int64). `workspace`: at least loss_workspace_bytes(), 16-byte aligned.
+// `invalid_count` (one int64). `workspace`: at least loss_workspace_bytes().
 void band_loss_forward(const LossInputs& inputs, const LossOptions& options, void* loss, float* metrics,
-                       int64_t* invalid_count, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                       int64_t* invalid_count, DeviceBuffer workspace, cudaStream_t stream);
 
 // Backward: grad_logp (inputs.dtype, rows * cols) = grad_loss[0] * d loss / d logp, where grad_loss is one
 // double in device memory (so that the incoming gradient is never read on the host).
 void band_loss_backward(const LossInputs& inputs, const LossOptions& options, const double* grad_loss, void* grad_logp,
-                        void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                        DeviceBuffer workspace, cudaStream_t stream);
 
 // The lm_head statistics of one chunk of raw logits on the device, the CUDA side of cpu.h logit_stats_cpu /
-// logit_grad_cpu (same transform, outputs and gradient): raw [rows, vocab] of `dtype` (float32, bfloat16 or
-// float16: the GEMM's output as it is) at raw + r * row_stride elements; logp, entropy, grad_logp and
-// grad_entropy float32 [rows]. A target neither in [0, vocab) nor ignore_index gives NaN in its row (the
-// device cannot raise without a synchronisation). One block per row, rows < 2^31.
-void logit_stats(DType dtype, const void* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                 int64_t ignore_index, double logit_scale, double softcap, double temperature, float* logp,
+// logit_grad_cpu (same transform, outputs and gradient): raw of `dtype` (float32, bfloat16 or float16: the
+// GEMM's output as it is), its rows as `chunk` says; logp, entropy and the LogitRowGrads float32 [rows]. A target
+// neither in [0, vocab) nor ignore_index gives NaN in its row (the device cannot raise without a
+// synchronisation). One block per row, rows < 2^31.
+void logit_stats(DType dtype, const void* raw, const LogitChunk& chunk, const LogitOptions& options, float* logp,
                  float* entropy, cudaStream_t stream);
 
-// Overwrites raw with d loss / d raw (in raw's dtype); grad_logp / grad_entropy may be null (0); logp and
-// entropy (the rows' logit_stats outputs) may both be null, and then each row is read twice instead of once.
-void logit_grad(DType dtype, void* raw, int64_t rows, int64_t vocab, int64_t row_stride, const int64_t* target,
-                int64_t ignore_index, double logit_scale, double softcap, double temperature, const float* grad_logp,
-                const float* grad_entropy, const float* logp, const float* entropy, cudaStream_t stream);
+// Overwrites raw with d loss / d raw (in raw's dtype); without the rows' logp and entropy in `grads`, each row
+// is read twice instead of once.
+void logit_grad(DType dtype, void* raw, const LogitChunk& chunk, const LogitOptions& options,
+                const LogitRowGrads& grads, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace bandpo

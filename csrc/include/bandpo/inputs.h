@@ -1,4 +1,5 @@
-// The inputs of band_loss as raw buffers, shared by the CPU and CUDA entry points (cpu.h, cuda.h).
+// The inputs of band_loss and of the lm_head's chunk steps as raw buffers, shared by the CPU and CUDA entry points
+// (cpu.h, cuda.h).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,26 @@ struct LossInputs {
   const void* mask = nullptr;  // uint8/bool 0-1 (MaskKind::boolean) or weights of `dtype` (values)
   MaskKind mask_kind = MaskKind::none;
   const void* ref_logp = nullptr;  // required when kl_coef != 0
+};
+
+// One chunk of an lm_head's raw logits (cpu.h logit_stats_cpu / logit_grad_cpu, cuda.h logit_stats / logit_grad):
+// `rows` rows of `vocab` logits, row r at raw + r * row_stride elements (row_stride >= vocab), and each row's
+// target token, in [0, vocab) or the options' ignore_index.
+struct LogitChunk {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  int64_t row_stride = 0;
+  const int64_t* target = nullptr;
+};
+
+// The gradient step's float32 [rows] inputs: d loss / d logp and d loss / d entropy of each row (null: 0), and
+// the rows' own logit_stats outputs logp and entropy (both, or both null; given, each row is one pass over its
+// logits instead of three).
+struct LogitRowGrads {
+  const float* grad_logp = nullptr;
+  const float* grad_entropy = nullptr;
+  const float* logp = nullptr;
+  const float* entropy = nullptr;
 };
 
 }  // namespace bandpo

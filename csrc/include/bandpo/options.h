@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -52,6 +53,11 @@ struct LossOptions {
   BoundOptions bounds;
   BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION_FIELD)
 };
+
+// The lm_head chunk steps' options: the ignored target and the logits' transform (logit_stats.h).
+struct LogitOptions {
+  BANDPO_LOGIT_OPTION_TABLE(BANDPO_OPTION_FIELD)
+};
 #undef BANDPO_OPTION_FIELD
 
 // What the faces need to know of an option to read it from their callers (tables.h's columns).
@@ -76,6 +82,10 @@ void for_each_option(LossOptions& lo, Visit&& visit) {
   LossOptions& o = lo;
   BANDPO_LOSS_OPTION_TABLE(BANDPO_VISIT_OPTION)
 }
+template <class Visit>
+void for_each_option(LogitOptions& o, Visit&& visit) {
+  BANDPO_LOGIT_OPTION_TABLE(BANDPO_VISIT_OPTION)
+}
 #undef BANDPO_VISIT_OPTION
 
 // An optional option as a face receives it: absent gives `absent` (the C++ default, a sentinel); a present
@@ -88,8 +98,6 @@ inline double optional_option(const OptionInfo& info, bool present, double value
 
 // Number of floats in the metrics vector of band_loss, and their order (tables.h).
 enum Metric : int { BANDPO_METRIC_TABLE(BANDPO_ENUM_VALUE) kNumMetrics };
-
-const char* metric_name(int index);
 
 // Names <-> codes of the choice options; parse_* throw std::invalid_argument naming the option.
 Divergence parse_divergence(const std::string& name);
@@ -109,10 +117,12 @@ inline const char* choice_name(KlEstimator e) { return kl_estimator_name(e); }
 // The torch schema of the options (", str divergence=\"kl\", float delta=0.05, ..."), from tables.h.
 std::string bound_options_schema();
 std::string loss_options_schema();
+std::string logit_options_schema();
 
 // Throw std::invalid_argument naming the offending option.
 void validate(const BoundOptions& options);
 void validate(const LossOptions& options);
+void validate(const LogitOptions& options);
 
 template <class C>
 BoundParams<C> to_params(const BoundOptions& o) {

@@ -1,14 +1,14 @@
 // The single definition of every option, choice and metric of band_bounds / band_loss (X-macro tables).
 //
 // Everything else is generated from these rows: the C++ option structs and their defaults (options.h), the
-// enums and their names, the torch schema strings and the unboxing of the torch op's arguments
-// (csrc/torch), the keyword arguments of the numpy face, the C ABI's option translation (c_api.cpp; the C
-// struct in bandpo.h is checked against these rows at compile time), and the Python side (bandpo/_tables.py
-// reads this file, shipped in the wheel, so that BandConfig, bandpo.reference and the fake kernels share
-// these defaults without a compiled module). Adding an option: one row here, the math that uses it, the C
-// struct field in bandpo.h and, if users set it through BandConfig, nothing else (BandConfig reads the rows).
+// enums and their names, the torch schema strings and the unboxing of the torch ops' arguments (csrc/torch),
+// the C ABI's option structs (bandpo.h: checked against these rows at compile time, c_api.cpp) and its
+// tables, through which the Python side reads the rows (bandpo/_tables.py calls bandpo_table_get), so that
+// BandConfig, bandpo.reference, the lm_head, the fake kernels and the numpy face share these defaults and
+// these checks. Adding an option: one row here, the math that uses it, the C struct field in bandpo.h and,
+// if users set it through BandConfig, nothing else (BandConfig reads the rows).
 //
-// Format (parsed by bandpo/_tables.py: keep one row per line, no comments inside the macro bodies):
+// Format (no comments inside the macro bodies):
 //   BANDPO_OPTION(name, C++ type, schema type, schema default, C++ default, scope, valid, requirement)
 //     scope: config = a field of BandConfig; call = passed per call (band_loss(..., normalizer=...)).
 //     The schema default is the torch schema literal (also a Python literal); the C++ default is the same
@@ -67,6 +67,18 @@
                 std::isnan(v) || (v >= kNormalizerMin && v <= kNormalizerMax), "a count in [1e-06, 1e+18] (or None)") \
   BANDPO_OPTION(kl_coef, double, "float", "0.0", 0.0, config, std::fabs(v) <= kKlCoefMax, "in [-1e+06, 1e+06]")       \
   BANDPO_OPTION(kl_estimator, KlEstimator, "str", "\"k3\"", KlEstimator::k3, config, true, "")
+
+// Options of the lm_head's chunk steps (logit_chunk_stats / logit_chunk_grad_, linear_logprob_entropy, the C ABI's
+// bandpo_logit_stats / bandpo_logit_grad), in schema order: the target that marks a position without a token, and
+// the transform of the raw logits, z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) /
+// temperature (logit_stats.h).
+#define BANDPO_LOGIT_OPTION_TABLE(BANDPO_OPTION)                                              \
+  BANDPO_OPTION(ignore_index, int64_t, "int", "-100", -100, call, true, "")                   \
+  BANDPO_OPTION(logit_scale, double, "float", "1.0", 1.0, call, std::isfinite(v) && v != 0.0, \
+                "a finite nonzero number")                                                    \
+  BANDPO_OPTION(softcap, double, "float", "0.0", 0.0, call, std::isfinite(v) && v >= 0.0,     \
+                "a finite number >= 0 (0: none)")                                             \
+  BANDPO_OPTION(temperature, double, "float", "1.0", 1.0, call, std::isfinite(v) && v > 0.0, "a finite number > 0")
 
 // The metrics of band_loss, in the order of its metrics vector.
 //   pg_clipfrac:    valid tokens whose clipped loss exceeds the unclipped (verl's pg_clipfrac)

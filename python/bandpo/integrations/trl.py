@@ -61,10 +61,12 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import BandConfig
+from ..lm_head import LogitOptions
 from .. import rules
 from ._weights import weighted_mask
 
 _BAND_DEFAULTS = BandConfig()
+_LOGIT_DEFAULTS = LogitOptions()  # the lm_head options' defaults (tables.h)
 SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 # Model inputs TRL passes through to the forward for vision-language models.
 _MULTIMODAL_KEYS = (
@@ -163,10 +165,10 @@ class _BandpoChunkedLogProb:
         weight,
         bias,
         targets,
-        temperature=1.0,
+        temperature=_LOGIT_DEFAULTS.temperature,
         chunk_size=None,
         softcap=None,
-        logit_scale=1.0,
+        logit_scale=_LOGIT_DEFAULTS.logit_scale,
         outputs=("log_probs",),
     ):
         from ..lm_head import linear_logprob_entropy
