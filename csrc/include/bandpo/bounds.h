@@ -9,22 +9,13 @@
 // smallest and largest ratio r with g_f(p, s) <= delta, where the other tokens share the remaining mass
 // 1 - p in their old proportions (the least-divergent completion).
 //
-// KL(pi_old || pi_new) has no closed form. Both sides reduce to one problem: with weights a + b = 1 and
-// w = log of the ratio of the side that shrinks,
-//     F(w) = -a w - b log1p(-(a/b) expm1(w)) = delta,   w < 0,
-// where the lower bound is (a, b) = (p, 1-p), r = e^w, and the upper bound is the lower bound of the
-// complement, (a, b) = (1-p, p), r = 1 - ((1-p)/p) expm1(w). F is convex and decreasing on w < 0, with
-//     F' = a expm1(w) / (b - a expm1(w)),   F'' = a b e^w / (b - a expm1(w))^2.
-// Start: both -sqrt(2 delta b/a) (from F <= F''(0) w^2 / 2) and -delta/a (from F <= -a w) lie right of
-// the root, and the smaller is within a few percent of it over the whole domain; Halley steps from there
-// reach the double-precision root in 3 steps and the float one in 2 (checked against a 50-digit
-// reference in tests/test_exactness.py). Each step costs one expm1 and one log1p and no branch.
+// KL has no closed form: its bounds, solved or read from a table, are bandpo/kl.h's.
 #pragma once
 
 #include <type_traits>
 
 #include "bandpo/config.h"
-#include "bandpo/kl_table.h"
+#include "bandpo/kl.h"
 #include "bandpo/math.h"
 #include "bandpo/tables.h"
 
@@ -58,100 +49,6 @@ struct BoundParams {
   KlTable kl_table;
 };
 
-template <class C>
-struct RatioBounds {
-  C lower;
-  C upper;
-};
-
-namespace detail {
-
-template <class C>
-struct KlSteps;
-template <>
-struct KlSteps<double> {
-  static constexpr int kHalleySteps = 3;
-};
-template <>
-struct KlSteps<float> {
-  static constexpr int kHalleySteps = 2;
-};
-
-// Roots w < 0 of F(w) = delta for N problems (a[k], b[k]) at once (a + b = 1, both > 0). Several problems
-// are stepped in lockstep because each Halley step is a long dependent chain (expm1 -> log1p -> divide):
-// interleaved, the CPU overlaps the chains of the lower and the upper bound instead of waiting on each.
-//
-// The Halley step N / (1 - N H), with N = (F - delta) / F' and H = F'' / (2 F'), written over one division:
-//   g = F - delta,  step = 2 g (b - a em) em / (2 a em^2 - g b e^w);
-// where that denominator falls below a em^2 (Halley would more than double the Newton step, far from the
-// root) the Newton step is taken instead (denominator 2 a em^2).
-template <class C, int N>
-BANDPO_HD void kl_shrink_log_ratios(const C (&a)[N], const C (&b)[N], C delta, C (&w)[N]) {
-  using math::max;
-  using math::min;
-  using math::select;
-  C a_over_b[N];
-  bool b_term_live[N];
-  BANDPO_UNROLL
-  for (int k = 0; k < N; ++k) {
-    a_over_b[k] = a[k] / b[k];
-    w[k] = min(-math::sqrt(C(2) * delta / a_over_b[k]), -delta / a[k]);
-    // Past exp's underflow the ratio is 0 either way; a finite start keeps the steps free of inf - inf.
-    w[k] = max(w[k], math::FloatTraits<C>::kExpMin);
-    // b log1p(z) -> 0 as b -> 0 (z ~ 1/b): taken as 0 where z is no longer finite (b = +-0 or subnormal).
-    b_term_live[k] = (b[k] > C(0)) & (a_over_b[k] < C(INFINITY));
-  }
-  BANDPO_UNROLL
-  for (int step = 0; step < KlSteps<C>::kHalleySteps; ++step) {
-    BANDPO_UNROLL
-    for (int k = 0; k < N; ++k) {
-      const C em = math::expm1(w[k]);
-      const C z = a_over_b[k] * -em;
-      const C g = -a[k] * w[k] - select(b_term_live[k], b[k] * math::log1p(z), C(0)) - delta;
-      const C a_em2 = a[k] * em * em;
-      const C g_b_e = g * b[k] * (C(1) + em);
-      const C den = select(a_em2 < g_b_e, C(2) * a_em2, C(2) * a_em2 - g_b_e);
-      // Kept in [kExpMin, 0]: left of kExpMin e^w is 0 and expm1(w) is -1, so the ratio is the same there,
-      // and a step from a root far left of it (a huge delta / p) overflows to -inf, then to NaN.
-      w[k] = max(min(w[k] - C(2) * g * (b[k] - a[k] * em) * em / den, C(0)), math::FloatTraits<C>::kExpMin);
-    }
-  }
-}
-
-template <class C>
-BANDPO_HD C kl_shrink_log_ratio(C a, C b, C delta) {
-  const C as[1] = {a};
-  const C bs[1] = {b};
-  C w[1];
-  kl_shrink_log_ratios(as, bs, delta, w);
-  return w[0];
-}
-
-}  // namespace detail
-
-// KL(pi_old || pi_new) bounds for p = exp(log_p), q = 1 - p (q computed as -expm1(log_p) by the caller).
-// At p = 0 and q = 0 the formulas meet 0 * inf; the selects return their exact limits (0/inf and
-// e^-delta-solution/1), which is also where the continuous formulas tend.
-template <class C>
-BANDPO_HD C kl_lower_from_root(C p, C w_lower) {
-  return math::select(p > C(0), math::exp(w_lower), C(0));
-}
-
-template <class C>
-BANDPO_HD C kl_upper_from_root(C p, C q, C w_upper) {
-  const C upper = math::select(q > C(0), C(1) - (q / p) * math::expm1(w_upper), C(1));
-  return math::select(p > C(0), upper, C(INFINITY));
-}
-
-template <class C>
-BANDPO_HD RatioBounds<C> kl_bounds(C p, C q, C delta) {
-  const C a[2] = {p, q};  // lower bound: the token shrinks; upper bound: the rest shrinks
-  const C b[2] = {q, p};
-  C w[2];
-  detail::kl_shrink_log_ratios(a, b, delta, w);
-  return RatioBounds<C>{kl_lower_from_root(p, w[0]), kl_upper_from_root(p, q, w[1])};
-}
-
 // DCPO's dynamic-adaptive clipping (Yang et al. 2025, arXiv 2509.02333), from the old probability p:
 //   lower = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0)),   upper = 1/2 + 1/2 sqrt(1 + 4 eps_high / p),
 // the roots of r (1 - r) p = eps_low and r (r - 1) p = eps_high: the token's probability may move by about
@@ -182,10 +79,10 @@ BANDPO_HD C dcpo_upper(C lp, const BoundParams<C>& prm) {
   return math::select(prm.dcpo_sqrt_four_eps_high == C(0), C(1), C(0.5) + C(0.5) * root);
 }
 
-// Whether the KL bounds come from the table: float compute with a table given.
+// Whether the KL bounds come from the table: float compute with a table given (kl.h).
 template <class C>
 BANDPO_HD bool uses_kl_table(const BoundParams<C>& prm) {
-  return std::is_same<C, float>::value && prm.divergence == Divergence::kl && prm.kl_table.coeffs != nullptr;
+  return prm.divergence == Divergence::kl && kl_reads_table<C>(prm.kl_table);
 }
 
 // Raw bounds before relax and caps: the Band bounds clamped to the simplex r in [0, 1/p], the fixed clip
@@ -195,10 +92,7 @@ BANDPO_HD RatioBounds<C> divergence_bounds(C lp, C p, C q, const BoundParams<C>&
   RatioBounds<C> b;
   switch (prm.divergence) {
     case Divergence::kl:
-      if constexpr (std::is_same<C, float>::value) {
-        if (prm.kl_table.coeffs != nullptr) return kl_table_bounds<RatioBounds<C>>(lp, prm.kl_table);
-      }
-      return kl_bounds(p, q, prm.delta);
+      return kl_token_bounds(lp, p, q, prm.delta, prm.kl_table);
     case Divergence::tv: {
       const C half_width = prm.delta / p;  // |s - p| <= delta
       b.lower = C(1) - half_width;
@@ -264,8 +158,7 @@ BANDPO_HD RatioBounds<C> token_bounds(C old_logp, const BoundParams<C>& prm) {
   return finish_bounds(divergence_bounds(lp, math::exp(lp), rest_mass(lp), prm), lp, prm);
 }
 
-// The bounds of two tokens at once. For KL the four root-findings run in lockstep, which on an out-of-order
-// CPU is 1.3-1.8x faster per token than one token at a time (see kl_shrink_log_ratios).
+// The bounds of two tokens at once. For KL the four root-findings run in lockstep (kl.h kl_bounds_pair).
 // (Returned by value: output references would keep the results in memory and stop vectorisation.)
 template <class C>
 struct BoundsPair {
@@ -278,15 +171,8 @@ BANDPO_HD BoundsPair<C> token_bounds_pair(C old_logp0, C old_logp1, const BoundP
     return BoundsPair<C>{token_bounds(old_logp0, prm), token_bounds(old_logp1, prm)};
   }
   const C lp0 = sanitize_old_logp(old_logp0), lp1 = sanitize_old_logp(old_logp1);
-  const C p0 = math::exp(lp0), q0 = rest_mass(lp0);
-  const C p1 = math::exp(lp1), q1 = rest_mass(lp1);
-  const C a[4] = {p0, q0, p1, q1};
-  const C b[4] = {q0, p0, q1, p1};
-  C w[4];
-  detail::kl_shrink_log_ratios(a, b, prm.delta, w);
-  return BoundsPair<C>{
-      finish_bounds(RatioBounds<C>{kl_lower_from_root(p0, w[0]), kl_upper_from_root(p0, q0, w[1])}, lp0, prm),
-      finish_bounds(RatioBounds<C>{kl_lower_from_root(p1, w[2]), kl_upper_from_root(p1, q1, w[3])}, lp1, prm)};
+  const KlBoundsPair<C> k = kl_bounds_pair(math::exp(lp0), rest_mass(lp0), math::exp(lp1), rest_mass(lp1), prm.delta);
+  return BoundsPair<C>{finish_bounds(k.first, lp0, prm), finish_bounds(k.second, lp1, prm)};
 }
 
 // Only the upper (or only the lower) bound: for KL this is one root-finding instead of two.
@@ -296,14 +182,8 @@ BANDPO_HD C token_bound_one_side(C old_logp, bool upper_side, const BoundParams<
   const C p = math::exp(lp);
   const C q = rest_mass(lp);
   RatioBounds<C> b;
-  if (uses_kl_table(prm)) {
-    if constexpr (std::is_same<C, float>::value) {
-      b.lower = b.upper = kl_table_bound_one_side(lp, upper_side, prm.kl_table);
-    }
-  } else if (prm.divergence == Divergence::kl) {
-    const C w = detail::kl_shrink_log_ratio(math::select(upper_side, q, p), math::select(upper_side, p, q), prm.delta);
-    b.lower = kl_lower_from_root(p, w);
-    b.upper = kl_upper_from_root(p, q, w);
+  if (prm.divergence == Divergence::kl) {
+    b.lower = b.upper = kl_token_bound_one_side(lp, p, q, upper_side, prm.delta, prm.kl_table);
   } else {
     b = divergence_bounds(lp, p, q, prm);
   }

@@ -21,7 +21,7 @@
 // Interval 0 and the last one are those limits (constant cubics), so that out-of-range positions need no
 // branch: their index is clamped onto them.
 //
-// Each interval's cubics interpolate exact float64 solves (bounds.h kl_shrink_log_ratios) at the 4 Chebyshev
+// Each interval's cubics interpolate exact float64 solves (kl.h kl_shrink_log_ratios) at the 4 Chebyshev
 // nodes of the interval. At this resolution the interpolation error is below float's own rounding: over
 // delta in [1e-12, 1e6] and lp across float's range the bounds stay within 3.1e-7 of the exact ones
 // (tests/test_kl_table.py; the test tolerance of the float path is 4e-6). The builder checks every interval

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "bandpo/bounds.h"
+#include "bandpo/kl.h"
 #include "bandpo/config.h"
 #include "bandpo/kl_table.h"
 #include "bandpo/math.h"

@@ -41,33 +41,14 @@ struct PolicyTerms {
 
 namespace detail {
 
-// KL(pi_old || pi_new) at ratio r = exp(log_ratio) with the rest of the mass rescaled:
-// -p log r - q log(1 - p (r - 1) / q); +inf where p r >= 1 (outside the simplex).
-template <class C>
-BANDPO_HD C kl_at_ratio(C p, C q, C log_ratio) {
-  const C arg = -p * math::expm1(log_ratio) / q;
-  // Selects one condition at a time (not (q > 0) & (arg < inf)): a combined mask feeding a select stops
-  // GCC's vectoriser here.
-  C rest = math::select(arg < C(INFINITY), q * math::log1p(math::max(arg, C(-1))), C(0));
-  rest = math::select(q > C(0), rest, C(0));
-  return math::select(arg <= C(-1), C(INFINITY), -p * log_ratio - rest);
-}
-
 // Whether r lies beyond the divergence's own bound (before relax and caps) on one side: above the upper
-// bound when upper_side, below the lower one otherwise. For KL solved exactly this needs no bound at all
-// (KL at r above delta, the same test on both sides); from the float table (kl_table.h) it compares the
-// log-ratio with the log of the side asked for, which costs no exp. The predicates combine with & and | rather than && and ||: without short-circuit
-// branches they if-convert, and the token loops vectorise.
+// bound when upper_side, below the lower one otherwise (KL: kl.h kl_beyond_bound, which needs no solve for the
+// bound). The predicates combine with & and | rather than && and ||: without short-circuit branches they
+// if-convert, and the token loops vectorise.
 template <class C>
 BANDPO_HD bool beyond_divergence_bound(C lp, C p, C q, C r, C log_ratio, bool upper_side, const BoundParams<C>& prm) {
-  if (uses_kl_table(prm)) {
-    if constexpr (std::is_same<C, float>::value) {
-      const C log_bound = kl_table_log_bound_one_side(lp, upper_side, prm.kl_table);
-      return (upper_side & (log_ratio > log_bound)) | (!upper_side & (log_ratio < log_bound));
-    }
-  }
   if (prm.divergence == Divergence::kl) {
-    return kl_at_ratio(p, q, log_ratio) > prm.delta;
+    return kl_beyond_bound(lp, p, q, log_ratio, upper_side, prm.delta, prm.kl_table);
   }
   const RatioBounds<C> b = divergence_bounds(lp, p, q, prm);
   return (upper_side & (r > b.upper)) | (!upper_side & (r < b.lower));
