@@ -29,9 +29,15 @@ class _BandConfigMethods:
         return cls(**{**PRESETS[name], **changes})
 
     @classmethod
-    def clip(cls, eps_low: float = 0.2, eps_high: float = 0.2, **kwargs: Any) -> "BandConfig":
-        """PPO's fixed clip (eps_high = 0.28 gives Clip-Higher)."""
-        return cls(divergence="clip", eps_low=eps_low, eps_high=eps_high, **kwargs)
+    def clip(cls, eps_low: Optional[float] = None, eps_high: Optional[float] = None, **kwargs: Any) -> "BandConfig":
+        """PPO's fixed clip, by default PRESETS["clip"]'s interval [0.8, 1.2] (eps_high = 0.28 gives Clip-Higher)."""
+        ppo = PRESETS["clip"]
+        return cls(
+            divergence="clip",
+            eps_low=ppo["eps_low"] if eps_low is None else eps_low,
+            eps_high=ppo["eps_high"] if eps_high is None else eps_high,
+            **kwargs,
+        )
 
     def bound_kwargs(self) -> dict:
         """Keyword arguments of ``torch.ops.bandpo.band_bounds``."""

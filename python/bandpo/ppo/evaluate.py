@@ -14,6 +14,7 @@ import torch
 
 from .rollout import sample
 from .task import Task
+from .._tables import DEFAULTS  # the sampling temperature's default: the lm_head option's
 
 PASS_AT = (1, 8, 16)  # the k of pass@k reported; the largest is also the number of samples per prompt
 
@@ -33,7 +34,12 @@ def metric_names(ks=PASS_AT) -> list[str]:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, task: Task, prompts: torch.Tensor, seed: int, temperature: float = 1.0, ks=PASS_AT
+    model: torch.nn.Module,
+    task: Task,
+    prompts: torch.Tensor,
+    seed: int,
+    temperature: float = DEFAULTS["temperature"],
+    ks=PASS_AT,
 ) -> dict:
     """{"pass@1": ..., "pass@8": ..., "pass@16": ..., "distinct@16": ...} over `prompts` (max(ks) samples each)."""
     n = max(ks)

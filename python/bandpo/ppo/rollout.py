@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .task import EOS
+from .._tables import DEFAULTS  # the sampling temperature's default: the lm_head option's
 
 
 @dataclass
@@ -29,7 +30,7 @@ def token_logprobs(
     model: torch.nn.Module,
     sequences: torch.Tensor,
     prompt_len: int,
-    temperature: float = 1.0,
+    temperature: float = DEFAULTS["temperature"],
     with_entropy: bool = False,
     fused_head: bool = False,
 ):
@@ -64,7 +65,7 @@ def sample(
     group_size: int,
     response_len: int,
     generator: torch.Generator,
-    temperature: float = 1.0,
+    temperature: float = DEFAULTS["temperature"],
 ) -> Rollout:
     """group_size samples per prompt (rows prompt-major: prompt i owns rows i*G .. i*G + G - 1)."""
     seqs = prompts.repeat_interleave(group_size, dim=0)

@@ -24,6 +24,7 @@ from .evaluate import evaluate
 from .rollout import Rollout, group_advantages, sample, token_logprobs
 from .settings import RunConfig
 from .task import Task
+from .._tables import DEFAULTS  # the sampling temperature's default: the lm_head option's
 
 PROB_BUCKETS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0 + 1e-9)  # old-probability buckets of the clip statistics
 
@@ -54,7 +55,7 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     config: BandConfig,
-    temperature: float = 1.0,
+    temperature: float = DEFAULTS["temperature"],
     ref_logp: Optional[torch.Tensor] = None,
     fused_head: bool = False,
 ):
