@@ -80,7 +80,7 @@ def band_loss(
 
     Raises ValueError for NaN at valid positions, a log-probability (logp, old_logp, ref_logp) above 1e-6 or
     an infinite advantage there (CPU; CUDA gives a NaN loss unless input checks are on), bad shapes or
-    options; TypeError for dtypes. See README.md for the exact formulas and the option ranges.
+    options; TypeError for dtypes. The exact formulas and the option ranges: docs/design.md.
     """
     _check_tensors(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp)
     cfg = resolve_config(config, overrides)

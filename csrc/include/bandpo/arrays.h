@@ -57,7 +57,7 @@ struct LossLayout {
   bool converts(LossArg a) const { return (convert >> a) & 1u; }
 };
 
-// The rules (README "Shapes and dtypes"): dtypes (bandpo::dtype_error naming the argument and the dtypes
+// The rules (docs/design.md, "The math", Inputs): dtypes (bandpo::dtype_error naming the argument and the dtypes
 // allowed), shapes ("old_logp must have the shape of logp [2, 5]; got [2, 3]"), the aggregation's 2-D
 // requirement, per-row advantages ([B] or [B, 1] for 2-D logp), mask kinds (bool/uint8 flags or float
 // weights, read in the compute dtype) and kl_coef's ref_logp; std::invalid_argument for the others. The
