@@ -20,7 +20,7 @@ t0=$SECONDS
 bash ci/wheel.sh
 bash ci/format.sh
 whl=$(ls -t dist/bandpo-*.whl | head -1)
-.venv/bin/python -m pip install -q -c ci/integrations-constraints.txt "$whl[verl,trl]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -c ci/integrations-constraints.txt "$whl[verl,trl,jax]" 2>&1 | grep -v "^WARNING: Location" || true
 BANDPO_REQUIRE_INTEGRATIONS=1 bash ci/wheel_check.sh "$whl" .venv torch==2.13.0
 bash ci/embed_check.sh
 bash ci/sanitize.sh

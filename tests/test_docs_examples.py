@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bandpo
+from conftest import require_package
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +44,7 @@ def batch() -> dict:
 
 
 def test_readme_has_the_blocks_this_file_runs():
-    assert len(readme_blocks("python")) == 3 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
+    assert len(readme_blocks("python")) == 4 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
 
 
 def test_readme_use_block_runs():
@@ -59,6 +60,14 @@ def test_readme_lm_head_block_runs():
     scope = {}
     exec(compile(block, "README.md (From hidden states)", "exec"), scope)
     assert scope["logp"].shape == (24,) and scope["out"].loss.dim() == 0 and "entropy" in scope["out"].metrics
+
+
+def test_readme_jax_block_runs():
+    require_package("jax")
+    (block,) = [b for b in readme_blocks("python") if "bandpo.jax" in b]
+    scope = {}
+    exec(compile(block, "README.md (In JAX)", "exec"), scope)
+    assert scope["grad"].shape == (4, 6) and bool((scope["grad"] != 0).any())
 
 
 def test_package_docstring_example_runs():

@@ -1,0 +1,256 @@
+// The CPU handlers of bandpo's JAX face (python/bandpo/jax.py): XLA FFI targets over the core's CPU entry points,
+// built against the header-only FFI API of the jaxlib present at build time (its binary interface is versioned
+// and stable across jaxlib releases). No Python C API: the library ships once for every Python.
+//
+//   bandpo_band_bounds          (old_logp) -> (lower, upper)
+//   bandpo_band_loss            (logp, old_logp, advantages, mask, ref_logp) -> (loss, metrics)
+//   bandpo_band_loss_backward   (grad_loss, logp, old_logp, advantages, mask, ref_logp) -> grad_logp
+//
+// Options arrive as attributes named as tables.h's rows (float64 for numbers, bool for flags, int32 codes for
+// choices; bandpo/jax.py checks and converts them with the C ABI first), read here through for_each_option, so
+// no option is listed twice. An absent mask or ref_logp is a size-0 placeholder with has_mask / has_ref_logp
+// false. The arguments' rules are the core's (bandpo/arrays.h): the same layout as every face, checked again
+// here, so that a handler called directly cannot read past a buffer.
+#include <cstdint>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "bandpo/arrays.h"
+#include "bandpo/cpu.h"
+#include "bandpo/dtypes.h"
+#include "bandpo/errors.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace bandpo {
+namespace jax {
+namespace {
+
+ElementType element_type(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32:
+      return ElementType::float32;
+    case ffi::DataType::F64:
+      return ElementType::float64;
+    case ffi::DataType::BF16:
+      return ElementType::bfloat16;
+    case ffi::DataType::F16:
+      return ElementType::float16;
+    case ffi::DataType::PRED:
+      return ElementType::boolean;
+    case ffi::DataType::U8:
+      return ElementType::uint8;
+    case ffi::DataType::S64:
+      return ElementType::int64;
+    default:
+      return ElementType::other;
+  }
+}
+
+// A buffer as the core's rules see it (its sizes held here).
+struct BufferDesc {
+  BufferDesc(const ffi::AnyBuffer& b, bool present) {
+    const auto dims = b.dimensions();
+    sizes.assign(dims.begin(), dims.end());
+    desc.present = present;
+    desc.type = element_type(b.element_type());
+    desc.ndim = static_cast<int>(sizes.size());
+    desc.shape = sizes.data();
+    desc.type_name = "a dtype bandpo does not take";
+  }
+  std::vector<int64_t> sizes;
+  ArrayDesc desc;
+};
+
+// The options from the call's attributes, by tables.h's rows; the core's validate() after.
+template <class Options>
+Options options_from(const ffi::Dictionary& attrs) {
+  Options o;
+  std::string missing;
+  for_each_option(o, [&](const OptionInfo& info, auto& field) {
+    using Field = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<Field, double>) {
+      const auto v = attrs.get<double>(info.name);
+      if (v.has_value())
+        field = *v;
+      else
+        missing = info.name;
+    } else if constexpr (std::is_same_v<Field, bool>) {
+      const auto v = attrs.get<bool>(info.name);
+      if (v.has_value())
+        field = *v;
+      else
+        missing = info.name;
+    } else if constexpr (std::is_same_v<Field, int64_t>) {
+      const auto v = attrs.get<int64_t>(info.name);
+      if (v.has_value())
+        field = *v;
+      else
+        missing = info.name;
+    } else {  // a choice, as its code (its row's index)
+      const auto v = attrs.get<int32_t>(info.name);
+      if (v.has_value())
+        field = static_cast<Field>(*v);
+      else
+        missing = info.name;
+    }
+  });
+  if (!missing.empty()) throw std::invalid_argument("attribute " + missing + " is missing or of the wrong type");
+  validate(o);  // choice codes out of range included
+  return o;
+}
+
+// Runs f, turning the core's exceptions into the FFI's errors (the message kept: jax raises it).
+template <class F>
+ffi::Error guarded(F&& f) {
+  try {
+    f();
+    return ffi::Error::Success();
+  } catch (const std::invalid_argument& e) {
+    return ffi::Error::InvalidArgument(e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(e.what());
+  }
+}
+
+// The loss's inputs from the five buffers, by the core's rules; the compute dtype must be each value buffer's
+// own (bandpo/jax.py converts where the layout says so).
+LossInputs loss_inputs(const ffi::AnyBuffer* in[5], const ffi::Dictionary& attrs, const LossOptions& options) {
+  const auto flag = [&](const char* name) {
+    const auto v = attrs.get<bool>(name);
+    if (!v.has_value()) throw std::invalid_argument(std::string("attribute ") + name + " is missing");
+    return *v;
+  };
+  const bool present[5] = {true, true, true, flag("has_mask"), flag("has_ref_logp")};
+  const BufferDesc d[5] = {BufferDesc(*in[0], present[0]), BufferDesc(*in[1], present[1]),
+                           BufferDesc(*in[2], present[2]), BufferDesc(*in[3], present[3]),
+                           BufferDesc(*in[4], present[4])};
+  const LossLayout layout = loss_layout(LossArrays{d[0].desc, d[1].desc, d[2].desc, d[3].desc, d[4].desc}, options);
+  if (layout.convert != 0)
+    throw std::invalid_argument("inputs must be converted to the compute dtype before the call (bandpo.jax does)");
+  LossInputs li;
+  li.dtype = layout.compute;
+  li.rows = layout.rows;
+  li.cols = layout.cols;
+  li.advantages_per_row = layout.advantages_per_row;
+  li.mask_kind = layout.mask_kind;
+  li.logp = in[0]->untyped_data();
+  li.old_logp = in[1]->untyped_data();
+  li.advantages = in[2]->untyped_data();
+  li.mask = present[3] ? in[3]->untyped_data() : nullptr;
+  li.ref_logp = present[4] ? in[4]->untyped_data() : nullptr;
+  return li;
+}
+
+// A double into the one element of `out`, rounded as the core's writers round (dtypes.h store).
+void store_scalar(ffi::Result<ffi::AnyBuffer>& out, DType dtype, double v) {
+  void* p = out->untyped_data();
+  switch (dtype) {
+    case DType::float32:
+      return store(static_cast<float*>(p), 0, v);
+    case DType::float64:
+      return store(static_cast<double*>(p), 0, v);
+    case DType::bfloat16:
+      return store(static_cast<bfloat16*>(p), 0, v);
+    case DType::float16:
+      return store(static_cast<float16*>(p), 0, v);
+  }
+}
+
+// The one element of a float buffer, as a double.
+double load_scalar(const ffi::AnyBuffer& b) {
+  if (b.element_count() != 1) throw std::invalid_argument("grad_loss must hold one value");
+  const DType dtype = float_dtype(BufferDesc(b, true).desc, "grad_loss");
+  const void* p = b.untyped_data();
+  switch (dtype) {
+    case DType::float32:
+      return static_cast<double>(*static_cast<const float*>(p));
+    case DType::float64:
+      return *static_cast<const double*>(p);
+    case DType::bfloat16:
+      return static_cast<double>(to_float(*static_cast<const bfloat16*>(p)));
+    case DType::float16:
+      return static_cast<double>(to_float(*static_cast<const float16*>(p)));
+  }
+  return 0.0;
+}
+
+void check_output(ffi::Result<ffi::AnyBuffer>& out, ffi::DataType type, size_t count, const char* name) {
+  if (out->element_type() != type || out->element_count() != count)
+    throw std::invalid_argument(std::string(name) + ": the output buffer does not match the inputs");
+}
+
+ffi::Error band_bounds_impl(ffi::AnyBuffer old_logp, ffi::Result<ffi::AnyBuffer> lower,
+                            ffi::Result<ffi::AnyBuffer> upper, ffi::Dictionary attrs) {
+  return guarded([&] {
+    const BoundOptions options = options_from<BoundOptions>(attrs);
+    const BufferDesc d(old_logp, true);
+    const DType dtype = float_dtype(d.desc, "old_logp");
+    const int64_t n = element_count(d.desc, "old_logp");
+    check_output(lower, old_logp.element_type(), static_cast<size_t>(n), "lower");
+    check_output(upper, old_logp.element_type(), static_cast<size_t>(n), "upper");
+    band_bounds_cpu(dtype, old_logp.untyped_data(), n, options, lower->untyped_data(), upper->untyped_data());
+  });
+}
+
+ffi::Error band_loss_impl(ffi::AnyBuffer logp, ffi::AnyBuffer old_logp, ffi::AnyBuffer advantages, ffi::AnyBuffer mask,
+                          ffi::AnyBuffer ref_logp, ffi::Result<ffi::AnyBuffer> loss,
+                          ffi::Result<ffi::AnyBuffer> metrics, ffi::Dictionary attrs) {
+  return guarded([&] {
+    const LossOptions options = options_from<LossOptions>(attrs);
+    const ffi::AnyBuffer* in[5] = {&logp, &old_logp, &advantages, &mask, &ref_logp};
+    const LossInputs li = loss_inputs(in, attrs, options);
+    check_output(loss, logp.element_type(), 1, "loss");
+    check_output(metrics, ffi::DataType::F32, kNumMetrics, "metrics");
+    const LossResult r = band_loss_forward_cpu(li, options);
+    store_scalar(loss, li.dtype, r.loss);
+    float* m = static_cast<float*>(metrics->untyped_data());
+    for (int i = 0; i < kNumMetrics; ++i) m[i] = r.metrics[i];
+  });
+}
+
+ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, ffi::AnyBuffer logp, ffi::AnyBuffer old_logp,
+                                   ffi::AnyBuffer advantages, ffi::AnyBuffer mask, ffi::AnyBuffer ref_logp,
+                                   ffi::Result<ffi::AnyBuffer> grad, ffi::Dictionary attrs) {
+  return guarded([&] {
+    const LossOptions options = options_from<LossOptions>(attrs);
+    const ffi::AnyBuffer* in[5] = {&logp, &old_logp, &advantages, &mask, &ref_logp};
+    const LossInputs li = loss_inputs(in, attrs, options);
+    check_output(grad, logp.element_type(), logp.element_count(), "grad_logp");
+    band_loss_backward_cpu(li, options, load_scalar(grad_loss), grad->untyped_data());
+  });
+}
+
+}  // namespace
+}  // namespace jax
+}  // namespace bandpo
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    bandpo_band_bounds, bandpo::jax::band_bounds_impl,
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss, bandpo::jax::band_loss_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attrs<ffi::Dictionary>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss_backward, bandpo::jax::band_loss_backward_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attrs<ffi::Dictionary>());

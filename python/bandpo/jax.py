@@ -1,0 +1,171 @@
+"""bandpo in JAX: the Band bounds and the fused BandPO loss as XLA FFI calls, under jax.jit, jax.grad and jax.vmap.
+
+    import jax, jax.numpy as jnp
+    import bandpo.jax as bj
+    loss, metrics = bj.band_loss(logp, old_logp, advantages, mask)                 # Band-KL, delta 0.05
+    grad = jax.grad(lambda x: bj.band_loss(x, old_logp, advantages, mask)[0])(logp)
+
+The kernels are the core library's CPU kernels (the torch op's on the CPU, bit for bit), called by XLA through
+the handlers of csrc/jax (libbandpo_jax.so, built against the FFI headers of the jaxlib present when the wheel
+was built; the FFI's binary interface is stable across jaxlib releases). The gradient is the core's analytic
+backward (band_loss_backward), through jax.custom_vjp; nothing N-sized is kept between forward and backward
+beyond the inputs. Arguments, shapes, dtypes and options follow the torch op's rules and are checked when the
+call is traced, by the same C ABI, with the same messages (TypeError / ValueError naming the argument). A bad
+value at a valid position (NaN, a log-probability above 1e-6, an infinite advantage) is found when the call runs:
+jax raises its runtime error with the core's message. Options are static (part of the traced call); a global
+normalizer for data parallelism is a static count too.
+
+Importing bandpo never imports jax; importing bandpo.jax needs jax and registers the handlers for the CPU.
+Only the CPU platform has handlers in this release.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _capi
+from ._tables import METRIC_NAMES
+from .config import BandConfig, resolve_config
+
+_TARGETS = ("bandpo_band_bounds", "bandpo_band_loss", "bandpo_band_loss_backward")
+
+
+def library_path() -> str:
+    """Path of the handler library (beside libbandpo in the installed package)."""
+    return os.path.join(os.path.dirname(_capi.library_path()), "libbandpo_jax.so")
+
+
+@functools.cache
+def _register() -> ctypes.CDLL:
+    path = library_path()
+    if not os.path.exists(path):
+        raise ImportError(
+            f"bandpo.jax: {path} is missing: this bandpo was built without jaxlib present, so it has no XLA FFI "
+            "handlers (the published wheel has them; a source build needs jaxlib installed when it runs)"
+        )
+    lib = ctypes.CDLL(path)
+    for name in _TARGETS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    return lib
+
+
+_register()
+
+
+class BandLoss(NamedTuple):
+    """Result of :func:`band_loss`: the loss (0-d, logp's dtype), the metrics by name (0-d float32 arrays of
+    METRIC_NAMES) and the same metrics as one float32 [8] array."""
+
+    loss: jax.Array
+    metrics: dict
+    metrics_tensor: jax.Array
+
+
+def _attributes(values: dict, rows) -> dict:
+    """Options as the handlers' attributes, by tables.h's rows: checked by the C ABI (TypeError / ValueError naming
+    the option, as every face), then float64 numbers, bool flags and int32 choice codes."""
+    struct = _capi.options(values)
+    attrs = {}
+    for row in rows:
+        name, kind = _capi._text(row.name), _capi._text(row.type)
+        value = getattr(struct, name)
+        attrs[name] = (
+            np.float64(value) if kind.startswith("float") else np.bool_(value) if kind == "bool" else np.int32(value)
+        )
+    return attrs
+
+
+def _describe(name: str, x) -> Optional[tuple]:
+    """(address, dtype name, shape) as _capi.loss_layout takes an array; None for an absent one."""
+    if x is None:
+        return None
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be a jax or numpy array, got {type(x).__name__}")
+    return (0, str(np.dtype(x.dtype)), tuple(int(d) for d in x.shape))
+
+
+def band_bounds(old_logp, config: Optional[BandConfig] = None, **overrides):
+    """Per-token ratio bounds (lower, upper), shaped and typed like ``old_logp`` (float32, float64, bfloat16 or
+    float16): as :func:`bandpo.band_bounds`. No gradient flows through the bounds."""
+    cfg = resolve_config(config, overrides)
+    old_logp = jnp.asarray(old_logp)
+    # the core's dtype rule, on an empty description of the array (no data is read)
+    keep: list = []
+    empty = _capi.describe(0, str(np.dtype(old_logp.dtype)), (0,), keep)
+    _capi.check(_capi.lib.bandpo_band_bounds_array(ctypes.byref(empty), ctypes.byref(_capi.options({})), None, None))
+    attrs = _attributes(cfg.bound_kwargs(), [r for r in _capi.OPTION_ROWS if r.group == 0])
+    out = jax.ShapeDtypeStruct(old_logp.shape, old_logp.dtype)
+    call = jax.ffi.ffi_call("bandpo_band_bounds", (out, out), vmap_method="broadcast_all")
+    return tuple(call(jax.lax.stop_gradient(old_logp), **attrs))
+
+
+def band_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask=None,
+    config: Optional[BandConfig] = None,
+    *,
+    normalizer: Optional[float] = None,
+    ref_logp=None,
+    **overrides,
+) -> BandLoss:
+    """The BandPO loss and its metrics, as :func:`bandpo.band_loss` gives them: the same arguments, shapes,
+    dtypes, options and aggregations (per-row advantages [B] or [B, 1], bool or float masks, mixed precision), the
+    same values bit for bit on the CPU. Differentiable w.r.t. ``logp`` (jax.grad, through the core's analytic
+    backward); the other inputs carry no gradient. ``normalizer``: a static count (Python number)."""
+    cfg = resolve_config(config, overrides)
+    values = {**cfg.loss_kwargs(), "normalizer": normalizer}
+    opts = _capi.options(values)
+    arrays = [logp, old_logp, advantages, mask, ref_logp]
+    names = ("logp", "old_logp", "advantages", "mask", "ref_logp")
+    arrays = [None if a is None else jnp.asarray(a) for a in arrays]
+    layout = _capi.loss_layout([_describe(n, a) for n, a in zip(names, arrays)], opts)
+    compute = jnp.dtype(_capi.FLOAT_DTYPE_NAMES[layout.compute_dtype])
+    converted = [a if a is None or not (layout.convert >> i) & 1 else a.astype(compute) for i, a in enumerate(arrays)]
+    attrs = _attributes(values, _capi.OPTION_ROWS)
+    attrs["has_mask"] = np.bool_(mask is not None)
+    attrs["has_ref_logp"] = np.bool_(ref_logp is not None)
+    placeholder = jnp.zeros((0,), compute)
+    args = [placeholder if a is None else a for a in converted]
+    key = tuple(sorted(attrs.items()))
+    loss, metrics = _band_loss(*args, key)
+    loss = loss.astype(arrays[0].dtype)
+    return BandLoss(loss, dict(zip(METRIC_NAMES, metrics)), metrics)
+
+
+def _forward(logp, old_logp, advantages, mask, ref_logp, key):
+    out = (jax.ShapeDtypeStruct((), logp.dtype), jax.ShapeDtypeStruct((len(METRIC_NAMES),), jnp.float32))
+    call = jax.ffi.ffi_call("bandpo_band_loss", out, vmap_method="sequential")
+    return tuple(call(logp, old_logp, advantages, mask, ref_logp, **dict(key)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _band_loss(logp, old_logp, advantages, mask, ref_logp, key):
+    return _forward(logp, old_logp, advantages, mask, ref_logp, key)
+
+
+def _band_loss_fwd(logp, old_logp, advantages, mask, ref_logp, key):
+    return _forward(logp, old_logp, advantages, mask, ref_logp, key), (logp, old_logp, advantages, mask, ref_logp)
+
+
+def _band_loss_bwd(key, inputs, cotangents):
+    grad_loss, _ = cotangents
+    logp = inputs[0]
+    call = jax.ffi.ffi_call(
+        "bandpo_band_loss_backward", jax.ShapeDtypeStruct(logp.shape, logp.dtype), vmap_method="sequential"
+    )
+    grad = call(jnp.asarray(grad_loss, logp.dtype), *inputs, **dict(key))
+    return (grad, None, None, None, None)
+
+
+_band_loss.defvjp(_band_loss_fwd, _band_loss_bwd)
+
+__all__ = ["BandLoss", "band_bounds", "band_loss", "library_path"]

@@ -1,0 +1,179 @@
+"""bandpo.jax (XLA FFI handlers over the core, csrc/jax) against the torch op on the same values: the bounds, the
+loss, its metrics and its gradient bit for bit on the CPU, under jit, grad and vmap, with the torch op's errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import bandpo
+from conftest import make_batch, require_package
+
+jax = require_package("jax")  # CI installs it (bandpo[jax]); elsewhere the module skips without it
+jax.config.update("jax_enable_x64", True)  # float64 cases (explicit dtypes everywhere else)
+import jax.numpy as jnp  # noqa: E402
+
+import bandpo.jax as bj  # noqa: E402
+
+TORCH_TO_JAX = {torch.float32: jnp.float32, torch.float64: jnp.float64, torch.bfloat16: jnp.bfloat16}
+
+
+def to_jax(t):
+    if t is None:
+        return None
+    if t.dtype == torch.bfloat16:
+        return jnp.asarray(t.float().numpy()).astype(jnp.bfloat16)
+    return jnp.asarray(t.detach().numpy())
+
+
+def to_numpy(x):
+    x = np.asarray(x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x)
+    return x
+
+
+def same(a, b):
+    """Bit for bit (NaN where NaN), a jax array against a torch tensor."""
+    want = b.detach().float().numpy() if b.dtype == torch.bfloat16 else b.detach().numpy()
+    return np.array_equal(to_numpy(a), want, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("divergence", bandpo.DIVERGENCES)
+def test_bounds_equal_the_torch_op(dtype, divergence):
+    _, old, *_ = make_batch(B=3, T=41, seed=2, dtype=dtype)
+    kw = {"divergence": divergence, "delta": 0.07, "relax_high_p": divergence == "kl"}
+    lo, hi = bj.band_bounds(to_jax(old), **kw)
+    want_lo, want_hi = bandpo.band_bounds(old, **kw)
+    assert lo.dtype == TORCH_TO_JAX[dtype] and lo.shape == old.shape
+    assert same(lo, want_lo) and same(hi, want_hi)
+
+
+CASES = [
+    ({}, "bool", False),
+    ({"agg": "seq-mean-token-mean", "dual_clip": 3.0}, "float", True),
+    ({"agg": "seq-mean-token-sum", "kl_coef": 0.05, "kl_estimator": "k1"}, "bool", False),
+    ({"agg": "seq-mean-token-sum-norm", "divergence": "tv", "normalizer": 11.0}, None, True),
+    ({"divergence": "chi2", "kl_coef": 0.1}, "float", False),
+    ({"divergence": "dcpo", "relax_high_p": True, "ratio_max": 3.0}, "bool", True),
+    ({"divergence": "clip", "eps_high": 0.28}, "bool", False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("options,mask_kind,per_row", CASES)
+def test_loss_metrics_and_gradient_equal_the_torch_op(dtype, options, mask_kind, per_row):
+    logp, old, adv, mask, ref = make_batch(B=4, T=37, seed=5, dtype=dtype)
+    options = dict(options)
+    if per_row:
+        adv = adv[:, 0].contiguous()
+    if mask_kind == "float":
+        mask = mask.to(dtype) * 0.5
+    elif mask_kind is None:
+        mask = None
+    ref = ref if options.get("kl_coef") else None
+    x = logp.clone().requires_grad_()
+    want = bandpo.band_loss(x, old, adv, mask, ref_logp=ref, **options)
+    want.loss.backward()
+    args = [to_jax(t) for t in (logp, old, adv, mask, ref)]
+
+    def loss(z):
+        out = bj.band_loss(z, *args[1:4], ref_logp=args[4], **options)
+        return out.loss, out
+
+    (value, out), grad = jax.value_and_grad(loss, has_aux=True)(args[0])
+    assert value.dtype == TORCH_TO_JAX[dtype]
+    assert same(value, want.loss.detach()) and same(out.metrics_tensor, want.metrics_tensor)
+    assert sorted(out.metrics) == sorted(bandpo.METRIC_NAMES)
+    assert same(grad, x.grad)
+
+
+def test_mixed_precision_as_the_torch_op():
+    # a bfloat16 logp beside float32 companions: computed in float32, loss and gradient in bfloat16
+    logp, old, adv, mask, _ = make_batch(B=3, T=29, seed=8, dtype=torch.float32)
+    x = logp.to(torch.bfloat16).requires_grad_()
+    want = bandpo.band_loss(x, old, adv, mask)
+    want.loss.backward()
+    z = to_jax(logp.to(torch.bfloat16))
+    value, grad = jax.value_and_grad(lambda v: bj.band_loss(v, to_jax(old), to_jax(adv), to_jax(mask)).loss)(z)
+    assert value.dtype == jnp.bfloat16 and grad.dtype == jnp.bfloat16
+    assert same(value, want.loss.detach()) and same(grad, x.grad)
+
+
+def test_jit_traces_once_per_shape():
+    logp, old, adv, mask, _ = (to_jax(t) for t in make_batch(B=2, T=16, seed=1))
+    traces = []
+
+    @jax.jit
+    def step(z):
+        traces.append(1)
+        return jax.grad(lambda v: bj.band_loss(v, old, adv, mask).loss)(z)
+
+    first = step(logp)
+    for k in range(3):
+        assert np.array_equal(np.asarray(step(logp + 0.0 * k)), np.asarray(first))
+    assert len(traces) == 1
+
+
+def test_vmap_over_a_leading_axis_is_the_loop():
+    batches = [make_batch(B=2, T=13, seed=s) for s in range(3)]
+    stack = [jnp.stack([to_jax(b[i]) for b in batches]) for i in range(4)]
+
+    def loss(logp, old, adv, mask):
+        return bj.band_loss(logp, old, adv, mask, agg="seq-mean-token-mean").loss
+
+    batched = jax.vmap(loss)(*stack)
+    grads = jax.vmap(jax.grad(loss))(*stack)
+    for i, b in enumerate(batches):
+        args = [to_jax(t) for t in b[:4]]
+        assert np.array_equal(np.asarray(batched[i]), np.asarray(loss(*args)))
+        assert np.array_equal(np.asarray(grads[i]), np.asarray(jax.grad(loss)(*args)))
+
+
+def test_gradient_checks_in_float64():
+    # a smooth case: ratios inside the bands (no clip edges within the finite differences' reach)
+    from jax.test_util import check_grads
+
+    g = np.random.default_rng(3)
+    old = jnp.asarray(np.log(g.uniform(0.2, 0.8, (3, 7))))
+    logp = old + 1e-3 * jnp.asarray(g.standard_normal((3, 7)))
+    adv = jnp.asarray(g.standard_normal((3, 7)))
+    ref = old + 0.01
+
+    def loss(z):
+        return bj.band_loss(z, old, adv, ref_logp=ref, kl_coef=0.1, kl_estimator="k2").loss
+
+    check_grads(loss, (logp,), order=1, modes=("rev",), eps=1e-6)
+
+
+def test_errors_are_the_torch_ops_at_trace_time():
+    logp, old, adv, mask, _ = make_batch(B=2, T=5, seed=1)
+    cases = [
+        ((logp, old[:, :3], adv, mask), {}, ValueError),
+        ((logp, old.to(torch.int64), adv, mask), {}, TypeError),
+        ((logp, old, adv, mask), {"delta": -1.0}, ValueError),
+        ((logp, old, adv, mask), {"agg": "token-sum"}, ValueError),
+        ((logp, old, adv, mask), {"kl_coef": 0.1}, ValueError),  # no ref_logp
+    ]
+    for args, kw, kind in cases:
+        with pytest.raises(kind) as torch_error:
+            bandpo.band_loss(*args, **kw)
+        jargs = [to_jax(t) if t.dtype != torch.int64 else jnp.asarray(t.numpy()) for t in args]
+        with pytest.raises(kind) as jax_error:
+            jax.jit(lambda *a, kw=kw: bj.band_loss(*a, **kw).loss)(*jargs)
+        assert str(jax_error.value) == str(torch_error.value)
+    with pytest.raises(TypeError, match="old_logp must be float32"):
+        bj.band_bounds(jnp.zeros(3, jnp.int32))
+
+
+def test_bad_values_raise_when_the_call_runs():
+    logp, old, adv, mask, _ = (to_jax(t) for t in make_batch(B=2, T=5, seed=1))
+    bad = logp.at[1, 2].set(jnp.nan)
+    with pytest.raises(Exception, match=r"logp\[7\] is NaN"):
+        bj.band_loss(bad, old, adv, jnp.ones_like(mask)).loss.block_until_ready()
+
+
+def test_importing_bandpo_does_not_import_jax():
+    code = "import sys, bandpo, bandpo.np; assert 'jax' not in sys.modules, 'jax imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
