@@ -471,8 +471,15 @@ void fuzz_logits(FuzzedDataProvider& in) {
   std::vector<float> logp(static_cast<size_t>(rows) + 1), entropy(static_cast<size_t>(rows) + 1);
   const bandpo_logit_chunk chunk = {rows, vocab, stride, target.data()};
   const bandpo_logit_options options = {kIgnore, logit_scale, softcap, temperature};
+  // The options' rule (tables.h), as the C ABI checks it alone and as the chunk step applies it.
+  const bool options_ok = std::isfinite(logit_scale) && logit_scale != 0.0 && std::isfinite(softcap) &&
+                          softcap >= 0.0 && std::isfinite(temperature) && temperature > 0.0;
+  const bandpo_status o = bandpo_check_logit_options(&options);
+  EXPECT((o == BANDPO_OK) == options_ok);
+  if (o != BANDPO_OK) EXPECT(o == BANDPO_INVALID_ARGUMENT && bandpo_last_error()[0] != '\0');
   const bandpo_status s = bandpo_logit_stats(raw.data(), &chunk, &options, logp.data(), entropy.data());
   if (s != BANDPO_OK) EXPECT(bandpo_last_error()[0] != '\0');
+  if (!options_ok) EXPECT(s == BANDPO_INVALID_ARGUMENT);
   const bool shape_ok = vocab >= 1 && stride >= vocab;
   if (rows > 0 && (!shape_ok || !targets_ok)) EXPECT(s == BANDPO_INVALID_ARGUMENT);
   if (s != BANDPO_OK) return;
