@@ -1,6 +1,7 @@
 """bandpo.jax (XLA FFI handlers over the core, csrc/jax) against the torch op on the same values: the bounds, the
 loss, its metrics and its gradient bit for bit on the CPU, under jit, grad and vmap, with the torch op's errors."""
 
+import os
 import subprocess
 import sys
 
@@ -177,3 +178,51 @@ def test_bad_values_raise_when_the_call_runs():
 def test_importing_bandpo_does_not_import_jax():
     code = "import sys, bandpo, bandpo.np; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+SHARD_MAP = r"""
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+jax.config.update("jax_enable_x64", True)
+import bandpo.jax as bj
+assert len(jax.devices()) == 4
+g = np.random.default_rng(0)
+B, T = 8, 33
+old = jnp.asarray(np.log(g.uniform(0.01, 0.99, (B, T))))
+logp = jnp.minimum(old + 0.3 * jnp.asarray(g.standard_normal((B, T))), 0.0)
+adv = jnp.asarray(g.standard_normal(B))
+mask = jnp.asarray(g.random((B, T)) > 0.2)
+mesh = Mesh(np.array(jax.devices()), ("dp",))
+shard_map = getattr(jax, "shard_map", None) or __import__("jax.experimental.shard_map", fromlist=["x"]).shard_map
+for agg in ("token-mean", "seq-mean-token-mean"):
+    def local(z, o, a, m):
+        # the global denominator: the valid tokens (token-mean) or the sequences (seq-mean-*) of every shard
+        count = m.sum(dtype=z.dtype) if agg == "token-mean" else jnp.asarray(m.shape[0], z.dtype)
+        n = jax.lax.psum(count, "dp")
+        loss = bj.band_loss(z, o, a, m, agg=agg, normalizer=n).loss
+        return jax.lax.psum(loss, "dp")
+    def sharded(z):
+        f = shard_map(local, mesh=mesh, in_specs=(P("dp"), P("dp"), P("dp"), P("dp")), out_specs=P())
+        return f(z, old, adv, mask)
+    loss, grad = jax.jit(jax.value_and_grad(sharded))(logp)
+    want, want_grad = jax.value_and_grad(lambda z: bj.band_loss(z, old, adv, mask, agg=agg).loss)(logp)
+    np.testing.assert_allclose(np.asarray(loss), np.asarray(want), rtol=1e-13)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-13, atol=0)
+print("ok")
+"""
+
+
+def test_shard_map_with_a_psum_normalizer_is_the_one_device_call():
+    # data parallel over 4 host devices: each shard's loss divided by the psum of the counts, summed by psum, gives
+    # the one-device loss and gradient (to the order of the sums)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", SHARD_MAP], env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_a_normalizer_out_of_range_computed_in_the_program_is_refused_when_it_runs():
+    logp, old, adv, mask, _ = (to_jax(t) for t in make_batch(B=2, T=5, seed=1))
+    f = jax.jit(lambda z, n: bj.band_loss(z, old, adv, mask, normalizer=n).loss)
+    assert np.isfinite(float(f(logp, jnp.float32(7.0))))
+    with pytest.raises(Exception, match="normalizer must be"):
+        f(logp, jnp.float32(0.0)).block_until_ready()

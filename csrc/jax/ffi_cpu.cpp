@@ -3,13 +3,14 @@
 // and stable across jaxlib releases). No Python C API: the library ships once for every Python.
 //
 //   bandpo_band_bounds          (old_logp) -> (lower, upper)
-//   bandpo_band_loss            (logp, old_logp, advantages, mask, ref_logp) -> (loss, metrics)
-//   bandpo_band_loss_backward   (grad_loss, logp, old_logp, advantages, mask, ref_logp) -> grad_logp
+//   bandpo_band_loss            (logp, old_logp, advantages, mask, ref_logp, normalizer) -> (loss, metrics)
+//   bandpo_band_loss_backward   (grad_loss, logp, old_logp, advantages, mask, ref_logp, normalizer) -> grad_logp
 //
 // Options arrive as attributes named as tables.h's rows (float64 for numbers, bool for flags, int32 codes for
 // choices; bandpo/jax.py checks and converts them with the C ABI first), read here through for_each_option, so
 // no option is listed twice. An absent mask or ref_logp is a size-0 placeholder with has_mask / has_ref_logp
-// false. The arguments' rules are the core's (bandpo/arrays.h): the same layout as every face, checked again
+// false. normalizer is a one-value buffer, not an attribute, so that it may be computed in the program (a psum of
+// the counts under shard_map); NaN means none, and its range is checked when the call runs. The arguments' rules are the core's (bandpo/arrays.h): the same layout as every face, checked again
 // here, so that a handler called directly cannot read past a buffer.
 #include <cstdint>
 #include <exception>
@@ -66,13 +67,15 @@ struct BufferDesc {
   ArrayDesc desc;
 };
 
-// The options from the call's attributes, by tables.h's rows; the core's validate() after.
+// The options from the call's attributes, by tables.h's rows (but `from_buffer`, which the call passes as a
+// buffer); the core's validate() after.
 template <class Options>
-Options options_from(const ffi::Dictionary& attrs) {
+Options options_from(const ffi::Dictionary& attrs, const std::string& from_buffer = "") {
   Options o;
   std::string missing;
   for_each_option(o, [&](const OptionInfo& info, auto& field) {
     using Field = std::decay_t<decltype(field)>;
+    if (info.name == from_buffer) return;
     if constexpr (std::is_same_v<Field, double>) {
       const auto v = attrs.get<double>(info.name);
       if (v.has_value())
@@ -162,9 +165,9 @@ void store_scalar(ffi::Result<ffi::AnyBuffer>& out, DType dtype, double v) {
 }
 
 // The one element of a float buffer, as a double.
-double load_scalar(const ffi::AnyBuffer& b) {
-  if (b.element_count() != 1) throw std::invalid_argument("grad_loss must hold one value");
-  const DType dtype = float_dtype(BufferDesc(b, true).desc, "grad_loss");
+double load_scalar(const ffi::AnyBuffer& b, const char* name) {
+  if (b.element_count() != 1) throw std::invalid_argument(std::string(name) + " must hold one value");
+  const DType dtype = float_dtype(BufferDesc(b, true).desc, name);
   const void* p = b.untyped_data();
   switch (dtype) {
     case DType::float32:
@@ -177,6 +180,14 @@ double load_scalar(const ffi::AnyBuffer& b) {
       return static_cast<double>(to_float(*static_cast<const float16*>(p)));
   }
   return 0.0;
+}
+
+// The call's options: the attributes', with normalizer from its buffer (NaN: none), then validated.
+LossOptions loss_options(const ffi::Dictionary& attrs, const ffi::AnyBuffer& normalizer) {
+  LossOptions o = options_from<LossOptions>(attrs, "normalizer");
+  o.normalizer = load_scalar(normalizer, "normalizer");
+  validate(o);
+  return o;
 }
 
 void check_output(ffi::Result<ffi::AnyBuffer>& out, ffi::DataType type, size_t count, const char* name) {
@@ -197,12 +208,26 @@ ffi::Error band_bounds_impl(ffi::AnyBuffer old_logp, ffi::Result<ffi::AnyBuffer>
   });
 }
 
-ffi::Error band_loss_impl(ffi::AnyBuffer logp, ffi::AnyBuffer old_logp, ffi::AnyBuffer advantages, ffi::AnyBuffer mask,
-                          ffi::AnyBuffer ref_logp, ffi::Result<ffi::AnyBuffer> loss,
-                          ffi::Result<ffi::AnyBuffer> metrics, ffi::Dictionary attrs) {
+// The loss's six inputs in call order: logp, old_logp, advantages, mask, ref_logp, normalizer.
+using LossArgs = ffi::RemainingArgs;
+
+const ffi::AnyBuffer* arg(std::vector<ffi::AnyBuffer>& held, const LossArgs& args, size_t i) {
+  const auto b = args.get<ffi::AnyBuffer>(i);
+  if (!b.has_value()) throw std::invalid_argument("argument " + std::to_string(i) + " is not a buffer");
+  held.push_back(*b);
+  return &held.back();
+}
+
+ffi::Error band_loss_impl(LossArgs args, ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> metrics,
+                          ffi::Dictionary attrs) {
   return guarded([&] {
-    const LossOptions options = options_from<LossOptions>(attrs);
-    const ffi::AnyBuffer* in[5] = {&logp, &old_logp, &advantages, &mask, &ref_logp};
+    if (args.size() != 6) throw std::invalid_argument("bandpo_band_loss takes 6 buffers");
+    std::vector<ffi::AnyBuffer> held;
+    held.reserve(6);
+    const ffi::AnyBuffer* in[6];
+    for (size_t i = 0; i < 6; ++i) in[i] = arg(held, args, i);
+    const LossOptions options = loss_options(attrs, *in[5]);
+    const ffi::AnyBuffer& logp = *in[0];
     const LossInputs li = loss_inputs(in, attrs, options);
     check_output(loss, logp.element_type(), 1, "loss");
     check_output(metrics, ffi::DataType::F32, kNumMetrics, "metrics");
@@ -213,15 +238,18 @@ ffi::Error band_loss_impl(ffi::AnyBuffer logp, ffi::AnyBuffer old_logp, ffi::Any
   });
 }
 
-ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, ffi::AnyBuffer logp, ffi::AnyBuffer old_logp,
-                                   ffi::AnyBuffer advantages, ffi::AnyBuffer mask, ffi::AnyBuffer ref_logp,
-                                   ffi::Result<ffi::AnyBuffer> grad, ffi::Dictionary attrs) {
+ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi::Result<ffi::AnyBuffer> grad,
+                                   ffi::Dictionary attrs) {
   return guarded([&] {
-    const LossOptions options = options_from<LossOptions>(attrs);
-    const ffi::AnyBuffer* in[5] = {&logp, &old_logp, &advantages, &mask, &ref_logp};
+    if (args.size() != 6) throw std::invalid_argument("bandpo_band_loss_backward takes 7 buffers");
+    std::vector<ffi::AnyBuffer> held;
+    held.reserve(6);
+    const ffi::AnyBuffer* in[6];
+    for (size_t i = 0; i < 6; ++i) in[i] = arg(held, args, i);
+    const LossOptions options = loss_options(attrs, *in[5]);
     const LossInputs li = loss_inputs(in, attrs, options);
-    check_output(grad, logp.element_type(), logp.element_count(), "grad_logp");
-    band_loss_backward_cpu(li, options, load_scalar(grad_loss), grad->untyped_data());
+    check_output(grad, in[0]->element_type(), in[0]->element_count(), "grad_logp");
+    band_loss_backward_cpu(li, options, load_scalar(grad_loss, "grad_loss"), grad->untyped_data());
   });
 }
 
@@ -235,11 +263,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss, bandpo::jax::band_loss_impl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attrs<ffi::Dictionary>());
@@ -247,10 +271,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss, bandpo::jax::band_loss_impl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss_backward, bandpo::jax::band_loss_backward_impl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attrs<ffi::Dictionary>());

@@ -12,8 +12,9 @@ backward (band_loss_backward), through jax.custom_vjp; nothing N-sized is kept b
 beyond the inputs. Arguments, shapes, dtypes and options follow the torch op's rules and are checked when the
 call is traced, by the same C ABI, with the same messages (TypeError / ValueError naming the argument). A bad
 value at a valid position (NaN, a log-probability above 1e-6, an infinite advantage) is found when the call runs:
-jax raises its runtime error with the core's message. Options are static (part of the traced call); a global
-normalizer for data parallelism is a static count too.
+jax raises its runtime error with the core's message. Options are static (part of the traced call), except
+``normalizer``, which may also be an array computed in the program: the global count of a data-parallel step,
+a ``jax.lax.psum`` of the local counts inside ``shard_map`` (its range is then checked when the call runs).
 
 Importing bandpo never imports jax; importing bandpo.jax needs jax and registers the handlers for the CPU.
 Only the CPU platform has handlers in this release.
@@ -101,9 +102,10 @@ def band_bounds(old_logp, config: Optional[BandConfig] = None, **overrides):
     empty = _capi.describe(0, str(np.dtype(old_logp.dtype)), (0,), keep)
     _capi.check(_capi.lib.bandpo_band_bounds_array(ctypes.byref(empty), ctypes.byref(_capi.options({})), None, None))
     attrs = _attributes(cfg.bound_kwargs(), [r for r in _capi.OPTION_ROWS if r.group == 0])
-    out = jax.ShapeDtypeStruct(old_logp.shape, old_logp.dtype)
+    (old_logp,), axes = _varying([jax.lax.stop_gradient(old_logp)])
+    out = _result(old_logp.shape, old_logp.dtype, axes)
     call = jax.ffi.ffi_call("bandpo_band_bounds", (out, out), vmap_method="broadcast_all")
-    return tuple(call(jax.lax.stop_gradient(old_logp), **attrs))
+    return tuple(call(old_logp, **attrs))
 
 
 def band_loss(
@@ -120,9 +122,11 @@ def band_loss(
     """The BandPO loss and its metrics, as :func:`bandpo.band_loss` gives them: the same arguments, shapes,
     dtypes, options and aggregations (per-row advantages [B] or [B, 1], bool or float masks, mixed precision), the
     same values bit for bit on the CPU. Differentiable w.r.t. ``logp`` (jax.grad, through the core's analytic
-    backward); the other inputs carry no gradient. ``normalizer``: a static count (Python number)."""
+    backward); the other inputs carry no gradient. ``normalizer``: None, a number, or a 0-d array computed in the
+    program (e.g. a psum of the mask counts over the data-parallel axis)."""
     cfg = resolve_config(config, overrides)
-    values = {**cfg.loss_kwargs(), "normalizer": normalizer}
+    traced = normalizer is not None and not isinstance(normalizer, (int, float, np.number))
+    values = {**cfg.loss_kwargs(), "normalizer": None if traced else normalizer}
     opts = _capi.options(values)
     arrays = [logp, old_logp, advantages, mask, ref_logp]
     names = ("logp", "old_logp", "advantages", "mask", "ref_logp")
@@ -130,40 +134,72 @@ def band_loss(
     layout = _capi.loss_layout([_describe(n, a) for n, a in zip(names, arrays)], opts)
     compute = jnp.dtype(_capi.FLOAT_DTYPE_NAMES[layout.compute_dtype])
     converted = [a if a is None or not (layout.convert >> i) & 1 else a.astype(compute) for i, a in enumerate(arrays)]
-    attrs = _attributes(values, _capi.OPTION_ROWS)
+    attrs = _attributes(values, [r for r in _capi.OPTION_ROWS if _capi._text(r.name) != "normalizer"])
     attrs["has_mask"] = np.bool_(mask is not None)
     attrs["has_ref_logp"] = np.bool_(ref_logp is not None)
     placeholder = jnp.zeros((0,), compute)
     args = [placeholder if a is None else a for a in converted]
+    # the normalizer as a one-value buffer (NaN: none): static or computed, the same call
+    norm = jax.lax.stop_gradient(jnp.asarray(normalizer if traced else opts.normalizer, jnp.result_type(float)))
+    if norm.size != 1:
+        raise ValueError(f"normalizer must be one number, got shape {tuple(norm.shape)}")
     key = tuple(sorted(attrs.items()))
-    loss, metrics = _band_loss(*args, key)
+    loss, metrics = _band_loss(*args, norm.reshape(()), key)
     loss = loss.astype(arrays[0].dtype)
     return BandLoss(loss, dict(zip(METRIC_NAMES, metrics)), metrics)
 
 
-def _forward(logp, old_logp, advantages, mask, ref_logp, key):
-    out = (jax.ShapeDtypeStruct((), logp.dtype), jax.ShapeDtypeStruct((len(METRIC_NAMES),), jnp.float32))
+def _varying(args: list) -> tuple:
+    """Inside shard_map: the arguments made to vary over the same manual axes (those any of them varies over), and
+    the type of one of them, whose mesh and axes the results take (they vary with the arguments); outside, the
+    arguments and None."""
+
+    def axes_of(x):
+        return set(getattr(getattr(jax.typeof(x), "manual_axis_type", None), "varying", None) or ())
+
+    axes = set().union(*(axes_of(x) for x in args))
+    if not axes:
+        return args, None
+    args = [
+        x if axes <= axes_of(x) else jax.lax.pcast(x, tuple(sorted(axes - axes_of(x))), to="varying") for x in args
+    ]
+    return args, jax.typeof(args[0])
+
+
+def _result(shape, dtype, like):
+    """The result type: shape and dtype, and inside shard_map the manual axes of `like` (an argument's type)."""
+    if like is None:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    sharding = jax.sharding.NamedSharding(like.sharding.mesh, jax.sharding.PartitionSpec(*([None] * len(shape))))
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, manual_axis_type=like.manual_axis_type)
+
+
+def _forward(logp, old_logp, advantages, mask, ref_logp, normalizer, key):
+    args, axes = _varying([logp, old_logp, advantages, mask, ref_logp, normalizer])
+    out = (_result((), logp.dtype, axes), _result((len(METRIC_NAMES),), jnp.float32, axes))
     call = jax.ffi.ffi_call("bandpo_band_loss", out, vmap_method="sequential")
-    return tuple(call(logp, old_logp, advantages, mask, ref_logp, **dict(key)))
+    return tuple(call(*args, **dict(key)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _band_loss(logp, old_logp, advantages, mask, ref_logp, key):
-    return _forward(logp, old_logp, advantages, mask, ref_logp, key)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _band_loss(logp, old_logp, advantages, mask, ref_logp, normalizer, key):
+    return _forward(logp, old_logp, advantages, mask, ref_logp, normalizer, key)
 
 
-def _band_loss_fwd(logp, old_logp, advantages, mask, ref_logp, key):
-    return _forward(logp, old_logp, advantages, mask, ref_logp, key), (logp, old_logp, advantages, mask, ref_logp)
+def _band_loss_fwd(logp, old_logp, advantages, mask, ref_logp, normalizer, key):
+    inputs = (logp, old_logp, advantages, mask, ref_logp, normalizer)
+    return _forward(*inputs, key), inputs
 
 
 def _band_loss_bwd(key, inputs, cotangents):
     grad_loss, _ = cotangents
     logp = inputs[0]
+    args, axes = _varying([jnp.asarray(grad_loss, logp.dtype), *inputs])
     call = jax.ffi.ffi_call(
-        "bandpo_band_loss_backward", jax.ShapeDtypeStruct(logp.shape, logp.dtype), vmap_method="sequential"
+        "bandpo_band_loss_backward", _result(logp.shape, logp.dtype, axes), vmap_method="sequential"
     )
-    grad = call(jnp.asarray(grad_loss, logp.dtype), *inputs, **dict(key))
-    return (grad, None, None, None, None)
+    grad = call(*args, **dict(key))
+    return (grad, None, None, None, None, None)
 
 
 _band_loss.defvjp(_band_loss_fwd, _band_loss_bwd)
