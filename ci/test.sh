@@ -21,6 +21,9 @@ bash ci/wheel.sh
 bash ci/format.sh
 whl=$(ls -t dist/bandpo-*.whl | head -1)
 .venv/bin/python -m pip install -q -c ci/integrations-constraints.txt "$whl[verl,trl,jax]" 2>&1 | grep -v "^WARNING: Location" || true
+# OpenRLHF's loss module only (tests/test_integration_openrlhf.py loads it alone, as OpenRLHF's own tests do): the
+# rest of the package needs DeepSpeed, Ray's GPU stack and vLLM
+.venv/bin/python -m pip install -q --no-deps -c ci/integrations-constraints.txt openrlhf 2>&1 | grep -v "^WARNING: Location" || true
 BANDPO_REQUIRE_INTEGRATIONS=1 bash ci/wheel_check.sh "$whl" .venv torch==2.13.0
 bash ci/embed_check.sh
 bash ci/sanitize.sh
