@@ -292,3 +292,30 @@ if given is not None:
 
         (value, metrics), grad = jax.value_and_grad(loss, has_aux=True)(to_jax(logp))
         assert same(value, want.loss.detach()) and same(metrics, want.metrics_tensor) and same(grad, x.grad)
+
+
+def _jax_gpu():
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        return None
+
+
+@pytest.mark.skipif(_jax_gpu() is None, reason="needs jax with a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("options", [{}, {"agg": "seq-mean-token-mean", "dual_clip": 3.0, "normalizer": 9.0}])
+def test_cuda_handlers_match_the_cpu(dtype, options):
+    # the CUDA handlers (csrc/jax/ffi_cuda.cpp) against the CPU ones on the same values: bounds, loss, gradient
+    logp, old, adv, mask, _ = make_batch(B=4, T=300, seed=4, dtype=dtype)
+    args = [to_jax(t) for t in (logp, old, adv, mask)]
+    gpu = _jax_gpu()
+    results = []
+    for device in (jax.devices("cpu")[0], gpu):
+        on = [jax.device_put(a, device) for a in args]
+        f = jax.jit(jax.value_and_grad(lambda z, *rest: bj.band_loss(z, *rest, **options).loss))
+        value, grad = f(*on)
+        lo, hi = bj.band_bounds(on[1])
+        results.append([np.asarray(to_numpy(x)) for x in (value, grad, lo, hi)])
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype != torch.bfloat16 else {"rtol": 2e-2, "atol": 1e-3}
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, **tol)

@@ -6,148 +6,15 @@
 //   bandpo_band_loss            (logp, old_logp, advantages, mask, ref_logp, normalizer) -> (loss, metrics)
 //   bandpo_band_loss_backward   (grad_loss, logp, old_logp, advantages, mask, ref_logp, normalizer) -> grad_logp
 //
-// Options arrive as attributes named as tables.h's rows (float64 for numbers, bool for flags, int32 codes for
-// choices; bandpo/jax.py checks and converts them with the C ABI first), read here through for_each_option, so
-// no option is listed twice. An absent mask or ref_logp is a size-0 placeholder with has_mask / has_ref_logp
-// false. normalizer is a one-value buffer, not an attribute, so that it may be computed in the program (a psum of
-// the counts under shard_map); NaN means none, and its range is checked when the call runs. The arguments' rules are the core's (bandpo/arrays.h): the same layout as every face, checked again
-// here, so that a handler called directly cannot read past a buffer.
-#include <cstdint>
-#include <exception>
-#include <stdexcept>
-#include <string>
-#include <type_traits>
-#include <vector>
-
-#include "bandpo/arrays.h"
+// normalizer is a one-value buffer as well as an attribute, so that it may be computed in the program (a psum of
+// the counts under shard_map): here the buffer's value counts (NaN: none), and its range is checked when the call
+// runs. Attributes and layout: ffi_common.h.
 #include "bandpo/cpu.h"
-#include "bandpo/dtypes.h"
-#include "bandpo/errors.h"
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "ffi_common.h"
 
 namespace bandpo {
 namespace jax {
 namespace {
-
-ElementType element_type(ffi::DataType t) {
-  switch (t) {
-    case ffi::DataType::F32:
-      return ElementType::float32;
-    case ffi::DataType::F64:
-      return ElementType::float64;
-    case ffi::DataType::BF16:
-      return ElementType::bfloat16;
-    case ffi::DataType::F16:
-      return ElementType::float16;
-    case ffi::DataType::PRED:
-      return ElementType::boolean;
-    case ffi::DataType::U8:
-      return ElementType::uint8;
-    case ffi::DataType::S64:
-      return ElementType::int64;
-    default:
-      return ElementType::other;
-  }
-}
-
-// A buffer as the core's rules see it (its sizes held here).
-struct BufferDesc {
-  BufferDesc(const ffi::AnyBuffer& b, bool present) {
-    const auto dims = b.dimensions();
-    sizes.assign(dims.begin(), dims.end());
-    desc.present = present;
-    desc.type = element_type(b.element_type());
-    desc.ndim = static_cast<int>(sizes.size());
-    desc.shape = sizes.data();
-    desc.type_name = "a dtype bandpo does not take";
-  }
-  std::vector<int64_t> sizes;
-  ArrayDesc desc;
-};
-
-// The options from the call's attributes, by tables.h's rows (but `from_buffer`, which the call passes as a
-// buffer); the core's validate() after.
-template <class Options>
-Options options_from(const ffi::Dictionary& attrs, const std::string& from_buffer = "") {
-  Options o;
-  std::string missing;
-  for_each_option(o, [&](const OptionInfo& info, auto& field) {
-    using Field = std::decay_t<decltype(field)>;
-    if (info.name == from_buffer) return;
-    if constexpr (std::is_same_v<Field, double>) {
-      const auto v = attrs.get<double>(info.name);
-      if (v.has_value())
-        field = *v;
-      else
-        missing = info.name;
-    } else if constexpr (std::is_same_v<Field, bool>) {
-      const auto v = attrs.get<bool>(info.name);
-      if (v.has_value())
-        field = *v;
-      else
-        missing = info.name;
-    } else if constexpr (std::is_same_v<Field, int64_t>) {
-      const auto v = attrs.get<int64_t>(info.name);
-      if (v.has_value())
-        field = *v;
-      else
-        missing = info.name;
-    } else {  // a choice, as its code (its row's index)
-      const auto v = attrs.get<int32_t>(info.name);
-      if (v.has_value())
-        field = static_cast<Field>(*v);
-      else
-        missing = info.name;
-    }
-  });
-  if (!missing.empty()) throw std::invalid_argument("attribute " + missing + " is missing or of the wrong type");
-  validate(o);  // choice codes out of range included
-  return o;
-}
-
-// Runs f, turning the core's exceptions into the FFI's errors (the message kept: jax raises it).
-template <class F>
-ffi::Error guarded(F&& f) {
-  try {
-    f();
-    return ffi::Error::Success();
-  } catch (const std::invalid_argument& e) {
-    return ffi::Error::InvalidArgument(e.what());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(e.what());
-  }
-}
-
-// The loss's inputs from the five buffers, by the core's rules; the compute dtype must be each value buffer's
-// own (bandpo/jax.py converts where the layout says so).
-LossInputs loss_inputs(const ffi::AnyBuffer* in[5], const ffi::Dictionary& attrs, const LossOptions& options) {
-  const auto flag = [&](const char* name) {
-    const auto v = attrs.get<bool>(name);
-    if (!v.has_value()) throw std::invalid_argument(std::string("attribute ") + name + " is missing");
-    return *v;
-  };
-  const bool present[5] = {true, true, true, flag("has_mask"), flag("has_ref_logp")};
-  const BufferDesc d[5] = {BufferDesc(*in[0], present[0]), BufferDesc(*in[1], present[1]),
-                           BufferDesc(*in[2], present[2]), BufferDesc(*in[3], present[3]),
-                           BufferDesc(*in[4], present[4])};
-  const LossLayout layout = loss_layout(LossArrays{d[0].desc, d[1].desc, d[2].desc, d[3].desc, d[4].desc}, options);
-  if (layout.convert != 0)
-    throw std::invalid_argument("inputs must be converted to the compute dtype before the call (bandpo.jax does)");
-  LossInputs li;
-  li.dtype = layout.compute;
-  li.rows = layout.rows;
-  li.cols = layout.cols;
-  li.advantages_per_row = layout.advantages_per_row;
-  li.mask_kind = layout.mask_kind;
-  li.logp = in[0]->untyped_data();
-  li.old_logp = in[1]->untyped_data();
-  li.advantages = in[2]->untyped_data();
-  li.mask = present[3] ? in[3]->untyped_data() : nullptr;
-  li.ref_logp = present[4] ? in[4]->untyped_data() : nullptr;
-  return li;
-}
 
 // A double into the one element of `out`, rounded as the core's writers round (dtypes.h store).
 void store_scalar(ffi::Result<ffi::AnyBuffer>& out, DType dtype, double v) {
@@ -164,35 +31,12 @@ void store_scalar(ffi::Result<ffi::AnyBuffer>& out, DType dtype, double v) {
   }
 }
 
-// The one element of a float buffer, as a double.
-double load_scalar(const ffi::AnyBuffer& b, const char* name) {
-  if (b.element_count() != 1) throw std::invalid_argument(std::string(name) + " must hold one value");
-  const DType dtype = float_dtype(BufferDesc(b, true).desc, name);
-  const void* p = b.untyped_data();
-  switch (dtype) {
-    case DType::float32:
-      return static_cast<double>(*static_cast<const float*>(p));
-    case DType::float64:
-      return *static_cast<const double*>(p);
-    case DType::bfloat16:
-      return static_cast<double>(to_float(*static_cast<const bfloat16*>(p)));
-    case DType::float16:
-      return static_cast<double>(to_float(*static_cast<const float16*>(p)));
-  }
-  return 0.0;
-}
-
 // The call's options: the attributes', with normalizer from its buffer (NaN: none), then validated.
 LossOptions loss_options(const ffi::Dictionary& attrs, const ffi::AnyBuffer& normalizer) {
-  LossOptions o = options_from<LossOptions>(attrs, "normalizer");
+  LossOptions o = options_from<LossOptions>(attrs);
   o.normalizer = load_scalar(normalizer, "normalizer");
   validate(o);
   return o;
-}
-
-void check_output(ffi::Result<ffi::AnyBuffer>& out, ffi::DataType type, size_t count, const char* name) {
-  if (out->element_type() != type || out->element_count() != count)
-    throw std::invalid_argument(std::string(name) + ": the output buffer does not match the inputs");
 }
 
 ffi::Error band_bounds_impl(ffi::AnyBuffer old_logp, ffi::Result<ffi::AnyBuffer> lower,
@@ -206,16 +50,6 @@ ffi::Error band_bounds_impl(ffi::AnyBuffer old_logp, ffi::Result<ffi::AnyBuffer>
     check_output(upper, old_logp.element_type(), static_cast<size_t>(n), "upper");
     band_bounds_cpu(dtype, old_logp.untyped_data(), n, options, lower->untyped_data(), upper->untyped_data());
   });
-}
-
-// The loss's six inputs in call order: logp, old_logp, advantages, mask, ref_logp, normalizer.
-using LossArgs = ffi::RemainingArgs;
-
-const ffi::AnyBuffer* arg(std::vector<ffi::AnyBuffer>& held, const LossArgs& args, size_t i) {
-  const auto b = args.get<ffi::AnyBuffer>(i);
-  if (!b.has_value()) throw std::invalid_argument("argument " + std::to_string(i) + " is not a buffer");
-  held.push_back(*b);
-  return &held.back();
 }
 
 ffi::Error band_loss_impl(LossArgs args, ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> metrics,
@@ -257,20 +91,16 @@ ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi:
 }  // namespace jax
 }  // namespace bandpo
 
+namespace ffi = xla::ffi;
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     bandpo_band_bounds, bandpo::jax::band_bounds_impl,
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss, bandpo::jax::band_loss_impl,
-                              ffi::Ffi::Bind()
-                                  .RemainingArgs()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attrs<ffi::Dictionary>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    bandpo_band_loss, bandpo::jax::band_loss_impl,
+    ffi::Ffi::Bind().RemainingArgs().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss_backward, bandpo::jax::band_loss_backward_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .RemainingArgs()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attrs<ffi::Dictionary>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    bandpo_band_loss_backward, bandpo::jax::band_loss_backward_impl,
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().RemainingArgs().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());

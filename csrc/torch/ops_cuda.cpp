@@ -122,7 +122,7 @@ void band_loss_backward_cuda_boxed(StableIValue* stack, uint64_t num_args, uint6
   const size_t bytes = cuda::loss_workspace_bytes(args.inputs, options);
   Tensor ws = workspace(bytes, logp);
   rethrow_as_value_error([&] {
-    cuda::band_loss_backward(args.inputs, options, static_cast<const double*>(g.data_ptr()), grad.data_ptr(),
+    cuda::band_loss_backward(args.inputs, options, cuda::DeviceScalar{g.data_ptr(), DType::float64}, grad.data_ptr(),
                              cuda::DeviceBuffer{ws.data_ptr(), bytes}, current_stream(logp));
   });
   stack[0] = from(in_logp_dtype(grad, args));

@@ -16,8 +16,10 @@ jax raises its runtime error with the core's message. Options are static (part o
 ``normalizer``, which may also be an array computed in the program: the global count of a data-parallel step,
 a ``jax.lax.psum`` of the local counts inside ``shard_map`` (its range is then checked when the call runs).
 
-Importing bandpo never imports jax; importing bandpo.jax needs jax and registers the handlers for the CPU.
-Only the CPU platform has handlers in this release.
+Importing bandpo never imports jax; importing bandpo.jax needs jax and registers the handlers for the CPU and,
+where the wheel has the CUDA kernels, for CUDA (csrc/jax/ffi_cuda.cpp: on XLA's stream, no host sync; a
+``normalizer`` computed in the program is CPU-only). The CUDA handlers are compiled in CI but have not yet run on
+a GPU.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def _register() -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     for name in _TARGETS:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+        if hasattr(lib, name + "_cuda"):  # a wheel built with the CUDA kernels: the same targets on CUDA
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name + "_cuda")), platform="CUDA")
     return lib
 
 
@@ -134,7 +138,8 @@ def band_loss(
     layout = _capi.loss_layout([_describe(n, a) for n, a in zip(names, arrays)], opts)
     compute = jnp.dtype(_capi.FLOAT_DTYPE_NAMES[layout.compute_dtype])
     converted = [a if a is None or not (layout.convert >> i) & 1 else a.astype(compute) for i, a in enumerate(arrays)]
-    attrs = _attributes(values, [r for r in _capi.OPTION_ROWS if _capi._text(r.name) != "normalizer"])
+    attrs = _attributes(values, _capi.OPTION_ROWS)  # normalizer: the number, or NaN where computed / absent
+    attrs["normalizer_in_program"] = np.bool_(traced)
     attrs["has_mask"] = np.bool_(mask is not None)
     attrs["has_ref_logp"] = np.bool_(ref_logp is not None)
     placeholder = jnp.zeros((0,), compute)
@@ -160,9 +165,7 @@ def _varying(args: list) -> tuple:
     axes = set().union(*(axes_of(x) for x in args))
     if not axes:
         return args, None
-    args = [
-        x if axes <= axes_of(x) else jax.lax.pcast(x, tuple(sorted(axes - axes_of(x))), to="varying") for x in args
-    ]
+    args = [x if axes <= axes_of(x) else jax.lax.pcast(x, tuple(sorted(axes - axes_of(x))), to="varying") for x in args]
     return args, jax.typeof(args[0])
 
 

@@ -39,11 +39,24 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
+// The incoming gradient, as a double (exact from every float dtype).
+__device__ double read_scalar(const DeviceScalar& s) {
+  switch (s.dtype) {
+    case DType::float32:
+      return static_cast<double>(*static_cast<const float*>(s.data));
+    case DType::bfloat16:
+      return static_cast<double>(to_float(*static_cast<const bfloat16*>(s.data)));
+    case DType::float16:
+      return static_cast<double>(to_float(*static_cast<const float16*>(s.data)));
+    default:
+      return *static_cast<const double*>(s.data);
+  }
+}
+
 // One block: scales[0] = grad_loss / denominator, or per row (seq-mean-token-mean) divided by the row weight.
 __global__ void __launch_bounds__(kBlockThreads)
     backward_scales_kernel(const double* __restrict__ weight_partials, Tiling tiling, LossOptions options, int64_t rows,
-                           int64_t cols, MaskKind mask_kind, const double* __restrict__ grad_loss,
-                           double* __restrict__ scales) {
+                           int64_t cols, MaskKind mask_kind, DeviceScalar grad_loss, double* __restrict__ scales) {
   double total_weight = static_cast<double>(rows) * static_cast<double>(cols);
   if (bandpo::detail::backward_needs_total_weight(options, mask_kind)) {
     // Loaded kBatch at a time, summed in unit order (see finish_forward_kernel).
@@ -66,7 +79,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     total_weight = shared_total;
   }
   const double denominator = bandpo::detail::aggregation_denominator(options, rows, cols, total_weight);
-  const double token_scale = denominator != 0.0 ? grad_loss[0] / denominator : 0.0;
+  const double token_scale = denominator != 0.0 ? read_scalar(grad_loss) / denominator : 0.0;
   if (options.agg == Aggregation::seq_mean_token_mean) {
     for (int64_t r = threadIdx.x; r < tiling.rows; r += blockDim.x) {
       double w = static_cast<double>(tiling.cols);  // no mask: every token weighs 1
@@ -110,16 +123,17 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-
 }  // namespace
 }  // namespace detail
 
-void band_loss_backward(const LossInputs& in, const LossOptions& options, const double* grad_loss, void* grad_logp,
+void band_loss_backward(const LossInputs& in, const LossOptions& options, DeviceScalar grad_loss, void* grad_logp,
                         DeviceBuffer ws, cudaStream_t stream) {
   void* const workspace = ws.data;
   const size_t workspace_bytes = ws.bytes;
   detail::check_launch("band_loss_backward", in, options, workspace, workspace_bytes);
-  if (!grad_loss) throw std::invalid_argument("band_loss_backward: grad_loss must not be null");
+  if (!grad_loss.data) throw std::invalid_argument("band_loss_backward: grad_loss must not be null");
+  if (static_cast<int>(grad_loss.dtype) < 0 || static_cast<int>(grad_loss.dtype) > static_cast<int>(DType::float16))
+    throw std::invalid_argument("band_loss_backward: grad_loss.dtype is not a float dtype code");
   const detail::Tiling tiling = detail::loss_tiling(in, options);
   if (tiling.units == 0) return;
   if (!grad_logp) throw std::invalid_argument("band_loss_backward: grad_logp must not be null");

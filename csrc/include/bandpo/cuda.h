@@ -31,6 +31,12 @@ struct DeviceBuffer {
   size_t bytes = 0;
 };
 
+// One value of a float dtype in device memory (band_loss_backward's incoming gradient), read on the device.
+struct DeviceScalar {
+  const void* data = nullptr;
+  DType dtype = DType::float64;
+};
+
 // Device workspace (bytes) that band_bounds needs for these options: 0, except for "kl" on float32, bfloat16
 // and float16, where the call first builds the per-delta table the bounds are read from (kl_table.h; about
 // 260 KB at delta = 0.05, at most about 360 KB).
@@ -54,9 +60,9 @@ size_t loss_workspace_bytes(const LossInputs& inputs, const LossOptions& options
 void band_loss_forward(const LossInputs& inputs, const LossOptions& options, void* loss, float* metrics,
                        int64_t* invalid_count, DeviceBuffer workspace, cudaStream_t stream);
 
-// Backward: grad_logp (inputs.dtype, rows * cols) = grad_loss[0] * d loss / d logp, where grad_loss is one
-// double in device memory (so that the incoming gradient is never read on the host).
-void band_loss_backward(const LossInputs& inputs, const LossOptions& options, const double* grad_loss, void* grad_logp,
+// Backward: grad_logp (inputs.dtype, rows * cols) = grad_loss * d loss / d logp, where grad_loss is one value in
+// device memory (so that the incoming gradient is never read on the host), of any float dtype.
+void band_loss_backward(const LossInputs& inputs, const LossOptions& options, DeviceScalar grad_loss, void* grad_logp,
                         DeviceBuffer workspace, cudaStream_t stream);
 
 // The lm_head statistics of one chunk of raw logits on the device, the CUDA side of cpu.h logit_stats_cpu /
