@@ -5,6 +5,7 @@
 //   bandpo_band_bounds          (old_logp) -> (lower, upper)
 //   bandpo_band_loss            (logp, old_logp, advantages, mask, ref_logp, normalizer) -> (loss, metrics)
 //   bandpo_band_loss_backward   (grad_loss, logp, old_logp, advantages, mask, ref_logp, normalizer) -> grad_logp
+// (the jax targets' names; the handlers' symbols are bandpo_xla_*, apart from the C ABI's bandpo_* functions)
 //
 // normalizer is a one-value buffer as well as an attribute, so that it may be computed in the program (a psum of
 // the counts under shard_map): here the buffer's value counts (NaN: none), and its range is checked when the call
@@ -94,13 +95,13 @@ ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi:
 namespace ffi = xla::ffi;
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    bandpo_band_bounds, bandpo::jax::band_bounds_impl,
+    bandpo_xla_band_bounds, bandpo::jax::band_bounds_impl,
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    bandpo_band_loss, bandpo::jax::band_loss_impl,
+    bandpo_xla_band_loss, bandpo::jax::band_loss_impl,
     ffi::Ffi::Bind().RemainingArgs().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    bandpo_band_loss_backward, bandpo::jax::band_loss_backward_impl,
+    bandpo_xla_band_loss_backward, bandpo::jax::band_loss_backward_impl,
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().RemainingArgs().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());

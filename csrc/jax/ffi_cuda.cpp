@@ -94,7 +94,7 @@ ffi::Error band_loss_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator sc
 
 namespace ffi = xla::ffi;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_bounds_cuda, bandpo::jax::band_bounds_cuda,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_bounds_cuda, bandpo::jax::band_bounds_cuda,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<ffi::ScratchAllocator>()
@@ -103,7 +103,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_bounds_cuda, bandpo::jax::band_bounds_
                                   .Ret<ffi::AnyBuffer>()
                                   .Attrs<ffi::Dictionary>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss_cuda, bandpo::jax::band_loss_cuda,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_cuda, bandpo::jax::band_loss_cuda,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<ffi::ScratchAllocator>()
@@ -112,7 +112,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss_cuda, bandpo::jax::band_loss_cuda
                                   .Ret<ffi::AnyBuffer>()
                                   .Attrs<ffi::Dictionary>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_band_loss_backward_cuda, bandpo::jax::band_loss_backward_cuda,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_backward_cuda, bandpo::jax::band_loss_backward_cuda,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<ffi::ScratchAllocator>()

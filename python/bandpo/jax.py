@@ -54,10 +54,11 @@ def _register() -> ctypes.CDLL:
             "handlers (the published wheel has them; a source build needs jaxlib installed when it runs)"
         )
     lib = ctypes.CDLL(path)
-    for name in _TARGETS:
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
-        if hasattr(lib, name + "_cuda"):  # a wheel built with the CUDA kernels: the same targets on CUDA
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name + "_cuda")), platform="CUDA")
+    for name in _TARGETS:  # the handlers' symbols: bandpo_xla_* (the C ABI has functions named bandpo_*)
+        symbol = name.replace("bandpo_", "bandpo_xla_", 1)
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        if hasattr(lib, symbol + "_cuda"):  # a wheel built with the CUDA kernels: the same targets on CUDA
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol + "_cuda")), platform="CUDA")
     return lib
 
 
