@@ -70,30 +70,13 @@ Options options_from(const ffi::Dictionary& attrs) {
   std::string missing;
   for_each_option(o, [&](const OptionInfo& info, auto& field) {
     using Field = std::decay_t<decltype(field)>;
-    if constexpr (std::is_same_v<Field, double>) {
-      const auto v = attrs.get<double>(info.name);
-      if (v.has_value())
-        field = *v;
-      else
-        missing = info.name;
-    } else if constexpr (std::is_same_v<Field, bool>) {
-      const auto v = attrs.get<bool>(info.name);
-      if (v.has_value())
-        field = *v;
-      else
-        missing = info.name;
-    } else if constexpr (std::is_same_v<Field, int64_t>) {
-      const auto v = attrs.get<int64_t>(info.name);
-      if (v.has_value())
-        field = *v;
-      else
-        missing = info.name;
-    } else {  // a choice, as its code (its row's index)
-      const auto v = attrs.get<int32_t>(info.name);
-      if (v.has_value())
-        field = static_cast<Field>(*v);
-      else
-        missing = info.name;
+    // numbers and flags as their own type, a choice as its code (its row's index)
+    using Attr = std::conditional_t<std::is_arithmetic_v<Field>, Field, int32_t>;
+    const auto v = attrs.get<Attr>(info.name);
+    if (v.has_value()) {
+      field = static_cast<Field>(*v);
+    } else {
+      missing = info.name;
     }
   });
   if (!missing.empty()) throw std::invalid_argument("attribute " + missing + " is missing or of the wrong type");
@@ -170,12 +153,23 @@ inline void check_output(ffi::Result<ffi::AnyBuffer>& out, ffi::DataType type, s
 // The loss's six inputs in call order: logp, old_logp, advantages, mask, ref_logp, normalizer.
 using LossArgs = ffi::RemainingArgs;
 
-inline const ffi::AnyBuffer* arg(std::vector<ffi::AnyBuffer>& held, const LossArgs& args, size_t i) {
-  const auto b = args.get<ffi::AnyBuffer>(i);
-  if (!b.has_value()) throw std::invalid_argument("argument " + std::to_string(i) + " is not a buffer");
-  held.push_back(*b);
-  return &held.back();
-}
+// Those six buffers of a call, decoded (in[i], held alive here).
+struct LossBuffers {
+  explicit LossBuffers(const LossArgs& args) {
+    if (args.size() != 6) throw std::invalid_argument("the loss takes 6 buffers, got " + std::to_string(args.size()));
+    held.reserve(6);
+    for (size_t i = 0; i < 6; ++i) {
+      const auto b = args.get<ffi::AnyBuffer>(i);
+      if (!b.has_value()) throw std::invalid_argument("argument " + std::to_string(i) + " is not a buffer");
+      held.push_back(*b);
+      in[i] = &held.back();
+    }
+  }
+  LossBuffers(const LossBuffers&) = delete;  // in[] points into held
+  LossBuffers& operator=(const LossBuffers&) = delete;
+  std::vector<ffi::AnyBuffer> held;
+  const ffi::AnyBuffer* in[6] = {};
+};
 
 }  // namespace jax
 }  // namespace bandpo

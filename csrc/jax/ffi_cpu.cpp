@@ -56,11 +56,8 @@ ffi::Error band_bounds_impl(ffi::AnyBuffer old_logp, ffi::Result<ffi::AnyBuffer>
 ffi::Error band_loss_impl(LossArgs args, ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> metrics,
                           ffi::Dictionary attrs) {
   return guarded([&] {
-    if (args.size() != 6) throw std::invalid_argument("bandpo_band_loss takes 6 buffers");
-    std::vector<ffi::AnyBuffer> held;
-    held.reserve(6);
-    const ffi::AnyBuffer* in[6];
-    for (size_t i = 0; i < 6; ++i) in[i] = arg(held, args, i);
+    const LossBuffers buffers(args);
+    const auto& in = buffers.in;
     const LossOptions options = loss_options(attrs, *in[5]);
     const ffi::AnyBuffer& logp = *in[0];
     const LossInputs li = loss_inputs(in, attrs, options);
@@ -76,11 +73,8 @@ ffi::Error band_loss_impl(LossArgs args, ffi::Result<ffi::AnyBuffer> loss, ffi::
 ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi::Result<ffi::AnyBuffer> grad,
                                    ffi::Dictionary attrs) {
   return guarded([&] {
-    if (args.size() != 6) throw std::invalid_argument("bandpo_band_loss_backward takes 7 buffers");
-    std::vector<ffi::AnyBuffer> held;
-    held.reserve(6);
-    const ffi::AnyBuffer* in[6];
-    for (size_t i = 0; i < 6; ++i) in[i] = arg(held, args, i);
+    const LossBuffers buffers(args);
+    const auto& in = buffers.in;
     const LossOptions options = loss_options(attrs, *in[5]);
     const LossInputs li = loss_inputs(in, attrs, options);
     check_output(grad, in[0]->element_type(), in[0]->element_count(), "grad_logp");

@@ -33,13 +33,6 @@ LossOptions loss_options(const ffi::Dictionary& attrs) {
   return options_from<LossOptions>(attrs);
 }
 
-// The six loss buffers of a call (logp, old_logp, advantages, mask, ref_logp, normalizer), held in `held`.
-void loss_buffers(const LossArgs& args, std::vector<ffi::AnyBuffer>& held, const ffi::AnyBuffer* in[6]) {
-  if (args.size() != 6) throw std::invalid_argument("the loss takes 6 buffers");
-  held.reserve(6);
-  for (size_t i = 0; i < 6; ++i) in[i] = arg(held, args, i);
-}
-
 ffi::Error band_bounds_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer old_logp,
                             ffi::Result<ffi::AnyBuffer> lower, ffi::Result<ffi::AnyBuffer> upper,
                             ffi::Dictionary attrs) {
@@ -59,9 +52,8 @@ ffi::Error band_loss_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, Lo
                           ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> metrics,
                           ffi::Dictionary attrs) {
   return guarded([&] {
-    std::vector<ffi::AnyBuffer> held;
-    const ffi::AnyBuffer* in[6];
-    loss_buffers(args, held, in);
+    const LossBuffers buffers(args);
+    const auto& in = buffers.in;
     const LossOptions options = loss_options(attrs);
     const LossInputs li = loss_inputs(in, attrs, options);
     check_output(loss, in[0]->element_type(), 1, "loss");
@@ -75,9 +67,8 @@ ffi::Error band_loss_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, Lo
 ffi::Error band_loss_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer grad_loss,
                                    LossArgs args, ffi::Result<ffi::AnyBuffer> grad, ffi::Dictionary attrs) {
   return guarded([&] {
-    std::vector<ffi::AnyBuffer> held;
-    const ffi::AnyBuffer* in[6];
-    loss_buffers(args, held, in);
+    const LossBuffers buffers(args);
+    const auto& in = buffers.in;
     const LossOptions options = loss_options(attrs);
     const LossInputs li = loss_inputs(in, attrs, options);
     check_output(grad, in[0]->element_type(), in[0]->element_count(), "grad_logp");

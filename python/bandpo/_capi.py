@@ -202,30 +202,29 @@ def _field(name: str, kind: str, value: Any, default: Any) -> Any:
     return code.value
 
 
-def options(values: dict) -> Options:
-    """The C options struct of ``values`` (option name -> value, any subset; the rest keep their defaults),
-    checked as every face checks them (TypeError / ValueError naming the option)."""
-    o = Options()
-    lib.bandpo_default_options(byref(o))
-    for row in OPTION_ROWS:
+def _filled(struct, rows, defaults, checked, values: dict):
+    """``struct`` (a ctypes options struct) with the library's defaults, ``values`` (option name -> value, any
+    subset) set over them by their rows, then checked by the library as every face checks them (TypeError /
+    ValueError naming the option)."""
+    defaults(byref(struct))
+    for row in rows:
         name = _text(row.name)
         if name in values:
-            setattr(o, name, _field(name, _text(row.type), values[name], getattr(o, name)))
-    check(lib.bandpo_check_options(byref(o)))
-    return o
+            setattr(struct, name, _field(name, _text(row.type), values[name], getattr(struct, name)))
+    check(checked(byref(struct)))
+    return struct
+
+
+def options(values: dict) -> Options:
+    """The C options struct (bandpo_options) of ``values``, checked."""
+    return _filled(Options(), OPTION_ROWS, lib.bandpo_default_options, lib.bandpo_check_options, values)
 
 
 def logit_options(values: dict) -> LogitOptions:
-    """The C struct of the lm_head steps' options (``values``: any subset; the rest keep their defaults), checked as
-    every face checks them (TypeError / ValueError naming the option)."""
-    o = LogitOptions()
-    lib.bandpo_default_logit_options(byref(o))
-    for row in LOGIT_OPTION_ROWS:
-        name = _text(row.name)
-        if name in values:
-            setattr(o, name, _field(name, _text(row.type), values[name], getattr(o, name)))
-    check(lib.bandpo_check_logit_options(byref(o)))
-    return o
+    """The C struct of the lm_head steps' options (bandpo_logit_options) of ``values``, checked."""
+    return _filled(
+        LogitOptions(), LOGIT_OPTION_ROWS, lib.bandpo_default_logit_options, lib.bandpo_check_logit_options, values
+    )
 
 
 def describe(data: int, dtype_name: str, shape: tuple, keep: list) -> Array:

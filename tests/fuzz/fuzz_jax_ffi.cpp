@@ -269,17 +269,12 @@ bandpo_dtype c_code(XLA_FFI_DataType t) {
   }
 }
 
-bandpo_dtype c_dtype(XLA_FFI_DataType t) {
-  switch (t) {
-    case XLA_FFI_DataType_F64:
-      return BANDPO_FLOAT64;
-    case XLA_FFI_DataType_BF16:
-      return BANDPO_BFLOAT16;
-    case XLA_FFI_DataType_F16:
-      return BANDPO_FLOAT16;
-    default:
-      return BANDPO_FLOAT32;
-  }
+// A call's float dtype and shape (rank 0 to 2, sizes 0 to 9), which its buffers mostly follow.
+XLA_FFI_DataType draw_type(FuzzedDataProvider& in) { return kTypes[in.ConsumeIntegralInRange<int>(0, 3)]; }
+std::vector<int64_t> draw_shape(FuzzedDataProvider& in) {
+  std::vector<int64_t> shape(in.ConsumeIntegralInRange<size_t>(0, 2));
+  for (auto& d : shape) d = in.ConsumeIntegralInRange<int64_t>(0, 9);
+  return shape;
 }
 
 void fuzz_bounds(FuzzedDataProvider& in) {
@@ -287,9 +282,8 @@ void fuzz_bounds(FuzzedDataProvider& in) {
   bandpo_options o;
   draw_options(in, attrs, o, false);
   attrs.finish();
-  const XLA_FFI_DataType type = kTypes[in.ConsumeIntegralInRange<int>(0, 3)];
-  std::vector<int64_t> shape(in.ConsumeIntegralInRange<size_t>(0, 2));
-  for (auto& d : shape) d = in.ConsumeIntegralInRange<int64_t>(0, 9);
+  const XLA_FFI_DataType type = draw_type(in);
+  const std::vector<int64_t> shape = draw_shape(in);
   Buffer old, lower, upper;
   draw_buffer(in, old, type, shape);
   draw_buffer(in, lower, type, shape);
@@ -302,7 +296,7 @@ void fuzz_bounds(FuzzedDataProvider& in) {
   // the C ABI on the same values gives the same bits
   std::vector<unsigned char> lo(lower.bytes.size()), hi(upper.bytes.size());
   const int64_t n = static_cast<int64_t>(old.bytes.size() / width(old.buf.dtype));
-  EXPECT(bandpo_band_bounds(c_dtype(old.buf.dtype), old.buf.data, n, &o, lo.data(), hi.data()) == BANDPO_OK);
+  EXPECT(bandpo_band_bounds(c_code(old.buf.dtype), old.buf.data, n, &o, lo.data(), hi.data()) == BANDPO_OK);
   EXPECT(same_bytes(lo.data(), lower.bytes.data(), lo.size()));
   EXPECT(same_bytes(hi.data(), upper.bytes.data(), hi.size()));
   ++compared_bounds;
@@ -317,9 +311,8 @@ void fuzz_loss(FuzzedDataProvider& in, bool backward) {
   attrs.add("has_ref_logp", XLA_FFI_DataType_PRED, has_ref);
   attrs.add("normalizer_in_program", XLA_FFI_DataType_PRED, false);
   attrs.finish();
-  const XLA_FFI_DataType type = kTypes[in.ConsumeIntegralInRange<int>(0, 3)];
-  std::vector<int64_t> shape(in.ConsumeIntegralInRange<size_t>(0, 2));
-  for (auto& d : shape) d = in.ConsumeIntegralInRange<int64_t>(0, 9);
+  const XLA_FFI_DataType type = draw_type(in);
+  const std::vector<int64_t> shape = draw_shape(in);
   const bool per_row = shape.size() == 2 && in.ConsumeBool();
   Buffer logp, old, adv, mask, ref, norm, grad_loss, loss, metrics, grad;
   draw_buffer(in, logp, type, shape);
