@@ -88,6 +88,9 @@ ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi:
 
 namespace ffi = xla::ffi;
 
+// The handlers are the library's only exported symbols (it is built with hidden visibility).
+#pragma GCC visibility push(default)
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     bandpo_xla_band_bounds, bandpo::jax::band_bounds_impl,
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
@@ -99,3 +102,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     bandpo_xla_band_loss_backward, bandpo::jax::band_loss_backward_impl,
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().RemainingArgs().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
+
+#pragma GCC visibility pop

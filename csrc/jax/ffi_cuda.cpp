@@ -85,6 +85,9 @@ ffi::Error band_loss_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator sc
 
 namespace ffi = xla::ffi;
 
+// The handlers are the library's only exported symbols (it is built with hidden visibility).
+#pragma GCC visibility push(default)
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_bounds_cuda, bandpo::jax::band_bounds_cuda,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
@@ -111,3 +114,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_backward_cuda, bandpo::jax::b
                                   .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attrs<ffi::Dictionary>());
+
+#pragma GCC visibility pop
