@@ -1,7 +1,8 @@
 """The float Band-KL path reads its bounds from a per-delta table (csrc/include/bandpo/kl_table.h): held here to
 the float64 exact solve (itself held to the 50-digit table in test_exactness.py) densely over delta and old_logp,
 and against the exact float solve that BANDPO_KL_TABLE=0 selects. On the CPU the table is built once per delta and
-kept; on CUDA each call builds it on the device (csrc/core/cuda/kl_table.cu): both are held to the same bounds."""
+kept; on CUDA too, per device (csrc/core/cuda/kl_table.cu): both are held to the same bounds, and the builds are
+counted."""
 
 import json
 import math
@@ -139,6 +140,83 @@ def test_a_refused_table_falls_back_to_the_exact_solve(device):
     # them, which must give what the exact solve gives, bit for bit (on CUDA: the kernels read the device flag).
     code = _CASE.format(device=device) + "print(json.dumps(result))"
     assert _run_with_table("refuse", code) == _run_with_table("0", code)
+
+
+# In a fresh process each (the caches are per process, and the device's holds its first 8 deltas).
+_BUILT_ONCE = """
+import json, sys, torch, bandpo
+sys.path.insert(0, {here!r})
+from test_kl_table import dense_logps
+builds = bandpo._capi.kl_table_builds
+lp = dense_logps()[:5000].to({device!r})
+counts = [builds()]
+bounds = [torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.0371) for _ in range(3)]
+logp = (lp + 0.01).clamp(max=0.0).requires_grad_()
+loss, _ = torch.ops.bandpo.band_loss(logp, lp, torch.ones_like(lp), divergence="kl", delta=0.0371)
+loss.backward()
+counts.append(builds())
+same = all(torch.equal(lo, bounds[0][0]) and torch.equal(up, bounds[0][1]) for lo, up in bounds[1:])
+torch.ops.bandpo.band_bounds(lp.double(), divergence="kl", delta=0.0372)  # float64 solves: no table
+torch.ops.bandpo.band_bounds(lp, divergence="tv", delta=0.0373)
+counts.append(builds())
+torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=0.0374)
+counts.append(builds())
+print(json.dumps(dict(counts=counts, same=same)))
+"""
+
+
+def test_a_table_is_built_once_per_delta(device):
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = _run_with_table("1", _BUILT_ONCE.format(here=here, device=device))
+    # three bounds calls, a forward and a backward: one build; float64 and TV: none; a new delta: one
+    assert out["counts"] == [0, 1, 1, 2] and out["same"]
+
+
+_PAST_THE_CACHE = """
+import json, sys, torch, bandpo
+sys.path.insert(0, {here!r})
+from test_kl_table import dense_logps
+builds = bandpo._capi.kl_table_builds
+lp = dense_logps()[:5000].cuda()
+# a captured call builds in its workspace (again at each replay, without the host) and caches nothing
+delta = 0.0479
+static = lp.clone()
+stream = torch.cuda.Stream()
+with torch.cuda.stream(stream):
+    torch.ops.bandpo.band_bounds(static, divergence="tv", delta=delta)  # warm up outside the graph
+torch.cuda.synchronize()
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):
+    lo_g, up_g = torch.ops.bandpo.band_bounds(static, divergence="kl", delta=delta)
+counts = [builds()]
+graph.replay()
+graph.replay()
+torch.cuda.synchronize()
+lo, up = torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=delta)
+counts.append(builds())  # the first eager call builds the cached table
+torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=delta)
+counts.append(builds())
+same = torch.equal(lo_g, lo) and torch.equal(up_g, up)
+# the device keeps 8 tables: 7 more deltas fill it, the eighth new one builds at every call
+deltas = [0.011 + 0.001 * i for i in range(8)]
+for _ in range(2):
+    got = {{d: torch.ops.bandpo.band_bounds(lp, divergence="kl", delta=d)[1].cpu() for d in deltas}}
+    counts.append(builds())
+err = max((((got[d] - torch.ops.bandpo.band_bounds(lp.cpu(), divergence="kl", delta=d)[1]).abs()
+             / got[d]).max().item()) for d in deltas)
+print(json.dumps(dict(counts=counts, err=err, same=same)))
+"""
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and bandpo.has_cuda_kernels()),
+    reason="needs a CUDA device and bandpo's CUDA kernels",
+)
+def test_device_tables_past_the_cache_and_under_graph_capture_build_per_call():
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = _run_with_table("1", _PAST_THE_CACHE.format(here=here))
+    assert out["counts"] == [1, 2, 2, 10, 11], out
+    assert out["err"] < 1e-6 and out["same"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -13,6 +13,7 @@
 #include "bandpo/arrays.h"
 #include "bandpo/cpu.h"
 #include "bandpo/errors.h"
+#include "kl_table_cache.h"
 
 namespace {
 
@@ -357,5 +358,6 @@ const char* bandpo_last_error(void) { return last_error.c_str(); }
 const char* bandpo_version(void) { return bandpo::version(); }
 int bandpo_abi_version(void) { return BANDPO_ABI_VERSION; }
 void bandpo_set_num_threads(int n) { num_threads = n > 0 ? n : 0; }
+int64_t bandpo_kl_table_builds(void) { return bandpo::detail::kl_table_builds(); }
 
 }  // extern "C"

@@ -9,7 +9,7 @@
 #include "aggregation.h"
 #include "bandpo/cpu.h"
 #include "bandpo/kl_table_build.h"
-#include "bandpo/logit_stats.h"
+#include "bandpo/lm_head.h"
 
 namespace bandpo {
 namespace detail {
@@ -30,7 +30,7 @@ using GradSegmentKernel = void(const LossInputs& in, const LossOptions& options,
 using WeightSumKernel = double(const LossInputs& in, int64_t begin, int64_t end);
 // values[i] = kl_table_exact(lp[i], delta) (kl_table_build.h) for i in [0, n): the table builder's solves.
 using KlTableExactKernel = void(const double* lp, int64_t n, double delta, KlTableValues* values);
-// Rows [range.begin, range.end) of a chunk of raw logits (inputs.h LogitChunk; logit_stats.h): logp[r] and
+// Rows [range.begin, range.end) of a chunk of raw logits (inputs.h LogitChunk; lm_head.h): logp[r] and
 // entropy[r]; targets already checked (in [0, vocab) or ignore_index).
 struct RowRange {
   int64_t begin, end;

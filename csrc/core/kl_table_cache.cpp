@@ -3,6 +3,7 @@
 #include "kl_table_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -27,8 +28,18 @@ KlTableMode kl_table_mode() {
 
 namespace {
 
+std::atomic<int64_t> builds{0};
+
+}  // namespace
+
+void count_kl_table_build() { builds.fetch_add(1, std::memory_order_relaxed); }
+int64_t kl_table_builds() { return builds.load(std::memory_order_relaxed); }
+
+namespace {
+
 // Builds the table for delta, uncached; its max_error says whether it may be used (kl_table_for decides).
 std::shared_ptr<const KlTableData> build_kl_table(double delta, const ParallelFor& parallel_for) {
+  count_kl_table_build();
   auto table = std::make_shared<KlTableData>();
   const KlTableLayout l = kl_table_layout(delta);
   table->layout = l;

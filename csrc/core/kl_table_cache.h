@@ -1,6 +1,7 @@
 // Internal: the float Band-KL tables (kl_table.h) of the CPU drivers, built on first use per delta and kept.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -33,6 +34,11 @@ KlTableMode kl_table_mode();
 KlTable kl_table_view(const KlTableData* data);
 
 constexpr int kKlTableCacheSize = 4;
+
+// Tables built in this process, on the CPU and (enqueued) on every device: what the caches save is countable
+// (bandpo_kl_table_builds() in the C ABI; the tests call twice and count one build).
+void count_kl_table_build();
+int64_t kl_table_builds();
 
 }  // namespace detail
 }  // namespace bandpo

@@ -1,12 +1,12 @@
 // CPU drivers of the lm_head statistics (bandpo/cpu.h logit_stats_cpu, logit_grad_cpu): checks, then the rows
-// on the thread pool, each row by the kernel variant's vectorised loops (logit_stats.h's per-element math).
+// on the thread pool, each row by the kernel variant's vectorised loops (lm_head.h's per-element math).
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
 #include "bandpo/cpu.h"
-#include "bandpo/logit_stats.h"
+#include "bandpo/lm_head.h"
 #include "checks.h"
 #include "cpu_dispatch.h"
 #include "thread_pool.h"

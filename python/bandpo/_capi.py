@@ -104,6 +104,7 @@ def _load() -> ctypes.CDLL:
         )
     lib.bandpo_last_error.restype = c_char_p
     lib.bandpo_version.restype = c_char_p
+    lib.bandpo_kl_table_builds.restype = c_int64
     for name in (
         "bandpo_band_bounds",
         "bandpo_band_loss",
@@ -247,6 +248,11 @@ def loss_layout(arrays: list, opts: Options) -> LossLayout:
     layout = LossLayout()
     check(lib.bandpo_loss_layout_of(byref(LossArrays(*described)), byref(opts), byref(layout)))
     return layout
+
+
+def kl_table_builds() -> int:
+    """Float Band-KL tables built so far in this process (CPU and devices; ``bandpo_kl_table_builds``)."""
+    return lib.bandpo_kl_table_builds()
 
 
 def version() -> str:

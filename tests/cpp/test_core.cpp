@@ -1,7 +1,7 @@
 // ctest for the C++ API of the core library (no torch, no Python): bounds against the 50-digit mpmath
 // table, the gradient of band_loss_cpu against central finite differences, and the bad-argument paths.
 #include <bandpo/cpu.h>
-#include <bandpo/logit_stats.h>
+#include <bandpo/lm_head.h>
 #include <bandpo/version.h>
 
 #include "cuda_driver.h"
@@ -167,7 +167,7 @@ void test_bad_arguments() {
 }  // namespace
 
 // The CUDA kernels fold a row in one pass (logit_sums_add per 16-byte load in each thread, then logit_sums_merge
-// across threads, bandpo/logit_stats.h); the CPU takes the max first, then sums (logit_stats_cpu). Both from the
+// across threads, bandpo/lm_head.h); the CPU takes the max first, then sums (logit_stats_cpu). Both from the
 // same header: the device's fold is run here on the host, in the device's order (256 threads striding by loads of
 // 8 bf16 or 4 float logits, the row's end padded with -inf as the kernel pads it, then a butterfly over 32 lanes
 // and warp 0 over 8 warps), against the CPU on rows with logits of -inf (a masked vocabulary entry: 0 to the

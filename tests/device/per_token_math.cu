@@ -1,7 +1,7 @@
 // Compile-only check (tests/test_device_headers.py): the shared per-token math must build as CUDA device
 // code, unchanged, so that the CUDA kernels use the same definitions as the CPU loops.
 #include "bandpo/dtypes.h"
-#include "bandpo/logit_stats.h"
+#include "bandpo/lm_head.h"
 #include "bandpo/token_loss.h"
 
 namespace bandpo_device_check {
@@ -19,7 +19,7 @@ __global__ void every_per_token_function(const C* old_logp, const C* logp, const
            bandpo::clipped_pg_loss(old_logp[i], adv[i], loss);
 }
 
-// The lm_head statistics' per-logit math (logit_stats.h).
+// The lm_head statistics' per-logit math (lm_head.h).
 __global__ void every_per_logit_function(const float* raw, float* out, long n, bandpo::LogitTransform t,
                                          bandpo::LogitRowGrad g) {
   const long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x;

@@ -48,19 +48,16 @@ __global__ void __launch_bounds__(kBlockThreads, kTable ? (sizeof(T) == 4 ? 8 : 
 
 namespace {
 
-// table_workspace: where a call with a workspace builds its KL table; null for the overload without one, which
-// then solves (enqueue_kl_table enqueues nothing where a call reads no table).
+// table_workspace: where a call with a workspace builds its KL table when the device's cache cannot serve it; null
+// for the overload without one, which then solves (enqueue_kl_table enqueues nothing where a call reads no table).
 void band_bounds_impl(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
                       void* upper, void* table_workspace, cudaStream_t stream) {
   if (n == 0) return;
-  const bool with_table = table_workspace != nullptr;
   bandpo::detail::with_storage_type(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = typename ComputeType<T>::type;
     constexpr int N = detail::kChunk<T>;
-    const detail::DeviceKlTable kl_table = with_table
-                                               ? detail::enqueue_kl_table(dtype, options, table_workspace, stream)
-                                               : detail::DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
+    const detail::DeviceKlTable kl_table = detail::enqueue_kl_table(dtype, options, table_workspace, stream);
     const bool aligned =
         detail::is_aligned(old_logp, 16) && detail::is_aligned(lower, 16) && detail::is_aligned(upper, 16);
     const int blocks =

@@ -1,9 +1,11 @@
 // The device build of the float Band-KL table (kl_table.cuh): the builder functions of kl_table_build.h, one
-// thread per exact solve.
+// thread per exact solve; and the per-device cache of built tables.
 #include "kl_table.cuh"
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "../kl_table_cache.h"
 #include "bandpo/kl_table_build.h"
@@ -81,20 +83,85 @@ size_t kl_table_bytes(DType dtype, const BoundOptions& options) {
   return kFlagBytes + round_up(static_cast<size_t>(l.size()) * kKlTableCoeffs * sizeof(float));
 }
 
-DeviceKlTable enqueue_kl_table(DType dtype, const BoundOptions& options, void* workspace, cudaStream_t stream) {
-  if (kl_table_bytes(dtype, options) == 0) return DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
-  const KlTableLayout l = kl_table_layout(options.delta);
-  int* refused = static_cast<int*>(workspace);
-  float* coeffs = reinterpret_cast<float*>(static_cast<char*>(workspace) + kFlagBytes);
-  const cudaError_t err = cudaMemsetAsync(refused, 0, sizeof(int), stream);
-  if (err != cudaSuccess) detail::throw_cuda_error("resetting the KL table's flag", err);
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) detail::throw_cuda_error(what, err);
+}
+
+// The table's view of a buffer of kl_table_bytes(): the flag first, then the coefficients.
+DeviceKlTable table_in(void* buffer, const KlTableLayout& l) {
+  return DeviceKlTable{KlTable{reinterpret_cast<float*>(static_cast<char*>(buffer) + kFlagBytes), l},
+                       static_cast<const int*>(buffer)};
+}
+
+// Enqueues the build of delta's table into `buffer` on `stream`.
+DeviceKlTable enqueue_build(double delta, void* buffer, cudaStream_t stream) {
+  const KlTableLayout l = kl_table_layout(delta);
+  const DeviceKlTable t = table_in(buffer, l);
+  int* refused = static_cast<int*>(buffer);
+  check(cudaMemsetAsync(refused, 0, sizeof(int), stream), "resetting the KL table's flag");
   const int blocks = (l.size() + kIntervalsPerBlock - 1) / kIntervalsPerBlock;
   // BANDPO_KL_TABLE=refuse: a limit no table meets (every check fails, the kernels solve)
   const double max_error =
       bandpo::detail::kl_table_mode() == bandpo::detail::KlTableMode::refuse ? -1.0 : kKlTableMaxError;
-  build_kl_table_kernel<<<blocks, kBuildThreads, 0, stream>>>(l, options.delta, max_error, coeffs, refused);
+  build_kl_table_kernel<<<blocks, kBuildThreads, 0, stream>>>(l, delta, max_error, const_cast<float*>(t.table.coeffs),
+                                                              refused);
   throw_if_launch_failed("the KL table build");
-  return DeviceKlTable{KlTable{coeffs, l}, refused};
+  bandpo::detail::count_kl_table_build();
+  return t;
+}
+
+struct CachedTable {
+  int device;
+  double delta;
+  void* buffer;       // kl_table_bytes(), never freed (kl_table.cuh)
+  cudaEvent_t built;  // recorded after the build, on the stream of the call that built it
+};
+
+// The cached table of (device, delta), ready in `stream`'s order; built on a miss. Null where the cache cannot
+// serve this call (capture, a full cache, an allocation that failed): the caller builds in its workspace.
+const CachedTable* cached_table(double delta, size_t bytes, cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &capture), "asking whether the stream is being captured");
+  if (capture != cudaStreamCaptureStatusNone) return nullptr;
+  int device = 0;
+  check(cudaStreamGetDevice(stream, &device), "finding the stream's device");
+  static std::mutex mutex;
+  static std::vector<CachedTable>* cache = new std::vector<CachedTable>();  // never destroyed: see above
+  std::lock_guard<std::mutex> lock(mutex);
+  int on_device = 0;
+  for (const CachedTable& c : *cache) {
+    if (c.device != device) continue;
+    if (c.delta == delta) {
+      // the build may still be queued on another stream: order this one after it (a device-side wait)
+      check(cudaStreamWaitEvent(stream, c.built, 0), "waiting for the KL table's build");
+      return &c;
+    }
+    ++on_device;
+  }
+  if (on_device >= kDeviceKlTableCacheSize) return nullptr;
+  CachedTable entry{device, delta, nullptr, nullptr};
+  if (cudaMalloc(&entry.buffer, bytes) != cudaSuccess) {
+    (void)cudaGetLastError();  // an allocation failure is not sticky: clear it, and build in the workspace
+    return nullptr;
+  }
+  check(cudaEventCreateWithFlags(&entry.built, cudaEventDisableTiming), "creating the KL table's event");
+  enqueue_build(delta, entry.buffer, stream);
+  check(cudaEventRecord(entry.built, stream), "recording the KL table's build");
+  cache->push_back(entry);
+  return &cache->back();
+}
+
+}  // namespace
+
+DeviceKlTable enqueue_kl_table(DType dtype, const BoundOptions& options, void* workspace, cudaStream_t stream) {
+  const size_t bytes = kl_table_bytes(dtype, options);
+  if (bytes == 0) return DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
+  if (const CachedTable* c = cached_table(options.delta, bytes, stream))
+    return table_in(c->buffer, kl_table_layout(options.delta));
+  if (workspace == nullptr) return DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
+  return enqueue_build(options.delta, workspace, stream);
 }
 
 }  // namespace detail

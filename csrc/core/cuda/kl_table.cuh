@@ -1,11 +1,18 @@
-// Internal: the float Band-KL table (kl_table.h) on the device, built for each call in the call's workspace.
+// Internal: the float Band-KL table (kl_table.h) on the device.
 //
-// The CPU drivers build a table once per delta and keep it; a device call cannot (a persistent device buffer
-// would need an allocation, and a cache a host sync to learn whether the build passed its check). So each call
-// that reads one enqueues its build first: one thread per exact float64 solve (about 29k at delta = 0.05, a
-// few microseconds), then the same fit and check as the CPU's (kl_table_build.h). A table that fails its check
-// sets a flag in the workspace; the kernels read it first and then solve exactly (the fallback the CPU takes,
-// decided on the device, without a sync).
+// Like the CPU drivers' tables (kl_table_cache.h), a device's table is built once per delta and kept: the first
+// call with a delta on a device allocates it (cudaMalloc, once) and enqueues its build on the call's stream,
+// with an event after it; later calls on any stream of that device only make their stream wait for that event
+// (no host sync, no launch). The build: one thread per exact float64 solve (about 29k at delta = 0.05, a few
+// microseconds), then the same fit and check as the CPU's (kl_table_build.h). A table that fails its check sets
+// a flag beside it; the kernels read it first and then solve exactly (the fallback the CPU takes, decided on the
+// device, without a sync).
+//
+// Where a call cannot use the cache it builds the table in its own workspace, as every call did before the
+// cache: while its stream is being captured into a CUDA graph (a build recorded into a graph has not run, so it
+// must not be cached; the graph rebuilds it at each replay), and for deltas past kDeviceKlTableCacheSize on one
+// device (a schedule of many deltas then costs one build a call, never unbounded memory). Cached tables live
+// as long as the process: freeing one would need to know that no queued kernel still reads it.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -32,8 +39,13 @@ struct DeviceKlTable {
 // none (not "kl", float64 inputs, or BANDPO_KL_TABLE=0; kl_table_cache.h).
 size_t kl_table_bytes(DType dtype, const BoundOptions& options);
 
-// Enqueues the build of the table into `workspace` (kl_table_bytes() of it, 16-byte aligned) on `stream`.
-// Where kl_table_bytes() is 0, enqueues nothing and returns no table.
+// Tables kept per device.
+constexpr int kDeviceKlTableCacheSize = 8;
+
+// The table the call reads, ready in `stream`'s order: the device's cached one (built now on a miss), or, where
+// the cache cannot serve (above), built into `workspace` (kl_table_bytes() of it, 16-byte aligned) on `stream`.
+// Where kl_table_bytes() is 0, or the cache cannot serve and `workspace` is null, returns no table (the kernels
+// solve).
 DeviceKlTable enqueue_kl_table(DType dtype, const BoundOptions& options, void* workspace, cudaStream_t stream);
 
 // In a kernel, before the token loop. The kernels come in two variants per call that reads a table: kTable,

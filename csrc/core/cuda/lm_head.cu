@@ -1,5 +1,5 @@
 // CUDA kernels of the lm_head statistics (bandpo/cuda.h logit_stats, logit_grad): one block per row of raw
-// logits, the per-element math of bandpo/logit_stats.h (the CPU loops' own).
+// logits, the per-element math of bandpo/lm_head.h (the CPU loops' own).
 //
 // Stats: one pass over the row (16-byte loads), each thread folding each load's logits into running sums
 // (logit_sums_add, re-based at most once per load), then a fixed-order block reduction (logit_sums_merge):
@@ -11,7 +11,7 @@
 #include <string>
 
 #include "bandpo/cuda.h"
-#include "bandpo/logit_stats.h"
+#include "bandpo/lm_head.h"
 #include "../checks.h"
 #include "common.cuh"
 

@@ -251,6 +251,11 @@ int bandpo_abi_version(void);
 /* Threads used by the CPU kernels of this thread's later calls (0 = one per hardware thread, the default). */
 void bandpo_set_num_threads(int num_threads);
 
+/* Float Band-KL tables built so far in this process, on the CPU and on every device. A table is built on the
+ * first call with a delta and kept (the CPU keeps the last 4 deltas; each device its first 8, beyond which and
+ * during CUDA graph capture each call builds one): with a fixed delta this stays where the first call left it. */
+int64_t bandpo_kl_table_builds(void);
+
 #ifdef __cplusplus
 }
 #endif

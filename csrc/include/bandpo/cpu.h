@@ -44,7 +44,7 @@ LossResult band_loss_cpu(const LossInputs& inputs, const LossOptions& options, v
 // Log-probs and entropy from raw float32 logits, for an lm_head computed in chunks (one chunk of rows of
 // hidden @ W^T + b at a time, by any GEMM): the chunk's rows at raw (inputs.h LogitChunk). With the transform
 // z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) / temperature (options.h LogitOptions,
-// bandpo/logit_stats.h), logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log
+// bandpo/lm_head.h), logp[r] = log softmax(z)[target[r]] (<= 0) and entropy[r] = -sum softmax(z) log
 // softmax(z), in nats; rows with target[r] == ignore_index give 0. Targets must lie in [0, vocab) otherwise:
 // the call throws std::invalid_argument naming the first that does not (also for bad sizes and options). A row
 // with a NaN or +inf logit gives NaN; a logit of -inf has probability 0 (adds nothing to the entropy or the

@@ -17,8 +17,8 @@
 //   - the solve (below): float64 inputs always, float inputs where no table is given; exact to 1e-11 relative
 //     in float64 and 4e-6 in float32 (tests/test_exactness.py, against the 50-digit table in tests/data);
 //   - the table (kl_table.h, built by kl_table_build.h from this solve): float inputs (float32, bfloat16,
-//     float16) when the call has one. The CPU keeps the last 4 deltas' tables (kl_table_cache.cpp); CUDA builds
-//     the call's table in its workspace first (cuda/kl_table.cu). A table whose build check finds an error
+//     float16) when the call has one. The CPU keeps the last 4 deltas' tables (kl_table_cache.cpp); each device its
+//     first 8 (cuda/kl_table.cu, which builds in the call's workspace past them and under graph capture). A table whose build check finds an error
 //     above kKlTableMaxError is refused, and the call solves; BANDPO_KL_TABLE=0 makes every call solve.
 //     Within 3.1e-7 of the float64 solve over delta in [1e-12, 1e6] (tests/test_kl_table.py).
 // The loss's clip decision (kl_beyond_bound) needs no bound where it solves (KL at the token's ratio above
@@ -183,9 +183,11 @@ BANDPO_HD C kl_token_bound_one_side(C lp, C p, C q, bool upper_side, C delta, co
 
 // The loss's clip decision on one side: whether r = exp(log_ratio) lies beyond the KL bound, above the upper one
 // when upper_side, below the lower one otherwise. The predicates combine with & and | rather than && and ||:
-// without short-circuit branches they if-convert, and the token loops vectorise.
+// without short-circuit branches they if-convert, and the token loops vectorise. The table comes by value: taken
+// by reference (into the caller's params), GCC 12 stopped vectorising the loss's token loop of the table variant
+// (4x slower forward at 1M float32 tokens with AVX-512; benchmarks/bench_binding_overhead.py found it).
 template <class C>
-BANDPO_HD bool kl_beyond_bound(C lp, C p, C q, C log_ratio, bool upper_side, C delta, const KlTable& table) {
+BANDPO_HD bool kl_beyond_bound(C lp, C p, C q, C log_ratio, bool upper_side, C delta, KlTable table) {
   if constexpr (std::is_same<C, float>::value) {
     if (table.coeffs != nullptr) {
       const C log_bound = kl_table_log_bound_one_side(lp, upper_side, table);

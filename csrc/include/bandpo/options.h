@@ -54,7 +54,7 @@ struct LossOptions {
   BANDPO_LOSS_OPTION_TABLE(BANDPO_OPTION_FIELD)
 };
 
-// The lm_head chunk steps' options: the ignored target and the logits' transform (logit_stats.h).
+// The lm_head chunk steps' options: the ignored target and the logits' transform (lm_head.h).
 struct LogitOptions {
   BANDPO_LOGIT_OPTION_TABLE(BANDPO_OPTION_FIELD)
 };

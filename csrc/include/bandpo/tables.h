@@ -71,7 +71,7 @@
 // Options of the lm_head's chunk steps (logit_chunk_stats / logit_chunk_grad_, linear_logprob_entropy, the C ABI's
 // bandpo_logit_stats / bandpo_logit_grad), in schema order: the target that marks a position without a token, and
 // the transform of the raw logits, z = (logit_scale raw, then softcap tanh(. / softcap) when softcap > 0) /
-// temperature (logit_stats.h).
+// temperature (lm_head.h).
 #define BANDPO_LOGIT_OPTION_TABLE(BANDPO_OPTION)                                              \
   BANDPO_OPTION(ignore_index, int64_t, "int", "-100", -100, call, true, "")                   \
   BANDPO_OPTION(logit_scale, double, "float", "1.0", 1.0, call, std::isfinite(v) && v != 0.0, \

@@ -18,7 +18,7 @@ four: the loss's per-token gradient needs only the token and its aggregation wei
 One job a module:
     checks      arguments and options, named in each error; the chunk size budget
     chunks      the chunk loop: torch's GEMM, then bandpo's chunk kernels (torch.ops.bandpo.logit_chunk_stats /
-                logit_chunk_grad_, the math in csrc/include/bandpo/logit_stats.h) or torch_math; the gradient sums
+                logit_chunk_grad_, the math in csrc/include/bandpo/lm_head.h) or torch_math; the gradient sums
     torch_math  the same chunk math as torch operations (float64, other devices, a build without CUDA kernels)
     reference   the plain float64 path the tests hold both to
     op          torch.ops.bandpo.linear_logprob_entropy's kernels and the public function (registered with

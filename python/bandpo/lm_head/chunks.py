@@ -25,7 +25,7 @@ def chunk_tokens(n: int, vocab: int, chunk_size: int, device: torch.device) -> i
 
 def uses_kernels(x: Tensor) -> bool:
     """Whether a chunk's statistics and gradient run in bandpo's kernels (one pass per row,
-    csrc/include/bandpo/logit_stats.h): on the CPU and on CUDA (where the wheel has its CUDA kernels), for float
+    csrc/include/bandpo/lm_head.h): on the CPU and on CUDA (where the wheel has its CUDA kernels), for float
     inputs other than float64 (x: the hidden states or the chunk's raw logits). Elsewhere (other devices, float64)
     the same math runs as torch operations (torch_math)."""
     if x.dtype == torch.float64:

@@ -1,5 +1,5 @@
 """The chunk steps as torch operations: what runs where bandpo's kernels do not (float64 inputs, devices other
-than the CPU and CUDA, a build without CUDA kernels). The same math as csrc/include/bandpo/logit_stats.h; the
+than the CPU and CUDA, a build without CUDA kernels). The same math as csrc/include/bandpo/lm_head.h; the
 tests hold the two to each other (test_lm_head.py, test_kernel_path_equals_the_torch_path)."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def chunk_stats(raw: Tensor, t: Tensor, o: LogitOptions) -> tuple[Tensor, Tensor
     z_target = z.gather(1, t.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
     p = torch.sub(z, lse).exp_()
     # entropy = sum P (lse - z): non-negative terms, no cancellation between lse and E[z]; a logit of -inf (P = 0)
-    # adds 0, the limit of p log p, not 0 * inf = NaN (logit_stats.h logit_offset)
+    # adds 0, the limit of p log p, not 0 * inf = NaN (lm_head.h logit_offset)
     entropy = torch.einsum("nv,nv->n", p, z.sub_(lse).neg_().masked_fill_(p == 0, 0.0))
     logp = (z_target - lse.squeeze(1)).clamp_max(0.0)  # rounding may not make a probability above 1
     zero = torch.zeros((), device=z.device)
@@ -61,7 +61,7 @@ def chunk_logit_grad_(
     z, dz = transform_(raw, o)
     # dlogp/dz = onehot - P; dH/dz = -P (z - E[z]). g_z = g_logp (onehot - P) - g_H P (z - E[z]).
     if logp is not None and entropy is not None:
-        # from the outputs (logit_stats.h logit_row_grad_from_outputs): lse = z_target - logp, E[z] = lse - H
+        # from the outputs (lm_head.h logit_row_grad_from_outputs): lse = z_target - logp, E[z] = lse - H
         z.sub_(z.gather(1, t.clamp(0, vocab - 1).unsqueeze(1)).sub_(logp.to(cdt).unsqueeze(1)))  # z - lse
         p = torch.exp(z)
         ez = entropy.to(cdt).neg().unsqueeze(1)  # E[z] - lse
