@@ -48,6 +48,8 @@ class LossInputs(ctypes.Structure):
         ("mask", ctypes.c_void_p),
         ("mask_kind", ctypes.c_int),
         ("ref_logp", ctypes.c_void_p),
+        ("lower", ctypes.c_void_p),
+        ("upper", ctypes.c_void_p),
     ]
 
 
@@ -93,7 +95,7 @@ def options(lib, **kw):
 
 def test_version(lib):
     assert lib.bandpo_version().decode() == bandpo.__version__
-    assert lib.bandpo_abi_version() == _capi.ABI_VERSION == 3
+    assert lib.bandpo_abi_version() == _capi.ABI_VERSION == 4
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

@@ -32,6 +32,7 @@ def c_abi_call(arrays, kwargs):
             value = code.value
         setattr(opts, name, value)
     keep = []
+    arrays = list(arrays) + [None] * (len(_capi.LOSS_ARRAY_NAMES) - len(arrays))  # lower, upper: absent
     described = [
         _capi.ABSENT if a is None else _capi.describe(a.ctypes.data, str(a.dtype), a.shape, keep) for a in arrays
     ]
@@ -52,7 +53,7 @@ def c_abi_call(arrays, kwargs):
             layout.advantages_per_row,
             ptr[3],
             layout.mask_kind,
-            ptr[4],
+            *ptr[4:],
         )
         loss, metrics = ctypes.c_double(), (ctypes.c_float * 8)()
         status = _capi.lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(opts), ctypes.byref(loss), metrics, None)
@@ -109,8 +110,8 @@ def test_the_messages_say_what_is_expected():
     logp, old, adv, mask, _ = make_batch(B=2, T=5, dtype=torch.float64)
     with pytest.raises(
         TypeError,
-        match=r"^old_logp has dtype float32 but logp has float64: old_logp, advantages "
-        r"and ref_logp must have logp's dtype, or float32 beside a bfloat16 or "
+        match=r"^old_logp has dtype float32 but logp has float64: old_logp, advantages, "
+        r"ref_logp, lower and upper must have logp's dtype, or float32 beside a bfloat16 or "
         r"float16 logp$",
     ):
         torch.ops.bandpo.band_loss(logp, old.float(), adv, mask)

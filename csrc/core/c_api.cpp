@@ -238,6 +238,8 @@ bandpo_status bandpo_band_loss(const bandpo_loss_inputs* in, const bandpo_option
     li.mask = in->mask;
     li.mask_kind = static_cast<bandpo::MaskKind>(in->mask_kind);
     li.ref_logp = in->ref_logp;
+    li.lower = in->lower;
+    li.upper = in->upper;
     const bandpo::LossResult r = bandpo::band_loss_cpu(li, loss_options(options), grad_logp, parallel_for());
     *loss = r.loss;
     for (int m = 0; m < BANDPO_NUM_METRICS; ++m) metrics[m] = r.metrics[m];
@@ -271,9 +273,13 @@ bandpo_status bandpo_loss_layout_of(const bandpo_loss_arrays* arrays, const band
                                     bandpo_loss_layout* layout) {
   return guarded([&] {
     if (!arrays || !layout) throw std::invalid_argument("arrays and layout must not be null");
-    const bandpo::LossArrays a{describe(arrays->logp, "logp"), describe(arrays->old_logp, "old_logp"),
-                               describe(arrays->advantages, "advantages"), describe(arrays->mask, "mask"),
-                               describe(arrays->ref_logp, "ref_logp")};
+    const bandpo::LossArrays a{describe(arrays->logp, "logp"),
+                               describe(arrays->old_logp, "old_logp"),
+                               describe(arrays->advantages, "advantages"),
+                               describe(arrays->mask, "mask"),
+                               describe(arrays->ref_logp, "ref_logp"),
+                               describe(arrays->lower, "lower"),
+                               describe(arrays->upper, "upper")};
     const bandpo::LossLayout l = bandpo::loss_layout(a, loss_options(options));
     layout->compute_dtype = static_cast<bandpo_dtype>(l.compute);
     layout->rows = l.rows;

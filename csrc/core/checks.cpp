@@ -61,6 +61,7 @@ int64_t check_loss_call(const LossInputs& in, const LossOptions& options, const 
     fail(op, "logp, old_logp and advantages must not be null when rows * cols > 0");
   if (n > 0 && in.mask_kind != MaskKind::none && !in.mask) fail(op, "mask is null but mask_kind is not none");
   if (options.kl_coef != 0.0 && !in.ref_logp) fail(op, kl_coef_needs_ref_message(options.kl_coef));
+  if (n > 0 && (in.lower == nullptr) != (in.upper == nullptr)) fail(op, bounds_come_together_message(in.lower));
   return n;
 }
 
@@ -124,6 +125,11 @@ std::string shape_string(const int64_t* shape, int ndim) {
   return s + "]";
 }
 
+std::string bounds_come_together_message(bool lower_given) {
+  return std::string("lower and upper come together (the bounds of every token); got only ") +
+         (lower_given ? "lower" : "upper");
+}
+
 std::string kl_coef_needs_ref_message(double kl_coef) {
   std::ostringstream s;
   s << "kl_coef = " << kl_coef << " needs ref_logp (the reference policy's log-probabilities)";
@@ -132,7 +138,7 @@ std::string kl_coef_needs_ref_message(double kl_coef) {
 
 namespace {
 
-const char* const kArgNames[] = {"logp", "old_logp", "advantages", "mask", "ref_logp"};
+const char* const kArgNames[kLossArgs] = {"logp", "old_logp", "advantages", "mask", "ref_logp", "lower", "upper"};
 
 std::string type_name(const ArrayDesc& a) {
   return a.type == ElementType::other && a.type_name ? std::string(a.type_name) : element_type_name(a.type);
@@ -184,8 +190,8 @@ void check_value_dtype(const ArrayDesc& a, LossArg arg, const ArrayDesc& logp) {
   const bool ok = a.type == logp.type || (a.type == ElementType::float32 && is_half(logp.type));
   if (!ok)
     throw dtype_error(std::string(kArgNames[arg]) + " has dtype " + type_name(a) + " but logp has " + type_name(logp) +
-                      ": old_logp, advantages and ref_logp must have logp's dtype, or float32 beside a bfloat16 or "
-                      "float16 logp");
+                      ": old_logp, advantages, ref_logp, lower and upper must have logp's dtype, or float32 beside a "
+                      "bfloat16 or float16 logp");
 }
 
 void check_same_shape(const ArrayDesc& a, LossArg arg, const ArrayDesc& logp) {
@@ -198,17 +204,20 @@ void check_same_shape(const ArrayDesc& a, LossArg arg, const ArrayDesc& logp) {
 
 LossLayout loss_layout(const LossArrays& arrays, const LossOptions& options) {
   validate(options);
-  const ArrayDesc* all[] = {&arrays.logp, &arrays.old_logp, &arrays.advantages, &arrays.mask, &arrays.ref_logp};
+  const ArrayDesc* all[kLossArgs] = {&arrays.logp,     &arrays.old_logp, &arrays.advantages, &arrays.mask,
+                                     &arrays.ref_logp, &arrays.lower,    &arrays.upper};
   for (int a = kArgLogp; a <= kArgAdvantages; ++a)
     if (!all[a]->present) throw std::invalid_argument(std::string(kArgNames[a]) + " is required");
-  int64_t count[5] = {0, 0, 0, 0, 0};
-  for (int a = kArgLogp; a <= kArgRefLogp; ++a)
+  if (arrays.lower.present != arrays.upper.present)
+    throw std::invalid_argument(bounds_come_together_message(arrays.lower.present));
+  int64_t count[kLossArgs] = {};
+  for (int a = kArgLogp; a < kLossArgs; ++a)
     if (all[a]->present) count[a] = element_count(*all[a], kArgNames[a]);
 
   const ArrayDesc& logp = arrays.logp;
   LossLayout layout;
   layout.compute = float_dtype(logp, "logp");
-  for (LossArg a : {kArgOldLogp, kArgAdvantages, kArgRefLogp}) {
+  for (LossArg a : {kArgOldLogp, kArgAdvantages, kArgRefLogp, kArgLower, kArgUpper}) {
     if (!all[a]->present) continue;
     check_value_dtype(*all[a], a, logp);
     if (all[a]->type != logp.type) layout.compute = DType::float32;  // a float32 argument beside a half logp
@@ -250,13 +259,14 @@ LossLayout loss_layout(const LossArrays& arrays, const LossOptions& options) {
     }
     check_same_shape(m, kArgMask, logp);
   }
-  if (arrays.ref_logp.present) check_same_shape(arrays.ref_logp, kArgRefLogp, logp);
+  for (LossArg a : {kArgRefLogp, kArgLower, kArgUpper})
+    if (all[a]->present) check_same_shape(*all[a], a, logp);
   if (options.kl_coef != 0.0 && !arrays.ref_logp.present)
     throw std::invalid_argument(kl_coef_needs_ref_message(options.kl_coef));
 
   // Every float argument is read in the compute dtype: convert those that differ (mask weights of another float
   // dtype, logp itself under mixed precision).
-  for (int a = kArgLogp; a <= kArgRefLogp; ++a) {
+  for (int a = kArgLogp; a < kLossArgs; ++a) {
     const ArrayDesc& d = *all[a];
     if (d.present && is_float(d.type) && static_cast<DType>(d.type) != layout.compute) layout.convert |= 1u << a;
   }

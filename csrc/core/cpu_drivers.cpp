@@ -36,6 +36,12 @@ std::shared_ptr<const detail::KlTableData> kl_table_of_call(DType dtype, const B
   return detail::kl_table_for(options.delta, parallel_for);
 }
 
+// A loss call's: none where the caller gave the bounds.
+std::shared_ptr<const detail::KlTableData> kl_table_of_call(const LossInputs& in, const BoundOptions& options,
+                                                            const ParallelFor& parallel_for) {
+  return in.has_given_bounds() ? nullptr : kl_table_of_call(in.dtype, options, parallel_for);
+}
+
 }  // namespace
 
 void band_bounds_cpu(DType dtype, const void* old_logp, int64_t n, const BoundOptions& options, void* lower,
@@ -79,7 +85,7 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
   const KernelTable& k = detail::cpu_kernels();
   const Partition part(in.rows, in.cols);
   std::vector<ItemSums> items = detail::host_workspace<ItemSums>(part.n_items, in, "band_loss");
-  const auto table = part.n_items > 0 ? kl_table_of_call(in.dtype, options.bounds, parallel_for) : nullptr;
+  const auto table = part.n_items > 0 ? kl_table_of_call(in, options.bounds, parallel_for) : nullptr;
   const KlTable view = detail::kl_table_view(table.get());
   run_parallel(parallel_for, part.n_items, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
@@ -102,8 +108,8 @@ LossResult band_loss_forward_cpu(const LossInputs& in, const LossOptions& option
   for (int64_t item = 0; item < part.n_items; ++item) {
     const ItemSums& it = items[static_cast<size_t>(item)];
     if (it.tokens.invalid > 0)
-      part.for_each_segment(item,
-                            [&](int64_t, int64_t begin, int64_t end) { detail::throw_if_bad_value(in, begin, end); });
+      part.for_each_segment(
+          item, [&](int64_t, int64_t begin, int64_t end) { detail::throw_if_bad_value(in, options, begin, end); });
     total.add(it.tokens);
     if (part.whole_rows()) {
       row_mean_loss += it.row_mean_loss;
@@ -145,7 +151,7 @@ void band_loss_backward_cpu(const LossInputs& in, const LossOptions& options, do
   const double token_scale = denominator != 0.0 ? grad_loss / denominator : 0.0;
   const bool per_row_mean = options.agg == Aggregation::seq_mean_token_mean;
 
-  const auto table = kl_table_of_call(in.dtype, options.bounds, parallel_for);
+  const auto table = kl_table_of_call(in, options.bounds, parallel_for);
   const KlTable view = detail::kl_table_view(table.get());
 
   // Rows longer than an item need their total weight before any of their chunks can be scaled.

@@ -58,13 +58,17 @@ struct TypedInputs {
   const T* advantages;
   const T* ref_logp;
   const void* mask;
+  const T* lower;  // null unless given
+  const T* upper;
 
   explicit TypedInputs(const LossInputs& in)
       : logp(static_cast<const T*>(in.logp)),
         old_logp(static_cast<const T*>(in.old_logp)),
         advantages(static_cast<const T*>(in.advantages)),
         ref_logp(in.ref_logp ? static_cast<const T*>(in.ref_logp) : static_cast<const T*>(in.logp)),
-        mask(in.mask) {}
+        mask(in.mask),
+        lower(static_cast<const T*>(in.lower)),
+        upper(static_cast<const T*>(in.upper)) {}
 };
 
 // Advantages of one segment (tokens [begin, end) of row `row`) as a stride-1 array indexed by i - offset:

@@ -207,13 +207,16 @@ LossCall unbox_loss_call(StableIValue* stack) {
   Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
   auto mask = to<std::optional<Tensor>>(stack[3]);
   auto ref_logp = to<std::optional<Tensor>>(stack[4]);
-  return LossCall{logp, old_logp, advantages, mask, ref_logp, unbox_loss_options(stack + 5)};
+  auto lower = to<std::optional<Tensor>>(stack[5]);
+  auto upper = to<std::optional<Tensor>>(stack[6]);
+  return LossCall{logp,     old_logp, advantages, mask,
+                  ref_logp, lower,    upper,      unbox_loss_options(stack + kNumLossTensors)};
 }
 LossOptions unbox_loss_options(StableIValue* stack) { return unbox<LossOptions>(stack); }
 LogitOptions unbox_logit_options(StableIValue* stack) { return unbox<LogitOptions>(stack); }
 
 BackwardCall unbox_backward_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_loss_backward", num_args, 6 + kNumLossOptions, num_outputs, 1);
+  check_stack("band_loss_backward", num_args, 1 + kNumLossTensors + kNumLossOptions, num_outputs, 1);
   BackwardCall b{to<Tensor>(stack[0]), unbox_loss_call(stack + 1)};
   BANDPO_CHECK_VALUE(b.grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(b.grad_loss));
   return b;
@@ -232,21 +235,21 @@ Tensor empty_on(std::initializer_list<int64_t> sizes, ScalarType dtype, const Te
   return torch::stable::empty(std::vector<int64_t>(sizes), dtype, std::nullopt, device_of.device());
 }
 
-LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
-                   const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
-                   const LossOptions& options) {
-  check_device(old_logp, "old_logp", logp);
-  check_device(advantages, "advantages", logp);
-  check_device(mask, "mask", logp);
-  check_device(ref_logp, "ref_logp", logp);
+LossArgs loss_args(const LossCall& call) {
+  const Tensor& logp = call.logp;
+  // The tensors in argument order (LossArg), absent ones empty.
+  const std::optional<Tensor> given[kNumLossTensors] = {logp,          call.old_logp, call.advantages, call.mask,
+                                                        call.ref_logp, call.lower,    call.upper};
+  const char* const names[kNumLossTensors] = {"logp", "old_logp", "advantages", "mask", "ref_logp", "lower", "upper"};
+  for (int i = kArgOldLogp; i < kNumLossTensors; ++i) check_device(given[i], names[i], logp);
   // The rules are the core's (bandpo/arrays.h), the same for every face.
-  const std::optional<TensorDesc> descs[] = {
-      TensorDesc(logp), TensorDesc(old_logp), TensorDesc(advantages),
-      mask ? std::optional<TensorDesc>(TensorDesc(*mask)) : std::nullopt,
-      ref_logp ? std::optional<TensorDesc>(TensorDesc(*ref_logp)) : std::nullopt};
+  std::optional<TensorDesc> descs[kNumLossTensors];
+  for (int i = 0; i < kNumLossTensors; ++i)
+    if (given[i]) descs[i].emplace(*given[i]);
   const auto desc = [&](int i) { return descs[i] ? descs[i]->desc : ArrayDesc{}; };
-  const LossArrays arrays{desc(kArgLogp), desc(kArgOldLogp), desc(kArgAdvantages), desc(kArgMask), desc(kArgRefLogp)};
-  const LossLayout layout = with_python_errors([&] { return loss_layout(arrays, options); });
+  const LossArrays arrays{desc(kArgLogp),    desc(kArgOldLogp), desc(kArgAdvantages), desc(kArgMask),
+                          desc(kArgRefLogp), desc(kArgLower),   desc(kArgUpper)};
+  const LossLayout layout = with_python_errors([&] { return loss_layout(arrays, call.options); });
 
   LossArgs a;
   a.logp_dtype = logp.scalar_type();
@@ -261,19 +264,14 @@ LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& adv
   const auto ready = [&](const Tensor& t, LossArg arg) {
     return as_contiguous(layout.converts(arg) ? torch::stable::to(t, compute) : t);
   };
-  a.logp = ready(logp, kArgLogp);
-  a.old_logp = ready(old_logp, kArgOldLogp);
-  a.advantages = ready(advantages, kArgAdvantages);
-  in.logp = a.logp->data_ptr();
-  in.old_logp = a.old_logp->data_ptr();
-  in.advantages = a.advantages->data_ptr();
-  if (mask.has_value()) {
-    a.mask = ready(*mask, kArgMask);
-    in.mask = a.mask->data_ptr();
-  }
-  if (ref_logp.has_value()) {
-    a.ref_logp = ready(*ref_logp, kArgRefLogp);
-    in.ref_logp = a.ref_logp->data_ptr();
+  std::optional<Tensor>* const kept[kNumLossTensors] = {&a.logp,     &a.old_logp, &a.advantages, &a.mask,
+                                                        &a.ref_logp, &a.lower,    &a.upper};
+  const void** const pointers[kNumLossTensors] = {&in.logp,     &in.old_logp, &in.advantages, &in.mask,
+                                                  &in.ref_logp, &in.lower,    &in.upper};
+  for (int i = 0; i < kNumLossTensors; ++i) {
+    if (!given[i]) continue;
+    *kept[i] = ready(*given[i], static_cast<LossArg>(i));
+    *pointers[i] = (*kept[i])->data_ptr();
   }
   return a;
 }

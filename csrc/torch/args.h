@@ -108,12 +108,13 @@ auto rethrow_as_value_error(F&& f) -> decltype(f()) {
 }
 
 // The arguments of band_loss (and of band_loss_backward after its grad_loss) from the boxed stack: the
-// five tensors of the schema, then the options.
+// seven tensors of the schema, then the options.
 struct LossCall {
   Tensor logp, old_logp, advantages;
-  std::optional<Tensor> mask, ref_logp;
+  std::optional<Tensor> mask, ref_logp, lower, upper;
   LossOptions options;
 };
+constexpr int kNumLossTensors = 7;
 LossCall unbox_loss_call(StableIValue* stack);
 
 // band_loss_backward's stack (schemas.cpp), checked: grad_loss, which must hold one value, then band_loss's
@@ -129,7 +130,7 @@ BackwardCall unbox_backward_call(StableIValue* stack, uint64_t num_args, uint64_
 // inputs.dtype is the compute dtype (float32 under mixed precision); the loss and the gradient are returned
 // in logp_dtype.
 struct LossArgs {
-  std::optional<Tensor> logp, old_logp, advantages, mask, ref_logp;
+  std::optional<Tensor> logp, old_logp, advantages, mask, ref_logp, lower, upper;
   LossInputs inputs;
   ScalarType logp_dtype = ScalarType::Float;
 };
@@ -139,12 +140,7 @@ inline Tensor in_logp_dtype(const Tensor& t, const LossArgs& a) {
   return t.scalar_type() == a.logp_dtype ? t : torch::stable::to(t, a.logp_dtype);
 }
 
-LossArgs loss_args(const Tensor& logp, const Tensor& old_logp, const Tensor& advantages,
-                   const std::optional<Tensor>& mask, const std::optional<Tensor>& ref_logp,
-                   const LossOptions& options);
-inline LossArgs loss_args(const LossCall& c) {
-  return loss_args(c.logp, c.old_logp, c.advantages, c.mask, c.ref_logp, c.options);
-}
+LossArgs loss_args(const LossCall& call);
 
 // A fresh contiguous tensor of `like`'s shape, dtype and device (sizes given explicitly where they differ).
 Tensor empty_like_contiguous(const Tensor& like);

@@ -57,10 +57,10 @@ void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_
   stack[1] = from(upper);
 }
 
-// band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, Tensor? ref_logp, *,
-//           <loss options>) -> (Tensor loss, Tensor metrics)
+// band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, Tensor? ref_logp, Tensor? lower,
+//           Tensor? upper, *, <loss options>) -> (Tensor loss, Tensor metrics)
 void band_loss_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_loss", num_args, 5 + kNumLossOptions, num_outputs, 2);
+  check_stack("band_loss", num_args, kNumLossTensors + kNumLossOptions, num_outputs, 2);
   const LossCall call = unbox_loss_call(stack);
   const Tensor& logp = call.logp;
   const LossOptions& options = call.options;
@@ -89,8 +89,7 @@ void band_loss_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_ou
   stack[1] = from(metrics);
 }
 
-// band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask,
-//                    Tensor? ref_logp, *, <loss options>) -> Tensor
+// band_loss_backward(Tensor grad_loss, <band_loss's tensors>, *, <loss options>) -> Tensor
 void band_loss_backward_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   const BackwardCall b = unbox_backward_call(stack, num_args, num_outputs);
   const LossOptions& options = b.call.options;

@@ -55,8 +55,9 @@ std::optional<Tensor> on_host(const std::optional<Tensor>& t) {
 // Raises the CPU op's ValueError (argument and flat index) for inputs the device found bad: the CPU kernel
 // runs on host copies, so the message is the one CPU users see.
 [[noreturn]] void raise_for_bad_values(const LossCall& call, int64_t count) {
-  const LossArgs host = loss_args(*on_host(call.logp), *on_host(call.old_logp), *on_host(call.advantages),
-                                  on_host(call.mask), on_host(call.ref_logp), call.options);
+  const LossCall on_cpu{*on_host(call.logp),    *on_host(call.old_logp), *on_host(call.advantages), on_host(call.mask),
+                        on_host(call.ref_logp), on_host(call.lower),     on_host(call.upper),       call.options};
+  const LossArgs host = loss_args(on_cpu);
   rethrow_as_value_error([&] { band_loss_forward_cpu(host.inputs, call.options); });
   raise_value_error(cat("band_loss: ", count, " valid positions hold NaN or out-of-range values"));
 }
@@ -80,7 +81,7 @@ void band_bounds_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num
 }
 
 void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_loss", num_args, 5 + kNumLossOptions, num_outputs, 2);
+  check_stack("band_loss", num_args, kNumLossTensors + kNumLossOptions, num_outputs, 2);
   const LossCall call = unbox_loss_call(stack);
   const Tensor& logp = call.logp;
   const LossOptions& options = call.options;

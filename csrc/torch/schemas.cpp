@@ -9,15 +9,16 @@
 
 namespace bandpo {
 
-// The schemas are built from tables.h. ref_logp is a positional-or-keyword argument (it was keyword-only
-// before 0.2): torch.library.register_autograd refuses keyword-only Tensor arguments.
+// The schemas are built from tables.h. ref_logp, lower and upper are positional-or-keyword arguments (ref_logp was
+// keyword-only before 0.2): torch.library.register_autograd refuses keyword-only Tensor arguments.
 STABLE_TORCH_LIBRARY(bandpo, m) {
   m.def(("band_bounds(Tensor old_logp, *" + bound_options_schema() + ") -> (Tensor, Tensor)").c_str());
-  m.def(("band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask=None, Tensor? ref_logp=None, *" +
+  m.def(("band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask=None, Tensor? ref_logp=None, "
+         "Tensor? lower=None, Tensor? upper=None, *" +
          loss_options_schema() + ") -> (Tensor, Tensor)")
             .c_str());
   m.def(("band_loss_backward(Tensor grad_loss, Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, "
-         "Tensor? ref_logp, *" +
+         "Tensor? ref_logp, Tensor? lower=None, Tensor? upper=None, *" +
          loss_options_schema() + ") -> Tensor")
             .c_str());
   // The lm_head statistics of one chunk of raw logits (bandpo/cpu.h logit_stats_cpu, logit_grad_cpu), for

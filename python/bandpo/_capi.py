@@ -17,7 +17,7 @@ import os
 from ctypes import POINTER, Structure, byref, c_char_p, c_double, c_int, c_int32, c_int64, c_void_p
 from typing import Any
 
-ABI_VERSION = 3  # BANDPO_ABI_VERSION of the header these structs mirror
+ABI_VERSION = 4  # BANDPO_ABI_VERSION of the header these structs mirror
 
 # bandpo_status -> Python exception
 _EXCEPTIONS = {1: ValueError, 2: RuntimeError, 3: MemoryError, 4: TypeError}
@@ -38,8 +38,12 @@ class Array(Structure):
     ]
 
 
+# band_loss's arrays in argument order (bandpo_loss_arrays; lower and upper: bounds the caller gives)
+LOSS_ARRAY_NAMES = ("logp", "old_logp", "advantages", "mask", "ref_logp", "lower", "upper")
+
+
 class LossArrays(Structure):
-    _fields_ = [(name, Array) for name in ("logp", "old_logp", "advantages", "mask", "ref_logp")]
+    _fields_ = [(name, Array) for name in LOSS_ARRAY_NAMES]
 
 
 class LossLayout(Structure):
@@ -65,6 +69,8 @@ class LossInputs(Structure):
         ("mask", c_void_p),
         ("mask_kind", c_int),
         ("ref_logp", c_void_p),
+        ("lower", c_void_p),
+        ("upper", c_void_p),
     ]
 
 
@@ -241,9 +247,10 @@ ABSENT = Array(None, 0, -1, None, None)
 
 
 def loss_layout(arrays: list, opts: Options) -> LossLayout:
-    """band_loss's argument rules (``bandpo_loss_layout_of``) for ``arrays``: logp, old_logp, advantages, mask,
-    ref_logp, each None (absent) or (data address, dtype name, shape). TypeError / ValueError naming the argument."""
+    """band_loss's argument rules (``bandpo_loss_layout_of``) for ``arrays`` (LOSS_ARRAY_NAMES, in order), each
+    None (absent) or (data address, dtype name, shape). TypeError / ValueError naming the argument."""
     keep: list = []
+    arrays = list(arrays) + [None] * (len(LOSS_ARRAY_NAMES) - len(arrays))  # the trailing optional ones absent
     described = [ABSENT if a is None else describe(*a, keep) for a in arrays]
     layout = LossLayout()
     check(lib.bandpo_loss_layout_of(byref(LossArrays(*described)), byref(opts), byref(layout)))

@@ -18,6 +18,7 @@ import os
 import torch
 
 from . import _C
+from ._capi import LOSS_ARRAY_NAMES
 from ._tables import METRIC_NAMES
 from .lm_head import checks as _lm_checks
 from .lm_head import op as _lm_op
@@ -57,8 +58,9 @@ def _band_bounds_fake(old_logp, **options):
 
 
 @torch.library.register_fake("bandpo::band_loss")
-def _band_loss_fake(logp, old_logp, advantages, mask=None, ref_logp=None, **options):
-    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp)):
+def _band_loss_fake(logp, old_logp, advantages, mask=None, ref_logp=None, lower=None, upper=None, **options):
+    tensors = (old_logp, advantages, mask, ref_logp, lower, upper)
+    for name, t in zip(LOSS_ARRAY_NAMES[1:], tensors):
         if t is not None and t.device != logp.device:
             raise ValueError(f"{name} is on {t.device} but logp is on {logp.device}")
     torch._check(old_logp.shape == logp.shape, lambda: f"old_logp must have the shape of logp {tuple(logp.shape)}")
@@ -66,7 +68,7 @@ def _band_loss_fake(logp, old_logp, advantages, mask=None, ref_logp=None, **opti
 
 
 @torch.library.register_fake("bandpo::band_loss_backward")
-def _band_loss_backward_fake(grad_loss, logp, old_logp, advantages, mask, ref_logp, **options):
+def _band_loss_backward_fake(grad_loss, logp, old_logp, advantages, mask, ref_logp, lower=None, upper=None, **options):
     return torch.empty_like(logp, memory_format=torch.contiguous_format)
 
 
@@ -84,41 +86,41 @@ def _band_loss_backward_fake(grad_loss, logp, old_logp, advantages, mask, ref_lo
 _band_loss = torch.ops.bandpo.band_loss.default
 
 
-def _backward(ctx, grad_loss):
-    logp, old_logp, advantages, mask, ref_logp = ctx.saved_tensors
-    if not ctx.needs_input_grad[0] or grad_loss is None:
+def _backward(ctx, grad_loss, logp_needs_grad):
+    # The gradient is logp's alone: old_logp, advantages, the mask, ref_logp and given bounds are data.
+    if not logp_needs_grad or grad_loss is None:
         return None
-    return torch.ops.bandpo.band_loss_backward(grad_loss, logp, old_logp, advantages, mask, ref_logp, **ctx.options)
+    return torch.ops.bandpo.band_loss_backward(grad_loss, *ctx.saved_tensors, **ctx.options)
 
 
 class _BandLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logp, old_logp, advantages, mask, ref_logp, keyset, options):
+    def forward(ctx, keyset, options, *tensors):
         with torch._C._AutoDispatchBelowAutograd():
-            loss, metrics = _band_loss.redispatch(
-                keyset & torch._C._after_autograd_keyset, logp, old_logp, advantages, mask, ref_logp, **options
-            )
-        ctx.save_for_backward(logp, old_logp, advantages, mask, ref_logp)
+            loss, metrics = _band_loss.redispatch(keyset & torch._C._after_autograd_keyset, *tensors, **options)
+        ctx.save_for_backward(*tensors)
         ctx.options = options
         ctx.mark_non_differentiable(metrics)
         return loss, metrics
 
     @staticmethod
     def backward(ctx, grad_loss, grad_metrics):
-        return _backward(ctx, grad_loss), None, None, None, None, None, None
+        grad = _backward(ctx, grad_loss, ctx.needs_input_grad[2])  # after keyset and options
+        return None, None, grad, *([None] * (len(LOSS_ARRAY_NAMES) - 1))
 
 
-def _band_loss_autograd(keyset, logp, old_logp, advantages, mask=None, ref_logp=None, **options):
+def _band_loss_autograd(
+    keyset, logp, old_logp, advantages, mask=None, ref_logp=None, lower=None, upper=None, **options
+):
     # The dispatcher passes keyword-only arguments as kwargs, the others positionally (trailing defaults
     # dropped, hence the Python defaults above). Every call of band_loss passes here, torch.ops' included:
     # refusals leave as TypeError / ValueError under every torch (typed_refusal).
+    tensors = (logp, old_logp, advantages, mask, ref_logp, lower, upper)
     try:
-        if torch.is_grad_enabled() and torch._C._any_requires_grad(logp, old_logp, advantages, mask, ref_logp):
-            return _BandLossFunction.apply(logp, old_logp, advantages, mask, ref_logp, keyset, options)
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*tensors):
+            return _BandLossFunction.apply(keyset, options, *tensors)
         with torch._C._AutoDispatchBelowAutograd():
-            return _band_loss.redispatch(
-                keyset & torch._C._after_autograd_keyset, logp, old_logp, advantages, mask, ref_logp, **options
-            )
+            return _band_loss.redispatch(keyset & torch._C._after_autograd_keyset, *tensors, **options)
     except RuntimeError as e:
         typed = typed_refusal(e)
         if typed is None:
@@ -127,13 +129,13 @@ def _band_loss_autograd(keyset, logp, old_logp, advantages, mask=None, ref_logp=
 
 
 def _setup_context(ctx, inputs, keyword_only_inputs, output):
-    ctx.save_for_backward(*inputs)  # logp, old_logp, advantages, mask, ref_logp; the options are keyword-only
+    ctx.save_for_backward(*inputs)  # the tensors (LOSS_ARRAY_NAMES); the options are keyword-only
     ctx.options = keyword_only_inputs
     ctx.mark_non_differentiable(output[1])
 
 
 def _public_backward(ctx, grad_loss, grad_metrics):
-    return _backward(ctx, grad_loss), None, None, None, None
+    return _backward(ctx, grad_loss, ctx.needs_input_grad[0]), *([None] * (len(LOSS_ARRAY_NAMES) - 1))
 
 
 def _fast_path_gradient_is_right() -> bool:
@@ -145,7 +147,7 @@ def _fast_path_gradient_is_right() -> bool:
         loss, _ = torch.ops.bandpo.band_loss(x, old, adv, delta=0.2)
         (grad,) = torch.autograd.grad(loss, x)
         want = torch.ops.bandpo.band_loss_backward(
-            torch.ones((), dtype=torch.float64), x.detach(), old, adv, None, None, delta=0.2
+            torch.ones((), dtype=torch.float64), x.detach(), old, adv, None, None, None, None, delta=0.2
         )
         return bool(torch.equal(grad, want))
     except Exception:  # a private name gone or changed

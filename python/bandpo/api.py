@@ -62,6 +62,8 @@ def band_loss(
     *,
     normalizer: Optional[float] = None,
     ref_logp: Optional[Tensor] = None,
+    lower: Optional[Tensor] = None,
+    upper: Optional[Tensor] = None,
     **overrides,
 ) -> BandLoss:
     """The BandPO (clipped-surrogate) loss with per-token Band bounds, fused forward and backward.
@@ -77,12 +79,19 @@ def band_loss(
         normalizer: replaces the aggregation's denominator (sum(mask), B or B*T): a global token or
             sequence count for data-parallel or gradient-accumulation use, in [1e-6, 1e18] (default None).
         ref_logp: reference-policy log-probabilities for the KL penalty (``kl_coef``), same shape.
+        lower, upper: per-token ratio bounds of your own, both or neither, shaped and typed as old_logp, used
+            instead of the divergence's (``divergence``, ``delta``, ``eps_*`` then play no part): lower in
+            [0, 1] and upper in [1, ratio_max] at valid positions. relax_high_p, ratio_max and dual_clip apply to
+            them as to the divergence's, so the bounds ``band_bounds`` returns give the same loss and gradient as
+            passing none. Data, like old_logp: no gradient flows to them (default None).
 
-    Raises ValueError for NaN at valid positions, a log-probability (logp, old_logp, ref_logp) above 1e-6 or
-    an infinite advantage there (CPU; CUDA gives a NaN loss unless input checks are on), bad shapes or
-    options; TypeError for dtypes. The exact formulas and the option ranges: docs/design.md.
+    Raises ValueError for NaN at valid positions, a log-probability (logp, old_logp, ref_logp) above 1e-6,
+    an infinite advantage or a bound outside its interval there (CPU; CUDA gives a NaN loss unless input checks
+    are on), bad shapes or options; TypeError for dtypes. The exact formulas and the option ranges: docs/design.md.
     """
-    _check_tensors(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp)
+    _check_tensors(
+        logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp, lower=lower, upper=upper
+    )
     cfg = resolve_config(config, overrides)
     loss, metrics = call_op(
         torch.ops.bandpo.band_loss,
@@ -92,6 +101,8 @@ def band_loss(
         mask,
         normalizer=normalizer,
         ref_logp=ref_logp,
+        lower=lower,
+        upper=upper,
         **cfg.loss_kwargs(),
     )
     return BandLoss(loss, dict(zip(METRIC_NAMES, metrics.unbind())), metrics)

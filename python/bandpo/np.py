@@ -5,8 +5,8 @@
     out = bnp.band_loss(logp, old_logp, advantages, mask)         # loss, metrics, grad (d loss / d logp)
     logp, entropy = bnp.logit_stats(logits_chunk, target)         # an lm_head chunk (your GEMM's logits)
 
-Arrays: float32, float64, float16 (or ml_dtypes' bfloat16); old_logp, advantages and ref_logp of logp's dtype,
-or float32 beside a half-precision logp; mask bool/uint8 or float weights. Shapes, options, aggregations and
+Arrays: float32, float64, float16 (or ml_dtypes' bfloat16); old_logp, advantages, ref_logp, lower and upper of
+logp's dtype, or float32 beside a half-precision logp; mask bool/uint8 or float weights. Shapes, options, aggregations and
 errors are those of ``torch.ops.bandpo.band_loss`` (README.md), checked by the same code (the core library,
 through its C ABI and ctypes: no compiled Python module): ``ValueError`` for bad values/shapes/options,
 ``TypeError`` for dtypes and option types. Results equal the torch op's on CPU, bit for bit.
@@ -72,16 +72,19 @@ def band_loss(
     *,
     normalizer: Optional[float] = None,
     ref_logp: Optional[np.ndarray] = None,
+    lower: Optional[np.ndarray] = None,
+    upper: Optional[np.ndarray] = None,
     with_grad: bool = True,
     **overrides,
 ) -> NumpyBandLoss:
-    """The BandPO loss, its metrics and its gradient w.r.t. logp (see bandpo.band_loss for the arguments).
+    """The BandPO loss, its metrics and its gradient w.r.t. logp (see bandpo.band_loss for the arguments, lower
+    and upper included).
 
     Mixed precision as the torch op takes it: a float16 (or ml_dtypes bfloat16) logp beside float32 old_logp,
     advantages and ref_logp computes in float32; the gradient comes back in logp's dtype."""
     opts = _capi.options({**resolve_config(config, overrides).loss_kwargs(), "normalizer": normalizer})
-    names = ("logp", "old_logp", "advantages", "mask", "ref_logp")
-    given = [None if a is None else _array(a, n) for a, n in zip((logp, old_logp, advantages, mask, ref_logp), names)]
+    arrays = (logp, old_logp, advantages, mask, ref_logp, lower, upper)
+    given = [None if a is None else _array(a, n) for a, n in zip(arrays, _capi.LOSS_ARRAY_NAMES)]
     layout = _capi.loss_layout([_described(a) for a in given], opts)
     compute = _numpy_dtype(layout.compute_dtype)
     # Contiguous, and in the compute dtype where the layout asks (bool masks as uint8 0/1 bytes: same layout).
@@ -101,6 +104,8 @@ def band_loss(
         ptr[3],
         layout.mask_kind,
         ptr[4],
+        ptr[5],
+        ptr[6],
     )
     grad = np.empty(ready[0].shape, dtype=compute) if with_grad else None
     loss = c_double()

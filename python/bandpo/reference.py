@@ -81,6 +81,15 @@ def divergence_bounds(lp: Tensor, p: Tensor, q: Tensor, divergence: str, delta: 
     return (1 - half_width).clamp(min=0), torch.minimum(1 + half_width, 1 / p)
 
 
+def finish_bounds(lower: Tensor, upper: Tensor, relax_high_p: bool, eps_low: float, eps_high: float, ratio_max: float):
+    """Divergence (or given) bounds -> the bounds the ops use: united with the relax interval, lower in [0, 1],
+    upper in [1, ratio_max] (bounds.h finish_bounds)."""
+    if relax_high_p:
+        lower = torch.minimum(lower, torch.full_like(lower, 1 - eps_low))
+        upper = torch.maximum(upper, torch.full_like(upper, 1 + eps_high))
+    return lower.clamp(0, 1), upper.clamp(max=ratio_max).clamp(min=1)
+
+
 def band_bounds(
     old_logp: Tensor,
     *,
@@ -105,11 +114,7 @@ def band_bounds(
         lp = torch.where(lp > LOG_PROB_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
         p, q = torch.exp(lp), 0.0 - torch.expm1(lp)  # +0, not -0, at lp = 0 (bounds.h rest_mass)
         lower, upper = divergence_bounds(lp, p, q, divergence, delta, eps_low, eps_high)
-        if relax_high_p:
-            lower = torch.minimum(lower, torch.full_like(lower, 1 - eps_low))
-            upper = torch.maximum(upper, torch.full_like(upper, 1 + eps_high))
-        lower = lower.clamp(0, 1)
-        upper = upper.clamp(max=ratio_max).clamp(min=1)
+        lower, upper = finish_bounds(lower, upper, relax_high_p, eps_low, eps_high, ratio_max)
         nan = torch.isnan(lp)
         lower = torch.where(nan, lp, lower)
         upper = torch.where(nan, lp, upper)
@@ -134,6 +139,8 @@ def band_loss(
     advantages: Tensor,
     mask: Optional[Tensor] = None,
     ref_logp: Optional[Tensor] = None,
+    lower: Optional[Tensor] = None,
+    upper: Optional[Tensor] = None,
     *,
     divergence: str = _D["divergence"],
     delta: float = _D["delta"],
@@ -171,7 +178,7 @@ def band_loss(
     _capi.loss_layout(
         [
             None if t is None else (0, str(t.dtype).replace("torch.", ""), tuple(t.shape))
-            for t in (logp, old_logp, advantages, mask, ref_logp)
+            for t in (logp, old_logp, advantages, mask, ref_logp, lower, upper)
         ],
         opts,
     )
@@ -193,15 +200,27 @@ def band_loss(
     adv = torch.where(valid, adv, zero)
 
     ratio = rules.ratio(x, old)
-    lower, upper = band_bounds(
-        old,
-        divergence=divergence,
-        delta=delta,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        relax_high_p=relax_high_p,
-        ratio_max=ratio_max,
-    )
+    given = lower is not None
+    lower_in, upper_in = lower, upper
+    if given:  # the caller's bounds stand for the divergence's (token_loss.h policy_terms_given)
+        lower, upper = finish_bounds(
+            torch.where(valid, lower.detach().double(), zero),
+            torch.where(valid, upper.detach().double(), zero + 1),
+            relax_high_p,
+            eps_low,
+            eps_high,
+            ratio_max,
+        )
+    else:
+        lower, upper = band_bounds(
+            old,
+            divergence=divergence,
+            delta=delta,
+            eps_low=eps_low,
+            eps_high=eps_high,
+            relax_high_p=relax_high_p,
+            ratio_max=ratio_max,
+        )
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, lower, upper)
     pg = torch.maximum(unclipped, clipped)
@@ -225,7 +244,11 @@ def band_loss(
     not_log_prob = ~(logp.detach().double() <= LOG_PROB_TOLERANCE)
     if ref_logp is not None:
         not_log_prob = not_log_prob | ~(ref_logp.detach().double() <= LOG_PROB_TOLERANCE)
-    refused = (valid & not_log_prob).any()
+    refused = valid & not_log_prob
+    if given:  # bounds outside [0, 1] / [1, ratio_max] (token_loss.h bad_given_bounds)
+        lo, up = lower_in.detach().double(), upper_in.detach().double()
+        refused = refused | (valid & ~((lo >= 0) & (lo <= 1) & (up >= 1) & (up <= ratio_max)))
+    refused = refused.any()
 
     def aggregate(per_token: Tensor) -> Tensor:
         return rules.aggregate(per_token, weighted, agg, normalizer)

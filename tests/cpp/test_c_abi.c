@@ -61,6 +61,29 @@ int main(void) {
   bandpo_set_num_threads(1);
   CHECK(bandpo_band_loss(&in, &o, &loss, metrics, NULL) == BANDPO_OK);
 
+  /* Bounds given by the caller: band_bounds' own give the same loss and gradient; a lower bound above 1 at a
+   * valid position is refused naming it; one without the other is refused. */
+  {
+    float lower[6], upper[6], grad2[6];
+    double loss2 = 0;
+    CHECK(bandpo_band_bounds(BANDPO_FLOAT32, old_logp, 6, &o, lower, upper) == BANDPO_OK);
+    CHECK(bandpo_band_loss(&in, &o, &loss, metrics, grad) == BANDPO_OK);
+    bandpo_loss_inputs given = in;
+    given.lower = lower;
+    given.upper = upper;
+    CHECK(bandpo_band_loss(&given, &o, &loss2, metrics, grad2) == BANDPO_OK);
+    CHECK(loss2 == loss && memcmp(grad, grad2, sizeof grad) == 0);
+    lower[1] = 1.5f;
+    CHECK(bandpo_band_loss(&given, &o, &loss2, metrics, grad2) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "lower[1] = 1.5 must be in [0, 1]") != NULL);
+    lower[1] = 0.5f;
+    lower[2] = NAN; /* position 2 is masked: anything goes */
+    CHECK(bandpo_band_loss(&given, &o, &loss2, metrics, grad2) == BANDPO_OK);
+    given.upper = NULL;
+    CHECK(bandpo_band_loss(&given, &o, &loss2, metrics, grad2) == BANDPO_INVALID_ARGUMENT);
+    CHECK(strstr(bandpo_last_error(), "lower and upper come together") != NULL);
+  }
+
   /* Sizes whose product wraps in int64 are refused before any buffer is read, naming them. */
   {
     bandpo_loss_inputs big = in;
@@ -129,7 +152,7 @@ int main(void) {
     a.old_logp = (bandpo_array){NULL, BANDPO_FLOAT64, 2, shape23, NULL};
     a.advantages = (bandpo_array){NULL, BANDPO_FLOAT32, 1, shape2, NULL};
     a.mask = (bandpo_array){NULL, BANDPO_BOOL, 2, shape23, NULL};
-    a.ref_logp = absent;
+    a.ref_logp = a.lower = a.upper = absent;
     CHECK(bandpo_loss_layout_of(&a, &o, &layout) == BANDPO_WRONG_DTYPE);
     CHECK(strstr(bandpo_last_error(), "old_logp has dtype float64 but logp has float32") != NULL);
     a.old_logp.dtype = BANDPO_FLOAT32;

@@ -30,6 +30,8 @@ def _inputs(dtype, rows=3, cols=37, seed=11):
     weights = torch.rand(rows, cols, generator=g, dtype=torch.float64)
     ref = torch.clamp(old + 0.2 * torch.randn(rows, cols, generator=g, dtype=torch.float64), max=0.0)
     mask = weights > 0.15
+    lower = torch.rand(rows, cols, generator=g, dtype=torch.float64)  # bounds of nobody's divergence (drawn last:
+    upper = 1 + 3 * torch.rand(rows, cols, generator=g, dtype=torch.float64)  # the values above stay as they were)
     return {
         "logp": logp.to(dtype),
         "old": old.to(dtype),
@@ -38,6 +40,8 @@ def _inputs(dtype, rows=3, cols=37, seed=11):
         "mask": mask,
         "weights": weights.to(dtype),
         "ref": ref.to(dtype),
+        "lower": lower.to(dtype),
+        "upper": upper.to(dtype),
     }
 
 
@@ -52,6 +56,7 @@ def _loss_cases():
         cases.append((f"ref={est}", {"kl_coef": 0.05, "kl_estimator": est}, "mask", True))
     cases.append(("normalizer", {"normalizer": 17.0, "agg": "seq-mean-token-mean", "ratio_max": 3.0}, "weights", True))
     cases.append(("nomask", {"delta": 0.3, "eps_high": 0.5}, None, False))
+    cases.append(("given", {"dual_clip": 3.0, "relax_high_p": True, "ratio_max": 4.0}, "weights", False))
     return cases
 
 
@@ -74,7 +79,8 @@ def compute() -> dict:
             adv = x["row_adv"] if per_row else x["adv"]
             mask = None if mask_name is None else x[mask_name]
             ref = x["ref"] if "kl_coef" in kwargs else None
-            res = bandpo.band_loss(logp, x["old"], adv, mask, ref_logp=ref, **kwargs)
+            bounds = {"lower": x["lower"], "upper": x["upper"]} if name == "given" else {}
+            res = bandpo.band_loss(logp, x["old"], adv, mask, ref_logp=ref, **bounds, **kwargs)
             res.loss.backward()
             out[f"loss/{d}/{name}"] = np.concatenate(
                 [
@@ -90,6 +96,7 @@ def compute() -> dict:
                     adv.numpy(),
                     None if mask is None else mask.numpy(),
                     ref_logp=None if ref is None else ref.numpy(),
+                    **{k: v.numpy() for k, v in bounds.items()},
                     **kwargs,
                 )
                 out[f"numpy/{d}/{name}"] = np.concatenate(

@@ -222,6 +222,48 @@ struct LossCall {
   float metrics[BANDPO_NUM_METRICS];
 };
 
+// Bounds given to the loss (bandpo_loss_inputs lower / upper), after an accepted call `r` of `li`: band_bounds'
+// own bounds of the call give the same bits (loss, metrics, gradient) for every divergence but KL, whose clip
+// decision tests the divergence at r rather than r against the rounded bound (a tie within rounding may fall
+// either way; it is held to the same result elsewhere, tests/test_given_bounds.py); then one bound at a valid
+// position broken (above 1, below 0, NaN, above ratio_max) is refused, its argument and index named.
+void fuzz_given_bounds(FuzzedDataProvider& in, const bandpo_loss_inputs& li, const bandpo_options& o, const LossCall& r,
+                       const std::vector<bool>& valid, const void* grad) {
+  const int64_t n = li.rows * li.cols;
+  const size_t size = li.dtype == BANDPO_FLOAT64 ? 8 : li.dtype == BANDPO_FLOAT32 ? 4 : 2;
+  std::vector<unsigned char> lower(n * size + 16), upper(n * size + 16), grad2(n * size + 16);
+  EXPECT(bandpo_band_bounds(li.dtype, li.old_logp, n, &o, lower.data(), upper.data()) == BANDPO_OK);
+  bandpo_loss_inputs given = li;
+  given.lower = lower.data();
+  given.upper = upper.data();
+  LossCall g{};
+  g.status = bandpo_band_loss(&given, &o, &g.loss, g.metrics, grad ? grad2.data() : nullptr);
+  EXPECT(g.status == BANDPO_OK);
+  const bool same_bits_expected = o.divergence != BANDPO_KL && size >= 4;  // half bounds are rounded
+  if (same_bits_expected) {
+    EXPECT(std::memcmp(&g.loss, &r.loss, sizeof g.loss) == 0);
+    EXPECT(std::memcmp(g.metrics, r.metrics, sizeof g.metrics) == 0);
+    if (grad) EXPECT(std::memcmp(grad2.data(), grad, n * size) == 0);
+  }
+  int64_t at = -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (valid[i]) at = i;
+  if (at < 0 || !in.ConsumeBool()) return;
+  const bool lower_side = in.ConsumeBool();
+  const int pick = in.ConsumeIntegralInRange<int>(0, 2);
+  double bad = pick == 2 ? NAN : lower_side ? (pick == 0 ? 1.5 : -0.25) : (pick == 0 ? 0.5 : -1.0);
+  // above the cap, where the cap is one the storage type holds below its own range (4x stays above it there)
+  if (!lower_side && pick == 1 && o.ratio_max <= 1e4) bad = 4 * o.ratio_max;
+  Buffer one(li.dtype, std::vector<double>{bad});
+  std::memcpy((lower_side ? lower : upper).data() + at * size, one.data(), size);
+  g.status = bandpo_band_loss(&given, &o, &g.loss, g.metrics, grad ? grad2.data() : nullptr);
+  const std::string want = std::string(lower_side ? "lower[" : "upper[") + std::to_string(at) + "]";
+  if (g.status != BANDPO_INVALID_ARGUMENT || std::strstr(bandpo_last_error(), want.c_str()) == nullptr) {
+    std::fprintf(stderr, "broken %s = %g: status %d, message '%s'\n", want.c_str(), bad, g.status, bandpo_last_error());
+    fail("a broken bound is refused by name");
+  }
+}
+
 void fuzz_loss(FuzzedDataProvider& in) {
   const bandpo_options o = draw_options(in);
   const int dtype = in.ConsumeIntegralInRange<int>(-1, 4);
@@ -285,6 +327,14 @@ void fuzz_loss(FuzzedDataProvider& in) {
     return;
   }
   EXPECT(dtype >= 0 && dtype < 4 && mask_kind >= 0 && mask_kind < 3);
+  {
+    std::vector<bool> valid(n);
+    for (int i = 0; i < n; ++i)
+      valid[i] = mask_kind == BANDPO_MASK_NONE   ? true
+                 : mask_kind == BANDPO_MASK_BOOL ? mask_u8[i] != 0
+                                                 : b_w.exact[i] != 0.0;  // as stored (a half may round to 0)
+    fuzz_given_bounds(in, li, o, r, valid, with_grad ? b_grad.data() : nullptr);
+  }
 
   // OK: the values at valid positions were all accepted. Bound each aggregated term's magnitude in float64:
   // per token |w| (|A| max(r, ratio_max, dual_clip, 1) + |kl_coef| kl), summed and divided as the aggregation

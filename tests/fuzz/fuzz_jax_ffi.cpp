@@ -345,8 +345,15 @@ void fuzz_loss(FuzzedDataProvider& in, bool backward) {
                                   "another dtype"}
                    : bandpo_array{nullptr, BANDPO_FLOAT32, -1, nullptr, nullptr};
   };
-  const bandpo_loss_arrays arrays{describe(logp, true), describe(old, true), describe(adv, true),
-                                  describe(mask, has_mask), describe(ref, has_ref)};
+  // no bounds given: the JAX face does not take them
+  const bandpo_array absent{nullptr, BANDPO_FLOAT32, -1, nullptr, nullptr};
+  const bandpo_loss_arrays arrays{describe(logp, true),
+                                  describe(old, true),
+                                  describe(adv, true),
+                                  describe(mask, has_mask),
+                                  describe(ref, has_ref),
+                                  absent,
+                                  absent};
   bandpo_loss_layout layout{};
   EXPECT(bandpo_loss_layout_of(&arrays, &o, &layout) == BANDPO_OK);
   EXPECT(layout.convert == 0);  // the handler refuses what needs converting

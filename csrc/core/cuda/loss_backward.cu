@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       T out[N];
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const PolicyTerms<C> t = policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
+        const PolicyTerms<C> t = chunk_policy_terms(in, c, j, prm);
         const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
         const C g = scale * c.w[j] * (t.pg_grad + kl_term(prm.kl_coef, k.grad));
         store(out, j, c.w[j] != C(0) ? g : C(0));
@@ -155,7 +155,7 @@ void band_loss_backward(const LossInputs& in, const LossOptions& options, Device
     detail::backward_scales_kernel<<<1, detail::kBlockThreads, 0, stream>>>(weight_partials, tiling, options, in.rows,
                                                                             in.cols, in.mask_kind, grad_loss, scales);
     detail::throw_if_launch_failed("band_loss backward (scales)");
-    bandpo::detail::with_divergence(options.bounds.divergence, [&](auto div) {
+    bandpo::detail::with_divergence(detail::kernel_divergence(in, options), [&](auto div) {
       constexpr Divergence kDiv = decltype(div)::value;
       detail::launch_with_kl_table(kl_table, blocks, [&](auto table, const int* run_if_refused, int grid) {
         if constexpr (!decltype(table)::value || (kDiv == Divergence::kl && std::is_same<C, float>::value)) {

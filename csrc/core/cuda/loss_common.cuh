@@ -27,7 +27,10 @@ struct DeviceInputs {
   const T* advantages;
   const T* ref_logp;  // aliases logp when absent (never read then: has_ref is false)
   const void* mask;
+  const T* lower;  // bounds given by the caller (has_bounds), else null
+  const T* upper;
   bool has_ref;  // without a reference policy the KL terms are 0: skipped, saving an expm1 per token
+  bool has_bounds;
   MaskKind mask_kind;
   bool advantages_per_row;
   bool aligned;  // every buffer 16-byte aligned and every unit starts at a whole chunk
@@ -42,6 +45,9 @@ DeviceInputs<T> device_inputs(const LossInputs& in, const Tiling& tiling) {
   d.ref_logp = in.ref_logp ? static_cast<const T*>(in.ref_logp) : d.logp;
   d.mask = in.mask;
   d.has_ref = in.ref_logp != nullptr;
+  d.lower = static_cast<const T*>(in.lower);
+  d.upper = static_cast<const T*>(in.upper);
+  d.has_bounds = in.has_given_bounds();
   d.mask_kind = in.mask_kind;
   d.advantages_per_row = in.advantages_per_row;
   constexpr int N = kChunk<T>;
@@ -49,16 +55,18 @@ DeviceInputs<T> device_inputs(const LossInputs& in, const Tiling& tiling) {
   bool aligned = (tiling.rows <= 1 || tiling.cols % N == 0) && is_aligned(in.logp, 16) && is_aligned(in.old_logp, 16) &&
                  is_aligned(d.ref_logp, 16);
   if (!in.advantages_per_row) aligned = aligned && is_aligned(in.advantages, 16);
+  if (d.has_bounds) aligned = aligned && is_aligned(in.lower, 16) && is_aligned(in.upper, 16);
   if (in.mask_kind == MaskKind::boolean) aligned = aligned && is_aligned(in.mask, N);
   if (in.mask_kind == MaskKind::values) aligned = aligned && is_aligned(in.mask, 16);
   d.aligned = aligned;
   return d;
 }
 
-// One lane's chunk of tokens [i, i + N), converted to the compute type. w is the mask weight, 0 past `end`.
+// One lane's chunk of tokens [i, i + N), converted to the compute type. w is the mask weight, 0 past `end`;
+// lower and upper the given bounds (read where has_bounds).
 template <class T, class C, int N>
 struct Chunk {
-  C logp[N], old_logp[N], advantage[N], ref[N], w[N];
+  C logp[N], old_logp[N], advantage[N], ref[N], w[N], lower[N], upper[N];
 };
 
 template <class T, class C = typename ComputeType<T>::type, int N = kChunk<T>>
@@ -87,6 +95,17 @@ __device__ __forceinline__ Chunk<T, C, N> read_chunk(const DeviceInputs<T>& in, 
     load_chunk(in.advantages, i, end, in.aligned, raw);
 #pragma unroll
     for (int j = 0; j < N; ++j) c.advantage[j] = load<C>(raw, j);
+  }
+  if (in.has_bounds) {
+    load_chunk(in.lower, i, end, in.aligned, raw);
+#pragma unroll
+    for (int j = 0; j < N; ++j) c.lower[j] = load<C>(raw, j);
+    load_chunk(in.upper, i, end, in.aligned, raw);
+#pragma unroll
+    for (int j = 0; j < N; ++j) c.upper[j] = load<C>(raw, j);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) c.lower[j] = c.upper[j] = C(1);  // never read
   }
   if (in.mask_kind == MaskKind::values) {
     load_chunk(static_cast<const T*>(in.mask), i, end, in.aligned, raw);
@@ -143,10 +162,26 @@ struct Workspace {
   }
 };
 
+// The policy terms of slot j of a chunk: against the given bounds, or the divergence's.
+template <class T, class C, int N>
+__device__ __forceinline__ PolicyTerms<C> chunk_policy_terms(const DeviceInputs<T>& in, const Chunk<T, C, N>& c, int j,
+                                                             const LossParams<C>& prm) {
+  if (in.has_bounds) {
+    const C bound = given_bound_of_side(c.advantage[j], c.lower[j], c.upper[j]);
+    return policy_terms_given(c.logp[j], c.old_logp[j], c.advantage[j], bound, prm);
+  }
+  return policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
+}
+
+// The divergence the kernels are compiled for: none plays a part where the bounds are given (clip: the least code).
+inline Divergence kernel_divergence(const LossInputs& in, const LossOptions& options) {
+  return in.has_given_bounds() ? Divergence::clip : options.bounds.divergence;
+}
+
 // The call's KL table, built first (none where the call reads none, or with no tokens to read it).
 DeviceKlTable enqueue_loss_kl_table(const LossInputs& in, const LossOptions& options, const Tiling& tiling,
                                     void* workspace, const Workspace& layout, cudaStream_t stream) {
-  if (tiling.units == 0) return DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
+  if (tiling.units == 0 || in.has_given_bounds()) return DeviceKlTable{KlTable{nullptr, KlTableLayout{}}, nullptr};
   return enqueue_kl_table(in.dtype, options.bounds, static_cast<char*>(workspace) + layout.kl_table_offset, stream);
 }
 

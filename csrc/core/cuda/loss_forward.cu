@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   // The weights the sums take (weight_exponent_kernel; 1 exactly, so the same bits, without one).
   const C weight_scale = weight_exp != nullptr ? static_cast<C>(ldexp(1.0, -*weight_exp)) : C(1);
   const int lane = threadIdx.x % kWarpSize;
+  const C upper_cap = given_upper_cap<T>(prm.bounds.ratio_max);
   for (int64_t unit = first_warp_unit(); unit < tiling.units; unit += warp_unit_stride()) {
     const int64_t begin = tiling.begin(unit), end = tiling.end(unit);
     const C row_advantage = in.advantages_per_row ? load<C>(in.advantages, tiling.row(unit)) : C(0);
@@ -48,10 +49,11 @@ __global__ void __launch_bounds__(kBlockThreads)
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         const C w = c.w[j] * weight_scale;
-        const PolicyTerms<C> t = policy_terms(c.logp[j], c.old_logp[j], c.advantage[j], prm);
+        const PolicyTerms<C> t = chunk_policy_terms(in, c, j, prm);
         const KlPenalty<C> k = in.has_ref ? kl_penalty(c.logp[j], c.ref[j], prm.kl_estimator) : KlPenalty<C>{0, 0};
         const bool clipped = (t.clipped_upper + t.clipped_lower) != C(0);
-        const bool bad = bad_token(c.logp[j], c.old_logp[j], c.advantage[j], c.ref[j], c.w[j]);
+        const bool bad = bad_token(c.logp[j], c.old_logp[j], c.advantage[j], c.ref[j], c.w[j]) ||
+                         (in.has_bounds && bad_given_bounds(c.lower[j], c.upper[j], upper_cap));
         if (c.w[j] != C(0)) {                             // masked positions may hold NaN/inf: they never enter a sum
           const C token_pg = clipped ? C(0) : t.pg_loss;  // clipped tokens add theirs below
           acc.loss += w * (token_pg + kl_term(prm.kl_coef, k.value));
@@ -74,14 +76,19 @@ __global__ void __launch_bounds__(kBlockThreads)
         if (clipped_bits != 0) {
           const int pick = __ffs(clipped_bits) - 1;
           clipped_bits &= clipped_bits - 1;
-          C old_logp = 0, advantage = 0, w = 0;
+          C old_logp = 0, advantage = 0, w = 0, lower = 0, upper = 0;
 #pragma unroll
           for (int j = 0; j < N; ++j) {  // a select per slot: a dynamic index would put c in local memory
             old_logp = j == pick ? c.old_logp[j] : old_logp;
             advantage = j == pick ? c.advantage[j] : advantage;
             w = j == pick ? c.w[j] : w;
+            lower = j == pick ? c.lower[j] : lower;
+            upper = j == pick ? c.upper[j] : upper;
           }
-          const C loss = w * weight_scale * clipped_pg_loss(old_logp, advantage, prm);
+          const C bound_loss = in.has_bounds
+                                   ? clipped_pg_loss_given(advantage, given_bound_of_side(advantage, lower, upper), prm)
+                                   : clipped_pg_loss(old_logp, advantage, prm);
+          const C loss = w * weight_scale * bound_loss;
           acc.loss += loss;
           acc.pg += loss;
         }
@@ -178,7 +185,7 @@ void band_loss_forward(const LossInputs& in, const LossOptions& options, void* l
     if (tiling.units > 0) {
       const int blocks = detail::grid_blocks((tiling.units + detail::kWarpsPerBlock - 1) / detail::kWarpsPerBlock);
       const detail::DeviceInputs<T> d = detail::device_inputs<T>(in, tiling);
-      bandpo::detail::with_divergence(options.bounds.divergence, [&](auto div) {
+      bandpo::detail::with_divergence(detail::kernel_divergence(in, options), [&](auto div) {
         constexpr Divergence kDiv = decltype(div)::value;
         detail::launch_with_kl_table(kl_table, blocks, [&](auto table, const int* run_if_refused, int grid) {
           if constexpr (!decltype(table)::value || (kDiv == Divergence::kl && std::is_same<C, float>::value)) {

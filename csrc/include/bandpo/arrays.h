@@ -39,11 +39,13 @@ struct ArrayDesc {
   const char* type_name = nullptr;  // the face's name of an ElementType::other dtype ("int32"), for messages
 };
 
-// The five tensors of band_loss, in its argument order (LossArg indexes them).
+// The seven tensors of band_loss, in its argument order (LossArg indexes them). lower and upper: bounds given by
+// the caller (both or neither), used instead of the divergence's.
 struct LossArrays {
-  ArrayDesc logp, old_logp, advantages, mask, ref_logp;
+  ArrayDesc logp, old_logp, advantages, mask, ref_logp, lower, upper;
 };
-enum LossArg : int { kArgLogp = 0, kArgOldLogp, kArgAdvantages, kArgMask, kArgRefLogp };
+enum LossArg : int { kArgLogp = 0, kArgOldLogp, kArgAdvantages, kArgMask, kArgRefLogp, kArgLower, kArgUpper };
+constexpr int kLossArgs = 7;
 
 struct LossLayout {
   // The dtype the kernels read and write: logp's; float32 for a bfloat16 / float16 logp beside float32
@@ -60,7 +62,8 @@ struct LossLayout {
 // The rules (docs/design.md, "The math", Inputs): dtypes (bandpo::dtype_error naming the argument and the dtypes
 // allowed), shapes ("old_logp must have the shape of logp [2, 5]; got [2, 3]"), the aggregation's 2-D
 // requirement, per-row advantages ([B] or [B, 1] for 2-D logp), mask kinds (bool/uint8 flags or float
-// weights, read in the compute dtype) and kl_coef's ref_logp; std::invalid_argument for the others. The
+// weights, read in the compute dtype), kl_coef's ref_logp, lower and upper together (shaped and typed as
+// old_logp; their values are checked by the kernels, bad_given_bounds); std::invalid_argument for the others. The
 // options are validated too.
 LossLayout loss_layout(const LossArrays& arrays, const LossOptions& options);
 
@@ -89,5 +92,7 @@ std::string shape_string(const int64_t* shape, int ndim);
 
 // The one wording of "kl_coef needs ref_logp" (the raw-buffer checks use it too).
 std::string kl_coef_needs_ref_message(double kl_coef);
+// ... and of "lower and upper come together".
+std::string bounds_come_together_message(bool lower_given);
 
 }  // namespace bandpo

@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define BANDPO_ABI_VERSION 3 /* 3: the lm_head steps take structs; 2: arrays with shapes, the tables */
+#define BANDPO_ABI_VERSION 4 /* 4: bounds given to the loss; 3: the lm_head steps take structs; 2: arrays with shapes */
 
 /* In C++ the enums get int as their fixed underlying type (the size and values they have in C): a C caller
  * may pass any int in them (an out-of-range code is BANDPO_INVALID_ARGUMENT), and only with a fixed
@@ -91,7 +91,9 @@ typedef struct bandpo_options {
 
 /* Inputs of the loss: [rows, cols] buffers of `dtype`; advantages [rows] when advantages_per_row;
  * mask: uint8 0/1 (BANDPO_MASK_BOOL) or weights of `dtype` (BANDPO_MASK_VALUES), may be NULL with
- * BANDPO_MASK_NONE; ref_logp may be NULL (then kl_coef must be 0). */
+ * BANDPO_MASK_NONE; ref_logp may be NULL (then kl_coef must be 0). lower, upper: per-token ratio bounds given
+ * by the caller (both or neither; NULL: the divergence's), lower in [0, 1] and upper in [1, ratio_max] at every
+ * valid position; relax_high_p, ratio_max and dual_clip apply to them as to the divergence's. */
 typedef struct bandpo_loss_inputs {
   bandpo_dtype dtype;
   int64_t rows, cols;
@@ -102,6 +104,8 @@ typedef struct bandpo_loss_inputs {
   const void* mask;
   bandpo_mask_kind mask_kind;
   const void* ref_logp;
+  const void* lower;
+  const void* upper;
 } bandpo_loss_inputs;
 
 #define BANDPO_NUM_METRICS \
@@ -172,15 +176,15 @@ typedef struct bandpo_array {
   const char* dtype_name;
 } bandpo_array;
 
-/* The five tensors of band_loss, in its argument order. */
+/* The seven tensors of band_loss, in its argument order (lower and upper: the bounds a caller gives). */
 typedef struct bandpo_loss_arrays {
-  bandpo_array logp, old_logp, advantages, mask, ref_logp;
+  bandpo_array logp, old_logp, advantages, mask, ref_logp, lower, upper;
 } bandpo_loss_arrays;
 
 /* What bandpo_loss_layout decides. compute_dtype: the dtype the loss runs in, logp's, or float32 for a
  * bfloat16/float16 logp beside float32 old_logp, advantages or ref_logp (mixed precision: the caller converts
  * logp, and the gradient comes out in float32). convert: bit i (0 logp, 1 old_logp, 2 advantages, 3 mask,
- * 4 ref_logp) set when that array must be converted to compute_dtype before bandpo_band_loss (a float mask of
+ * 4 ref_logp, 5 lower, 6 upper) set when that array must be converted to compute_dtype before bandpo_band_loss (a float mask of
  * another dtype, logp under mixed precision). The rest fills bandpo_loss_inputs. */
 typedef struct bandpo_loss_layout {
   bandpo_dtype compute_dtype;

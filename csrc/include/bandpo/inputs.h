@@ -23,6 +23,11 @@ struct LossInputs {
   const void* mask = nullptr;  // uint8/bool 0-1 (MaskKind::boolean) or weights of `dtype` (values)
   MaskKind mask_kind = MaskKind::none;
   const void* ref_logp = nullptr;  // required when kl_coef != 0
+  // Bounds given by the caller, both or neither: per-token lower in [0, 1] and upper in [1, ratio_max], used
+  // instead of the divergence's (token_loss.h policy_terms_given).
+  const void* lower = nullptr;
+  const void* upper = nullptr;
+  bool has_given_bounds() const { return lower != nullptr; }
 };
 
 // One chunk of an lm_head's raw logits (cpu.h logit_stats_cpu / logit_grad_cpu, cuda.h logit_stats / logit_grad):

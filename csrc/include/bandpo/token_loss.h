@@ -13,6 +13,7 @@
 
 #include "bandpo/bounds.h"
 #include "bandpo/config.h"
+#include "bandpo/dtypes.h"
 #include "bandpo/math.h"
 
 namespace bandpo {
@@ -69,39 +70,104 @@ BANDPO_HD bool below_lower_bound(C r, bool beyond, const BoundParams<C>& prm) {
   return (r < C(1)) & (r < prm.relax_lower) & beyond;
 }
 
-// Everything about one token's policy-gradient term except the loss value of a clipped token.
-template <class C>
-BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const LossParams<C>& prm) {
-  const C lp = sanitize_old_logp(old_logp);
-  const C log_ratio_raw = logp - lp;
-  const C log_ratio = math::min(math::max(log_ratio_raw, C(-kLogRatioClamp)), C(kLogRatioClamp));
-  // torch.clamp passes the gradient on the closed interval; so do we.
-  const bool ratio_live = (log_ratio_raw >= C(-kLogRatioClamp)) & (log_ratio_raw <= C(kLogRatioClamp));
-  const C r = math::exp(log_ratio);
-  const C p = math::exp(lp);
-  const C q = rest_mass(lp);
+namespace detail {
 
-  // Only the side of the advantage's sign can clip (see the top of this file).
-  const bool upper_side = advantage > C(0);
-  const bool beyond = detail::beyond_divergence_bound(lp, p, q, r, log_ratio, upper_side, prm.bounds);
-  const bool upper = upper_side & above_upper_bound(r, beyond, prm.bounds);
+// r = exp(clamp(logp - lp, -20, 20)), and whether the clamp passes the gradient (torch.clamp passes it on the
+// closed interval; so do we).
+template <class C>
+struct TokenRatio {
+  C log_ratio;
+  C r;
+  bool live;
+};
+template <class C>
+BANDPO_HD TokenRatio<C> token_ratio(C logp, C lp) {
+  const C log_ratio_raw = logp - lp;
+  TokenRatio<C> t;
+  t.log_ratio = math::min(math::max(log_ratio_raw, C(-kLogRatioClamp)), C(kLogRatioClamp));
+  t.live = (log_ratio_raw >= C(-kLogRatioClamp)) & (log_ratio_raw <= C(kLogRatioClamp));
+  t.r = math::exp(t.log_ratio);
+  return t;
+}
+
+// The terms once `beyond` says whether r lies beyond the bound of the advantage's side (before relax and caps).
+template <class C>
+BANDPO_HD PolicyTerms<C> policy_terms_beyond(const TokenRatio<C>& ratio, C advantage, bool beyond,
+                                             const LossParams<C>& prm) {
+  const C r = ratio.r;
+  const bool upper = (advantage > C(0)) & above_upper_bound(r, beyond, prm.bounds);
   const bool lower = (advantage < C(0)) & below_lower_bound(r, beyond, prm.bounds);
   const bool dual = (advantage < C(0)) & !lower & (r > prm.dual_clip);
   const bool live = !(upper | lower | dual);
   PolicyTerms<C> t;
   t.ratio = r;
   t.pg_loss = -advantage * math::select(dual, prm.dual_clip, r);
-  t.pg_grad = math::select(live & ratio_live, -advantage * r, C(0));
+  t.pg_grad = math::select(live & ratio.live, -advantage * r, C(0));
   t.clipped_upper = math::select(upper, C(1), C(0));
   t.clipped_lower = math::select(lower, C(1), C(0));
   t.dual_clipped = math::select(dual, C(1), C(0));
   return t;
 }
 
+}  // namespace detail
+
+// Everything about one token's policy-gradient term except the loss value of a clipped token.
+template <class C>
+BANDPO_HD PolicyTerms<C> policy_terms(C logp, C old_logp, C advantage, const LossParams<C>& prm) {
+  const C lp = sanitize_old_logp(old_logp);
+  const detail::TokenRatio<C> ratio = detail::token_ratio(logp, lp);
+  const C p = math::exp(lp);
+  const C q = rest_mass(lp);
+  // Only the side of the advantage's sign can clip (see the top of this file).
+  const bool upper_side = advantage > C(0);
+  const bool beyond = detail::beyond_divergence_bound(lp, p, q, ratio.r, ratio.log_ratio, upper_side, prm.bounds);
+  return detail::policy_terms_beyond(ratio, advantage, beyond, prm);
+}
+
 // Loss value of a token that policy_terms() reported clipped at its upper or lower bound.
 template <class C>
 BANDPO_HD C clipped_pg_loss(C old_logp, C advantage, const LossParams<C>& prm) {
   return -advantage * token_bound_one_side(old_logp, advantage > C(0), prm.bounds);
+}
+
+// ---- bounds given by the caller (band_loss's lower and upper) ----------------------------------------------
+// They stand for the divergence's own bounds; the relax interval, the ratio cap and dual clip apply as to those
+// (finish_bounds), so that passing band_bounds' own outputs makes the same decisions and values. `bound` is the
+// one of the advantage's side: given_bound_of_side().
+
+template <class C>
+BANDPO_HD C given_bound_of_side(C advantage, C lower, C upper) {
+  return math::select(advantage > C(0), upper, lower);
+}
+
+template <class C>
+BANDPO_HD PolicyTerms<C> policy_terms_given(C logp, C old_logp, C advantage, C bound, const LossParams<C>& prm) {
+  const detail::TokenRatio<C> ratio = detail::token_ratio(logp, sanitize_old_logp(old_logp));
+  const bool upper_side = advantage > C(0);
+  const bool beyond = (upper_side & (ratio.r > bound)) | (!upper_side & (ratio.r < bound));
+  return detail::policy_terms_beyond(ratio, advantage, beyond, prm);
+}
+
+template <class C>
+BANDPO_HD C clipped_pg_loss_given(C advantage, C bound, const LossParams<C>& prm) {
+  const RatioBounds<C> b = finish_bounds(RatioBounds<C>{bound, bound}, C(0), prm.bounds);
+  return -advantage * math::select(advantage > C(0), b.upper, b.lower);
+}
+
+// Whether a valid position's given bounds break their rule: lower in [0, 1], upper in [1, cap] (NaN breaks
+// both; lower <= upper follows), cap = given_upper_cap().
+template <class C>
+BANDPO_HD bool bad_given_bounds(C lower, C upper, C cap) {
+  return !((lower >= C(0)) & (lower <= C(1)) & (upper >= C(1)) & (upper <= cap));
+}
+
+// ratio_max as the bounds' storage type T holds it: band_bounds' outputs in a half type hold a cap beyond the
+// type's range (1e6 in float16) as inf, and must be taken back.
+template <class T, class C>
+BANDPO_HD C given_upper_cap(C ratio_max) {
+  T stored[1];
+  store(stored, 0, ratio_max);
+  return load<C>(stored, 0);
 }
 
 template <class C>
