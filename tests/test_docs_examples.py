@@ -44,15 +44,22 @@ def batch() -> dict:
 
 
 def test_readme_has_the_blocks_this_file_runs():
-    assert len(readme_blocks("python")) == 4 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
+    assert len(readme_blocks("python")) == 5 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
 
 
 def test_readme_use_block_runs():
     # as written, in an empty scope: the block imports and makes everything it uses
-    (use,) = [b for b in readme_blocks("python") if "bandpo.band_loss(" in b]
+    (use,) = [b for b in readme_blocks("python") if "bandpo.BandConfig(" in b]
     scope = {}
     exec(compile(use, "README.md (Use)", "exec"), scope)
     assert scope["logp"].grad is not None and scope["loss"].dim() == 0 and scope["lower"].shape == (4, 6)
+
+
+def test_readme_f_divergence_block_runs():
+    (block,) = [b for b in readme_blocks("python") if "f_divergence_bounds(" in b]
+    scope = {}
+    exec(compile(block, "README.md (Any f-divergence)", "exec"), scope)
+    assert scope["logp"].grad is not None and scope["loss"].dim() == 0 and scope["upper"].shape == (4, 6)
 
 
 def test_readme_lm_head_block_runs():

@@ -19,7 +19,7 @@ from bandpo import band_loss
 
 from bandpo.ppo import cli
 from bandpo.ppo.evaluate import evaluate, pass_at_k
-from bandpo.ppo.methods import parse_method
+from bandpo.ppo.methods import f_divergence_of, parse_method
 from bandpo.ppo.model import CausalLM
 from bandpo.ppo.rollout import group_advantages, response_mask, sample, token_logprobs
 from bandpo.ppo.settings import RunConfig
@@ -464,6 +464,20 @@ def test_torchrun_runs_the_entry_point(tmp_path, quick):
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
     assert len((out / "band-kl" / "seed0.jsonl").read_text().splitlines()) == 3
+
+
+def test_an_f_divergence_method_gives_its_bounds_to_the_loss(tmp_path):
+    """band-hellinger: Band-KL's settings with the Hellinger bounds of bandpo.f_divergence_bounds, given to the
+    loss as lower/upper; the run's bounds plot takes the same."""
+    _, config = parse_method("band-hellinger:delta=0.1")
+    assert config.delta == 0.1 and f_divergence_of("band-hellinger:delta=0.1") == "hellinger"
+    assert f_divergence_of("band-kl") is None
+    summary = cli.main(
+        ["--quick", "--out", str(tmp_path / "run"), "--seeds", "0", "--no-plots", "--methods", "band-hellinger"]
+    )
+    assert summary["methods"]["band-hellinger"]["seeds"] == 1
+    with pytest.raises(ValueError, match="f-divergences: band-reverse_kl, band-hellinger, band-js"):
+        parse_method("band-renyi")
 
 
 def test_bad_method_spec():

@@ -64,6 +64,7 @@ if torch is not None:
     from . import _ops  # noqa: F401  (fake kernels, Python kernels and autograd of every op)
     from . import reference
     from .api import BandLoss, band_bounds, band_loss
+    from .f_divergence import FDivergence, f_divergence_bounds
     from .lm_head import fused_linear_band_loss, linear_logprob_entropy
 
     cpu_kernel_isa = _C.cpu_kernel_isa
@@ -82,9 +83,11 @@ if torch is not None:
 
     __all__ += [
         "BandLoss",
+        "FDivergence",
         "band_bounds",
         "band_loss",
         "cpu_kernel_isa",
+        "f_divergence_bounds",
         "fused_linear_band_loss",
         "has_cuda_kernels",
         "input_checks",

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from ..config import PRESETS
 from . import report
 from .evaluate import evaluate
-from .methods import DEFAULT_METHODS, parse_method
+from .methods import DEFAULT_METHODS, f_divergence_of, parse_method
 from .settings import CUDA_SCALE, QUICK, RunConfig, run_fields
 from .task import TASKS
 from .train import eval_seed, rl_run, world
@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
                 device,
                 eval_prompts,
                 on_step=lambda r: bar.update(1),
+                bounds_f=f_divergence_of(name),
             )
             bar.close()
             last = runs[name][seed][-1]

@@ -17,8 +17,10 @@ import statistics
 import torch
 
 from ..api import band_bounds
+from ..f_divergence import f_divergence_bounds
 from ..config import BandConfig
 from .evaluate import metric_names
+from .methods import f_divergence_of
 from .train import PROB_BUCKETS
 
 EVAL_METRICS = metric_names()
@@ -178,7 +180,8 @@ def plot_all(
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     p = torch.logspace(-4, 0, 400, dtype=torch.float64)[:-1]
     for name, cfg in configs.items():
-        lower, upper = band_bounds(p.log(), cfg)
+        f = f_divergence_of(name)
+        lower, upper = band_bounds(p.log(), cfg) if f is None else f_divergence_bounds(p.log(), f, cfg)
         (line,) = ax.plot(p, upper, label=name)
         ax.plot(p, lower.clamp(min=1e-3), color=line.get_color(), linestyle="--")
     ax.set_xscale("log")

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from .. import rules
 from ..api import band_bounds, band_loss
+from ..f_divergence import f_divergence_bounds
 from ..config import BandConfig
 from .evaluate import evaluate
 from .rollout import Rollout, group_advantages, sample, token_logprobs
@@ -58,12 +59,17 @@ def policy_loss(
     temperature: float = DEFAULTS["temperature"],
     ref_logp: Optional[torch.Tensor] = None,
     fused_head: bool = False,
+    bounds: Optional[tuple] = None,
 ):
     """The BandPO loss of one (local) minibatch, scaled for DDP's gradient averaging; returns (loss, metrics, logp).
-    fused_head: the log-probs from hidden states (bandpo.linear_logprob_entropy), see token_logprobs."""
+    fused_head: the log-probs from hidden states (bandpo.linear_logprob_entropy), see token_logprobs. bounds:
+    (lower, upper) given to the loss instead of the config's divergence's."""
     logp = token_logprobs(model, sequences, prompt_len, temperature, fused_head=fused_head)
     normalizer = aggregation_normalizer(mask, config.agg)
-    out = band_loss(logp, old_logp, advantages, mask, config, normalizer=normalizer, ref_logp=ref_logp)
+    lower, upper = bounds if bounds is not None else (None, None)
+    out = band_loss(
+        logp, old_logp, advantages, mask, config, normalizer=normalizer, ref_logp=ref_logp, lower=lower, upper=upper
+    )
     return out.loss * world()[1], out.metrics, logp.detach()
 
 
@@ -90,10 +96,12 @@ def rl_run(
     device: torch.device,
     eval_prompts: Optional[torch.Tensor] = None,
     on_step: Callable[[dict], None] = lambda record: None,
+    bounds_f: Optional[str] = None,
 ) -> list[dict]:
     """One method and seed from the warm start `init`; appends a JSON line per step to log_path (rank 0) and
     checkpoints to checkpoint_path every cfg.checkpoint_every steps; resumes from it when it exists. With
-    eval_prompts, every cfg.eval_every steps and at the last one the record holds "eval" (evaluate.py)."""
+    eval_prompts, every cfg.eval_every steps and at the last one the record holds "eval" (evaluate.py). bounds_f:
+    an f-divergence whose bounds (bandpo.f_divergence_bounds, once per batch) the loss takes instead of config's."""
     rank, world_size = world()
     model = copy.deepcopy(init)
     reference = copy.deepcopy(init).eval() if cfg.kl_coef else None
@@ -131,7 +139,10 @@ def rl_run(
         if reference is not None:
             with torch.no_grad():
                 ref_logp = token_logprobs(reference, roll.sequences, P, cfg.temperature)
-        lower, upper = band_bounds(roll.old_logp, config)
+        if bounds_f is None:
+            lower, upper = band_bounds(roll.old_logp, config)
+        else:
+            lower, upper = f_divergence_bounds(roll.old_logp, bounds_f, config)
         model.train()
         n = len(roll.sequences)
         stats = torch.zeros(3, len(PROB_BUCKETS) - 1)
@@ -151,6 +162,7 @@ def rl_run(
                     cfg.temperature,
                     None if ref_logp is None else ref_logp[idx],
                     fused_head=cfg.fused_head,
+                    bounds=None if bounds_f is None else (lower[idx], upper[idx]),
                 )
                 opt.zero_grad()
                 loss.backward()
