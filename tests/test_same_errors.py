@@ -43,18 +43,7 @@ def c_abi_call(arrays, kwargs):
     if status == 0:
         ready = [None if a is None else np.ascontiguousarray(a) for a in arrays]
         ptr = [None if a is None else a.ctypes.data for a in ready]
-        inputs = _capi.LossInputs(
-            layout.compute_dtype,
-            layout.rows,
-            layout.cols,
-            ptr[0],
-            ptr[1],
-            ptr[2],
-            layout.advantages_per_row,
-            ptr[3],
-            layout.mask_kind,
-            *ptr[4:],
-        )
+        inputs = _capi.loss_inputs(layout, ptr)
         loss, metrics = ctypes.c_double(), (ctypes.c_float * 8)()
         status = _capi.lib.bandpo_band_loss(ctypes.byref(inputs), ctypes.byref(opts), ctypes.byref(loss), metrics, None)
     return status, _capi.lib.bandpo_last_error().decode()

@@ -257,6 +257,24 @@ def loss_layout(arrays: list, opts: Options) -> LossLayout:
     return layout
 
 
+def loss_inputs(layout: LossLayout, pointers: list) -> LossInputs:
+    """bandpo_loss_inputs of a call laid out by loss_layout, its arrays' data addresses in LOSS_ARRAY_NAMES order
+    (None: absent), each contiguous and in the layout's compute dtype."""
+    p = list(pointers) + [None] * (len(LOSS_ARRAY_NAMES) - len(pointers))
+    return LossInputs(
+        layout.compute_dtype,
+        layout.rows,
+        layout.cols,
+        p[0],
+        p[1],
+        p[2],
+        layout.advantages_per_row,
+        p[3],
+        layout.mask_kind,
+        *p[4:],
+    )
+
+
 def kl_table_builds() -> int:
     """Float Band-KL tables built so far in this process (CPU and devices; ``bandpo_kl_table_builds``)."""
     return lib.bandpo_kl_table_builds()

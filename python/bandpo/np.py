@@ -93,20 +93,7 @@ def band_loss(
         for i, a in enumerate(given)
     ]
     ptr = [None if a is None else a.ctypes.data for a in ready]
-    inputs = _capi.LossInputs(
-        layout.compute_dtype,
-        layout.rows,
-        layout.cols,
-        ptr[0],
-        ptr[1],
-        ptr[2],
-        layout.advantages_per_row,
-        ptr[3],
-        layout.mask_kind,
-        ptr[4],
-        ptr[5],
-        ptr[6],
-    )
+    inputs = _capi.loss_inputs(layout, ptr)
     grad = np.empty(ready[0].shape, dtype=compute) if with_grad else None
     loss = c_double()
     metrics = (c_float * len(METRIC_NAMES))()
