@@ -102,6 +102,23 @@ def test_mixed_precision_as_the_torch_op():
     assert same(value, want.loss.detach()) and same(grad, x.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_given_bounds_as_the_torch_op(dtype):
+    logp, old, adv, mask, _ = make_batch(B=3, T=29, seed=9, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    lower = torch.rand(old.shape, generator=g, dtype=torch.float64).to(dtype)
+    upper = (1 + 2 * torch.rand(old.shape, generator=g, dtype=torch.float64)).to(dtype)
+    x = logp.clone().requires_grad_()
+    want = bandpo.band_loss(x, old, adv, mask, lower=lower, upper=upper, dual_clip=3.0)
+    want.loss.backward()
+    args = [to_jax(t) for t in (old, adv, mask)]
+    bounds = dict(lower=to_jax(lower), upper=to_jax(upper), dual_clip=3.0)
+    value, grad = jax.value_and_grad(lambda v: bj.band_loss(v, *args, **bounds).loss)(to_jax(logp))
+    assert same(value, want.loss.detach()) and same(grad, x.grad)
+    with pytest.raises(ValueError, match="lower and upper come together"):
+        bj.band_loss(to_jax(logp), *args, lower=to_jax(lower))
+
+
 def test_jit_traces_once_per_shape():
     logp, old, adv, mask, _ = (to_jax(t) for t in make_batch(B=2, T=16, seed=1))
     traces = []

@@ -4,7 +4,8 @@
 //
 // Options arrive as attributes named as tables.h's rows (float64 for numbers, bool for flags, int32 codes for
 // choices; bandpo/jax.py checks and converts them with the C ABI first), read through for_each_option, so no
-// option is listed twice. An absent mask or ref_logp is a size-0 placeholder with has_mask / has_ref_logp false.
+// option is listed twice. An absent mask or ref_logp is a size-0 placeholder with has_mask / has_ref_logp false;
+// absent bounds (lower, upper) two such placeholders with has_bounds false.
 // The arguments' rules are the core's: the same layout as every face, checked again here, so that a handler
 // called directly cannot read past a buffer.
 #pragma once
@@ -97,8 +98,8 @@ ffi::Error guarded(F&& f) {
   }
 }
 
-// The loss's inputs from the five buffers, by the core's rules; the compute dtype must be each value buffer's
-// own (bandpo/jax.py converts where the layout says so).
+// The loss's inputs from its seven tensors' buffers, by the core's rules; the compute dtype must be each value
+// buffer's own (bandpo/jax.py converts where the layout says so).
 inline LossInputs loss_inputs(const ffi::AnyBuffer* const in[], const ffi::Dictionary& attrs,
                               const LossOptions& options) {
   const auto flag = [&](const char* name) {
@@ -106,11 +107,14 @@ inline LossInputs loss_inputs(const ffi::AnyBuffer* const in[], const ffi::Dicti
     if (!v.has_value()) throw std::invalid_argument(std::string("attribute ") + name + " is missing");
     return *v;
   };
-  const bool present[5] = {true, true, true, flag("has_mask"), flag("has_ref_logp")};
-  const BufferDesc d[5] = {BufferDesc(*in[0], present[0]), BufferDesc(*in[1], present[1]),
-                           BufferDesc(*in[2], present[2]), BufferDesc(*in[3], present[3]),
-                           BufferDesc(*in[4], present[4])};
-  const LossLayout layout = loss_layout(LossArrays{d[0].desc, d[1].desc, d[2].desc, d[3].desc, d[4].desc}, options);
+  const bool bounds = flag("has_bounds");
+  const bool present[kLossArgs] = {true, true, true, flag("has_mask"), flag("has_ref_logp"), bounds, bounds};
+  const BufferDesc d[kLossArgs] = {BufferDesc(*in[0], present[0]), BufferDesc(*in[1], present[1]),
+                                   BufferDesc(*in[2], present[2]), BufferDesc(*in[3], present[3]),
+                                   BufferDesc(*in[4], present[4]), BufferDesc(*in[5], present[5]),
+                                   BufferDesc(*in[6], present[6])};
+  const LossLayout layout =
+      loss_layout(LossArrays{d[0].desc, d[1].desc, d[2].desc, d[3].desc, d[4].desc, d[5].desc, d[6].desc}, options);
   if (layout.convert != 0)
     throw std::invalid_argument("inputs must be converted to the compute dtype before the call (bandpo.jax does)");
   LossInputs li;
@@ -124,6 +128,8 @@ inline LossInputs loss_inputs(const ffi::AnyBuffer* const in[], const ffi::Dicti
   li.advantages = in[2]->untyped_data();
   li.mask = present[3] ? in[3]->untyped_data() : nullptr;
   li.ref_logp = present[4] ? in[4]->untyped_data() : nullptr;
+  li.lower = bounds ? in[5]->untyped_data() : nullptr;
+  li.upper = bounds ? in[6]->untyped_data() : nullptr;
   return li;
 }
 
@@ -150,15 +156,19 @@ inline void check_output(ffi::Result<ffi::AnyBuffer>& out, ffi::DataType type, s
     throw std::invalid_argument(std::string(name) + ": the output buffer does not match the inputs");
 }
 
-// The loss's six inputs in call order: logp, old_logp, advantages, mask, ref_logp, normalizer.
+// The loss's eight inputs in call order: logp, old_logp, advantages, mask, ref_logp, lower, upper, normalizer.
 using LossArgs = ffi::RemainingArgs;
+constexpr size_t kLossBuffers = kLossArgs + 1;
+constexpr size_t kNormalizerBuffer = kLossArgs;
 
-// Those six buffers of a call, decoded (in[i], held alive here).
+// Those eight buffers of a call, decoded (in[i], held alive here).
 struct LossBuffers {
   explicit LossBuffers(const LossArgs& args) {
-    if (args.size() != 6) throw std::invalid_argument("the loss takes 6 buffers, got " + std::to_string(args.size()));
-    held.reserve(6);
-    for (size_t i = 0; i < 6; ++i) {
+    if (args.size() != kLossBuffers)
+      throw std::invalid_argument("the loss takes " + std::to_string(kLossBuffers) + " buffers, got " +
+                                  std::to_string(args.size()));
+    held.reserve(kLossBuffers);
+    for (size_t i = 0; i < kLossBuffers; ++i) {
       const auto b = args.get<ffi::AnyBuffer>(i);
       if (!b.has_value()) throw std::invalid_argument("argument " + std::to_string(i) + " is not a buffer");
       held.push_back(*b);
@@ -168,7 +178,7 @@ struct LossBuffers {
   LossBuffers(const LossBuffers&) = delete;  // in[] points into held
   LossBuffers& operator=(const LossBuffers&) = delete;
   std::vector<ffi::AnyBuffer> held;
-  const ffi::AnyBuffer* in[6] = {};
+  const ffi::AnyBuffer* in[kLossBuffers] = {};
 };
 
 }  // namespace jax

@@ -58,7 +58,7 @@ ffi::Error band_loss_impl(LossArgs args, ffi::Result<ffi::AnyBuffer> loss, ffi::
   return guarded([&] {
     const LossBuffers buffers(args);
     const auto& in = buffers.in;
-    const LossOptions options = loss_options(attrs, *in[5]);
+    const LossOptions options = loss_options(attrs, *in[kNormalizerBuffer]);
     const ffi::AnyBuffer& logp = *in[0];
     const LossInputs li = loss_inputs(in, attrs, options);
     check_output(loss, logp.element_type(), 1, "loss");
@@ -75,7 +75,7 @@ ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi:
   return guarded([&] {
     const LossBuffers buffers(args);
     const auto& in = buffers.in;
-    const LossOptions options = loss_options(attrs, *in[5]);
+    const LossOptions options = loss_options(attrs, *in[kNormalizerBuffer]);
     const LossInputs li = loss_inputs(in, attrs, options);
     check_output(grad, in[0]->element_type(), in[0]->element_count(), "grad_logp");
     band_loss_backward_cpu(li, options, load_scalar(grad_loss, "grad_loss"), grad->untyped_data());

@@ -122,27 +122,30 @@ def band_loss(
     *,
     normalizer: Optional[float] = None,
     ref_logp=None,
+    lower=None,
+    upper=None,
     **overrides,
 ) -> BandLoss:
     """The BandPO loss and its metrics, as :func:`bandpo.band_loss` gives them: the same arguments, shapes,
     dtypes, options and aggregations (per-row advantages [B] or [B, 1], bool or float masks, mixed precision), the
     same values bit for bit on the CPU. Differentiable w.r.t. ``logp`` (jax.grad, through the core's analytic
     backward); the other inputs carry no gradient. ``normalizer``: None, a number, or a 0-d array computed in the
-    program (e.g. a psum of the mask counts over the data-parallel axis)."""
+    program (e.g. a psum of the mask counts over the data-parallel axis). ``lower``, ``upper``: bounds of your own
+    instead of the divergence's, as :func:`bandpo.band_loss` takes them."""
     cfg = resolve_config(config, overrides)
     traced = normalizer is not None and not isinstance(normalizer, (int, float, np.number))
     values = {**cfg.loss_kwargs(), "normalizer": None if traced else normalizer}
     opts = _capi.options(values)
-    arrays = [logp, old_logp, advantages, mask, ref_logp]
-    names = ("logp", "old_logp", "advantages", "mask", "ref_logp")
+    arrays = [logp, old_logp, advantages, mask, ref_logp, lower, upper]
     arrays = [None if a is None else jnp.asarray(a) for a in arrays]
-    layout = _capi.loss_layout([_describe(n, a) for n, a in zip(names, arrays)], opts)
+    layout = _capi.loss_layout([_describe(n, a) for n, a in zip(_capi.LOSS_ARRAY_NAMES, arrays)], opts)
     compute = jnp.dtype(_capi.FLOAT_DTYPE_NAMES[layout.compute_dtype])
     converted = [a if a is None or not (layout.convert >> i) & 1 else a.astype(compute) for i, a in enumerate(arrays)]
     attrs = _attributes(values, _capi.OPTION_ROWS)  # normalizer: the number, or NaN where computed / absent
     attrs["normalizer_in_program"] = np.bool_(traced)
     attrs["has_mask"] = np.bool_(mask is not None)
     attrs["has_ref_logp"] = np.bool_(ref_logp is not None)
+    attrs["has_bounds"] = np.bool_(lower is not None)
     placeholder = jnp.zeros((0,), compute)
     args = [placeholder if a is None else a for a in converted]
     # the normalizer as a one-value buffer (NaN: none): static or computed, the same call
@@ -178,20 +181,23 @@ def _result(shape, dtype, like):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, manual_axis_type=like.manual_axis_type)
 
 
-def _forward(logp, old_logp, advantages, mask, ref_logp, normalizer, key):
-    args, axes = _varying([logp, old_logp, advantages, mask, ref_logp, normalizer])
+def _forward(*inputs):
+    """The loss call on (logp, old_logp, advantages, mask, ref_logp, lower, upper, normalizer) and the key."""
+    *buffers, key = inputs
+    args, axes = _varying(buffers)
+    logp = buffers[0]
     out = (_result((), logp.dtype, axes), _result((len(METRIC_NAMES),), jnp.float32, axes))
     call = jax.ffi.ffi_call("bandpo_band_loss", out, vmap_method="sequential")
     return tuple(call(*args, **dict(key)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _band_loss(logp, old_logp, advantages, mask, ref_logp, normalizer, key):
-    return _forward(logp, old_logp, advantages, mask, ref_logp, normalizer, key)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _band_loss(logp, old_logp, advantages, mask, ref_logp, lower, upper, normalizer, key):
+    return _forward(logp, old_logp, advantages, mask, ref_logp, lower, upper, normalizer, key)
 
 
-def _band_loss_fwd(logp, old_logp, advantages, mask, ref_logp, normalizer, key):
-    inputs = (logp, old_logp, advantages, mask, ref_logp, normalizer)
+def _band_loss_fwd(logp, old_logp, advantages, mask, ref_logp, lower, upper, normalizer, key):
+    inputs = (logp, old_logp, advantages, mask, ref_logp, lower, upper, normalizer)
     return _forward(*inputs, key), inputs
 
 
@@ -203,7 +209,7 @@ def _band_loss_bwd(key, inputs, cotangents):
         "bandpo_band_loss_backward", _result(logp.shape, logp.dtype, axes), vmap_method="sequential"
     )
     grad = call(*args, **dict(key))
-    return (grad, None, None, None, None, None)
+    return (grad,) + (None,) * (len(inputs) - 1)
 
 
 _band_loss.defvjp(_band_loss_fwd, _band_loss_bwd)

@@ -309,12 +309,13 @@ void fuzz_loss(FuzzedDataProvider& in, bool backward) {
   const bool has_mask = in.ConsumeBool(), has_ref = o.kl_coef != 0.0 || in.ConsumeBool();
   attrs.add("has_mask", XLA_FFI_DataType_PRED, has_mask);
   attrs.add("has_ref_logp", XLA_FFI_DataType_PRED, has_ref);
+  attrs.add("has_bounds", XLA_FFI_DataType_PRED, false);  // the bounds are fuzzed through the C ABI's harness
   attrs.add("normalizer_in_program", XLA_FFI_DataType_PRED, false);
   attrs.finish();
   const XLA_FFI_DataType type = draw_type(in);
   const std::vector<int64_t> shape = draw_shape(in);
   const bool per_row = shape.size() == 2 && in.ConsumeBool();
-  Buffer logp, old, adv, mask, ref, norm, grad_loss, loss, metrics, grad;
+  Buffer logp, old, adv, mask, ref, lower, upper, norm, grad_loss, loss, metrics, grad;
   draw_buffer(in, logp, type, shape);
   draw_buffer(in, old, type, shape);
   draw_buffer(in, adv, type, per_row ? std::vector<int64_t>{shape[0]} : shape);
@@ -324,7 +325,14 @@ void fuzz_loss(FuzzedDataProvider& in, bool backward) {
   if (!norm.bytes.empty()) std::memcpy(norm.bytes.data(), &o.normalizer, std::min<size_t>(8, norm.bytes.size()));
   Frame f;
   const bool bad_size = in.ConsumeIntegralInRange<int>(0, 31) == 0;
-  std::vector<Buffer*> args = {&logp, &old, &adv, &mask, &ref, &norm};
+  for (Buffer* b : {&lower, &upper}) {  // size-0 placeholders, as bandpo.jax passes absent bounds
+    b->buf.struct_size = XLA_FFI_Buffer_STRUCT_SIZE;
+    b->buf.dtype = type;
+    b->dims = {0};
+    b->buf.rank = 1;
+    b->buf.dims = b->dims.data();
+  }
+  std::vector<Buffer*> args = {&logp, &old, &adv, &mask, &ref, &lower, &upper, &norm};
   bool ok;
   if (backward) {
     draw_buffer(in, grad_loss, type, {});
