@@ -12,12 +12,13 @@ The bounds are the smallest r in [0, 1] and the largest r in [1, 1/p] with D(r) 
 band_bounds' do. With f = -log t this is the built-in "kl" (KL(old || new)), with |t - 1| / 2 "tv" and with
 (t - 1)^2 "chi2": those are the solver's test (tests/test_f_divergence.py).
 
-The solve runs in float64 whatever the input dtype, in w = log r (one bracket holds every p, from 1e-300 to 1 - 1e-16):
-a bracketed Newton step, replaced by bisection wherever it would leave the bracket, for a fixed number of
-iterations (no data-dependent host sync: it runs as it is on CUDA and under torch.compile), then two Newton steps
-in r itself, which bring the root to the last bits r can hold. f is evaluated in its centred form f(1 + x) with x
-computed without cancellation (x = expm1(w) and -p x / q): the named divergences give that form exactly
-(-log1p(x) for KL); a function of t is called at 1 + x.
+The solve runs in float64 whatever the input dtype. As kl.h does, each side is one problem in w = log of the
+ratio that shrinks (r for the lower bound, rho for the upper one; _Side): halvings of the bracket in log(-w), then
+Newton on log D with the same halving wherever a step would leave the bracket, then two plain Newton steps; a
+fixed count (no data-dependent host sync: it runs as it is on CUDA and under torch.compile). f is evaluated in its
+centred form f(1 + x) near t = 1, with x computed without cancellation (expm1(w), and -(a expm1(w)) / b for the
+ratio that grows), and as f(t) below: the named divergences give both forms exactly (-log1p(x) for KL); a
+function of t is called at t = 1 + x.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ def f_divergence_bounds(
             ``eps_high``, ``ratio_max`` (10); ``divergence`` plays no part.
 
     Returns lower in [0, 1] and upper in [1, ratio_max], as band_bounds returns them; computed in float64 (about
-    50 elementwise passes over the tokens: far slower than band_bounds' built-in divergences, and meant for the
+    30 evaluations of f per side, each a few elementwise passes over the tokens: far slower than band_bounds' built-in divergences, and meant for the
     bounds a run computes once per batch).
     """
     if not isinstance(old_logp, Tensor):
