@@ -1,10 +1,12 @@
 """The JAX face's cost against the torch op on the CPU: Band-KL band_loss forward + backward, float32, back to back.
 
-    python benchmarks/bench_jax.py [--tokens 4096 65536 1048576] [--rounds 5]
+    python benchmarks/bench_jax.py [--tokens 4096 65536 1048576] [--rounds 5] [--lm-head 4096 512 32768]
 
 Both call the same core kernels (the results are the same bits, tests/test_jax.py); what differs is the call
 path: torch's dispatcher and autograd against XLA's FFI custom calls inside one jitted value_and_grad. Rounds
 alternate torch / jax; each reports the median of its rounds' medians, and the ratio jax / torch per size.
+The lm_head (linear_logprob_entropy, fwd + bwd of sum(logp) + sum(entropy), float32, N tokens by H by V) the same
+way: there the GEMMs differ too (XLA's against torch's).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 65536, 1 << 20])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lm-head", type=int, nargs=3, default=[4096, 512, 32768], metavar=("N", "H", "V"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__}, torch {torch.__version__}, CPU kernels {bandpo.cpu_kernel_isa()}")
@@ -74,6 +77,44 @@ def main() -> None:
             theirs.append(time_calls(jax_step, reps))
         t, j = statistics.median(ours), statistics.median(theirs)
         print(f"{n} | {1e3 * t:.3f} | {1e3 * j:.3f} | {j / t:.2f}")
+    lm_head(args)
+
+
+def lm_head(args) -> None:
+    n, h, v = args.lm_head
+    g = np.random.default_rng(1)
+    hidden = g.standard_normal((n, h)).astype(np.float32)
+    weight = (g.standard_normal((v, h)) / np.sqrt(h)).astype(np.float32)
+    target = g.integers(0, v, n)
+    th, tw, tt = (
+        torch.tensor(hidden, requires_grad=True),
+        torch.tensor(weight, requires_grad=True),
+        torch.tensor(target),
+    )
+
+    def torch_step():
+        th.grad = tw.grad = None
+        logp, ent = bandpo.linear_logprob_entropy(th, tw, tt)
+        (logp.sum() + ent.sum()).backward()
+
+    def objective(x, w):
+        logp, ent = bj.linear_logprob_entropy(x, w, target)
+        return logp.sum() + ent.sum()
+
+    step = jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
+    jh, jw = jnp.asarray(hidden), jnp.asarray(weight)
+
+    def jax_step():
+        jax.block_until_ready(step(jh, jw))
+
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(time_calls(torch_step, 3))
+        theirs.append(time_calls(jax_step, 3))
+    t, j = statistics.median(ours), statistics.median(theirs)
+    print(
+        f"lm_head N={n} H={h} V={v} fwd+bwd | torch {1e3 * t:.1f} ms | jax {1e3 * j:.1f} ms | jax / torch {j / t:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -181,5 +181,42 @@ struct LossBuffers {
   const ffi::AnyBuffer* in[kLossBuffers] = {};
 };
 
+// ---- The lm_head's chunk steps (bandpo.jax.linear_logprob_entropy) ----
+// raw: float32 [rows, vocab], row-major (XLA's default layout). target: int64 [rows], or its int64 bits as uint32
+// [rows, 2] (little-endian words: jax without x64 has no int64 arrays, so bandpo/jax.py sends int32 targets that
+// way). The options: tables.h's logit rows, as attributes.
+constexpr const char* kLogitOp = "linear_logprob_entropy";  // the name its messages start with
+
+struct LogitCall {
+  LogitCall(const char* op, const ffi::AnyBuffer& raw, const ffi::AnyBuffer& target) {
+    const BufferDesc r(raw, true);
+    BufferDesc t(target, true);
+    const bool pairs = target.element_type() == ffi::DataType::U32 && t.sizes.size() == 2 && t.sizes[1] == 2;
+    if (pairs) {  // the int64 the pairs hold, as the core's rule sees it
+      t.sizes.pop_back();
+      t.desc.ndim = 1;
+      t.desc.type = ElementType::int64;
+    }
+    const int64_t vocab = r.sizes.size() == 2 ? r.sizes[1] : 0;
+    const LogitChunkLayout l = logit_chunk_layout(op, r.desc, vocab, 1, t.desc, false);
+    chunk = LogitChunk{l.rows, l.vocab, l.row_stride, static_cast<const int64_t*>(target.untyped_data())};
+  }
+  LogitChunk chunk;
+};
+
+// A float32 [rows] buffer of the gradient step, checked; size 0 means absent (null).
+inline const float* row_values(const char* op, const char* name, const ffi::AnyBuffer& b, int64_t rows) {
+  if (b.element_count() == 0 && rows != 0) return nullptr;
+  check_row_values(op, name, BufferDesc(b, true).desc, rows);
+  return static_cast<const float*>(b.untyped_data());
+}
+
+// The gradient step's four [rows] buffers: grad_logp, grad_entropy, logp, entropy (the forward's outputs).
+inline LogitRowGrads row_grads(const char* op, const ffi::AnyBuffer& grad_logp, const ffi::AnyBuffer& grad_entropy,
+                               const ffi::AnyBuffer& logp, const ffi::AnyBuffer& entropy, int64_t rows) {
+  return LogitRowGrads{row_values(op, "grad_logp", grad_logp, rows), row_values(op, "grad_entropy", grad_entropy, rows),
+                       row_values(op, "logp", logp, rows), row_values(op, "entropy", entropy, rows)};
+}
+
 }  // namespace jax
 }  // namespace bandpo

@@ -5,11 +5,15 @@
 //   bandpo_band_bounds          (old_logp) -> (lower, upper)
 //   bandpo_band_loss            (logp, old_logp, advantages, mask, ref_logp, normalizer) -> (loss, metrics)
 //   bandpo_band_loss_backward   (grad_loss, logp, old_logp, advantages, mask, ref_logp, normalizer) -> grad_logp
+//   bandpo_logit_stats          (raw, target) -> (logp, entropy)          the lm_head's chunk step
+//   bandpo_logit_grad           (raw, target, grad_logp, grad_entropy, logp, entropy) -> grad_raw (raw's buffer)
 // (the jax targets' names; the handlers' symbols are bandpo_xla_*, apart from the C ABI's bandpo_* functions)
 //
 // normalizer is a one-value buffer as well as an attribute, so that it may be computed in the program (a psum of
 // the counts under shard_map): here the buffer's value counts (NaN: none), and its range is checked when the call
 // runs. Attributes and layout: ffi_common.h.
+#include <cstring>
+
 #include "bandpo/cpu.h"
 #include "ffi_common.h"
 
@@ -82,6 +86,33 @@ ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi:
   });
 }
 
+ffi::Error logit_stats_impl(ffi::AnyBuffer raw, ffi::AnyBuffer target, ffi::Result<ffi::AnyBuffer> logp,
+                            ffi::Result<ffi::AnyBuffer> entropy, ffi::Dictionary attrs) {
+  return guarded([&] {
+    const LogitOptions options = options_from<LogitOptions>(attrs);
+    const LogitCall call(kLogitOp, raw, target);
+    check_output(logp, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "logp");
+    check_output(entropy, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "entropy");
+    logit_stats_cpu(static_cast<const float*>(raw.untyped_data()), call.chunk, options,
+                    static_cast<float*>(logp->untyped_data()), static_cast<float*>(entropy->untyped_data()));
+  });
+}
+
+ffi::Error logit_grad_impl(ffi::AnyBuffer raw, ffi::AnyBuffer target, ffi::AnyBuffer grad_logp,
+                           ffi::AnyBuffer grad_entropy, ffi::AnyBuffer logp, ffi::AnyBuffer entropy,
+                           ffi::Result<ffi::AnyBuffer> grad_raw, ffi::Dictionary attrs) {
+  return guarded([&] {
+    const LogitOptions options = options_from<LogitOptions>(attrs);
+    const LogitCall call(kLogitOp, raw, target);
+    const LogitRowGrads grads = row_grads(kLogitOp, grad_logp, grad_entropy, logp, entropy, call.chunk.rows);
+    check_output(grad_raw, ffi::DataType::F32, raw.element_count(), "grad_raw");
+    float* out = static_cast<float*>(grad_raw->untyped_data());
+    // bandpo.jax aliases grad_raw to raw; where XLA still gives another buffer, the logits are copied into it
+    if (out != raw.untyped_data()) std::memcpy(out, raw.untyped_data(), raw.size_bytes());
+    logit_grad_cpu(out, call.chunk, options, grads);
+  });
+}
+
 }  // namespace
 }  // namespace jax
 }  // namespace bandpo
@@ -102,5 +133,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     bandpo_xla_band_loss_backward, bandpo::jax::band_loss_backward_impl,
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().RemainingArgs().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_stats, bandpo::jax::logit_stats_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attrs<ffi::Dictionary>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_grad, bandpo::jax::logit_grad_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attrs<ffi::Dictionary>());
 
 #pragma GCC visibility pop

@@ -1,4 +1,4 @@
-// The CUDA handlers of bandpo's JAX face: the same three targets as ffi_cpu.cpp, registered for the CUDA platform,
+// The CUDA handlers of bandpo's JAX face: the same five targets as ffi_cpu.cpp, registered for the CUDA platform,
 // over the core's CUDA entry points (bandpo/cuda.h) on XLA's stream, with their workspace from XLA's scratch
 // allocator, as jaxlib's own GPU solver handlers take theirs (XLA orders that memory on the stream). Nothing
 // synchronises the host.
@@ -79,6 +79,36 @@ ffi::Error band_loss_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator sc
   });
 }
 
+ffi::Error logit_stats_cuda(cudaStream_t stream, ffi::AnyBuffer raw, ffi::AnyBuffer target,
+                            ffi::Result<ffi::AnyBuffer> logp, ffi::Result<ffi::AnyBuffer> entropy,
+                            ffi::Dictionary attrs) {
+  return guarded([&] {
+    const LogitOptions options = options_from<LogitOptions>(attrs);
+    const LogitCall call(kLogitOp, raw, target);
+    check_output(logp, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "logp");
+    check_output(entropy, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "entropy");
+    cuda::logit_stats(DType::float32, raw.untyped_data(), call.chunk, options,
+                      static_cast<float*>(logp->untyped_data()), static_cast<float*>(entropy->untyped_data()), stream);
+  });
+}
+
+ffi::Error logit_grad_cuda(cudaStream_t stream, ffi::AnyBuffer raw, ffi::AnyBuffer target, ffi::AnyBuffer grad_logp,
+                           ffi::AnyBuffer grad_entropy, ffi::AnyBuffer logp, ffi::AnyBuffer entropy,
+                           ffi::Result<ffi::AnyBuffer> grad_raw, ffi::Dictionary attrs) {
+  return guarded([&] {
+    const LogitOptions options = options_from<LogitOptions>(attrs);
+    const LogitCall call(kLogitOp, raw, target);
+    const LogitRowGrads grads = row_grads(kLogitOp, grad_logp, grad_entropy, logp, entropy, call.chunk.rows);
+    check_output(grad_raw, ffi::DataType::F32, raw.element_count(), "grad_raw");
+    void* out = grad_raw->untyped_data();
+    // bandpo.jax aliases grad_raw to raw; where XLA still gives another buffer, the logits are copied into it
+    if (out != raw.untyped_data() &&
+        cudaMemcpyAsync(out, raw.untyped_data(), raw.size_bytes(), cudaMemcpyDeviceToDevice, stream) != cudaSuccess)
+      throw std::runtime_error("linear_logprob_entropy: copying the logits on the device failed");
+    cuda::logit_grad(DType::float32, out, call.chunk, options, grads, stream);
+  });
+}
+
 }  // namespace
 }  // namespace jax
 }  // namespace bandpo
@@ -112,6 +142,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_backward_cuda, bandpo::jax::b
                                   .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attrs<ffi::Dictionary>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_stats_cuda, bandpo::jax::logit_stats_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attrs<ffi::Dictionary>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_grad_cuda, bandpo::jax::logit_grad_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attrs<ffi::Dictionary>());
 

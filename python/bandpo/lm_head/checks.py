@@ -76,32 +76,36 @@ def check_options(options: LogitOptions, chunk_size: int) -> None:
 def check_head(hidden, weight, target, bias) -> None:
     """Validates the head's tensors (shapes, dtypes, devices) before any work, naming the argument."""
     check_types(hidden, weight, target, bias)
-    if hidden.dim() != 2:
+    check_head_shapes(hidden, weight, target, bias, FLOATS)
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must be int64, got {target.dtype}")
+    for name, t in (("weight", weight), ("target", target), ("bias", bias)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+
+
+def check_head_shapes(hidden, weight, target, bias, floats) -> None:
+    """The head's shapes and float dtypes, naming the argument: for any arrays with .shape and .dtype (the torch
+    op's tensors, bandpo.jax's arrays); floats: the dtypes hidden may have. bias may be None."""
+    if len(hidden.shape) != 2:
         raise ValueError(f"hidden must be 2-D [tokens, hidden_size], got shape {tuple(hidden.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+    if len(weight.shape) != 2 or weight.shape[1] != hidden.shape[1]:
         raise ValueError(
             f"weight must be [vocab, hidden_size] = [V, {hidden.shape[1]}], got shape {tuple(weight.shape)}"
         )
     if weight.shape[0] == 0:
         raise ValueError("weight must have at least one row (vocab size 0)")
-    if target.dim() != 1 or target.shape[0] != hidden.shape[0]:
+    if len(target.shape) != 1 or target.shape[0] != hidden.shape[0]:
         raise ValueError(f"target must be 1-D [tokens] = [{hidden.shape[0]}], got shape {tuple(target.shape)}")
-    if target.dtype != torch.int64:
-        raise ValueError(f"target must be int64, got {target.dtype}")
-    if hidden.dtype not in FLOATS:
+    if hidden.dtype not in floats:
         raise ValueError(f"hidden must be float32, bfloat16, float16 or float64, got {hidden.dtype}")
     if weight.dtype != hidden.dtype:
         raise ValueError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
-    for name, t in (("weight", weight), ("target", target)):
-        if t.device != hidden.device:
-            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
     if bias is not None:
-        if bias.shape != (weight.shape[0],):
+        if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must be [vocab] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
         if bias.dtype != hidden.dtype:
             raise ValueError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
-        if bias.device != hidden.device:
-            raise ValueError(f"bias is on {bias.device} but hidden is on {hidden.device}")
 
 
 def check_targets(target: Tensor, vocab: int, ignore_index: int) -> Optional[Tensor]:
