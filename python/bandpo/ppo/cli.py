@@ -27,15 +27,17 @@ import torch
 import torch.distributed as dist
 
 from ..config import PRESETS
-from . import report
-from .evaluate import evaluate
-from .methods import DEFAULT_METHODS, f_divergence_of, parse_method
+from . import experiment, report
+from .experiment import EXPERIMENTS
+from .jobs import SeedJob, default_workers, run_all, steps_of
+from .methods import DEFAULT_METHODS, parse_method
 from .settings import CUDA_SCALE, QUICK, RunConfig, run_fields
 from .task import TASKS
-from .train import eval_seed, rl_run, world
-from .warm_start import cached_warm_start, default_cache_dir
+from .train import world
+from .warm_start import default_cache_dir
 
 DELTA_SWEEP = (0.01, 0.05, 0.2)
+EXPERIMENT_OPTIONS = ("--out", "--workers", "--cache-dir", "--no-cache")  # with --experiment: what may change
 EVAL_PROMPT_SEED = 2_718_281  # the held-out prompts: the same for every seed, method and run
 
 
@@ -91,7 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu, cuda or cuda:N; on CUDA the model and batches default to larger sizes "
         "(settings.CUDA_SCALE) (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of each process (default: %(default)s; the numbers depend on it: the order of "
+        "torch's sums; why one: bandpo/ppo/jobs.py)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that run seeds side by side, each with --threads threads (default: one per seed up to the "
+        "usable cores, on the CPU without torchrun; else 1); the numbers do not depend on it",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -101,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir",
         default=None,
-        help=f"where warm starts are cached (default: $XDG_CACHE_HOME/bandpo or ~/.cache/bandpo)",
+        help="where warm starts are cached (default: $XDG_CACHE_HOME/bandpo or ~/.cache/bandpo)",
     )
     p.add_argument("--no-cache", action="store_true", help="always compute the warm start; store nothing")
     run = p.add_argument_group("run settings (every method and seed)")
@@ -130,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of warm-start demonstrations that are right (zigzag 0.5, sort 0.1)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
+    p.add_argument(
+        "--experiment",
+        choices=list(EXPERIMENTS),
+        default=None,
+        help="run a pre-registered experiment (docs/ppo/PROTOCOL.md) into docs/ppo/experiments/NAME (or --out); "
+        f"resumable (run it again); takes only {', '.join(EXPERIMENT_OPTIONS)} besides",
+    )
     return p
 
 
@@ -194,9 +216,25 @@ class _NoBar:
         pass
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, quiet: bool = False) -> dict:
+    """The demo (or, with --experiment, an experiment); returns the summary. quiet: no summary table."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.experiment:
+        given = [a for a in vars(args) if getattr(args, a) != parser.get_default(a) and a != "experiment"]
+        others = [a for a in given if "--" + a.replace("_", "-") not in EXPERIMENT_OPTIONS]
+        if others:
+            parser.error(
+                f"--experiment fixes the run's settings (its protocol); it takes only {', '.join(EXPERIMENT_OPTIONS)}, "
+                f"got --{others[0].replace('_', '-')}"
+            )
+        passthrough = []
+        for a in given:
+            if a in ("workers", "cache_dir"):
+                passthrough += ["--" + a.replace("_", "-"), str(getattr(args, a))]
+            elif a == "no_cache":
+                passthrough.append("--no-cache")
+        return experiment.run(args.experiment, args.out, passthrough, main)
     if args.resume:
         with open(os.path.join(args.resume, "config.json")) as f:
             saved = json.load(f)
@@ -209,8 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1 or (args.workers is not None and args.workers < 1):
+        parser.error(f"--threads and --workers must be >= 1, got {args.threads} and {args.workers}")
+    torch.set_num_threads(args.threads)
     rank, world_size = world()
 
     # Everything that can be refused is refused here, before any training.
@@ -267,54 +306,40 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.eval_prompts, torch.Generator().manual_seed(EVAL_PROMPT_SEED), split="eval"
     ).to(device)
     started = time.perf_counter()
-    runs: dict[str, dict[int, list[dict]]] = {name: {} for name in methods}
-    start_eval: dict[int, dict] = {}
-    for seed in args.seeds:
-        bar = progress.bar(cfg.sft_steps, f"warm start, seed {seed}", "step")
-        init, cached = cached_warm_start(task, cfg, seed, device, cache_dir, on_step=lambda step: bar.update(1))
-        bar.close()
-        progress.say(
-            f"warm start, seed {seed}: "
-            + ("from the cache" if cached else f"{cfg.sft_steps} supervised steps")
-            + (f" ({cache_dir})" if cache_dir and not cached else "")
-        )
-        if rank == 0:
-            start_eval[seed] = evaluate(init, task, eval_prompts, eval_seed(seed, 0), cfg.temperature)
-        for name, config in methods.items():
-            bar = progress.bar(cfg.steps, f"{name}, seed {seed}", "step")
-            ckpt = os.path.join(out, "checkpoints", f"{name.replace(':', '_')}-seed{seed}.pt")
-            runs[name][seed] = rl_run(
-                task,
-                cfg,
-                config,
-                seed,
-                init,
-                os.path.join(out, name, f"seed{seed}.jsonl"),
-                ckpt,
-                device,
-                eval_prompts,
-                on_step=lambda r: bar.update(1),
-                bounds_f=f_divergence_of(name),
-            )
-            bar.close()
-            last = runs[name][seed][-1]
-            progress.say(
-                f"{name}, seed {seed}: {last['seconds']:.1f} s, final reward {last['reward']:.3f}, "
-                + ", ".join(f"{k} {v:.3f}" for k, v in last.get("eval", {}).items())
-            )
+    jobs = [
+        SeedJob(seed, task, cfg, methods, out, str(device), cache_dir, eval_prompts, args.threads)
+        for seed in args.seeds
+    ]
+    workers = args.workers or default_workers(device, len(jobs), distributed)
+    if workers > 1:
+        progress.say(f"{len(jobs)} seeds on {workers} worker processes of {args.threads} torch thread(s) each")
+    bar = progress.bar(sum(steps_of(j) for j in jobs), "warm starts and RL steps", "step")
+
+    def on_report(item):
+        if isinstance(item, str):
+            progress.say(item)
+        else:
+            bar.update(item)
+
+    results = run_all(jobs, workers, on_report, rank)
+    bar.close()
+    runs = {name: {r.seed: r.runs[name] for r in results} for name in methods}
+    start_eval = {r.seed: r.start_eval for r in results if r.start_eval is not None}
 
     summary = {}
     if rank == 0:
         summary = report.summarize(runs, start_eval)
         summary["wall_seconds"] = time.perf_counter() - started
         report.write_summary(out, summary)
-        print(report.summary_table(summary))
+        if not quiet:
+            print(report.summary_table(summary))
         if plots:
             for path in report.plot_all(out, runs, methods, start_eval, sweep=args.delta_sweep is not None):
                 print("wrote", path)
         elif not args.no_plots:
             print("no plots: matplotlib is not installed (pip install 'bandpo[demo]')")
-        print("results in", out)
+        if not quiet:
+            print("results in", out)
     if distributed:
         # DDP objects hold the process group through reference cycles: collect them first, so that the
         # group really closes here (its threads otherwise meet interpreter teardown: "terminate called").

@@ -55,6 +55,20 @@ def eval_curve(recs: list[dict], start: dict | None) -> tuple[list[int], dict[st
     return steps, {m: [e[m] for e in evals] for m in EVAL_METRICS}
 
 
+def per_seed_metrics(by_seed: dict[int, list[dict]]) -> dict[str, list[float]]:
+    """{"final_reward", "final_entropy", and each evaluation metric at the last step (when every seed has it):
+    one value per seed, in order of seeds}: the numbers the summary and the experiments compare."""
+    seeds = sorted(by_seed)
+    out = {
+        "final_reward": [final_mean(by_seed[s], "reward") for s in seeds],
+        "final_entropy": [final_mean(by_seed[s], "entropy") for s in seeds],
+    }
+    finals = [by_seed[s][-1].get("eval") for s in seeds]
+    if all(finals):
+        out.update({k: [f[k] for f in finals] for k in EVAL_METRICS})
+    return out
+
+
 def summarize(runs: dict[str, dict[int, list[dict]]], start_eval: dict[int, dict] | None = None) -> dict:
     """{"start": warm-start evaluation, "methods": {name: {final_reward, final_entropy, pass@k..., distinct@16:
     {mean, std} over seeds, clipfrac_{upper,lower}_by_prob (pooled), prob_buckets, seconds (mean per run),
@@ -62,13 +76,7 @@ def summarize(runs: dict[str, dict[int, list[dict]]], start_eval: dict[int, dict
     methods = {}
     for name, by_seed in runs.items():
         seeds = sorted(by_seed)
-        m = {
-            "final_reward": mean_std([final_mean(by_seed[s], "reward") for s in seeds]),
-            "final_entropy": mean_std([final_mean(by_seed[s], "entropy") for s in seeds]),
-        }
-        finals = [by_seed[s][-1].get("eval") for s in seeds]
-        if all(finals):
-            m.update({k: mean_std([f[k] for f in finals]) for k in EVAL_METRICS})
+        m = {k: mean_std(v) for k, v in per_seed_metrics(by_seed).items()}
         m["clipfrac_upper_by_prob"] = pooled_clipfrac(by_seed, "upper")
         m["clipfrac_lower_by_prob"] = pooled_clipfrac(by_seed, "lower")
         m["prob_buckets"] = [min(b, 1.0) for b in PROB_BUCKETS]

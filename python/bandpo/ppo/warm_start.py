@@ -82,7 +82,8 @@ def cache_key(task: Task, cfg: RunConfig, seed: int, device: torch.device) -> st
         "device": device.type,
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "version": 1,
+        "threads": torch.get_num_threads(),  # the order of torch's sums, so the bits of the warm start
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
