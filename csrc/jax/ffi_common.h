@@ -187,8 +187,10 @@ struct LossBuffers {
 // way). The options: tables.h's logit rows, as attributes.
 constexpr const char* kLogitOp = "linear_logprob_entropy";  // the name its messages start with
 
+// A chunk step's call: its options, and its chunk of raw logits and targets, by the core's rules.
 struct LogitCall {
-  LogitCall(const char* op, const ffi::AnyBuffer& raw, const ffi::AnyBuffer& target) {
+  LogitCall(const ffi::AnyBuffer& raw, const ffi::AnyBuffer& target, const ffi::Dictionary& attrs)
+      : options(options_from<LogitOptions>(attrs)) {
     const BufferDesc r(raw, true);
     BufferDesc t(target, true);
     const bool pairs = target.element_type() == ffi::DataType::U32 && t.sizes.size() == 2 && t.sizes[1] == 2;
@@ -198,25 +200,41 @@ struct LogitCall {
       t.desc.type = ElementType::int64;
     }
     const int64_t vocab = r.sizes.size() == 2 ? r.sizes[1] : 0;
-    const LogitChunkLayout l = logit_chunk_layout(op, r.desc, vocab, 1, t.desc, false);
+    const LogitChunkLayout l = logit_chunk_layout(kLogitOp, r.desc, vocab, 1, t.desc, false);
     chunk = LogitChunk{l.rows, l.vocab, l.row_stride, static_cast<const int64_t*>(target.untyped_data())};
   }
+  LogitOptions options;
   LogitChunk chunk;
 };
 
+// The statistics step (raw, target) -> (logp, entropy): the call, its float32 [rows] outputs checked.
+inline LogitCall stats_call(const ffi::AnyBuffer& raw, const ffi::AnyBuffer& target, ffi::Result<ffi::AnyBuffer>& logp,
+                            ffi::Result<ffi::AnyBuffer>& entropy, const ffi::Dictionary& attrs) {
+  LogitCall call(raw, target, attrs);
+  check_output(logp, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "logp");
+  check_output(entropy, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "entropy");
+  return call;
+}
+
 // A float32 [rows] buffer of the gradient step, checked; size 0 means absent (null).
-inline const float* row_values(const char* op, const char* name, const ffi::AnyBuffer& b, int64_t rows) {
+inline const float* row_values(const char* name, const ffi::AnyBuffer& b, int64_t rows) {
   if (b.element_count() == 0 && rows != 0) return nullptr;
-  check_row_values(op, name, BufferDesc(b, true).desc, rows);
+  check_row_values(kLogitOp, name, BufferDesc(b, true).desc, rows);
   return static_cast<const float*>(b.untyped_data());
 }
 
-// The gradient step's four [rows] buffers: grad_logp, grad_entropy, logp, entropy (the forward's outputs).
-inline LogitRowGrads row_grads(const char* op, const ffi::AnyBuffer& grad_logp, const ffi::AnyBuffer& grad_entropy,
-                               const ffi::AnyBuffer& logp, const ffi::AnyBuffer& entropy, int64_t rows) {
-  return LogitRowGrads{row_values(op, "grad_logp", grad_logp, rows), row_values(op, "grad_entropy", grad_entropy, rows),
-                       row_values(op, "logp", logp, rows), row_values(op, "entropy", entropy, rows)};
-}
+// The gradient step (raw, target, grad_logp, grad_entropy, logp, entropy) -> grad_raw: the call, the rows'
+// upstream gradients and forward outputs, the output checked (float32 like raw; bandpo.jax aliases it to raw).
+struct LogitGradCall : LogitCall {
+  LogitGradCall(const ffi::AnyBuffer* const in[6], ffi::Result<ffi::AnyBuffer>& grad_raw, const ffi::Dictionary& attrs)
+      : LogitCall(*in[0], *in[1], attrs) {
+    const int64_t rows = chunk.rows;
+    grads = LogitRowGrads{row_values("grad_logp", *in[2], rows), row_values("grad_entropy", *in[3], rows),
+                          row_values("logp", *in[4], rows), row_values("entropy", *in[5], rows)};
+    check_output(grad_raw, ffi::DataType::F32, in[0]->element_count(), "grad_raw");
+  }
+  LogitRowGrads grads;
+};
 
 }  // namespace jax
 }  // namespace bandpo

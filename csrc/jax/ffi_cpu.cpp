@@ -89,11 +89,8 @@ ffi::Error band_loss_backward_impl(ffi::AnyBuffer grad_loss, LossArgs args, ffi:
 ffi::Error logit_stats_impl(ffi::AnyBuffer raw, ffi::AnyBuffer target, ffi::Result<ffi::AnyBuffer> logp,
                             ffi::Result<ffi::AnyBuffer> entropy, ffi::Dictionary attrs) {
   return guarded([&] {
-    const LogitOptions options = options_from<LogitOptions>(attrs);
-    const LogitCall call(kLogitOp, raw, target);
-    check_output(logp, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "logp");
-    check_output(entropy, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "entropy");
-    logit_stats_cpu(static_cast<const float*>(raw.untyped_data()), call.chunk, options,
+    const LogitCall call = stats_call(raw, target, logp, entropy, attrs);
+    logit_stats_cpu(static_cast<const float*>(raw.untyped_data()), call.chunk, call.options,
                     static_cast<float*>(logp->untyped_data()), static_cast<float*>(entropy->untyped_data()));
   });
 }
@@ -102,14 +99,12 @@ ffi::Error logit_grad_impl(ffi::AnyBuffer raw, ffi::AnyBuffer target, ffi::AnyBu
                            ffi::AnyBuffer grad_entropy, ffi::AnyBuffer logp, ffi::AnyBuffer entropy,
                            ffi::Result<ffi::AnyBuffer> grad_raw, ffi::Dictionary attrs) {
   return guarded([&] {
-    const LogitOptions options = options_from<LogitOptions>(attrs);
-    const LogitCall call(kLogitOp, raw, target);
-    const LogitRowGrads grads = row_grads(kLogitOp, grad_logp, grad_entropy, logp, entropy, call.chunk.rows);
-    check_output(grad_raw, ffi::DataType::F32, raw.element_count(), "grad_raw");
+    const ffi::AnyBuffer* const in[6] = {&raw, &target, &grad_logp, &grad_entropy, &logp, &entropy};
+    const LogitGradCall call(in, grad_raw, attrs);
     float* out = static_cast<float*>(grad_raw->untyped_data());
-    // bandpo.jax aliases grad_raw to raw; where XLA still gives another buffer, the logits are copied into it
+    // where XLA gave grad_raw a buffer of its own (no alias), the logits are copied into it
     if (out != raw.untyped_data()) std::memcpy(out, raw.untyped_data(), raw.size_bytes());
-    logit_grad_cpu(out, call.chunk, options, grads);
+    logit_grad_cpu(out, call.chunk, call.options, call.grads);
   });
 }
 

@@ -83,11 +83,8 @@ ffi::Error logit_stats_cuda(cudaStream_t stream, ffi::AnyBuffer raw, ffi::AnyBuf
                             ffi::Result<ffi::AnyBuffer> logp, ffi::Result<ffi::AnyBuffer> entropy,
                             ffi::Dictionary attrs) {
   return guarded([&] {
-    const LogitOptions options = options_from<LogitOptions>(attrs);
-    const LogitCall call(kLogitOp, raw, target);
-    check_output(logp, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "logp");
-    check_output(entropy, ffi::DataType::F32, static_cast<size_t>(call.chunk.rows), "entropy");
-    cuda::logit_stats(DType::float32, raw.untyped_data(), call.chunk, options,
+    const LogitCall call = stats_call(raw, target, logp, entropy, attrs);
+    cuda::logit_stats(DType::float32, raw.untyped_data(), call.chunk, call.options,
                       static_cast<float*>(logp->untyped_data()), static_cast<float*>(entropy->untyped_data()), stream);
   });
 }
@@ -96,16 +93,14 @@ ffi::Error logit_grad_cuda(cudaStream_t stream, ffi::AnyBuffer raw, ffi::AnyBuff
                            ffi::AnyBuffer grad_entropy, ffi::AnyBuffer logp, ffi::AnyBuffer entropy,
                            ffi::Result<ffi::AnyBuffer> grad_raw, ffi::Dictionary attrs) {
   return guarded([&] {
-    const LogitOptions options = options_from<LogitOptions>(attrs);
-    const LogitCall call(kLogitOp, raw, target);
-    const LogitRowGrads grads = row_grads(kLogitOp, grad_logp, grad_entropy, logp, entropy, call.chunk.rows);
-    check_output(grad_raw, ffi::DataType::F32, raw.element_count(), "grad_raw");
+    const ffi::AnyBuffer* const in[6] = {&raw, &target, &grad_logp, &grad_entropy, &logp, &entropy};
+    const LogitGradCall call(in, grad_raw, attrs);
     void* out = grad_raw->untyped_data();
-    // bandpo.jax aliases grad_raw to raw; where XLA still gives another buffer, the logits are copied into it
+    // where XLA gave grad_raw a buffer of its own (no alias), the logits are copied into it on the stream
     if (out != raw.untyped_data() &&
         cudaMemcpyAsync(out, raw.untyped_data(), raw.size_bytes(), cudaMemcpyDeviceToDevice, stream) != cudaSuccess)
       throw std::runtime_error("linear_logprob_entropy: copying the logits on the device failed");
-    cuda::logit_grad(DType::float32, out, call.chunk, options, grads, stream);
+    cuda::logit_grad(DType::float32, out, call.chunk, call.options, call.grads, stream);
   });
 }
 
