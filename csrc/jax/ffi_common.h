@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "bandpo/arrays.h"
@@ -235,6 +236,54 @@ struct LogitGradCall : LogitCall {
   }
   LogitRowGrads grads;
 };
+
+// Each target's binding after its platform's context (none on the CPU; on CUDA XLA's stream, and the scratch
+// allocator where the call takes a workspace): one definition of a target's arguments for both platforms.
+template <class B>
+auto bounds_binding(B b) {
+  return std::move(b)
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<ffi::Dictionary>();
+}
+template <class B>
+auto loss_binding(B b) {  // the eight loss buffers (LossBuffers)
+  return std::move(b)
+      .RemainingArgs()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<ffi::Dictionary>();
+}
+template <class B>
+auto loss_backward_binding(B b) {  // grad_loss, then the eight loss buffers
+  return std::move(b)
+      .template Arg<ffi::AnyBuffer>()
+      .RemainingArgs()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<ffi::Dictionary>();
+}
+template <class B>
+auto logit_stats_binding(B b) {
+  return std::move(b)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<ffi::Dictionary>();
+}
+template <class B>
+auto logit_grad_binding(B b) {
+  return std::move(b)
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attrs<ffi::Dictionary>();
+}
 
 }  // namespace jax
 }  // namespace bandpo

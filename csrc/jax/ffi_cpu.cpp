@@ -117,35 +117,19 @@ namespace ffi = xla::ffi;
 // The handlers are the library's only exported symbols (it is built with hidden visibility).
 #pragma GCC visibility push(default)
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    bandpo_xla_band_bounds, bandpo::jax::band_bounds_impl,
-    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
+using bandpo::jax::bounds_binding;
+using bandpo::jax::logit_grad_binding;
+using bandpo::jax::logit_stats_binding;
+using bandpo::jax::loss_backward_binding;
+using bandpo::jax::loss_binding;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    bandpo_xla_band_loss, bandpo::jax::band_loss_impl,
-    ffi::Ffi::Bind().RemainingArgs().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    bandpo_xla_band_loss_backward, bandpo::jax::band_loss_backward_impl,
-    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().RemainingArgs().Ret<ffi::AnyBuffer>().Attrs<ffi::Dictionary>());
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_bounds, bandpo::jax::band_bounds_impl, bounds_binding(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss, bandpo::jax::band_loss_impl, loss_binding(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_backward, bandpo::jax::band_loss_backward_impl,
+                              loss_backward_binding(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_stats, bandpo::jax::logit_stats_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attrs<ffi::Dictionary>());
-
+                              logit_stats_binding(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_grad, bandpo::jax::logit_grad_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attrs<ffi::Dictionary>());
+                              logit_grad_binding(ffi::Ffi::Bind()));
 
 #pragma GCC visibility pop
