@@ -43,6 +43,16 @@ def batch() -> dict:
     }
 
 
+def test_readme_fences_open_and_close():
+    # a closing fence with text after it does not close the block (CommonMark): the rest of the page would
+    # render as code while the regex above still finds the blocks
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        fences = [(n, line.rstrip("\n")) for n, line in enumerate(f, 1) if line.startswith("```")]
+    for k, (n, line) in enumerate(fences):
+        assert line == "```" if k % 2 else re.fullmatch(r"```[a-z]+", line), f"README.md:{n}: {line!r}"
+    assert len(fences) % 2 == 0
+
+
 def test_readme_has_the_blocks_this_file_runs():
     assert len(readme_blocks("python")) == 5 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
 
