@@ -64,13 +64,8 @@ def test_band_bounds_given_back_give_the_same_bits(device, dtype, divergence, ag
     assert 0 < own[1][0] < 1  # some tokens clip: the bounds decide something
 
 
-@pytest.mark.parametrize("agg", AGGS)
-@pytest.mark.parametrize("dual_clip", [None, 2.0])
-@pytest.mark.parametrize("relax", [False, True])
-def test_bounds_of_any_making_match_the_reference(agg, dual_clip, relax):
-    logp, old, adv, mask, ref = make_batch(seed=7, spread=0.8)
-    lower, upper = own_bounds(old, seed=1, ratio_max=4.0)
-    kw = dict(agg=agg, dual_clip=dual_clip, relax_high_p=relax, ratio_max=4.0, kl_coef=0.05, kl_estimator="k3")
+def op_matches_the_reference(logp, old, adv, mask, ref, lower, upper, **kw):
+    """The op's loss, metrics and gradient against bandpo.reference's (float64) on the same given bounds."""
     op = loss_and_grad(logp, old, adv, mask, ref, lower, upper, **kw)
     x = logp.clone().requires_grad_()
     loss, metrics = reference.band_loss(x, old, adv, mask, ref, lower, upper, **kw)
@@ -78,6 +73,17 @@ def test_bounds_of_any_making_match_the_reference(agg, dual_clip, relax):
     torch.testing.assert_close(op[0], loss.detach(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(op[1], metrics, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(op[2], grad, rtol=1e-12, atol=1e-14)
+    return op
+
+
+@pytest.mark.parametrize("agg", AGGS)
+@pytest.mark.parametrize("dual_clip", [None, 2.0])
+@pytest.mark.parametrize("relax", [False, True])
+def test_bounds_of_any_making_match_the_reference(agg, dual_clip, relax):
+    logp, old, adv, mask, ref = make_batch(seed=7, spread=0.8)
+    lower, upper = own_bounds(old, seed=1, ratio_max=4.0)
+    kw = dict(agg=agg, dual_clip=dual_clip, relax_high_p=relax, ratio_max=4.0, kl_coef=0.05, kl_estimator="k3")
+    op = op_matches_the_reference(logp, old, adv, mask, ref, lower, upper, **kw)
     assert op[1][1] > 0 and op[1][2] > 0  # both sides clip
 
 
@@ -95,12 +101,7 @@ def test_property_against_the_reference(seed, shape, spread, ratio_max, per_row)
         adv = adv[:, 0]
     lower, upper = own_bounds(old, seed, ratio_max)
     kw = dict(ratio_max=ratio_max, agg="seq-mean-token-mean")
-    op = loss_and_grad(logp, old, adv, mask, None, lower, upper, **kw)
-    x = logp.clone().requires_grad_()
-    loss, metrics = reference.band_loss(x, old, adv, mask, None, lower, upper, **kw)
-    (grad,) = torch.autograd.grad(loss, x)
-    torch.testing.assert_close(op[0], loss.detach(), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(op[2], grad, rtol=1e-12, atol=1e-14)
+    op_matches_the_reference(logp, old, adv, mask, None, lower, upper, **kw)
 
 
 def test_the_divergence_plays_no_part_and_no_kl_table_is_built():
