@@ -21,21 +21,6 @@ namespace bandpo {
 namespace jax {
 namespace {
 
-// A double into the one element of `out`, rounded as the core's writers round (dtypes.h store).
-void store_scalar(ffi::Result<ffi::AnyBuffer>& out, DType dtype, double v) {
-  void* p = out->untyped_data();
-  switch (dtype) {
-    case DType::float32:
-      return store(static_cast<float*>(p), 0, v);
-    case DType::float64:
-      return store(static_cast<double*>(p), 0, v);
-    case DType::bfloat16:
-      return store(static_cast<bfloat16*>(p), 0, v);
-    case DType::float16:
-      return store(static_cast<float16*>(p), 0, v);
-  }
-}
-
 // The call's options: the attributes', with normalizer from its buffer (NaN: none), then validated.
 LossOptions loss_options(const ffi::Dictionary& attrs, const ffi::AnyBuffer& normalizer) {
   LossOptions o = options_from<LossOptions>(attrs);
@@ -68,7 +53,7 @@ ffi::Error band_loss_impl(LossArgs args, ffi::Result<ffi::AnyBuffer> loss, ffi::
     check_output(loss, logp.element_type(), 1, "loss");
     check_output(metrics, ffi::DataType::F32, kNumMetrics, "metrics");
     const LossResult r = band_loss_forward_cpu(li, options);
-    store_scalar(loss, li.dtype, r.loss);
+    store_as(li.dtype, loss->untyped_data(), r.loss);
     float* m = static_cast<float*>(metrics->untyped_data());
     for (int i = 0; i < kNumMetrics; ++i) m[i] = r.metrics[i];
   });

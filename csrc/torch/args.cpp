@@ -203,6 +203,14 @@ void check_stack(const char* op, uint64_t num_args, uint64_t expected_args, uint
 
 BoundOptions unbox_bound_options(StableIValue* stack) { return unbox<BoundOptions>(stack); }
 
+BoundsCall unbox_bounds_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_bounds", num_args, 1 + kNumBoundOptions, num_outputs, 2);
+  const Tensor old_logp = to<Tensor>(stack[0]);
+  const BoundOptions options = unbox_bound_options(stack + 1);
+  const DType dtype = to_dtype(old_logp, "old_logp");
+  return BoundsCall{as_contiguous(old_logp), dtype, options};
+}
+
 LossCall unbox_loss_call(StableIValue* stack) {
   Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
   auto mask = to<std::optional<Tensor>>(stack[3]);

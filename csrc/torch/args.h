@@ -107,6 +107,14 @@ auto rethrow_as_value_error(F&& f) -> decltype(f()) {
   return with_python_errors(std::forward<F>(f));
 }
 
+// band_bounds' stack (schemas.cpp), checked: old_logp (made contiguous), its dtype, the options.
+struct BoundsCall {
+  Tensor old_logp;
+  DType dtype;
+  BoundOptions options;
+};
+BoundsCall unbox_bounds_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs);
+
 // The arguments of band_loss (and of band_loss_backward after its grad_loss) from the boxed stack: the
 // seven tensors of the schema, then the options.
 struct LossCall {

@@ -43,14 +43,10 @@ Tensor empty_output(const Tensor& like) {
 
 // band_bounds(Tensor old_logp, *, <bound options>) -> (Tensor, Tensor)
 void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_bounds", num_args, 1 + kNumBoundOptions, num_outputs, 2);
-  const Tensor old_logp = to<Tensor>(stack[0]);
-  const BoundOptions options = unbox_bound_options(stack + 1);
-  const DType dtype = to_dtype(old_logp, "old_logp");
-  const Tensor in = as_contiguous(old_logp);
-  Tensor lower = empty_output(in), upper = empty_output(in);
+  const BoundsCall b = unbox_bounds_call(stack, num_args, num_outputs);
+  Tensor lower = empty_output(b.old_logp), upper = empty_output(b.old_logp);
   rethrow_as_value_error([&] {
-    band_bounds_cpu(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
+    band_bounds_cpu(b.dtype, b.old_logp.data_ptr(), b.old_logp.numel(), b.options, lower.data_ptr(), upper.data_ptr(),
                     torch_parallel_for());
   });
   stack[0] = from(lower);
@@ -68,21 +64,7 @@ void band_loss_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_ou
   const LossResult r =
       rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
   Tensor loss = empty_on({}, scalar_type(args.inputs.dtype), logp);
-  void* out = loss.data_ptr();
-  switch (args.inputs.dtype) {  // the double result, rounded to the compute dtype as the core's writers round
-    case DType::float32:
-      store(static_cast<float*>(out), 0, r.loss);
-      break;
-    case DType::float64:
-      store(static_cast<double*>(out), 0, r.loss);
-      break;
-    case DType::bfloat16:
-      store(static_cast<bfloat16*>(out), 0, r.loss);
-      break;
-    case DType::float16:
-      store(static_cast<float16*>(out), 0, r.loss);
-      break;
-  }
+  store_as(args.inputs.dtype, loss.data_ptr(), r.loss);  // rounded as the core's writers round
   Tensor metrics = empty_on({kNumMetrics}, ScalarType::Float, logp);
   std::copy(r.metrics, r.metrics + kNumMetrics, static_cast<float*>(metrics.data_ptr()));
   stack[0] = from(in_logp_dtype(loss, args));

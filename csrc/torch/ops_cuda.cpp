@@ -63,17 +63,14 @@ std::optional<Tensor> on_host(const std::optional<Tensor>& t) {
 }
 
 void band_bounds_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_bounds", num_args, 1 + kNumBoundOptions, num_outputs, 2);
-  const Tensor old_logp = to<Tensor>(stack[0]);
-  const BoundOptions options = unbox_bound_options(stack + 1);
-  const DType dtype = to_dtype(old_logp, "old_logp");
-  const torch::stable::accelerator::DeviceGuard device_guard(old_logp.get_device_index());
-  const Tensor in = as_contiguous(old_logp);
+  const BoundsCall b = unbox_bounds_call(stack, num_args, num_outputs);
+  const Tensor& in = b.old_logp;
+  const torch::stable::accelerator::DeviceGuard device_guard(in.get_device_index());
   Tensor lower = empty_like_contiguous(in), upper = empty_like_contiguous(in);
   rethrow_as_value_error([&] {
-    const size_t bytes = cuda::bounds_workspace_bytes(dtype, options);
+    const size_t bytes = cuda::bounds_workspace_bytes(b.dtype, b.options);
     const std::optional<Tensor> ws = bytes > 0 ? std::optional<Tensor>(workspace(bytes, in)) : std::nullopt;
-    cuda::band_bounds(dtype, in.data_ptr(), in.numel(), options, lower.data_ptr(), upper.data_ptr(),
+    cuda::band_bounds(b.dtype, in.data_ptr(), in.numel(), b.options, lower.data_ptr(), upper.data_ptr(),
                       cuda::DeviceBuffer{ws ? ws->data_ptr() : nullptr, bytes}, current_stream(in));
   });
   stack[0] = from(lower);

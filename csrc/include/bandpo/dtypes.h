@@ -110,4 +110,19 @@ BANDPO_HD void store(float16* p, int64_t i, C v) {
   p[i] = from_float_f16(static_cast<float>(v));
 }
 
+// One value of `dtype` at p, written from a double as the writers above round it (a loss the CPU computed in
+// double, into a 0-d output of the compute dtype).
+inline void store_as(DType dtype, void* p, double v) {
+  switch (dtype) {
+    case DType::float32:
+      return store(static_cast<float*>(p), 0, v);
+    case DType::float64:
+      return store(static_cast<double*>(p), 0, v);
+    case DType::bfloat16:
+      return store(static_cast<bfloat16*>(p), 0, v);
+    case DType::float16:
+      return store(static_cast<float16*>(p), 0, v);
+  }
+}
+
 }  // namespace bandpo
