@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The libFuzzer harnesses, built with clang, AddressSanitizer and UndefinedBehaviorSanitizer over the whole core
 # library: the C ABI's (tests/fuzz/fuzz_c_abi.cpp: its invariants are listed there) and, where the venv's jaxlib
-# has the XLA FFI headers, the JAX handlers' (tests/fuzz/fuzz_jax_ffi.cpp: called with XLA's call frames). Each
+# has the XLA FFI headers, the JAX handlers' (tests/fuzz/fuzz_jax_ffi*.cpp: called with XLA's call frames). Each
 # runs from its committed seed corpus (tests/fuzz/corpus, tests/fuzz/corpus_jax: edge-coverage minima by
 # -merge=1, plus the inputs of past findings, finding-* and harness-*) for BANDPO_FUZZ_SECONDS (default 60) on
 # one core, one after the other. Part of
