@@ -15,14 +15,10 @@ Where p = 1 (q = 0) the other tokens' term is its limit, (1 - r) lim f(t) / t. L
 written as 0 (tests compare them with an absolute tolerance), as in kl_bounds_mpmath.csv.
 """
 
-import csv
-import os
-
 import mpmath as mp
-from make_kl_table import grid
+from make_kl_table import bisect_bounds, grid, write_table
 
 mp.mp.dps = 50
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _xlogx(t):
@@ -48,52 +44,15 @@ def bounds(name: str, old_logp: float, delta: float):
             return f(r) + ((1 - r) * recession if r != 1 else 0)
         return p * f(r) + q * f((1 - p * r) / q)
 
-    # upper: x = log r in [0, -lp], the divergence increasing
-    lo, hi = mp.mpf(0), -lp
-    if q == 0 or divergence(mp.exp(hi) * (1 - mp.mpf(10) ** -45)) <= d:
-        upper = 1 / p
-    else:
-        for _ in range(220):
-            mid = (lo + hi) / 2
-            if divergence(mp.exp(mid)) > d:
-                hi = mid
-            else:
-                lo = mid
-        upper = mp.exp((lo + hi) / 2)
-    # lower: x in [-100, 0], the divergence decreasing; below e^-100 the bound is written as 0
-    lo, hi = mp.mpf(-100), mp.mpf(0)
-    if divergence(mp.exp(lo)) <= d:
-        return mp.mpf(0), upper
-    for _ in range(220):
-        mid = (lo + hi) / 2
-        if divergence(mp.exp(mid)) > d:
-            lo = mid
-        else:
-            hi = mid
-    return mp.exp((lo + hi) / 2), upper
+    return bisect_bounds(divergence, lp, d, upper_is_the_end=q == 0)
 
 
 def main():
     old_logps, deltas = grid()
-    rows = []
-    for name in F:
-        for lp in old_logps:
-            for d in deltas:
-                lower, upper = bounds(name, lp, d)
-                rows.append(
-                    (
-                        name,
-                        repr(float(lp)),
-                        repr(float(d)),
-                        mp.nstr(lower, 20, min_fixed=-1, max_fixed=-1),
-                        mp.nstr(upper, 20, min_fixed=-1, max_fixed=-1),
-                    )
-                )
-    with open(os.path.join(HERE, "f_bounds_mpmath.csv"), "w", newline="") as out:
-        w = csv.writer(out)
-        w.writerow(["divergence", "old_logp", "delta", "lower", "upper"])
-        w.writerows(rows)
-    print(f"wrote {len(rows)} rows")
+    rows = [
+        (name, repr(float(lp)), repr(float(d)), *bounds(name, lp, d)) for name in F for lp in old_logps for d in deltas
+    ]
+    write_table("f_bounds_mpmath.csv", ["divergence", "old_logp", "delta", "lower", "upper"], rows)
 
 
 if __name__ == "__main__":

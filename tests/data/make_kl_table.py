@@ -29,29 +29,45 @@ def bounds(old_logp: float, delta: float):
     q = -mp.expm1(lp)
     if q == 0:
         return mp.exp(-d), mp.mpf(1)
-    # upper: x = log r in [0, -lp], g increasing
+    return bisect_bounds(lambda r: kl(p, q, p * r), lp, d)
+
+
+def bisect_bounds(divergence, lp, d, upper_is_the_end=False):
+    """(lower, upper): the r at which divergence(r) (decreasing below r = 1, increasing above) reaches d, by 220
+    bisections of log r each side; upper is 1/p (r at s = 1) when d is not reached below it (or when
+    upper_is_the_end), lower is 0 when d is not reached above e^-100."""
+    # upper: x = log r in [0, -lp]
     lo, hi = mp.mpf(0), -lp
-    if kl(p, q, mp.exp(lp + hi) * (1 - mp.mpf(10) ** -45)) <= d:
-        upper = 1 / p
+    if upper_is_the_end or divergence(mp.exp(hi) * (1 - mp.mpf(10) ** -45)) <= d:
+        upper = 1 / mp.exp(lp)
     else:
         for _ in range(220):
             mid = (lo + hi) / 2
-            if kl(p, q, mp.exp(lp + mid)) > d:
+            if divergence(mp.exp(mid)) > d:
                 hi = mid
             else:
                 lo = mid
         upper = mp.exp((lo + hi) / 2)
-    # lower: x in [-100, 0], g decreasing; below e^-100 the bound is written as 0
+    # lower: x in [-100, 0]; below e^-100 the bound is written as 0
     lo, hi = mp.mpf(-100), mp.mpf(0)
-    if kl(p, q, mp.exp(lp + lo)) <= d:
+    if divergence(mp.exp(lo)) <= d:
         return mp.mpf(0), upper
     for _ in range(220):
         mid = (lo + hi) / 2
-        if kl(p, q, mp.exp(lp + mid)) > d:
+        if divergence(mp.exp(mid)) > d:
             lo = mid
         else:
             hi = mid
     return mp.exp((lo + hi) / 2), upper
+
+
+def write_table(name: str, header: list, rows: list) -> None:
+    """rows of (leading columns..., lower, upper) as HERE/name, the bounds to 20 digits."""
+    with open(os.path.join(HERE, name), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(row[:-2] + tuple(mp.nstr(x, 20, min_fixed=-1, max_fixed=-1) for x in row[-2:]) for row in rows)
+    print(f"wrote {len(rows)} rows")
 
 
 def grid():
@@ -65,23 +81,8 @@ def grid():
 
 def main():
     old_logps, deltas = grid()
-    rows = []
-    for lp in old_logps:
-        for d in deltas:
-            lower, upper = bounds(lp, d)
-            rows.append(
-                (
-                    repr(float(lp)),
-                    repr(float(d)),
-                    mp.nstr(lower, 20, min_fixed=-1, max_fixed=-1),
-                    mp.nstr(upper, 20, min_fixed=-1, max_fixed=-1),
-                )
-            )
-    with open(os.path.join(HERE, "kl_bounds_mpmath.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["old_logp", "delta", "lower", "upper"])
-        w.writerows(rows)
-    print(f"wrote {len(rows)} rows")
+    rows = [(repr(float(lp)), repr(float(d)), *bounds(lp, d)) for lp in old_logps for d in deltas]
+    write_table("kl_bounds_mpmath.csv", ["old_logp", "delta", "lower", "upper"], rows)
 
 
 if __name__ == "__main__":
