@@ -27,6 +27,8 @@ from bandpo.ppo.task import EOS, PAD, SEP, VOCAB_SIZE, SortTask, ZigzagTask, is_
 from bandpo.ppo.train import policy_loss, rl_run
 from bandpo.ppo.warm_start import cached_warm_start, warm_start
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture
 def quick(tmp_path):
@@ -354,6 +356,42 @@ def test_same_seed_same_curves(tmp_path, quick):
     rb = (tmp_path / "b" / "band-kl:delta=0.1" / "seed3.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]  # noqa: E731
     assert strip(ra) == strip(rb)
+
+
+def test_workers_give_the_numbers_of_one_process(tmp_path, quick):
+    # seeds side by side in worker processes: each run is one process's deterministic work
+    args = quick + ["--seeds", "0", "1", "--methods", "clip", "band-kl", "--no-plots"]
+    cli.main(args + ["--out", str(tmp_path / "one"), "--workers", "1"])
+    cli.main(args + ["--out", str(tmp_path / "two"), "--workers", "2"])
+    strip = lambda path: [  # noqa: E731
+        {k: v for k, v in json.loads(x).items() if k != "seconds"} for x in path.read_text().splitlines()
+    ]
+    for method in ("clip", "band-kl"):
+        for seed in (0, 1):
+            one, two = (strip(tmp_path / d / method / f"seed{seed}.jsonl") for d in ("one", "two"))
+            assert one == two and len(one) == 3, (method, seed)
+
+
+def test_the_committed_experiment_reproduces(tmp_path):
+    # The first steps of one committed run of the pre-registered experiment, run again: the same bits where the
+    # environment that made them (environment.json) matches this one; elsewhere torch's kernels differ.
+    from bandpo.ppo.experiment import environment
+
+    root = os.path.join(ROOT, "docs", "ppo", "experiments", "clip-binds")
+    with open(os.path.join(root, "environment.json")) as f:
+        made = json.load(f)
+    here = environment()
+    keys = ("torch", "torch_cpu_capability", "bandpo_cpu_kernels", "machine")
+    if any(made[k] != here[k] for k in keys):
+        pytest.skip(f"made with {[made[k] for k in keys]}, here {[here[k] for k in keys]}")
+    args = ["--methods", "clip", "--seeds", "1", "--steps", "3", "--no-plots", "--cache-dir", str(tmp_path / "c")]
+    cli.main(args + ["--out", str(tmp_path / "run")])
+    strip = lambda lines: [  # noqa: E731
+        {k: v for k, v in json.loads(x).items() if k not in ("seconds", "eval")} for x in lines
+    ]
+    with open(os.path.join(root, "default", "clip", "seed1.jsonl")) as f:
+        committed = strip(f.read().splitlines()[:3])
+    assert strip((tmp_path / "run" / "clip" / "seed1.jsonl").read_text().splitlines()) == committed
 
 
 def test_resume_continues_exactly(tmp_path):

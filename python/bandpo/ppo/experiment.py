@@ -80,6 +80,8 @@ def run(name: str, out: str | None, passthrough: list[str], main) -> dict:
         left = spent / done_work * (total_work - done_work)
         print(f"== {regime} done; {spent / 60:.1f} min so far, about {left / 60:.0f} min to go")
     summary = analyse(exp, root)
+    with open(os.path.join(root, "environment.json"), "w") as f:
+        json.dump(environment(), f, indent=1)
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     with open(os.path.join(root, "RESULTS.md"), "w") as f:
@@ -87,6 +89,34 @@ def run(name: str, out: str | None, passthrough: list[str], main) -> dict:
     plot(exp, root, summary)
     print(results_markdown(name, exp, summary))
     return summary
+
+
+def environment() -> dict:
+    """What the numbers' bits depend on (tests/test_ppo.py reruns a piece where these match)."""
+    import platform
+
+    import torch
+
+    from .. import __version__, cpu_kernel_isa
+
+    return {
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "bandpo": __version__,
+        "bandpo_cpu_kernels": cpu_kernel_isa(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def load_runs(exp: Experiment, directory: str) -> dict:
