@@ -237,10 +237,11 @@ struct LogitGradCall : LogitCall {
   LogitRowGrads grads;
 };
 
-// Each target's binding after its platform's context (none on the CPU; on CUDA XLA's stream, and the scratch
+// Each target's binding (namespace binding) after its platform's context (none on the CPU; on CUDA XLA's stream, and the scratch
 // allocator where the call takes a workspace): one definition of a target's arguments for both platforms.
+namespace binding {
 template <class B>
-auto bounds_binding(B b) {
+auto bounds(B b) {
   return std::move(b)
       .template Arg<ffi::AnyBuffer>()
       .template Ret<ffi::AnyBuffer>()
@@ -248,7 +249,7 @@ auto bounds_binding(B b) {
       .template Attrs<ffi::Dictionary>();
 }
 template <class B>
-auto loss_binding(B b) {  // the eight loss buffers (LossBuffers)
+auto loss(B b) {  // the eight loss buffers (LossBuffers)
   return std::move(b)
       .RemainingArgs()
       .template Ret<ffi::AnyBuffer>()
@@ -256,7 +257,7 @@ auto loss_binding(B b) {  // the eight loss buffers (LossBuffers)
       .template Attrs<ffi::Dictionary>();
 }
 template <class B>
-auto loss_backward_binding(B b) {  // grad_loss, then the eight loss buffers
+auto loss_backward(B b) {  // grad_loss, then the eight loss buffers
   return std::move(b)
       .template Arg<ffi::AnyBuffer>()
       .RemainingArgs()
@@ -264,7 +265,7 @@ auto loss_backward_binding(B b) {  // grad_loss, then the eight loss buffers
       .template Attrs<ffi::Dictionary>();
 }
 template <class B>
-auto logit_stats_binding(B b) {
+auto logit_stats(B b) {
   return std::move(b)
       .template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::AnyBuffer>()
@@ -273,7 +274,7 @@ auto logit_stats_binding(B b) {
       .template Attrs<ffi::Dictionary>();
 }
 template <class B>
-auto logit_grad_binding(B b) {
+auto logit_grad(B b) {
   return std::move(b)
       .template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::AnyBuffer>()
@@ -284,6 +285,7 @@ auto logit_grad_binding(B b) {
       .template Ret<ffi::AnyBuffer>()
       .template Attrs<ffi::Dictionary>();
 }
+}  // namespace binding
 
 }  // namespace jax
 }  // namespace bandpo

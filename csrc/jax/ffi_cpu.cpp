@@ -102,19 +102,15 @@ namespace ffi = xla::ffi;
 // The handlers are the library's only exported symbols (it is built with hidden visibility).
 #pragma GCC visibility push(default)
 
-using bandpo::jax::bounds_binding;
-using bandpo::jax::logit_grad_binding;
-using bandpo::jax::logit_stats_binding;
-using bandpo::jax::loss_backward_binding;
-using bandpo::jax::loss_binding;
+namespace binding = bandpo::jax::binding;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_bounds, bandpo::jax::band_bounds_impl, bounds_binding(ffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss, bandpo::jax::band_loss_impl, loss_binding(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_bounds, bandpo::jax::band_bounds_impl, binding::bounds(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss, bandpo::jax::band_loss_impl, binding::loss(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_backward, bandpo::jax::band_loss_backward_impl,
-                              loss_backward_binding(ffi::Ffi::Bind()));
+                              binding::loss_backward(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_stats, bandpo::jax::logit_stats_impl,
-                              logit_stats_binding(ffi::Ffi::Bind()));
+                              binding::logit_stats(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_grad, bandpo::jax::logit_grad_impl,
-                              logit_grad_binding(ffi::Ffi::Bind()));
+                              binding::logit_grad(ffi::Ffi::Bind()));
 
 #pragma GCC visibility pop

@@ -113,24 +113,20 @@ namespace ffi = xla::ffi;
 // The handlers are the library's only exported symbols (it is built with hidden visibility).
 #pragma GCC visibility push(default)
 
-using bandpo::jax::bounds_binding;
-using bandpo::jax::logit_grad_binding;
-using bandpo::jax::logit_stats_binding;
-using bandpo::jax::loss_backward_binding;
-using bandpo::jax::loss_binding;
+namespace binding = bandpo::jax::binding;
 
 // XLA's stream, then its scratch allocator for the calls that take a workspace
 static auto on_stream() { return ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>(); }
 static auto with_scratch() { return on_stream().Ctx<ffi::ScratchAllocator>(); }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_bounds_cuda, bandpo::jax::band_bounds_cuda,
-                              bounds_binding(with_scratch()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_cuda, bandpo::jax::band_loss_cuda, loss_binding(with_scratch()));
+                              binding::bounds(with_scratch()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_cuda, bandpo::jax::band_loss_cuda, binding::loss(with_scratch()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_band_loss_backward_cuda, bandpo::jax::band_loss_backward_cuda,
-                              loss_backward_binding(with_scratch()));
+                              binding::loss_backward(with_scratch()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_stats_cuda, bandpo::jax::logit_stats_cuda,
-                              logit_stats_binding(on_stream()));
+                              binding::logit_stats(on_stream()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(bandpo_xla_logit_grad_cuda, bandpo::jax::logit_grad_cuda,
-                              logit_grad_binding(on_stream()));
+                              binding::logit_grad(on_stream()));
 
 #pragma GCC visibility pop
