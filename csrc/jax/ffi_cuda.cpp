@@ -95,12 +95,11 @@ ffi::Error logit_grad_cuda(cudaStream_t stream, ffi::AnyBuffer raw, ffi::AnyBuff
   return guarded([&] {
     const ffi::AnyBuffer* const in[6] = {&raw, &target, &grad_logp, &grad_entropy, &logp, &entropy};
     const LogitGradCall call(in, grad_raw, attrs);
-    void* out = grad_raw->untyped_data();
-    // where XLA gave grad_raw a buffer of its own (no alias), the logits are copied into it on the stream
-    if (out != raw.untyped_data() &&
-        cudaMemcpyAsync(out, raw.untyped_data(), raw.size_bytes(), cudaMemcpyDeviceToDevice, stream) != cudaSuccess)
-      throw std::runtime_error("linear_logprob_entropy: copying the logits on the device failed");
-    cuda::logit_grad(DType::float32, out, call.chunk, call.options, call.grads, stream);
+    // the gradient overwrites the logits: grad_raw must be raw's buffer (bandpo.jax aliases them; a copy here
+    // would need the CUDA runtime, which this library does not link: libbandpo holds it)
+    if (grad_raw->untyped_data() != raw.untyped_data())
+      throw std::invalid_argument("linear_logprob_entropy: grad_raw must alias raw (input_output_aliases={0: 0})");
+    cuda::logit_grad(DType::float32, grad_raw->untyped_data(), call.chunk, call.options, call.grads, stream);
   });
 }
 
