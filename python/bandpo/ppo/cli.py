@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None, quiet: bool = False) -> dict:
     cfg = run_config(args, device)
     if cfg.prompts % world_size:
         parser.error(f"--prompts {cfg.prompts} must be divisible by the number of processes {world_size}")
+    if distributed and (args.workers or 1) > 1:
+        parser.error(f"--workers {args.workers}: under torchrun each rank runs every seed itself; leave --workers out")
     task_kwargs = {k: getattr(args, k) for k in ("min_len", "max_len", "demo_correct") if getattr(args, k) is not None}
     try:
         task = TASKS[args.task](**task_kwargs)
