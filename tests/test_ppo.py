@@ -533,3 +533,19 @@ def test_settings_precedence_explicit_quick_cuda():
     cfg = cli.run_config(parser.parse_args(["--quick"]), torch.device("cuda"))
     assert cfg.d_model == 32 and cfg.steps == 3 and cfg.n_heads == 8  # quick's where it has one, CUDA's beside
     assert cli.run_config(parser.parse_args([]), torch.device("cpu")) == RunConfig()
+
+
+def test_a_failing_worker_stops_the_run_with_its_error(tmp_path):
+    # seeds in worker processes: a seed that fails (here: a device the model cannot train on) raises its own
+    # error in the caller, and the seeds not yet started do not start
+    from bandpo.ppo import jobs
+    from bandpo.ppo.settings import QUICK
+
+    task, cfg = ZigzagTask(), RunConfig(**QUICK)
+    methods = dict([parse_method("clip")])
+    prompts = task.sample_prompts(4, torch.Generator().manual_seed(0), split="eval")
+    seeds = [jobs.SeedJob(s, task, cfg, methods, str(tmp_path), "meta", None, prompts, 1) for s in range(4)]
+    reported = []
+    with pytest.raises(NotImplementedError, match="meta tensor"):  # torch's own error, from the worker
+        jobs.run_all(seeds, 2, reported.append)
+    assert not any(isinstance(r, str) and "seed 3" in r for r in reported)

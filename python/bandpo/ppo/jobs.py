@@ -106,8 +106,15 @@ def run_all(jobs: list[SeedJob], workers: int, report: Callable[[object], None],
         futures = [pool.submit(_worker, job, reports) for job in jobs]
         while not all(f.done() for f in futures):
             _drain(reports, report, timeout=0.2)
+            if any(f.done() and f.exception() is not None for f in futures):
+                for f in futures:  # a failed seed: the seeds not yet started are not started
+                    f.cancel()
+                break
         _drain(reports, report, timeout=0.0)
-        return [f.result() for f in futures]  # a worker's exception is raised here
+        failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
+        if failed is not None:
+            raise failed.exception()  # the worker's own exception, with its message
+        return [f.result() for f in futures]
 
 
 def _worker(job: SeedJob, reports) -> SeedResult:
