@@ -10,7 +10,7 @@ import mpmath as mp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import bandpo
@@ -141,6 +141,7 @@ def _mp_divergence(alpha, p, r):
     log_delta=st.floats(-9.0, 1.0),
     alpha=st.sampled_from([-1.0, 0.0, 0.3, 0.5, 1.0, 1.7, 2.0, 3.0]),
 )
+@example(lp=-1e-06, log_delta=0.0, alpha=-1.0)  # a root within 1e-12 of 1 / p: r (1 + e) lies past the simplex
 def test_property_each_bound_is_the_root_of_its_condition(lp, log_delta, alpha):
     delta = 10.0**log_delta
     lower, upper = f_divergence_bounds(
@@ -155,9 +156,11 @@ def test_property_each_bound_is_the_root_of_its_condition(lp, log_delta, alpha):
                 continue
             if r < 1e-250:  # a root below 1e-250 (the solve stops at e^-700)
                 continue
-            # the exact root lies within 1e-12 of r: D - delta changes sign across [r (1 - e), r (1 + e)]
+            # the exact root lies within 1e-12 of r: D - delta changes sign across [r (1 - e), r (1 + e)], that
+            # interval's top held below the simplex's edge (D is defined for r < 1 / p only)
             e = mp.mpf(1e-12)
-            lo, hi = _mp_divergence(alpha, p, mp.mpf(r) * (1 - e)), _mp_divergence(alpha, p, mp.mpf(r) * (1 + e))
+            top = min(mp.mpf(r) * (1 + e), edge) if r > 1 else mp.mpf(r) * (1 + e)
+            lo, hi = _mp_divergence(alpha, p, mp.mpf(r) * (1 - e)), _mp_divergence(alpha, p, top)
             assert (lo - d) * (hi - d) <= 0, (r, lo, hi, d)
 
 
