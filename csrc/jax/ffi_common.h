@@ -225,7 +225,7 @@ inline const float* row_values(const char* name, const ffi::AnyBuffer& b, int64_
 }
 
 // The gradient step (raw, target, grad_logp, grad_entropy, logp, entropy) -> grad_raw: the call, the rows'
-// upstream gradients and forward outputs, the output checked (float32 like raw; bandpo.jax aliases it to raw).
+// upstream gradients and forward outputs, the output checked (float32 like raw, and raw's own buffer).
 struct LogitGradCall : LogitCall {
   LogitGradCall(const ffi::AnyBuffer* const in[6], ffi::Result<ffi::AnyBuffer>& grad_raw, const ffi::Dictionary& attrs)
       : LogitCall(*in[0], *in[1], attrs) {
@@ -233,8 +233,14 @@ struct LogitGradCall : LogitCall {
     grads = LogitRowGrads{row_values("grad_logp", *in[2], rows), row_values("grad_entropy", *in[3], rows),
                           row_values("logp", *in[4], rows), row_values("entropy", *in[5], rows)};
     check_output(grad_raw, ffi::DataType::F32, in[0]->element_count(), "grad_raw");
+    // the gradient overwrites the logits, so grad_raw must be raw's buffer (bandpo.jax aliases them: a copy would
+    // cost a pass over the chunk, and on CUDA the runtime, which this library does not link)
+    if (grad_raw->untyped_data() != in[0]->untyped_data())
+      throw std::invalid_argument(std::string(kLogitOp) + ": grad_raw must alias raw (input_output_aliases={0: 0})");
+    out = static_cast<float*>(grad_raw->untyped_data());
   }
   LogitRowGrads grads;
+  float* out;  // raw's buffer, where the gradient goes
 };
 
 // Each target's binding (namespace binding) after its platform's context (none on the CPU; on CUDA XLA's stream, and the scratch

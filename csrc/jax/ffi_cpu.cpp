@@ -6,14 +6,12 @@
 //   bandpo_band_loss            (logp, old_logp, advantages, mask, ref_logp, normalizer) -> (loss, metrics)
 //   bandpo_band_loss_backward   (grad_loss, logp, old_logp, advantages, mask, ref_logp, normalizer) -> grad_logp
 //   bandpo_logit_stats          (raw, target) -> (logp, entropy)          the lm_head's chunk step
-//   bandpo_logit_grad           (raw, target, grad_logp, grad_entropy, logp, entropy) -> grad_raw (raw's buffer)
+//   bandpo_logit_grad           (raw, target, grad_logp, grad_entropy, logp, entropy) -> grad_raw (aliases raw)
 // (the jax targets' names; the handlers' symbols are bandpo_xla_*, apart from the C ABI's bandpo_* functions)
 //
 // normalizer is a one-value buffer as well as an attribute, so that it may be computed in the program (a psum of
 // the counts under shard_map): here the buffer's value counts (NaN: none), and its range is checked when the call
 // runs. Attributes and layout: ffi_common.h.
-#include <cstring>
-
 #include "bandpo/cpu.h"
 #include "ffi_common.h"
 
@@ -86,10 +84,7 @@ ffi::Error logit_grad_impl(ffi::AnyBuffer raw, ffi::AnyBuffer target, ffi::AnyBu
   return guarded([&] {
     const ffi::AnyBuffer* const in[6] = {&raw, &target, &grad_logp, &grad_entropy, &logp, &entropy};
     const LogitGradCall call(in, grad_raw, attrs);
-    float* out = static_cast<float*>(grad_raw->untyped_data());
-    // where XLA gave grad_raw a buffer of its own (no alias), the logits are copied into it
-    if (out != raw.untyped_data()) std::memcpy(out, raw.untyped_data(), raw.size_bytes());
-    logit_grad_cpu(out, call.chunk, call.options, call.grads);
+    logit_grad_cpu(call.out, call.chunk, call.options, call.grads);
   });
 }
 

@@ -95,11 +95,7 @@ ffi::Error logit_grad_cuda(cudaStream_t stream, ffi::AnyBuffer raw, ffi::AnyBuff
   return guarded([&] {
     const ffi::AnyBuffer* const in[6] = {&raw, &target, &grad_logp, &grad_entropy, &logp, &entropy};
     const LogitGradCall call(in, grad_raw, attrs);
-    // the gradient overwrites the logits: grad_raw must be raw's buffer (bandpo.jax aliases them; a copy here
-    // would need the CUDA runtime, which this library does not link: libbandpo holds it)
-    if (grad_raw->untyped_data() != raw.untyped_data())
-      throw std::invalid_argument("linear_logprob_entropy: grad_raw must alias raw (input_output_aliases={0: 0})");
-    cuda::logit_grad(DType::float32, grad_raw->untyped_data(), call.chunk, call.options, call.grads, stream);
+    cuda::logit_grad(DType::float32, call.out, call.chunk, call.options, call.grads, stream);
   });
 }
 

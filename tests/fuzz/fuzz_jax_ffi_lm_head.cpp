@@ -2,7 +2,9 @@
 // bandpo_logit_grad called with XLA's call frames. raw float32 [rows, vocab] of any bits (NaN and infinities
 // included), targets as int64 [rows] or as their bits in uint32 [rows, 2] (as bandpo.jax sends them), mostly in
 // range, sometimes ignore_index or outside; options drawn around their defaults; any buffer sometimes of another
-// dtype or shape. Invariant: a call that succeeds gives the bits of the C ABI's step on the same buffers.
+// dtype or shape; the gradient's output mostly raw's own buffer (as XLA aliases it), sometimes one of its own.
+// Invariants: a gradient step into a buffer other than raw's is refused; a call that succeeds gives the bits of
+// the C ABI's step on the same buffers.
 #include <bandpo/bandpo.h>
 
 #include "xla_ffi_standin.h"
@@ -69,16 +71,26 @@ void fuzz_logit(FuzzedDataProvider& in, bool grad) {
   draw_targets(in, target, rows, vocab, o.ignore_index);
   const bool bad_size = in.ConsumeIntegralInRange<int>(0, 31) == 0;
   Frame f;
-  bool ok;
+  bool ok, aliased = false;
+  std::vector<unsigned char> raw_before;
   const bool has_grad_logp = in.ConsumeBool(), has_grad_entropy = in.ConsumeBool(), has_outputs = in.ConsumeBool();
   if (grad) {
     draw_rows(in, grad_logp, rows, has_grad_logp);
     draw_rows(in, grad_entropy, rows, has_grad_entropy);
     draw_rows(in, logp, rows, has_outputs);
     draw_rows(in, entropy, rows, has_outputs);
-    draw_buffer(in, grad_raw, XLA_FFI_DataType_F32, {rows, vocab});
+    aliased = in.ConsumeIntegralInRange<int>(0, 7) != 0;
+    if (aliased) {  // as XLA passes an output aliased to an input: raw's own buffer
+      grad_raw.dims = raw.dims;
+      grad_raw.buf = raw.buf;
+      grad_raw.buf.dims = grad_raw.dims.data();
+    } else {
+      draw_buffer(in, grad_raw, XLA_FFI_DataType_F32, {rows, vocab});
+    }
+    raw_before = raw.bytes;  // the call overwrites raw with its gradient
     ok = succeeded(bandpo_xla_logit_grad(
         f.make({&raw, &target, &grad_logp, &grad_entropy, &logp, &entropy}, {&grad_raw}, attrs, bad_size)));
+    if (ok) EXPECT(aliased || raw.bytes.empty());  // into a buffer of its own: refused (unless both are empty)
   } else {
     draw_buffer(in, logp, XLA_FFI_DataType_F32, {rows});
     draw_buffer(in, entropy, XLA_FFI_DataType_F32, {rows});
@@ -93,10 +105,10 @@ void fuzz_logit(FuzzedDataProvider& in, bool grad) {
     const int64_t n = chunk.rows;
     const bandpo_logit_row_grads g{data_of(grad_logp, n), data_of(grad_entropy, n), data_of(logp, n),
                                    data_of(entropy, n)};
-    std::vector<float> want(raw.bytes.size() / 4);
-    if (!want.empty()) std::memcpy(want.data(), raw.bytes.data(), raw.bytes.size());
+    std::vector<float> want(raw_before.size() / 4);
+    if (!want.empty()) std::memcpy(want.data(), raw_before.data(), raw_before.size());
     EXPECT(bandpo_logit_grad(want.data(), &chunk, &o, &g) == BANDPO_OK);
-    EXPECT(same_bytes(want.data(), grad_raw.bytes.data(), grad_raw.bytes.size()));
+    EXPECT(same_bytes(want.data(), raw.bytes.data(), raw.bytes.size()));  // grad_raw is raw's buffer
   } else {
     std::vector<float> want_logp(chunk.rows), want_entropy(chunk.rows);
     EXPECT(bandpo_logit_stats(static_cast<const float*>(raw.buf.data), &chunk, &o, want_logp.data(),
