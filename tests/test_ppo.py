@@ -549,3 +549,49 @@ def test_a_failing_worker_stops_the_run_with_its_error(tmp_path):
     with pytest.raises(NotImplementedError, match="meta tensor"):  # torch's own error, from the worker
         jobs.run_all(seeds, 2, reported.append)
     assert not any(isinstance(r, str) and "seed 3" in r for r in reported)
+
+
+def test_an_experiment_runs_resumes_and_reports(tmp_path, monkeypatch):
+    # a small experiment through the command: per-seed logs, paired comparisons and verdicts, RESULTS.md; run
+    # again it trains nothing (the logs stay as they are); other settings are refused beside --experiment
+    import dataclasses
+
+    from bandpo.ppo import experiment
+
+    base = experiment.EXPERIMENTS["clip-binds"]
+    tiny = dataclasses.replace(
+        base,
+        regimes={"a": ["--quick"], "b": ["--quick", "--ppo-epochs", "2"]},
+        seeds=(0, 1),
+        methods=("clip", "band-kl", "band-hellinger"),
+        work={"a": 1.0, "b": 2.0},
+    )
+    monkeypatch.setitem(experiment.EXPERIMENTS, "tiny", tiny)
+    args = ["--experiment", "tiny", "--out", str(tmp_path / "x"), "--cache-dir", str(tmp_path / "cache")]
+    summary = cli.main(args)
+    assert list(summary) == ["a", "b"]
+    for r in summary.values():
+        assert set(r["versus_clip"]) == {"band-kl", "band-hellinger"}
+        c = r["versus_clip"]["band-kl"]["distinct@16"]
+        assert c["low"] <= c["mean"] <= c["high"] and c["n"] == 2
+        assert set(r["hypotheses"]) == {"H1", "H2", "H3"}
+    assert "## Regime b (--quick --ppo-epochs 2)" in (tmp_path / "x" / "RESULTS.md").read_text()
+    log = tmp_path / "x" / "b" / "band-hellinger" / "seed1.jsonl"
+    before = log.read_text()
+    assert len(before.splitlines()) == 3
+    assert cli.main(args) == json.loads(json.dumps(summary))  # resumed: nothing left to train, the same analysis
+    assert log.read_text() == before
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--steps", "5"])
+
+
+def test_paired_statistics():
+    from bandpo.ppo.stats import paired, sign_test
+
+    assert sign_test(8, 0) == 2 / 256 and sign_test(4, 4) == 1.0 and sign_test(0, 0) == 1.0
+    c = paired([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.0])
+    assert c["mean"] == pytest.approx(0.625) and (c["wins"], c["losses"], c["ties"]) == (4, 0, 0)
+    assert 0.5 <= c["low"] <= c["mean"] <= c["high"] <= 1.0  # within the differences' range
+    assert paired([1.0, 2.0], [1.0, 2.0])["ties"] == 2
+    with pytest.raises(ValueError, match="one value per seed"):
+        paired([1.0], [1.0, 2.0])

@@ -17,7 +17,7 @@ import os
 import time
 
 from . import report
-from .methods import DEFAULT_METHODS
+from .methods import DEFAULT_METHODS, parse_method
 from .stats import mean_interval, paired
 
 METRICS = ("final_entropy", "pass@1", "pass@8", "pass@16", "distinct@16")  # per seed (report.per_seed_metrics)
@@ -206,11 +206,9 @@ def plot(exp: Experiment, root: str, summary: dict) -> None:
     except ImportError:
         print("no plots: matplotlib is not installed (pip install 'bandpo[demo]')")
         return
-    from ..config import PRESETS, BandConfig
-
     for regime in exp.regimes:
         runs = load_runs(exp, os.path.join(root, regime))
-        configs = {m: BandConfig(**PRESETS[m]) for m in exp.methods}
+        configs = dict(parse_method(m) for m in exp.methods)  # as the demo reads a method (band-hellinger too)
         report.plot_all(os.path.join(root, regime), runs, configs)
     others = [m for m in exp.methods if m != exp.baseline]
     fig, axes = plt.subplots(
