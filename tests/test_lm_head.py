@@ -9,6 +9,7 @@ import torch
 
 import bandpo
 from bandpo.lm_head import LogitOptions, chunks, fused, op, torch_math
+from bandpo.lm_head.checks import RowGrads
 from bandpo.lm_head import linear_logprob_entropy, linear_logprob_entropy_reference
 
 OPTIONS = [dict(), dict(temperature=0.7), dict(softcap=3.0, logit_scale=1.5, temperature=1.3), dict(logit_scale=0.5)]
@@ -481,7 +482,7 @@ def test_chunk_grad_from_outputs_equals_from_sums(opts):
     options = LogitOptions(**kw)
     # on float64 raw: the torch path, both ways, against the kernel
     for outputs in ((None, None), (lp.double(), ent.double())):
-        got = torch_math.chunk_logit_grad_(raw.double(), target, (gl, gh), outputs, options)
+        got = torch_math.chunk_logit_grad_(raw.double(), target, RowGrads(gl, gh, *outputs), options)
         torch.testing.assert_close(got.float(), from_sums, rtol=0, atol=2e-6 * float(scale))
 
 

@@ -40,6 +40,17 @@ class LogitOptions(NamedTuple):
         return cls(int64("ignore_index", ignore_index), float(logit_scale), float(softcap), float(temperature))
 
 
+class RowGrads(NamedTuple):
+    """What a chunk's gradient step takes beside its logits (bandpo.h bandpo_logit_row_grads), [n] each: the
+    upstream gradients of its logp and entropy (None counts as 0), and the chunk's own logp and entropy from the
+    forward (or None: each row's log-sum-exp and mean logit are then recomputed from the logits)."""
+
+    grad_logp: Optional[Tensor] = None
+    grad_entropy: Optional[Tensor] = None
+    logp: Optional[Tensor] = None
+    entropy: Optional[Tensor] = None
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for the float inputs, float64 for float64 (gradcheck)."""
     return torch.float64 if dtype == torch.float64 else torch.float32

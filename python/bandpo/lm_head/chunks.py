@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import torch_math
-from .checks import DEFAULT_CHUNK_BYTES, LogitOptions, compute_dtype
+from .checks import DEFAULT_CHUNK_BYTES, LogitOptions, RowGrads, compute_dtype
 
 
 def chunk_tokens(n: int, vocab: int, chunk_size: int, device: torch.device) -> int:
@@ -68,21 +68,15 @@ def chunk_logp_entropy(raw: Tensor, t: Tensor, o: LogitOptions, keep_raw: bool =
     return torch_math.chunk_stats(raw.clone() if keep_raw else raw, t, o)
 
 
-def chunk_logit_grad_(
-    raw: Tensor,
-    t: Tensor,
-    grads: tuple[Optional[Tensor], Optional[Tensor]],
-    outputs: tuple[Optional[Tensor], Optional[Tensor]],
-    o: LogitOptions,
-) -> Tensor:
-    """d loss / d raw logits [n, V] of the chunk (in raw's buffer where it can), from grads = the upstream
-    gradients of its (logp, entropy) ([n] each, or None for 0). outputs: the chunk's own (logp, entropy), or
-    (None, None); from them each row's log-sum-exp and mean logit follow without a pass over the row."""
+def chunk_logit_grad_(raw: Tensor, t: Tensor, rows: RowGrads, o: LogitOptions) -> Tensor:
+    """d loss / d raw logits [n, V] of the chunk (in raw's buffer where it can); rows: the upstream gradients
+    and, where known, the chunk's own outputs."""
     if not uses_kernels(raw):
-        return torch_math.chunk_logit_grad_(raw, t, grads, outputs, o)
-    grad_logp, grad_entropy = (None if g is None else g.float().contiguous() for g in grads)
-    logp, entropy = outputs
-    torch.ops.bandpo.logit_chunk_grad_(raw, t, grad_logp, grad_entropy, **o._asdict(), logp=logp, entropy=entropy)
+        return torch_math.chunk_logit_grad_(raw, t, rows, o)
+    grad_logp, grad_entropy = (None if g is None else g.float().contiguous() for g in rows[:2])
+    torch.ops.bandpo.logit_chunk_grad_(
+        raw, t, grad_logp, grad_entropy, **o._asdict(), logp=rows.logp, entropy=rows.entropy
+    )
     return raw
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from .._tables import METRIC_NAMES
 from ..config import BandConfig, resolve_config
 from .checks import LogitOptions, check_head, check_options, check_targets, check_types, compute_dtype, int64
-from .checks import nan_where_bad
+from .checks import RowGrads, nan_where_bad
 from .chunks import GradAccumulator, chunk_logit_grad_, chunk_logp_entropy, logit_chunks
 from .op import autocast_off, linear_logprob_entropy, under_autocast
 
@@ -114,7 +114,7 @@ class LossSide:
                 **chunk_kwargs,
             )
             g_entropy = weights[s:e] * -self.entropy_coef if self.entropy_coef != 0.0 else None
-            grads.add(chunk_logit_grad_(raw, t, (g_logp, g_entropy), (lp, ent), self.options), s, e)
+            grads.add(chunk_logit_grad_(raw, t, RowGrads(g_logp, g_entropy, lp, ent), self.options), s, e)
         loss, metrics, mean_entropy = self.finish(logp, entropy, weights)
         gh, gw, gb = grads.result()
         gh = gh.reshape(hidden.shape) if gh is not None else None

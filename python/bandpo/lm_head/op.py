@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .checks import LogitOptions, check_head, check_options, check_targets, check_types, compute_dtype, int64
-from .checks import nan_where_bad
+from .checks import RowGrads, nan_where_bad
 from .chunks import GradAccumulator, chunk_logit_grad_, chunk_logp_entropy, logit_chunks
 
 _D = LogitOptions()
@@ -42,8 +42,8 @@ def backward_kernel(
     o = LogitOptions(**options)
     grads = GradAccumulator(hidden, weight, bias)
     for b, e, raw in logit_chunks(hidden, weight, bias, chunk_size):
-        upstream = tuple(None if g is None else g[b:e] for g in (grad_logp, grad_entropy))
-        grads.add(chunk_logit_grad_(raw, target[b:e], upstream, (logp[b:e], entropy[b:e]), o), b, e)
+        upstream = (None if g is None else g[b:e] for g in (grad_logp, grad_entropy))
+        grads.add(chunk_logit_grad_(raw, target[b:e], RowGrads(*upstream, logp[b:e], entropy[b:e]), o), b, e)
     return grads.result()
 
 

@@ -9,28 +9,21 @@ from torch import Tensor
 
 from .checks import LogitOptions
 
-_D = LogitOptions()
-
 
 def linear_logprob_entropy_reference(
-    hidden: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Optional[Tensor] = None,
-    temperature: float = _D.temperature,
-    softcap: float = _D.softcap,
-    logit_scale: float = _D.logit_scale,
-    ignore_index: int = _D.ignore_index,
+    hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None, **options
 ) -> tuple[Tensor, Tensor]:
-    """(logp, entropy), float64 [N], by log_softmax over the float64 logits [N, V] (for tests)."""
+    """(logp, entropy), float64 [N], by log_softmax over the float64 logits [N, V] (for tests); options: the
+    fields of LogitOptions (temperature, softcap, logit_scale, ignore_index), at their defaults unless given."""
+    o = LogitOptions(**options)
     raw = hidden.double() @ weight.double().t()
     if bias is not None:
         raw = raw + bias.double()
-    y = logit_scale * raw
-    if softcap > 0:
-        y = softcap * torch.tanh(y / softcap)
-    logsm = torch.log_softmax(y / temperature, dim=1)
-    ignored = target == ignore_index
+    y = o.logit_scale * raw
+    if o.softcap > 0:
+        y = o.softcap * torch.tanh(y / o.softcap)
+    logsm = torch.log_softmax(y / o.temperature, dim=1)
+    ignored = target == o.ignore_index
     t = torch.where(ignored, torch.zeros_like(target), target)
     logp = logsm.gather(1, t.unsqueeze(1)).squeeze(1)
     p = logsm.exp()

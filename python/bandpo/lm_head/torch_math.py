@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .checks import LogitOptions
+from .checks import LogitOptions, RowGrads
 
 
 def transform_(raw: Tensor, o: LogitOptions) -> tuple[Tensor, Optional[Tensor]]:
@@ -44,17 +44,10 @@ def chunk_stats(raw: Tensor, t: Tensor, o: LogitOptions) -> tuple[Tensor, Tensor
     return torch.where(ignored, zero, logp), torch.where(ignored, zero, entropy)
 
 
-def chunk_logit_grad_(
-    raw: Tensor,
-    t: Tensor,
-    grads: tuple[Optional[Tensor], Optional[Tensor]],
-    outputs: tuple[Optional[Tensor], Optional[Tensor]],
-    o: LogitOptions,
-) -> Tensor:
-    """d loss / d raw [n, V] in raw's buffer, from grads = (d loss / d logp, d loss / d entropy) ([n] each, or
-    None for 0) and outputs = the chunk's own (logp, entropy) or (None, None)."""
-    grad_logp, grad_entropy = grads
-    logp, entropy = outputs
+def chunk_logit_grad_(raw: Tensor, t: Tensor, rows: RowGrads, o: LogitOptions) -> Tensor:
+    """d loss / d raw [n, V] in raw's buffer, from the upstream gradients of the chunk's (logp, entropy) and,
+    where known (both), its own (logp, entropy)."""
+    grad_logp, grad_entropy, logp, entropy = rows
     cdt, vocab = raw.dtype, raw.shape[1]
     ignored = t == o.ignore_index
     live = (~ignored).to(cdt)
