@@ -18,10 +18,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._tables import ALL_OPTIONS, BOUND_OPTIONS
 from ._tables import DEFAULTS as _D
-from .config import AGGREGATIONS, DIVERGENCES, METRIC_NAMES, BandConfig  # noqa: F401  (METRIC_NAMES: re-exported)
+from .config import AGGREGATIONS, DIVERGENCES, METRIC_NAMES  # noqa: F401  (METRIC_NAMES: re-exported)
 
-from . import rules
+from . import _capi, rules
 from .rules import KL_ESTIMATE_CLAMP, KL_LOG_RATIO_CLAMP, LOG_PROB_TOLERANCE, LOG_RATIO_CLAMP  # noqa: F401
 
 # The solve of kl.h (csrc/include/bandpo/kl.h): its start, its step rule and its clamps, with one Halley step more than
@@ -90,6 +91,12 @@ def finish_bounds(lower: Tensor, upper: Tensor, relax_high_p: bool, eps_low: flo
     return lower.clamp(0, 1), upper.clamp(max=ratio_max).clamp(min=1)
 
 
+def _checked_options(arguments: dict, options: tuple):
+    """The ``options`` (_tables rows) among a call's ``arguments``, checked by the core's C ABI as every face checks
+    them (TypeError / ValueError naming the option): the C options struct."""
+    return _capi.options({o.name: arguments[o.name] for o in options})
+
+
 def band_bounds(
     old_logp: Tensor,
     *,
@@ -101,14 +108,7 @@ def band_bounds(
     ratio_max: float = _D["ratio_max"],
 ):
     """Reference of ``torch.ops.bandpo.band_bounds``: (lower, upper) ratio bounds, shaped and typed like old_logp."""
-    BandConfig(
-        divergence=divergence,
-        delta=delta,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        relax_high_p=relax_high_p,
-        ratio_max=ratio_max,
-    )
+    _checked_options(locals(), BOUND_OPTIONS)
     with torch.no_grad():
         lp = old_logp.detach().double()
         lp = torch.where(lp > LOG_PROB_TOLERANCE, torch.full_like(lp, float("nan")), lp.clamp(max=0))
@@ -158,23 +158,8 @@ def band_loss(
 
     Differentiable w.r.t. ``logp`` through ordinary autograd.
     """
-    from . import _capi  # the core's rules for options, dtypes and shapes, as every face applies them
-
-    opts = _capi.options(
-        dict(
-            divergence=divergence,
-            delta=delta,
-            eps_low=eps_low,
-            eps_high=eps_high,
-            relax_high_p=relax_high_p,
-            ratio_max=ratio_max,
-            dual_clip=dual_clip,
-            agg=agg,
-            normalizer=normalizer,
-            kl_coef=kl_coef,
-            kl_estimator=kl_estimator,
-        )
-    )
+    arguments = locals()
+    opts = _checked_options(arguments, ALL_OPTIONS)
     _capi.loss_layout(
         [
             None if t is None else (0, str(t.dtype).replace("torch.", ""), tuple(t.shape))
@@ -212,15 +197,7 @@ def band_loss(
             ratio_max,
         )
     else:
-        lower, upper = band_bounds(
-            old,
-            divergence=divergence,
-            delta=delta,
-            eps_low=eps_low,
-            eps_high=eps_high,
-            relax_high_p=relax_high_p,
-            ratio_max=ratio_max,
-        )
+        lower, upper = band_bounds(old, **{o.name: arguments[o.name] for o in BOUND_OPTIONS})
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, lower, upper)
     pg = torch.maximum(unclipped, clipped)
