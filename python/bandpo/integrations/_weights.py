@@ -35,3 +35,20 @@ def weighted_mask(
         w = torch.where(row_tokens > 0, w / torch.where(row_tokens > 0, row_tokens, 1), 0)
         return w, "token-mean"
     return w, agg
+
+
+def weighted_band_loss(band, tensors: tuple, mask: torch.Tensor, weights, normalizer, name: str):
+    """``torch.ops.bandpo.band_loss(*tensors, mask, ...)`` with ``band``'s options, each token's loss times
+    ``weights`` (None: unweighted) and the denominators the counts of ``mask`` (see weighted_mask).
+
+    Args:
+        band: the BandConfig, its ``agg`` the unweighted loss's.
+        tensors: (logp, old_logp, advantages), as band_loss takes them.
+        mask, weights, name: as weighted_mask takes them.
+        normalizer: band_loss's normalizer (explicit when weights are given).
+    Returns band_loss's (loss, metrics); the metrics are weighted too.
+    """
+    agg = band.agg
+    if weights is not None:
+        mask, agg = weighted_mask(mask, weights, agg, tensors[0].dtype, name)
+    return torch.ops.bandpo.band_loss(*tensors, mask, normalizer=normalizer, **band.replace(agg=agg).loss_kwargs())

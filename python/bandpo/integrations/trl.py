@@ -63,7 +63,7 @@ from trl import GRPOConfig, GRPOTrainer
 from ..config import BandConfig
 from ..lm_head import LogitOptions
 from .. import rules
-from ._weights import weighted_mask
+from ._weights import weighted_band_loss
 
 _BAND_DEFAULTS = BandConfig()
 _LOGIT_DEFAULTS = LogitOptions()  # the lm_head options' defaults (tables.h)
@@ -266,17 +266,10 @@ class BandGRPOTrainer(GRPOTrainer):
 
         mode = "train" if self.model.training else "eval"
         agg, normalizer, divisor = self._aggregation(mask, inputs, mode)
-        loss_mask, loss_agg = mask, agg
         weights = self._loss_weights(inputs, logps, old_logps, advantages, mask, entropies)
-        if weights is not None:
-            loss_mask, loss_agg = weighted_mask(mask, weights, agg, logps.dtype, "per-token loss weights")
-        loss, _ = torch.ops.bandpo.band_loss(
-            logps,
-            old_logps,
-            advantages,
-            loss_mask,
-            normalizer=normalizer,
-            **self.band_config.replace(agg=loss_agg).loss_kwargs(),
+        band = self.band_config.replace(agg=agg)
+        loss, _ = weighted_band_loss(
+            band, (logps, old_logps, advantages), mask, weights, normalizer, "per-token loss weights"
         )
         per_token_kl = None
         if self.beta != 0.0:

@@ -68,7 +68,7 @@ from verl.trainer.ppo.core_algos import register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
 from ..config import METRIC_NAMES, BandConfig
-from ._weights import weighted_mask
+from ._weights import weighted_band_loss
 
 LOSS_NAME = "bandpo"
 _BAND_DEFAULTS = BandConfig()
@@ -215,33 +215,16 @@ def compute_policy_loss_bandpo(
     batch_info = dict(config.get("global_batch_info", None) or {})
     agg, normalizer = aggregation_for(loss_agg_mode, response_mask, batch_info)
     mask = _op_mask(response_mask, log_prob.dtype)
-    if rollout_is_weights is None:
-        loss, metrics = torch.ops.bandpo.band_loss(
-            log_prob, old_log_prob, advantages, mask, normalizer=normalizer, **band.replace(agg=agg).loss_kwargs()
-        )
-    else:
-        if normalizer is None:
-            normalizer = float(mask.sum())
-        weights, weighted_agg = weighted_mask(
-            response_mask, rollout_is_weights, agg, log_prob.dtype, "rollout_is_weights"
-        )
-        loss, _ = torch.ops.bandpo.band_loss(
-            log_prob,
-            old_log_prob,
-            advantages,
-            weights,
-            normalizer=normalizer,
-            **band.replace(agg=weighted_agg).loss_kwargs(),
-        )
+    if rollout_is_weights is not None and normalizer is None:
+        normalizer = float(mask.sum())
+    band = band.replace(agg=agg)
+    tensors = (log_prob, old_log_prob, advantages)
+    loss, metrics = weighted_band_loss(band, tensors, mask, rollout_is_weights, normalizer, "rollout_is_weights")
+    if rollout_is_weights is not None:
         # verl's clip fractions and KL are plain means over the response tokens, not weighted ones.
         with torch.no_grad():
             _, metrics = torch.ops.bandpo.band_loss(
-                log_prob.detach(),
-                old_log_prob,
-                advantages,
-                mask,
-                normalizer=normalizer,
-                **band.replace(agg=agg).loss_kwargs(),
+                log_prob.detach(), old_log_prob, advantages, mask, normalizer=normalizer, **band.loss_kwargs()
             )
     values = dict(zip(METRIC_NAMES, metrics.tolist()))
     return loss, {
