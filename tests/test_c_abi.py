@@ -20,38 +20,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Options(ctypes.Structure):
-    _fields_ = [
-        ("divergence", ctypes.c_int),
-        ("delta", ctypes.c_double),
-        ("eps_low", ctypes.c_double),
-        ("eps_high", ctypes.c_double),
-        ("relax_high_p", ctypes.c_int),
-        ("ratio_max", ctypes.c_double),
-        ("dual_clip", ctypes.c_double),
-        ("agg", ctypes.c_int),
-        ("normalizer", ctypes.c_double),
-        ("kl_coef", ctypes.c_double),
-        ("kl_estimator", ctypes.c_int),
-    ]
-
-
-class LossInputs(ctypes.Structure):
-    _fields_ = [
-        ("dtype", ctypes.c_int),
-        ("rows", ctypes.c_int64),
-        ("cols", ctypes.c_int64),
-        ("logp", ctypes.c_void_p),
-        ("old_logp", ctypes.c_void_p),
-        ("advantages", ctypes.c_void_p),
-        ("advantages_per_row", ctypes.c_int),
-        ("mask", ctypes.c_void_p),
-        ("mask_kind", ctypes.c_int),
-        ("ref_logp", ctypes.c_void_p),
-        ("lower", ctypes.c_void_p),
-        ("upper", ctypes.c_void_p),
-    ]
-
+# The structs are _capi's, built from tables.h: these bit-for-bit tests (and bandpo.np's) hold their layout to
+# the C header's.
+Options, LossInputs = _capi.Options, _capi.LossInputs
 
 DIVS = {name: code for code, name in enumerate(bandpo.DIVERGENCES)}  # the C enum follows tables.h
 AGGS = {"token-mean": 0, "seq-mean-token-sum": 1, "seq-mean-token-mean": 2, "seq-mean-token-sum-norm": 3}

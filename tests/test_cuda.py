@@ -12,7 +12,7 @@ import torch
 
 import bandpo
 from bandpo import reference
-from conftest import DTYPES, make_batch
+from conftest import DTYPES, loss_options, make_batch
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch"),
@@ -250,19 +250,7 @@ def test_opcheck_band_bounds_and_backward():
     torch.library.opcheck(
         torch.ops.bandpo.band_loss_backward.default,
         (g, logp, old, adv, mask, ref),
-        dict(
-            divergence="kl",
-            delta=0.05,
-            eps_low=0.2,
-            eps_high=0.28,
-            relax_high_p=False,
-            ratio_max=10.0,
-            dual_clip=None,
-            agg="token-mean",
-            normalizer=None,
-            kl_coef=0.1,
-            kl_estimator="k3",
-        ),
+        loss_options(kl_coef=0.1),
     )
 
 

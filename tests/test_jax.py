@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import bandpo
-from conftest import make_batch, require_package
+from conftest import loss_cases, make_batch, require_package
+
+MASK_CASES = ["bool", "uint8", "float", "none"]
 
 jax = require_package("jax")  # CI installs it (bandpo[jax]); elsewhere the module skips without it
 jax.config.update("jax_enable_x64", True)  # float64 cases (explicit dtypes everywhere else)
@@ -259,49 +261,21 @@ def test_a_ppo_loop_in_jax_learns_through_the_op():
 
 try:
     from hypothesis import given
-    from hypothesis import strategies as st
 except ImportError:  # a test dependency (ci/setup.sh installs it)
     given = None
 
 if given is not None:
 
-    @given(
-        seed=st.integers(0, 100_000),
-        shape=st.tuples(st.integers(1, 4), st.integers(1, 150)),
-        dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16, "mixed-bf16"]),
-        divergence=st.sampled_from(bandpo.DIVERGENCES),
-        agg=st.sampled_from(bandpo.AGGREGATIONS),
-        mask_case=st.sampled_from(["bool", "uint8", "float", "none"]),
-        per_row=st.booleans(),
-        with_ref=st.booleans(),
-        normalizer=st.sampled_from([None, 37.0]),
-        dual_clip=st.sampled_from([None, 3.0]),
-    )
-    def test_hypothesis_jax_face_equals_the_op(
-        seed, shape, dtype, divergence, agg, mask_case, per_row, with_ref, normalizer, dual_clip
-    ):
+    @given(case=loss_cases([torch.float64, torch.float32, torch.bfloat16, "mixed-bf16"], MASK_CASES, max_tokens=150))
+    def test_hypothesis_jax_face_equals_the_op(case):
         """bandpo.jax gives the op's loss, metrics and gradient bit for bit on random batches: every dtype, mixed
         precision, every mask kind, per-row advantages, a ref_logp, a normalizer, dual clip."""
-        low = torch.bfloat16 if dtype == "mixed-bf16" else dtype
-        high = torch.float32 if dtype == "mixed-bf16" else dtype
-        logp, old, adv, mask, ref = make_batch(B=shape[0], T=shape[1], seed=seed, dtype=torch.float64)
-        logp, old, adv, ref = logp.to(low), old.to(high), adv.to(high), ref.to(high)
-        if per_row:
-            adv = adv[:, 0].contiguous()
-        if mask_case == "uint8":
-            mask = mask.to(torch.uint8)
-        elif mask_case == "float":
-            mask = mask.to(high) * torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed)).to(high)
-        elif mask_case == "none":
-            mask = None
-        kw = {"divergence": divergence, "agg": agg, "normalizer": normalizer, "dual_clip": dual_clip}
-        kw["kl_coef"] = 0.1 if with_ref else 0.0
+        logp, old, adv, mask, ref, kw = case
         x = logp.clone().requires_grad_()
-        want = bandpo.band_loss(x, old, adv, mask, ref_logp=ref if with_ref else None, **kw)
+        want = bandpo.band_loss(x, old, adv, mask, ref_logp=ref, **kw)
         want.loss.backward()
         args = [to_jax(t) for t in (old, adv)]
-        jmask = None if mask is None else jnp.asarray(mask.numpy()) if mask.dtype != high else to_jax(mask)
-        jref = to_jax(ref) if with_ref else None
+        jmask, jref = to_jax(mask), to_jax(ref)
 
         def loss(z):
             out = bj.band_loss(z, *args, jmask, ref_logp=jref, **kw)

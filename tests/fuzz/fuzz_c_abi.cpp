@@ -36,15 +36,25 @@ namespace {
     if (!(cond)) fail(#cond); \
   } while (0)
 
+// The IEEE edge cases every fuzzed double meets now and then, before each use's own special values.
+const double kEdges[] = {std::numeric_limits<double>::quiet_NaN(),
+                         std::numeric_limits<double>::infinity(),
+                         -std::numeric_limits<double>::infinity(),
+                         0.0,
+                         -0.0,
+                         5e-324,
+                         -5e-324};
+constexpr size_t kNumEdges = sizeof kEdges / sizeof kEdges[0];
+
+// One of kEdges or of `own`, drawn as PickValueInArray draws from their concatenation (the corpus keeps its meaning).
+template <size_t N>
+double pick_special(FuzzedDataProvider& in, const double (&own)[N]) {
+  const size_t k = in.ConsumeIntegralInRange<size_t>(0, kNumEdges + N - 1);
+  return k < kNumEdges ? kEdges[k] : own[k - kNumEdges];
+}
+
 double special_double(FuzzedDataProvider& in) {
-  static const double kSpecial[] = {std::numeric_limits<double>::quiet_NaN(),
-                                    std::numeric_limits<double>::infinity(),
-                                    -std::numeric_limits<double>::infinity(),
-                                    0.0,
-                                    -0.0,
-                                    5e-324,
-                                    -5e-324,
-                                    1e-310,
+  static const double kSpecial[] = {1e-310,
                                     1e-300,
                                     1e-45,
                                     1e-12,
@@ -68,7 +78,7 @@ double special_double(FuzzedDataProvider& in) {
                                     -1e300};
   switch (in.ConsumeIntegralInRange<int>(0, 3)) {
     case 0:
-      return in.PickValueInArray(kSpecial);
+      return pick_special(in, kSpecial);
     case 1:
       return in.ConsumeFloatingPointInRange<double>(0.0, 1.0);
     case 2:
@@ -80,28 +90,9 @@ double special_double(FuzzedDataProvider& in) {
 
 // A log-probability, advantage or weight: mostly plausible values, sometimes special ones.
 double value(FuzzedDataProvider& in, double lo, double hi) {
-  static const double kSpecial[] = {std::numeric_limits<double>::quiet_NaN(),
-                                    std::numeric_limits<double>::infinity(),
-                                    -std::numeric_limits<double>::infinity(),
-                                    0.0,
-                                    -0.0,
-                                    5e-324,
-                                    -5e-324,
-                                    1e-40,
-                                    -1e-40,
-                                    1e-7,
-                                    9e-7,
-                                    2e-6,
-                                    0.5,
-                                    -1e30,
-                                    1e30,
-                                    -1e-30,
-                                    -103.5,
-                                    -745.0,
-                                    -800.0,
-                                    1e300,
-                                    -1e300};
-  if (in.ConsumeIntegralInRange<int>(0, 15) == 0) return in.PickValueInArray(kSpecial);
+  static const double kSpecial[] = {1e-40, -1e-40, 1e-7,   9e-7,   2e-6,   0.5,   -1e30,
+                                    1e30,  -1e-30, -103.5, -745.0, -800.0, 1e300, -1e300};
+  if (in.ConsumeIntegralInRange<int>(0, 15) == 0) return pick_special(in, kSpecial);
   return in.ConsumeFloatingPointInRange<double>(lo, hi);
 }
 
