@@ -22,7 +22,7 @@ from bandpo.ppo.evaluate import evaluate, pass_at_k
 from bandpo.ppo.methods import f_divergence_of, parse_method
 from bandpo.ppo.model import CausalLM
 from bandpo.ppo.rollout import group_advantages, response_mask, sample, token_logprobs
-from bandpo.ppo.settings import RunConfig
+from bandpo.ppo.settings import QUICK, RunConfig
 from bandpo.ppo.task import EOS, PAD, SEP, VOCAB_SIZE, SortTask, ZigzagTask, is_held_out, is_zigzag
 from bandpo.ppo.train import policy_loss, rl_run
 from bandpo.ppo.warm_start import cached_warm_start, warm_start
@@ -396,18 +396,7 @@ def test_the_committed_experiment_reproduces(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     task = SortTask()
-    cfg = RunConfig(
-        steps=4,
-        prompts=8,
-        group_size=4,
-        sft_steps=10,
-        sft_batch=16,
-        d_model=32,
-        n_layers=1,
-        checkpoint_every=2,
-        eval_every=2,
-        eval_prompts=2,
-    )
+    cfg = RunConfig(**{**QUICK, "steps": 4, "sft_steps": 10, "sft_batch": 16, "eval_prompts": 2})
     init = warm_start(task, cfg, 0, torch.device("cpu"))
     evals = task.sample_prompts(2, torch.Generator().manual_seed(0), split="eval")
     _, config = parse_method("band-kl")

@@ -32,33 +32,31 @@ def bounds(old_logp: float, delta: float):
     return bisect_bounds(lambda r: kl(p, q, p * r), lp, d)
 
 
+def _crossing(divergence, d, inside, outside):
+    """e^x for the x between ``inside`` (divergence(e^x) <= d there) and ``outside`` (> d there) where the
+    divergence reaches d, by 220 bisections."""
+    for _ in range(220):
+        mid = (inside + outside) / 2
+        if divergence(mp.exp(mid)) > d:
+            outside = mid
+        else:
+            inside = mid
+    return mp.exp((inside + outside) / 2)
+
+
 def bisect_bounds(divergence, lp, d, upper_is_the_end=False):
     """(lower, upper): the r at which divergence(r) (decreasing below r = 1, increasing above) reaches d, by 220
     bisections of log r each side; upper is 1/p (r at s = 1) when d is not reached below it (or when
     upper_is_the_end), lower is 0 when d is not reached above e^-100."""
     # upper: x = log r in [0, -lp]
-    lo, hi = mp.mpf(0), -lp
-    if upper_is_the_end or divergence(mp.exp(hi) * (1 - mp.mpf(10) ** -45)) <= d:
+    if upper_is_the_end or divergence(mp.exp(-lp) * (1 - mp.mpf(10) ** -45)) <= d:
         upper = 1 / mp.exp(lp)
     else:
-        for _ in range(220):
-            mid = (lo + hi) / 2
-            if divergence(mp.exp(mid)) > d:
-                hi = mid
-            else:
-                lo = mid
-        upper = mp.exp((lo + hi) / 2)
+        upper = _crossing(divergence, d, mp.mpf(0), -lp)
     # lower: x in [-100, 0]; below e^-100 the bound is written as 0
-    lo, hi = mp.mpf(-100), mp.mpf(0)
-    if divergence(mp.exp(lo)) <= d:
+    if divergence(mp.exp(mp.mpf(-100))) <= d:
         return mp.mpf(0), upper
-    for _ in range(220):
-        mid = (lo + hi) / 2
-        if divergence(mp.exp(mid)) > d:
-            lo = mid
-        else:
-            hi = mid
-    return mp.exp((lo + hi) / 2), upper
+    return _crossing(divergence, d, mp.mpf(0), mp.mpf(-100)), upper
 
 
 def write_table(name: str, header: list, rows: list) -> None:
