@@ -211,7 +211,10 @@ BoundsCall unbox_bounds_call(StableIValue* stack, uint64_t num_args, uint64_t nu
   return BoundsCall{as_contiguous(old_logp), dtype, options};
 }
 
-LossCall unbox_loss_call(StableIValue* stack) {
+namespace {
+// band_loss's arguments from where they start on a stack (band_loss's own, or band_loss_backward's after
+// grad_loss).
+LossCall loss_call_at(StableIValue* stack) {
   Tensor logp = to<Tensor>(stack[0]), old_logp = to<Tensor>(stack[1]), advantages = to<Tensor>(stack[2]);
   auto mask = to<std::optional<Tensor>>(stack[3]);
   auto ref_logp = to<std::optional<Tensor>>(stack[4]);
@@ -220,12 +223,19 @@ LossCall unbox_loss_call(StableIValue* stack) {
   return LossCall{logp,     old_logp, advantages, mask,
                   ref_logp, lower,    upper,      unbox_loss_options(stack + kNumLossTensors)};
 }
+}  // namespace
+
 LossOptions unbox_loss_options(StableIValue* stack) { return unbox<LossOptions>(stack); }
 LogitOptions unbox_logit_options(StableIValue* stack) { return unbox<LogitOptions>(stack); }
 
+LossCall unbox_loss_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  check_stack("band_loss", num_args, kNumLossTensors + kNumLossOptions, num_outputs, 2);
+  return loss_call_at(stack);
+}
+
 BackwardCall unbox_backward_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
   check_stack("band_loss_backward", num_args, 1 + kNumLossTensors + kNumLossOptions, num_outputs, 1);
-  BackwardCall b{to<Tensor>(stack[0]), unbox_loss_call(stack + 1)};
+  BackwardCall b{to<Tensor>(stack[0]), loss_call_at(stack + 1)};
   BANDPO_CHECK_VALUE(b.grad_loss.numel() == 1, "grad_loss must hold one value; got shape ", shape_string(b.grad_loss));
   return b;
 }

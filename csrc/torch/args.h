@@ -115,15 +115,15 @@ struct BoundsCall {
 };
 BoundsCall unbox_bounds_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs);
 
-// The arguments of band_loss (and of band_loss_backward after its grad_loss) from the boxed stack: the
-// seven tensors of the schema, then the options.
+// band_loss's stack (schemas.cpp), checked for its size: the seven tensors of the schema, then the options
+// (band_loss_backward's after its grad_loss too).
 struct LossCall {
   Tensor logp, old_logp, advantages;
   std::optional<Tensor> mask, ref_logp, lower, upper;
   LossOptions options;
 };
 constexpr int kNumLossTensors = 7;
-LossCall unbox_loss_call(StableIValue* stack);
+LossCall unbox_loss_call(StableIValue* stack, uint64_t num_args, uint64_t num_outputs);
 
 // band_loss_backward's stack (schemas.cpp), checked: grad_loss, which must hold one value, then band_loss's
 // arguments. The CPU and CUDA kernels differ only in where they read grad_loss.

@@ -56,13 +56,11 @@ void band_bounds_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_
 // band_loss(Tensor logp, Tensor old_logp, Tensor advantages, Tensor? mask, Tensor? ref_logp, Tensor? lower,
 //           Tensor? upper, *, <loss options>) -> (Tensor loss, Tensor metrics)
 void band_loss_cpu_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_loss", num_args, kNumLossTensors + kNumLossOptions, num_outputs, 2);
-  const LossCall call = unbox_loss_call(stack);
+  const LossCall call = unbox_loss_call(stack, num_args, num_outputs);
   const Tensor& logp = call.logp;
-  const LossOptions& options = call.options;
   const LossArgs args = loss_args(call);
   const LossResult r =
-      rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, options, torch_parallel_for()); });
+      rethrow_as_value_error([&] { return band_loss_forward_cpu(args.inputs, call.options, torch_parallel_for()); });
   Tensor loss = empty_on({}, scalar_type(args.inputs.dtype), logp);
   store_as(args.inputs.dtype, loss.data_ptr(), r.loss);  // rounded as the core's writers round
   Tensor metrics = empty_on({kNumMetrics}, ScalarType::Float, logp);

@@ -78,10 +78,8 @@ void band_bounds_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num
 }
 
 void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
-  check_stack("band_loss", num_args, kNumLossTensors + kNumLossOptions, num_outputs, 2);
-  const LossCall call = unbox_loss_call(stack);
+  const LossCall call = unbox_loss_call(stack, num_args, num_outputs);
   const Tensor& logp = call.logp;
-  const LossOptions& options = call.options;
   const torch::stable::accelerator::DeviceGuard device_guard(logp.get_device_index());
   const LossArgs args = loss_args(call);
   Tensor loss = empty_on({}, scalar_type(args.inputs.dtype), logp);
@@ -89,10 +87,10 @@ void band_loss_cuda_boxed(StableIValue* stack, uint64_t num_args, uint64_t num_o
   const bool check = input_checks_enabled();
   std::optional<Tensor> invalid;
   if (check) invalid = empty_on({1}, ScalarType::Long, logp);
-  const size_t bytes = cuda::loss_workspace_bytes(args.inputs, options);
+  const size_t bytes = cuda::loss_workspace_bytes(args.inputs, call.options);
   Tensor ws = workspace(bytes, logp);
   rethrow_as_value_error([&] {
-    cuda::band_loss_forward(args.inputs, options, loss.data_ptr(), static_cast<float*>(metrics.data_ptr()),
+    cuda::band_loss_forward(args.inputs, call.options, loss.data_ptr(), static_cast<float*>(metrics.data_ptr()),
                             check ? static_cast<int64_t*>(invalid->data_ptr()) : nullptr,
                             cuda::DeviceBuffer{ws.data_ptr(), bytes}, current_stream(logp));
   });
