@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../aggregation.h"
 #include "bandpo/dtypes.h"
@@ -40,31 +41,19 @@ int grid_blocks(int64_t work_blocks);
 // which costs little when it exits at once (always, for a valid delta) and still covers any size grid-stride.
 int fallback_blocks();
 
+// The unsigned type of a vector load or store of Bytes bytes (16, 8, 4 or 2).
 template <int Bytes>
-struct Word;
-template <>
-struct Word<16> {
-  using type = uint4;
-};
-template <>
-struct Word<8> {
-  using type = uint2;
-};
-template <>
-struct Word<4> {
-  using type = uint32_t;
-};
-template <>
-struct Word<2> {
-  using type = uint16_t;
-};
+using Word =
+    std::conditional_t<Bytes == 16, uint4,
+                       std::conditional_t<Bytes == 8, uint2, std::conditional_t<Bytes == 4, uint32_t, uint16_t>>>;
+static_assert(sizeof(Word<16>) == 16 && sizeof(Word<8>) == 8 && sizeof(Word<4>) == 4 && sizeof(Word<2>) == 2);
 
 // out[j] = p[i + j] for i + j < end (one vector load when `aligned` and the chunk is whole); elements past
 // `end` are zero bits. `aligned`: p and i are multiples of N elements and p is N * sizeof(T)-byte aligned.
 template <int N, class T>
 __device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, int64_t end, bool aligned, T (&out)[N]) {
   if (aligned && i + N <= end) {
-    using W = typename Word<N * sizeof(T)>::type;
+    using W = Word<N * sizeof(T)>;
     const W w = *reinterpret_cast<const W*>(p + i);
     memcpy(out, &w, sizeof(W));
   } else {
@@ -82,7 +71,7 @@ __device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, i
 template <int N, class T>
 __device__ __forceinline__ void store_chunk(T* __restrict__ p, int64_t i, int64_t end, bool aligned, const T (&in)[N]) {
   if (aligned && i + N <= end) {
-    using W = typename Word<N * sizeof(T)>::type;
+    using W = Word<N * sizeof(T)>;
     W w;
     memcpy(&w, in, sizeof(W));
     *reinterpret_cast<W*>(p + i) = w;
