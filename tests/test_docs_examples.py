@@ -54,7 +54,7 @@ def test_readme_fences_open_and_close():
 
 
 def test_readme_has_the_blocks_this_file_runs():
-    assert len(readme_blocks("python")) == 5 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
+    assert len(readme_blocks("python")) == 4 and len(readme_blocks("c")) == 1 and len(readme_blocks("cpp")) == 1
 
 
 def test_readme_use_block_runs():
