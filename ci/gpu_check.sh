@@ -55,7 +55,7 @@ fi
 if [ -d build/gpu_extras/site ]; then export PYTHONPATH="$PYTHONPATH:$PWD/build/gpu_extras/site"; fi
 
 step tests 240 "$py" -m pytest -q -rs --tb=short -p no:cacheprovider tests/test_cuda.py tests/test_kl_table.py \
-  tests/test_lm_head.py tests/test_jax.py -k "cuda or not kl_table"
+  tests/test_lm_head.py tests/test_jax.py tests/test_jax_lm_head.py -k "cuda or not kl_table"
 grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/tests.log" | head -n 40
 step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$py" tests/device/memcheck_case.py
 grep -E "ERROR SUMMARY|memcheck case" "$out/memcheck.log"

@@ -187,3 +187,30 @@ def test_docstring_example_runs():
 
     results = doctest.testmod(module, verbose=False)
     assert results.attempted >= 4 and results.failed == 0
+
+
+def _jax_gpu():
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        return None
+
+
+@pytest.mark.skipif(_jax_gpu() is None, reason="needs jax with a CUDA GPU")
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_cuda_handlers_match_the_cpu(options, dtype):
+    # the CUDA handlers (ffi_cuda.cpp: bandpo_logit_stats, bandpo_logit_grad) against the CPU ones on the same
+    # values, a chunk boundary inside the batch and bias included: outputs and the three gradients
+    h, w, b, t = head(n=300, hidden=64, vocab=1000, ignore_index=options.get("ignore_index", -100))
+    inputs = [jnp.asarray(x).astype(dtype) for x in (h, w, b)]
+    objective = jax.jit(jax.value_and_grad(jax_objective(jnp.asarray(t), options, chunk_size=128), argnums=(0, 1, 2)))
+    results = []
+    for device in (jax.devices("cpu")[0], _jax_gpu()):
+        on = [jax.device_put(x, device) for x in inputs]
+        logp, ent = bj.linear_logprob_entropy(on[0], on[1], jax.device_put(t, device), on[2], chunk_size=128, **options)
+        value, grads = objective(*on)
+        results.append([np.asarray(x.astype(jnp.float32)) for x in (logp, ent, value, *grads)])
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == jnp.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, **tol)
