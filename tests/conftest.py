@@ -102,6 +102,16 @@ def loss_options(**overrides):
     return {**kw, **overrides}
 
 
+def jax_gpu():
+    """jax's first CUDA device, or None where jax has none (call after jax is known to import)."""
+    import jax
+
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        return None
+
+
 def require_package(name):
     """Skip the calling test module when the optional package ``name`` is missing, unless
     BANDPO_REQUIRE_INTEGRATIONS=1 (ci/test.sh sets it): there a missing trainer package is an error."""

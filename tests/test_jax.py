@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bandpo
-from conftest import loss_cases, make_batch, require_package
+from conftest import jax_gpu, loss_cases, make_batch, require_package
 
 MASK_CASES = ["bool", "uint8", "float", "none"]
 
@@ -285,21 +285,14 @@ if given is not None:
         assert same(value, want.loss.detach()) and same(metrics, want.metrics_tensor) and same(grad, x.grad)
 
 
-def _jax_gpu():
-    try:
-        return jax.devices("gpu")[0]
-    except RuntimeError:
-        return None
-
-
-@pytest.mark.skipif(_jax_gpu() is None, reason="needs jax with a CUDA GPU")
+@pytest.mark.skipif(jax_gpu() is None, reason="needs jax with a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("options", [{}, {"agg": "seq-mean-token-mean", "dual_clip": 3.0, "normalizer": 9.0}])
 def test_cuda_handlers_match_the_cpu(dtype, options):
     # the CUDA handlers (csrc/jax/ffi_cuda.cpp) against the CPU ones on the same values: bounds, loss, gradient
     logp, old, adv, mask, _ = make_batch(B=4, T=300, seed=4, dtype=dtype)
     args = [to_jax(t) for t in (logp, old, adv, mask)]
-    gpu = _jax_gpu()
+    gpu = jax_gpu()
     results = []
     for device in (jax.devices("cpu")[0], gpu):
         on = [jax.device_put(a, device) for a in args]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bandpo
-from conftest import require_package
+from conftest import jax_gpu, require_package
 
 jax = require_package("jax")
 jax.config.update("jax_enable_x64", True)  # the float64 path (explicit dtypes everywhere else)
@@ -189,14 +189,7 @@ def test_docstring_example_runs():
     assert results.attempted >= 4 and results.failed == 0
 
 
-def _jax_gpu():
-    try:
-        return jax.devices("gpu")[0]
-    except RuntimeError:
-        return None
-
-
-@pytest.mark.skipif(_jax_gpu() is None, reason="needs jax with a CUDA GPU")
+@pytest.mark.skipif(jax_gpu() is None, reason="needs jax with a CUDA GPU")
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_cuda_handlers_match_the_cpu(options, dtype):
@@ -206,7 +199,7 @@ def test_cuda_handlers_match_the_cpu(options, dtype):
     inputs = [jnp.asarray(x).astype(dtype) for x in (h, w, b)]
     objective = jax.jit(jax.value_and_grad(jax_objective(jnp.asarray(t), options, chunk_size=128), argnums=(0, 1, 2)))
     results = []
-    for device in (jax.devices("cpu")[0], _jax_gpu()):
+    for device in (jax.devices("cpu")[0], jax_gpu()):
         on = [jax.device_put(x, device) for x in inputs]
         logp, ent = bj.linear_logprob_entropy(on[0], on[1], jax.device_put(t, device), on[2], chunk_size=128, **options)
         value, grads = objective(*on)
