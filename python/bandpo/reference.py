@@ -158,7 +158,7 @@ def band_loss(
 
     Differentiable w.r.t. ``logp`` through ordinary autograd.
     """
-    arguments = locals()
+    arguments = dict(locals())  # the call's parameters, before any local name is added or rebound
     opts = _checked_options(arguments, ALL_OPTIONS)
     _capi.loss_layout(
         [

@@ -73,7 +73,9 @@ def chunk_logit_grad_(raw: Tensor, t: Tensor, rows: RowGrads, o: LogitOptions) -
     and, where known, the chunk's own outputs."""
     if not uses_kernels(raw):
         return torch_math.chunk_logit_grad_(raw, t, rows, o)
-    grad_logp, grad_entropy = (None if g is None else g.float().contiguous() for g in rows[:2])
+    grad_logp, grad_entropy = (
+        None if g is None else g.float().contiguous() for g in (rows.grad_logp, rows.grad_entropy)
+    )
     torch.ops.bandpo.logit_chunk_grad_(
         raw, t, grad_logp, grad_entropy, **o._asdict(), logp=rows.logp, entropy=rows.entropy
     )
